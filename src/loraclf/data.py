@@ -1,0 +1,484 @@
+"""Data: sources -> columns -> label map -> split -> tokenize -> batches.
+
+Raw splits are `datasets.Dataset`s with columns `text` and `label` (int). Tokenized splits add `input_ids`,
+`attention_mask`, `length` and keep an `index` column so predictions can be put back in input order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+
+from .config import DataConfig
+from .errors import DataError, did_you_mean
+from . import sources
+
+READERS = {
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".json": "json",
+    ".jsonl": "jsonl",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".txt": "text",
+    ".pkl": "pickle",
+    ".pickle": "pickle",
+}
+ID_COLUMNS = ("ID", "Id", "id")
+
+
+# ------------------------------------------------------------------------------------------ reading files
+
+
+def read_table(path: str | Path, allow_pickle: bool = False, max_file_mb: float = 2048.0) -> pd.DataFrame:
+    """Read one data file into a DataFrame, with one-line errors for everything a user can get wrong."""
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"data file not found: {p}")
+    if p.is_dir():
+        raise DataError(f"{p} is a folder; give a data file (.csv, .tsv, .json, .jsonl, .parquet)")
+    kind = READERS.get(p.suffix.lower())
+    if kind is None:
+        raise DataError(
+            f"unknown data format '{p.suffix or p.name}' for {p}; use one of {', '.join(sorted(set(READERS)))}"
+        )
+    size_mb = p.stat().st_size / 1e6
+    if size_mb > max_file_mb:
+        raise DataError(f"{p} is {size_mb:,.0f} MB, over data.max_file_mb={max_file_mb:g}; raise the limit or use data.streaming=true")
+    if p.stat().st_size == 0:
+        raise DataError(f"{p} is empty")
+    if kind == "pickle":
+        if not allow_pickle:
+            raise DataError(
+                f"{p} is a pickle, and unpickling runs code from the file; if you trust it, set data.allow_pickle=true "
+                f"(or pass --allow-pickle)"
+            )
+        return _read_pickle(p)
+    try:
+        if kind == "csv":
+            df = pd.read_csv(p, encoding="utf-8", keep_default_na=False, na_values=[""])
+        elif kind == "tsv":
+            df = pd.read_csv(p, sep="\t", encoding="utf-8", keep_default_na=False, na_values=[""])
+        elif kind == "jsonl":
+            df = pd.read_json(p, lines=True, encoding="utf-8")
+        elif kind == "json":
+            df = _read_json(p)
+        elif kind == "parquet":
+            df = pd.read_parquet(p)
+        else:  # text: one text per line
+            lines = p.read_text(encoding="utf-8").splitlines()
+            df = pd.DataFrame({"text": [line for line in lines if line.strip()]})
+    except UnicodeDecodeError as e:
+        raise DataError(f"{p} is not valid UTF-8 (byte {e.start}); re-save it as UTF-8") from None
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{p} has no rows") from None
+    except (ValueError, pd.errors.ParserError, OSError) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DataError(f"cannot read {p} as {kind}: {msg}") from None
+    except Exception as e:  # pyarrow raises its own types on damaged parquet
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DataError(f"cannot read {p} as {kind}: {msg}") from None
+    if not isinstance(df, pd.DataFrame) or len(df.columns) == 0:
+        raise DataError(f"{p} holds no table")
+    if len(df) == 0:
+        raise DataError(f"{p} has a header but no rows")
+    df.columns = [str(c) for c in df.columns]
+    return df
+
+
+def _read_json(p: Path) -> pd.DataFrame:
+    import json
+
+    try:
+        obj = json.loads(p.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        # many ".json" files are really JSON lines
+        return pd.read_json(p, lines=True, encoding="utf-8")
+    if isinstance(obj, dict):
+        for key in ("data", "rows", "examples", "train"):
+            if isinstance(obj.get(key), list):
+                obj = obj[key]
+                break
+    if not isinstance(obj, list) or not all(isinstance(r, dict) for r in obj):
+        raise DataError(f"{p} must hold a list of records (objects) or be JSON lines")
+    return pd.DataFrame(obj)
+
+
+def _read_pickle(p: Path) -> pd.DataFrame:
+    import pickle
+
+    try:
+        with open(p, "rb") as f:
+            obj = pickle.load(f)  # opt-in only: see data.allow_pickle
+    except Exception as e:
+        raise DataError(f"cannot unpickle {p}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+    try:
+        import datasets
+
+        if isinstance(obj, datasets.DatasetDict):
+            raise DataError(f"{p} holds a DatasetDict with splits {list(obj)}; save one split, e.g. dataset['train']")
+        if isinstance(obj, datasets.Dataset):
+            return obj.to_pandas()
+    except ImportError:
+        pass
+    if isinstance(obj, pd.DataFrame):
+        return obj.reset_index(drop=True)
+    if isinstance(obj, (list, tuple)) and all(isinstance(x, str) for x in obj):
+        return pd.DataFrame({"text": list(obj)})
+    raise DataError(f"{p} holds a {type(obj).__name__}; expected a datasets.Dataset or a pandas DataFrame")
+
+
+# ------------------------------------------------------------------------------------------ columns
+
+
+def _text_columns(cfg: DataConfig) -> list[str]:
+    return [cfg.text_column] if isinstance(cfg.text_column, str) else list(cfg.text_column)
+
+
+def select_text(df: pd.DataFrame, cfg: DataConfig, where: str) -> pd.Series:
+    """The text column(s) joined by a space; NaN where every part is missing."""
+    cols = _text_columns(cfg)
+    missing = [c for c in cols if c not in df.columns]
+    if missing:
+        hint = did_you_mean(missing[0], df.columns)
+        raise DataError(
+            f"{where} has no text column '{missing[0]}'{hint}; columns are: {', '.join(map(str, df.columns))} "
+            f"(set data.text_column)"
+        )
+    parts = [df[c].where(df[c].notna(), None).map(lambda v: None if v is None else str(v)) for c in cols]
+    if len(parts) == 1:
+        text = parts[0]
+    else:
+        text = pd.Series([" ".join(x for x in row if x) or None for row in zip(*parts)], index=df.index)
+    return text.map(lambda t: None if t is None or not str(t).strip() else str(t).strip())
+
+
+def _clean(df: pd.DataFrame, cfg: DataConfig, where: str, need_label: bool, log) -> pd.DataFrame:
+    text = select_text(df, cfg, where)
+    out = pd.DataFrame({"text": text})
+    if need_label:
+        if cfg.label_column not in df.columns:
+            hint = did_you_mean(cfg.label_column, df.columns)
+            raise DataError(
+                f"{where} has no label column '{cfg.label_column}'{hint}; columns are: "
+                f"{', '.join(map(str, df.columns))} (set data.label_column)"
+            )
+        out["label"] = df[cfg.label_column].values
+    empty = out["text"].isna()
+    if need_label:
+        empty |= out["label"].isna() | out["label"].map(lambda v: isinstance(v, str) and not v.strip())
+    n_empty = int(empty.sum())
+    if n_empty:
+        if cfg.empty_text == "error":
+            first = int(np.flatnonzero(empty.values)[0])
+            raise DataError(
+                f"{where} has {n_empty} empty or NaN texts/labels (first at row {first}); "
+                f"set data.empty_text=drop to skip them"
+            )
+        log(f"{where}: dropped {n_empty} rows with empty or NaN text/label")
+        out = out[~empty].reset_index(drop=True)
+    if len(out) == 0:
+        raise DataError(f"{where} has no usable rows (all texts empty)")
+    long = out["text"].str.len() > cfg.max_text_chars
+    if long.any():
+        out.loc[long, "text"] = out.loc[long, "text"].str.slice(0, cfg.max_text_chars)
+        log(f"{where}: cut {int(long.sum())} texts to data.max_text_chars={cfg.max_text_chars} characters")
+    return out
+
+
+# ------------------------------------------------------------------------------------------ label map
+
+
+def _normalise_label(v):
+    if isinstance(v, (bool, np.bool_)):
+        return str(v)
+    if isinstance(v, (int, np.integer)):
+        return int(v)
+    if isinstance(v, (float, np.floating)) and float(v).is_integer():
+        return int(v)
+    return str(v).strip()
+
+
+def build_label_map(labels, label_names: Optional[list[str]], max_labels: int) -> dict[int, str]:
+    """id2label from the training labels: ints keep their values, strings are sorted."""
+    values = sorted({_normalise_label(v) for v in labels}, key=lambda v: (isinstance(v, str), v))
+    if len(values) > max_labels:
+        raise DataError(f"the label column has {len(values):,} distinct values, over data.max_labels={max_labels}; is it the right column?")
+    if len(values) < 2:
+        raise DataError(
+            f"the training data has only one class ({values[0]!r}); a classifier needs at least two"
+            if values else "the training data has no labels"
+        )
+    if all(isinstance(v, int) for v in values):
+        if values[0] < 0:
+            raise DataError(f"integer labels must be >= 0, found {values[0]}")
+        k = max(values) + 1
+        if k > max_labels:
+            raise DataError(f"integer labels reach {max(values)}, over data.max_labels={max_labels}")
+        if label_names:
+            if len(label_names) < k:
+                raise DataError(f"data.label_names has {len(label_names)} names but labels go up to {k - 1}")
+            return {i: str(label_names[i]) for i in range(k)}
+        return {i: str(i) for i in range(k)}
+    if label_names:
+        raise DataError("data.label_names is only for integer labels; these labels are already names")
+    return {i: str(v) for i, v in enumerate(values)}
+
+
+def encode_labels(labels: pd.Series, id2label: dict[int, str], where: str) -> np.ndarray:
+    label2id = {name: i for i, name in id2label.items()}
+    ints = {i for i in id2label}
+    out = np.empty(len(labels), dtype=np.int64)
+    unseen = set()
+    for j, v in enumerate(labels):
+        v = _normalise_label(v)
+        if str(v) in label2id:
+            out[j] = label2id[str(v)]
+        elif isinstance(v, int) and v in ints:  # integer labels named by data.label_names
+            out[j] = v
+        else:
+            unseen.add(v)
+    if unseen:
+        shown = ", ".join(repr(u) for u in sorted(unseen, key=str)[:5])
+        raise DataError(
+            f"{where} has labels never seen in training: {shown}; known labels are "
+            f"{', '.join(id2label.values())}"
+        )
+    return out
+
+
+# ------------------------------------------------------------------------------------------ splits
+
+
+@dataclass
+class Splits:
+    train: "datasets.Dataset"  # noqa: F821
+    validation: "datasets.Dataset"  # noqa: F821
+    test: Optional["datasets.Dataset"]  # noqa: F821
+    id2label: dict[int, str]
+    notes: list[str] = field(default_factory=list)
+    int_labels: bool = False  # the raw labels were integers (predict's ID,Label then writes ids, not names)
+
+
+def _stratified_split(labels: np.ndarray, size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.model_selection import train_test_split
+
+    n = len(labels)
+    n_val = int(size) if size >= 1 else int(round(size * n))
+    if n_val < 1 or n_val >= n:
+        raise DataError(f"data.validation_split={size:g} leaves no training or no validation rows out of {n}")
+    idx = np.arange(n)
+    counts = np.bincount(labels)
+    stratify = labels if counts[counts > 0].min() >= 2 and n_val >= (counts > 0).sum() else None
+    tr, va = train_test_split(idx, test_size=n_val, random_state=seed, stratify=stratify)
+    return np.sort(tr), np.sort(va)
+
+
+def _hub_frames(cfg: DataConfig) -> tuple[dict[str, pd.DataFrame], Optional[list[str]]]:
+    """Load a hub dataset's splits as DataFrames, and its ClassLabel names when it has them."""
+    import datasets
+
+    try:
+        dd = datasets.load_dataset(cfg.name)
+    except Exception as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DataError(f"cannot load dataset '{cfg.name}' from the Hugging Face hub ({msg}); "
+                        f"check the name and network, or point data.train at a local file") from None
+    names = None
+    first = next(iter(dd.values()))
+    feat = first.features.get(cfg.label_column)
+    if isinstance(feat, datasets.ClassLabel):
+        names = list(feat.names)
+    return {k: v.to_pandas() for k, v in dd.items()}, names
+
+
+def load_splits(cfg: DataConfig, log=print, id2label: Optional[dict[int, str]] = None) -> Splits:
+    """Read train/validation/test as configured and return them with a label map."""
+    import datasets
+
+    label_names = None
+    if cfg.train:
+        frames = {"train": read_table(cfg.train, cfg.allow_pickle, cfg.max_file_mb)}
+        where = {"train": str(cfg.train)}
+    elif sources.is_packaged(cfg.name):
+        frames = {"train": pd.DataFrame(sources.packaged_dataset_rows(cfg.name))}
+        where = {"train": cfg.name}
+    else:
+        frames, label_names = _hub_frames(cfg)
+        where = {k: f"{cfg.name}[{k}]" for k in frames}
+        if "train" not in frames:
+            raise DataError(f"dataset '{cfg.name}' has no 'train' split; it has {', '.join(frames)}")
+        frames = {"train": frames["train"], "test": frames.get("test")}
+    for key in ("validation", "test"):
+        path = getattr(cfg, key)
+        if path:
+            frames[key] = read_table(path, cfg.allow_pickle, cfg.max_file_mb)
+            where[key] = str(path)
+
+    notes: list[str] = []
+
+    def note(msg):
+        notes.append(msg)
+        log(msg)
+
+    train = _clean(frames["train"], cfg, where["train"], True, note)
+    if id2label is None:
+        id2label = build_label_map(train["label"], cfg.label_names or label_names, cfg.max_labels)
+    train["label"] = encode_labels(train["label"], id2label, where["train"])
+
+    if frames.get("validation") is not None:
+        val = _clean(frames["validation"], cfg, where["validation"], True, note)
+        val["label"] = encode_labels(val["label"], id2label, where["validation"])
+    else:
+        tr, va = _stratified_split(train["label"].to_numpy(), cfg.validation_split, cfg.split_seed)
+        val = train.iloc[va].reset_index(drop=True)
+        train = train.iloc[tr].reset_index(drop=True)
+        note(f"validation: {len(val)} rows split from train (stratified, seed {cfg.split_seed})")
+    test = None
+    if frames.get("test") is not None:
+        test = _clean(frames["test"], cfg, where.get("test", "test"), True, note)
+        test["label"] = encode_labels(test["label"], id2label, where.get("test", "test"))
+
+    if train["label"].nunique() < 2:
+        raise DataError(f"the training split has only one class ({id2label[int(train['label'].iloc[0])]}); a classifier needs at least two")
+
+    def to_ds(df):
+        return datasets.Dataset.from_pandas(df[["text", "label"]].reset_index(drop=True), preserve_index=False)
+
+    int_labels = all(isinstance(_normalise_label(v), int) for v in frames["train"][cfg.label_column].dropna().head(1000))
+    return Splits(to_ds(train), to_ds(val), to_ds(test) if test is not None else None, id2label, notes, int_labels)
+
+
+def read_texts(path: str | Path, cfg: DataConfig, allow_pickle: Optional[bool] = None) -> tuple[list[str], Optional[list], pd.DataFrame]:
+    """Texts (and IDs when present) of an input file for predict/evaluate; empty texts are kept as ''."""
+    df = read_table(path, cfg.allow_pickle if allow_pickle is None else allow_pickle, cfg.max_file_mb)
+    if isinstance(cfg.text_column, str) and cfg.text_column not in df.columns and len(df.columns) == 1:
+        text = select_text(df.rename(columns={df.columns[0]: cfg.text_column}), cfg, str(path))
+    elif isinstance(cfg.text_column, str) and cfg.text_column not in df.columns and "text" in df.columns:
+        text = select_text(df.rename(columns={"text": cfg.text_column}), cfg, str(path))
+    else:
+        text = select_text(df, cfg, str(path))
+    texts = [("" if t is None else t[: cfg.max_text_chars]) for t in text]
+    id_col = cfg.id_column or next((c for c in ID_COLUMNS if c in df.columns), None)
+    if cfg.id_column and cfg.id_column not in df.columns:
+        raise DataError(f"{path} has no ID column '{cfg.id_column}'; columns are: {', '.join(df.columns)}")
+    ids = df[id_col].tolist() if id_col else None
+    return texts, ids, df
+
+
+# ------------------------------------------------------------------------------------------ tokenize
+
+
+def cache_dir(cfg: DataConfig) -> Path:
+    return Path(cfg.cache_dir) if cfg.cache_dir else sources.cache_root() / "tokenized"
+
+
+def _fingerprint(ds, tokenizer, max_length: int) -> str:
+    h = hashlib.sha256()
+    h.update(type(tokenizer).__name__.encode())
+    h.update(str(getattr(tokenizer, "name_or_path", "")).encode())
+    h.update(str(len(tokenizer)).encode())
+    h.update(str(max_length).encode())
+    h.update(str(getattr(ds, "_fingerprint", "")).encode())
+    table = ds.data.table if hasattr(ds.data, "table") else ds.data
+    for col in ("text", "label"):
+        if col in ds.column_names:
+            arr = table.column(col)
+            h.update(pd.util.hash_pandas_object(arr.to_pandas(), index=False).values.tobytes())
+    return h.hexdigest()[:24]
+
+
+def tokenize(ds, tokenizer, cfg: DataConfig, cache: bool = True):
+    """Tokenize without padding, adding `length` and `index`; cached on disk as Arrow when cache is set."""
+    max_length = cfg.max_length
+
+    def fn(batch, idx):
+        enc = tokenizer(batch["text"], truncation=True, max_length=max_length)
+        enc["length"] = [len(x) for x in enc["input_ids"]]
+        enc["index"] = idx
+        return enc
+
+    keep = [c for c in ds.column_names if c == "label"]
+    remove = [c for c in ds.column_names if c not in keep]
+    num_proc = cfg.num_proc
+    if num_proc is None:
+        num_proc = min(os.cpu_count() or 1, 8) if len(ds) >= 50_000 else None
+    kwargs = dict(batched=True, with_indices=True, remove_columns=remove, desc="Tokenizing", num_proc=num_proc)
+    if cache:
+        d = cache_dir(cfg)
+        d.mkdir(parents=True, exist_ok=True)
+        kwargs["cache_file_name"] = str(d / f"{_fingerprint(ds, tokenizer, max_length)}.arrow")
+        kwargs["load_from_cache_file"] = True
+    out = ds.map(fn, **kwargs)
+    return out
+
+
+# ------------------------------------------------------------------------------------------ batches
+
+
+def collator(tokenizer):
+    from transformers import DataCollatorWithPadding
+
+    return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=None)
+
+
+def train_loader(ds, tokenizer, batch_size: int, group_by_length: bool, seed: int, epoch: int):
+    """Shuffled (seed + epoch) batches; length-grouped when asked, so each batch pads little."""
+    import torch
+    from torch.utils.data import DataLoader, RandomSampler
+
+    g = torch.Generator()
+    g.manual_seed(seed + epoch)
+    cols = [c for c in ("input_ids", "attention_mask", "token_type_ids", "label", "weight", "soft_labels") if c in ds.column_names]
+    data = ds.select_columns(cols)
+    if group_by_length:
+        from transformers.trainer_pt_utils import LengthGroupedSampler
+
+        sampler = LengthGroupedSampler(batch_size, lengths=ds["length"], generator=g)
+    else:
+        sampler = RandomSampler(data, generator=g)
+    return DataLoader(data, batch_size=batch_size, sampler=sampler, collate_fn=_Collate(tokenizer), drop_last=False)
+
+
+def eval_loader(ds, tokenizer, batch_size: int):
+    """Batches sorted by length (least padding); the `index` column restores input order."""
+    from torch.utils.data import DataLoader
+
+    order = np.argsort(np.asarray(ds["length"]), kind="stable")
+    cols = [c for c in ("input_ids", "attention_mask", "token_type_ids", "label", "index") if c in ds.column_names]
+    data = ds.select(order.tolist()).select_columns(cols)
+    return DataLoader(data, batch_size=batch_size, shuffle=False, collate_fn=_Collate(tokenizer))
+
+
+class _Collate:
+    """Dynamic padding to the longest row of the batch; labels renamed to `labels` as models expect."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def __call__(self, rows):
+        import torch
+
+        feats = [{k: v for k, v in r.items() if k in ("input_ids", "attention_mask", "token_type_ids")} for r in rows]
+        batch = self.tokenizer.pad(feats, return_tensors="pt")
+        if "label" in rows[0]:
+            batch["labels"] = torch.tensor([r["label"] for r in rows], dtype=torch.long)
+        if "index" in rows[0]:
+            batch["index"] = torch.tensor([r["index"] for r in rows], dtype=torch.long)
+        if "weight" in rows[0]:
+            batch["weight"] = torch.tensor([r["weight"] for r in rows], dtype=torch.float32)
+        if "soft_labels" in rows[0]:
+            batch["soft_labels"] = torch.tensor([r["soft_labels"] for r in rows], dtype=torch.float32)
+        return batch
+
+
+def steps_per_epoch(n_rows: int, batch_size: int, accumulation: int, num_processes: int = 1) -> int:
+    batches = math.ceil(n_rows / (batch_size * num_processes))
+    return max(1, math.ceil(batches / accumulation))

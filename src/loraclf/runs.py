@@ -1,0 +1,215 @@
+"""The run folder: its layout, atomic writers and readers, and checkpoint discovery.
+
+Layout of a run folder (every other module reads and writes it through this one):
+
+    RUN/
+      config.yaml          the resolved config
+      label_map.json       {"id2label": {"0": name, ...}, "label2id": {name: 0, ...}}
+      params.json          trainable-parameter breakdown
+      history.jsonl        one JSON record per log or evaluation (see train.py)
+      metrics.json         final metrics per split, best step, run time, hardware
+      val_predictions.csv  text,label,predicted,confidence for the validation split at the best checkpoint
+      adapter/             standard PEFT files (adapter_config.json, adapter_model.safetensors), head included
+      tokenizer/           the tokenizer used for training
+      checkpoints/step-N/  resumable checkpoints; a checkpoint is complete only when COMPLETE exists in it
+      report/              plots and report.html
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+from .errors import RunError
+
+CONFIG = "config.yaml"
+LABEL_MAP = "label_map.json"
+PARAMS = "params.json"
+HISTORY = "history.jsonl"
+METRICS = "metrics.json"
+VAL_PREDICTIONS = "val_predictions.csv"
+ADAPTER = "adapter"
+TOKENIZER = "tokenizer"
+CHECKPOINTS = "checkpoints"
+REPORT = "report"
+COMPLETE = "COMPLETE"  # written last into a checkpoint folder; its absence marks a torn checkpoint
+ROUNDS = "rounds"
+
+
+# ------------------------------------------------------------------------------------------ atomic writes
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write a temp file in the same folder, fsync it, rename it over path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | Path, obj) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+
+
+def _json_default(o):
+    if hasattr(o, "item"):
+        return o.item()
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def read_json(path: str | Path):
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RunError(f"{path} is missing; the run folder is incomplete (was training interrupted?)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise RunError(f"{path} is not valid JSON; the run folder is damaged") from None
+
+
+@contextmanager
+def atomic_dir(path: str | Path):
+    """Yield a temp folder beside path; on success it is fsynced and renamed to path (replacing any old one)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        for p in tmp.rglob("*"):
+            if p.is_file():
+                with open(p, "rb") as f:
+                    os.fsync(f.fileno())
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def append_jsonl(path: str | Path, record: dict) -> None:
+    """Append one line and fsync; a torn last line is skipped by read_jsonl."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record, default=_json_default) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    out = []
+    path = Path(path)
+    if not path.exists():
+        return out
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line torn by a kill mid-write
+    return out
+
+
+# ------------------------------------------------------------------------------------------ run folders
+
+
+def new_run_dir(out_dir: str | Path, run_name: str, overwrite: bool) -> Path:
+    """The path a new run will be published at; refuses to clobber unless overwrite is set."""
+    run = Path(out_dir) / run_name
+    if run.exists() and any(run.iterdir()) and not overwrite:
+        raise RunError(
+            f"run folder {run} already exists; pick another output.run_name, set output.overwrite=true, "
+            f"or continue it with --resume"
+        )
+    return run
+
+
+def safe_run_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")[:120] or "run"
+
+
+def open_run(run: str | Path) -> Path:
+    """Check that RUN is a finished run folder that predict/evaluate/export can use."""
+    run = Path(run)
+    if not run.is_dir():
+        raise RunError(f"run folder not found: {run} (give the folder that `loraclf train` printed)")
+    for name in (CONFIG, LABEL_MAP):
+        if not (run / name).is_file():
+            raise RunError(f"{run} is not a loraclf run folder: {name} is missing")
+    adapter = run / ADAPTER
+    if not adapter.is_dir() or not (adapter / "adapter_config.json").is_file():
+        raise RunError(
+            f"{run}/{ADAPTER} is missing or incomplete; the run did not finish. Resume it with "
+            f"`loraclf train {run}/{CONFIG} output.run_name={run.name} output.dir={run.parent} --resume`"
+        )
+    return run
+
+
+def checkpoint_dirs(run: str | Path) -> list[Path]:
+    """Complete checkpoints, oldest first. Torn ones (no COMPLETE marker) are ignored."""
+    root = Path(run) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    found = []
+    for p in root.iterdir():
+        m = re.fullmatch(r"step-(\d+)", p.name)
+        if m and p.is_dir() and (p / COMPLETE).is_file():
+            found.append((int(m.group(1)), p))
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(run: str | Path) -> Path | None:
+    dirs = checkpoint_dirs(run)
+    return dirs[-1] if dirs else None
+
+
+def prune_checkpoints(run: str | Path, keep_last: int, keep: Path | None) -> None:
+    """Delete complete checkpoints beyond the newest keep_last, never the one in keep (the best)."""
+    dirs = checkpoint_dirs(run)
+    doomed = dirs[:-keep_last] if keep_last > 0 else dirs
+    for p in doomed:
+        if keep is not None and p.resolve() == Path(keep).resolve():
+            continue
+        shutil.rmtree(p, ignore_errors=True)

@@ -1,0 +1,582 @@
+"""The training loop, on Accelerate. Reads top to bottom: setup -> train -> cleanup.
+
+history.jsonl records written here:
+    {"type": "train", "step", "epoch", "loss", "learning_rate", "samples_per_second", "time"}
+    {"type": "eval", "split": "val", "step", "epoch", "loss", "accuracy", "macro_f1", "time"}
+`time` is seconds of training since the run started (excluding evaluation only in samples_per_second).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import platform
+import random
+import shutil
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+import yaml
+
+from . import data as data_mod
+from . import model as model_mod
+from . import runs
+from .config import Config, flatten
+from .errors import BudgetError, RunError
+from .evaluate import compute_metrics, predict_probs
+
+LOWER_IS_BETTER = {"loss"}
+
+
+# ------------------------------------------------------------------------------------------ small helpers
+
+
+def log_line(msg: str, quiet: bool = False) -> None:
+    if not quiet:
+        print(f"[loraclf] {msg}", file=sys.stderr, flush=True)
+
+
+def bf16_supported() -> bool:
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except Exception:
+        return False
+
+
+def resolve_precision(choice: str) -> str:
+    if choice == "auto":
+        return "bf16" if bf16_supported() else "no"
+    return choice
+
+
+def hardware() -> dict:
+    info = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "cuda": torch.cuda.is_available(),
+    }
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    info["cpu"] = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+        info["gpu_count"] = torch.cuda.device_count()
+    try:
+        import psutil
+
+        info["memory_gb"] = round(psutil.virtual_memory().total / 2**30, 1)
+    except ImportError:
+        pass
+    return info
+
+
+def default_run_name(cfg: Config) -> str:
+    model = Path(cfg.model.name_or_path.replace("packaged:", "")).name
+    data = Path(cfg.data.train).stem if cfg.data.train else (cfg.data.name or "data").replace("packaged:", "")
+    return runs.safe_run_name(f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{model}-{data}")
+
+
+def set_seed(seed: int) -> None:
+    from accelerate.utils import set_seed as _set
+
+    _set(seed)
+
+
+def _no_decay(name: str) -> bool:
+    n = name.lower()
+    return n.endswith(".bias") or "layernorm" in n or "layer_norm" in n or ".ln" in n or "norm.weight" in n
+
+
+def build_optimizer(cfg: Config, model):
+    """AdamW with no weight decay on biases and LayerNorm, or PEFT's LoRA+ optimizer."""
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    kw = dict(lr=cfg.train.learning_rate, betas=tuple(cfg.optimizer.betas), eps=cfg.optimizer.eps)
+    if cfg.optimizer.name == "loraplus":
+        from peft.optimizers import create_loraplus_optimizer
+
+        return create_loraplus_optimizer(
+            model=model, optimizer_cls=torch.optim.AdamW, lr=cfg.train.learning_rate,
+            loraplus_lr_ratio=cfg.optimizer.loraplus_lr_ratio, weight_decay=cfg.train.weight_decay,
+            betas=tuple(cfg.optimizer.betas), eps=cfg.optimizer.eps)
+    groups = [
+        {"params": [p for n, p in params if not _no_decay(n)], "weight_decay": cfg.train.weight_decay},
+        {"params": [p for n, p in params if _no_decay(n)], "weight_decay": 0.0},
+    ]
+    groups = [g for g in groups if g["params"]]
+    # foreach is the fast multi-tensor path on CPU and GPU; fused exists only on accelerators
+    return torch.optim.AdamW(groups, foreach=True, **kw)
+
+
+def build_scheduler(cfg: Config, optimizer, total_steps: int):
+    from transformers import get_scheduler
+
+    warmup = cfg.train.warmup_steps if cfg.train.warmup_steps is not None else int(math.ceil(cfg.train.warmup_ratio * total_steps))
+    return get_scheduler(cfg.train.lr_scheduler_type, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps), warmup
+
+
+def trainable_state(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().cpu().contiguous().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def load_trainable_state(model, state: dict[str, torch.Tensor]) -> None:
+    params = dict(model.named_parameters())
+    missing = [n for n in state if n not in params]
+    if missing:
+        raise RunError(f"checkpoint does not match this model (unknown parameter {missing[0]}); was the config changed?")
+    with torch.no_grad():
+        for n, t in state.items():
+            params[n].copy_(t.to(params[n].device, params[n].dtype))
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def save_checkpoint(run: Path, step: int, model, optimizer, scheduler, state: dict) -> Path:
+    """A complete checkpoint or none: files go to a temp folder, a manifest with checksums is written last."""
+    from safetensors.torch import save_file
+
+    target = run / runs.CHECKPOINTS / f"step-{step}"
+    with runs.atomic_dir(target) as tmp:
+        save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        torch.save({
+            "torch": torch.get_rng_state(),
+            "numpy": [np.random.get_state()[0], torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
+                      *np.random.get_state()[2:]],
+            "python": random.getstate(),
+        }, tmp / "rng.pt")
+        (tmp / "state.json").write_text(json.dumps(state, indent=2))
+        manifest = {p.name: {"size": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(tmp.iterdir())}
+        (tmp / runs.COMPLETE).write_text(json.dumps(manifest, indent=2))
+    return target
+
+
+def verify_checkpoint(ckpt: Path) -> bool:
+    try:
+        manifest = json.loads((ckpt / runs.COMPLETE).read_text())
+        for name, meta in manifest.items():
+            p = ckpt / name
+            if not p.is_file() or p.stat().st_size != meta["size"] or _sha256(p) != meta["sha256"]:
+                return False
+        return True
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def newest_valid_checkpoint(run: Path, log=print) -> Optional[Path]:
+    for ckpt in reversed(runs.checkpoint_dirs(run)):
+        if verify_checkpoint(ckpt):
+            return ckpt
+        log(f"skipping damaged checkpoint {ckpt.name} (checksum mismatch)")
+    return None
+
+
+def load_checkpoint(ckpt: Path, model, optimizer, scheduler) -> dict:
+    from safetensors.torch import load_file
+
+    load_trainable_state(model, load_file(str(ckpt / "trainable.safetensors")))
+    optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
+    scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=True))
+    rng = torch.load(ckpt / "rng.pt", weights_only=True)
+    torch.set_rng_state(rng["torch"])
+    n = rng["numpy"]
+    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), *n[2:]))
+    random.setstate(rng["python"])
+    return json.loads((ckpt / "state.json").read_text())
+
+
+# ------------------------------------------------------------------------------------------ the loop
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    metrics: dict
+    params: dict
+    history: list = field(default_factory=list)
+
+
+class _Stop(Exception):
+    pass
+
+
+def _loss(logits: torch.Tensor, batch: dict) -> torch.Tensor:
+    logits = logits.float()
+    if "soft_labels" in batch:
+        per = -(batch["soft_labels"] * torch.log_softmax(logits, -1)).sum(-1)
+    else:
+        per = torch.nn.functional.cross_entropy(logits, batch["labels"], reduction="none")
+    if "weight" in batch:
+        return (per * batch["weight"]).sum() / batch["weight"].sum().clamp_min(1e-12)
+    return per.mean()
+
+
+def prepare(cfg: Config, log=print, splits=None):
+    """Setup that can fail on bad input: data, budget, model. Nothing is written to disk here."""
+    from . import budget as budget_mod
+
+    if splits is None:
+        splits = data_mod.load_splits(cfg.data, log=log)
+    cfg = budget_mod.enforce(cfg, len(splits.id2label), log=log)
+    model, tokenizer = model_mod.build_model(cfg, splits.id2label)
+    params = model_mod.param_breakdown(model)
+    cap = cfg.budget.max_trainable_params
+    if cap is not None and params["trainable"] > cap:
+        raise BudgetError(f"the adapter has {params['trainable']:,} trainable parameters, over "
+                          f"budget.max_trainable_params={cap:,}; lower adapter.r or use adapter.r=auto")
+    return cfg, splits, model, tokenizer, params
+
+
+def train(cfg: Config, resume: Optional[str | Path] = None, quiet: bool = False, splits=None,
+          run_dir: Optional[Path] = None, on_eval: Optional[Callable[[int, dict], None]] = None) -> TrainResult:
+    """Fine-tune as configured and write a complete run folder. Returns its path and final metrics.
+
+    resume: a run folder to continue from its newest complete checkpoint.
+    on_eval: called after every evaluation with (step, metrics); raising optuna.TrialPruned there stops the run.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    from accelerate.utils import ProjectConfiguration
+
+    started = time.time()
+    precision = resolve_precision(cfg.train.mixed_precision)
+    if cfg.train.num_threads:
+        torch.set_num_threads(cfg.train.num_threads)
+    resume_dir = Path(resume) if resume else None
+    if resume_dir is not None and not resume_dir.is_dir():
+        raise RunError(f"cannot resume: run folder {resume_dir} not found")
+    # the path is decided (and a clash refused) now; the folder is created only after setup succeeds
+    run = resume_dir or run_dir or runs.new_run_dir(cfg.output.dir, cfg.output.run_name or default_run_name(cfg), cfg.output.overwrite)
+    if cfg.track and "mlflow" in cfg.track:
+        os.environ["MLFLOW_TRACKING_URI"] = (cfg.output.mlflow_tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+                                             or (run / "mlruns").resolve().as_uri())
+    accelerator = Accelerator(mixed_precision=precision, gradient_accumulation_steps=cfg.train.gradient_accumulation_steps,
+                              log_with=list(cfg.track) or None,
+                              project_config=ProjectConfiguration(project_dir=str(run), logging_dir=str(run / "tensorboard")),
+                              kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)])
+    main = accelerator.is_main_process
+    say = (lambda m: log_line(m, quiet)) if main else (lambda m: None)
+
+    # ---------------------------------------------------------------- setup (fails before writing anything)
+    if resume_dir is not None:
+        saved = runs.read_json(resume_dir / runs.LABEL_MAP)
+        id2label = {int(k): v for k, v in saved["id2label"].items()}
+        splits = splits or data_mod.load_splits(cfg.data, log=say, id2label=id2label)
+    set_seed(cfg.train.seed)
+    cfg, splits, model, tokenizer, params = prepare(cfg, log=say, splits=splits)
+    say(model_mod.format_breakdown(params))
+
+    train_raw = splits.train
+    if cfg.augment.enabled and cfg.augment.mode == "once":
+        train_raw = _augmented(train_raw, cfg, cfg.train.seed, say)
+    train_ds = data_mod.tokenize(train_raw, tokenizer, cfg.data, cache=True)
+    val_ds = data_mod.tokenize(splits.validation, tokenizer, cfg.data, cache=True)
+    test_ds = data_mod.tokenize(splits.test, tokenizer, cfg.data, cache=True) if splits.test is not None else None
+    for extra in ("weight", "soft_labels"):
+        if extra in train_raw.column_names:
+            train_ds = train_ds.add_column(extra, train_raw[extra])
+
+    n_proc = accelerator.num_processes
+    bs = cfg.train.per_device_train_batch_size
+    accum = cfg.train.gradient_accumulation_steps
+    per_epoch = data_mod.steps_per_epoch(len(train_ds), bs, accum, n_proc)
+    total_steps = cfg.train.max_steps or int(math.ceil(per_epoch * cfg.train.num_train_epochs))
+    eval_every = cfg.eval.eval_steps or per_epoch
+    save_every = cfg.output.save_steps or eval_every
+    effective_batch = bs * n_proc * accum
+
+    optimizer = build_optimizer(cfg, model)
+    scheduler, warmup = build_scheduler(cfg, optimizer, total_steps)
+    # the scheduler is stepped by hand once per optimizer step; Accelerate's wrapper would step it once per process
+    model, optimizer = accelerator.prepare(model, optimizer)
+    unwrapped = accelerator.unwrap_model(model)
+    hook = getattr(unwrapped, "loraclf_after_step", None)  # e.g. AdaLoRA's update_and_allocate
+
+    # ---------------------------------------------------------------- the run folder exists from here on
+    if resume_dir is None:
+        if main:
+            if run.exists() and cfg.output.overwrite:
+                shutil.rmtree(run)
+            run.mkdir(parents=True, exist_ok=True)
+            runs.atomic_write_text(run / runs.CONFIG, cfg.to_yaml())
+            runs.write_json(run / runs.LABEL_MAP, {"id2label": {str(k): v for k, v in splits.id2label.items()},
+                                                   "label2id": {v: k for k, v in splits.id2label.items()},
+                                                   "int_labels": splits.int_labels})
+            runs.write_json(run / runs.PARAMS, params)
+    accelerator.wait_for_everyone()
+    say(f"run folder: {run}")
+    say(f"{len(train_ds):,} train / {len(val_ds):,} val" + (f" / {len(test_ds):,} test" if test_ds is not None else "")
+        + f" rows; {total_steps} steps ({per_epoch}/epoch), warm-up {warmup}, effective batch {effective_batch} "
+          f"({bs} x {n_proc} process(es) x {accum} accumulation), precision {precision}")
+
+    trackers = _start_trackers(accelerator, cfg, run) if main and cfg.track else []
+
+    state = {"step": 0, "epoch": 0, "batches_in_epoch": 0, "best_metric": None, "best_step": None,
+             "bad_evals": 0, "train_time": 0.0, "stopped_early": False}
+    if resume_dir is not None:
+        ckpt = newest_valid_checkpoint(run, log=say)
+        if ckpt is None:
+            say("no complete checkpoint found; starting from step 0")
+        else:
+            state.update(load_checkpoint(ckpt, unwrapped, optimizer, scheduler))
+            say(f"resumed from {ckpt.name}: step {state['step']}, epoch {state['epoch']}")
+    history_path = run / runs.HISTORY
+    if resume_dir is not None and main and history_path.exists():
+        # drop records past the checkpoint we resumed from, so the history has no duplicates
+        kept = [r for r in runs.read_jsonl(history_path) if r.get("step", 0) <= state["step"]]
+        runs.atomic_write_text(history_path, "".join(json.dumps(r) + "\n" for r in kept))
+
+    metric_name = cfg.eval.metric_for_best_model
+    lower_better = metric_name in LOWER_IS_BETTER
+    val_loader = accelerator.prepare(data_mod.eval_loader(val_ds, tokenizer, cfg.eval.per_device_eval_batch_size))
+
+    def evaluate_val(step: int, epoch: float) -> dict:
+        _, probs, labels = predict_probs(model, val_loader, accelerator)
+        m = compute_metrics(labels, probs, splits.id2label)
+        rec = {"type": "eval", "split": "val", "step": step, "epoch": round(epoch, 4), "loss": m["loss"],
+               "accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "time": round(state["train_time"], 3)}
+        if main:
+            runs.append_jsonl(history_path, rec)
+            if trackers:
+                accelerator.log({"eval/loss": m["loss"], "eval/accuracy": m["accuracy"], "eval/macro_f1": m["macro_f1"]}, step=step)
+        say(f"eval step {step}: val loss {m['loss']:.4f} | accuracy {m['accuracy']:.4f} | macro-F1 {m['macro_f1']:.4f}")
+        model.train()
+        return m
+
+    # ---------------------------------------------------------------- train
+    stop = {"signal": None}
+
+    def on_signal(signum, frame):
+        stop["signal"] = signum
+
+    old_handlers = {}
+    if main:
+        for s in (signal.SIGINT, signal.SIGTERM):
+            try:
+                old_handlers[s] = signal.signal(s, on_signal)
+            except ValueError:  # not the main thread (e.g. inside a server)
+                pass
+
+    progress = _progress(total_steps, state["step"], quiet or not main)
+    model.train()
+    window_loss, window_n, window_samples, window_start = 0.0, 0, 0, time.time()
+    tick = time.time()
+    try:
+        while state["step"] < total_steps and not state["stopped_early"]:
+            epoch = state["epoch"]
+            epoch_raw = train_raw
+            epoch_ds = train_ds
+            if cfg.augment.enabled and cfg.augment.mode == "per_epoch":
+                epoch_raw = _augmented(splits.train, cfg, cfg.train.seed + epoch, say)
+                epoch_ds = data_mod.tokenize(epoch_raw, tokenizer, cfg.data, cache=False)
+            loader = data_mod.train_loader(epoch_ds, tokenizer, bs, cfg.data.group_by_length, cfg.train.seed, epoch)
+            loader = accelerator.prepare(loader)
+            skip = state["batches_in_epoch"]
+            if skip:
+                loader = accelerator.skip_first_batches(loader, skip)
+            n_batches = len(loader) + skip
+            for batch in loader:
+                with accelerator.accumulate(model):
+                    inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+                    with accelerator.autocast():
+                        logits = model(**inputs).logits
+                    loss = _loss(logits, batch)
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients and cfg.train.max_grad_norm:
+                        accelerator.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
+                    optimizer.step()
+                    if accelerator.sync_gradients:
+                        scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                state["batches_in_epoch"] += 1
+                window_loss += loss.detach().float().item()
+                window_n += 1
+                window_samples += batch["input_ids"].shape[0] * n_proc
+                if not accelerator.sync_gradients:
+                    continue
+                state["step"] += 1
+                step = state["step"]
+                if hook is not None:
+                    hook(step)
+                now = time.time()
+                state["train_time"] += now - tick
+                tick = now
+                progress.update(1)
+                if step % cfg.train.logging_steps == 0 or step == total_steps:
+                    elapsed = max(time.time() - window_start, 1e-9)
+                    rec = {"type": "train", "step": step, "epoch": round(epoch + state["batches_in_epoch"] / n_batches, 4),
+                           "loss": window_loss / max(window_n, 1), "learning_rate": scheduler.get_last_lr()[0],
+                           "samples_per_second": window_samples / elapsed, "time": round(state["train_time"], 3)}
+                    if main:
+                        runs.append_jsonl(history_path, rec)
+                        if trackers:
+                            accelerator.log({"train/loss": rec["loss"], "train/learning_rate": rec["learning_rate"],
+                                             "train/samples_per_second": rec["samples_per_second"]}, step=step)
+                    say(f"step {step}/{total_steps} | epoch {rec['epoch']:.2f} | loss {rec['loss']:.4f} | "
+                        f"lr {rec['learning_rate']:.3e} | {rec['samples_per_second']:.1f} samples/s")
+                    window_loss, window_n, window_samples, window_start = 0.0, 0, 0, time.time()
+                is_eval = step % eval_every == 0 or step == total_steps
+                if is_eval:
+                    m = evaluate_val(step, epoch + state["batches_in_epoch"] / n_batches)
+                    value = m[metric_name]
+                    better = state["best_metric"] is None or (value < state["best_metric"] if lower_better else value > state["best_metric"])
+                    if better:
+                        state["best_metric"], state["best_step"], state["bad_evals"] = value, step, 0
+                    else:
+                        state["bad_evals"] += 1
+                        if cfg.eval.early_stopping_patience and state["bad_evals"] >= cfg.eval.early_stopping_patience:
+                            state["stopped_early"] = True
+                            say(f"early stopping at step {step}: no {metric_name} improvement in {state['bad_evals']} evaluations")
+                    if on_eval is not None:
+                        on_eval(step, m)
+                    tick = time.time()  # evaluation time is not training time
+                if step % save_every == 0 or is_eval or step == total_steps or state["stopped_early"] or stop["signal"]:
+                    _checkpoint(accelerator, run, step, unwrapped, optimizer, scheduler, state, cfg)
+                if stop["signal"]:
+                    raise _Stop()
+                if step >= total_steps or state["stopped_early"]:
+                    break
+            else:  # the epoch ran out
+                state["epoch"] += 1
+                state["batches_in_epoch"] = 0
+    except _Stop:
+        progress.close()
+        name = signal.Signals(stop["signal"]).name
+        say(f"{name} received: saved checkpoint step-{state['step']} in {run}; continue with "
+            f"`loraclf train --resume {run}`")
+        _end_trackers(accelerator, trackers)
+        raise KeyboardInterrupt(name) from None
+    finally:
+        for s, h in old_handlers.items():
+            signal.signal(s, h)
+    progress.close()
+
+    # ---------------------------------------------------------------- cleanup: best weights -> artifacts
+    best = run / runs.CHECKPOINTS / f"step-{state['best_step']}" if state["best_step"] else None
+    if best is not None and best.is_dir():
+        from safetensors.torch import load_file
+
+        load_trainable_state(unwrapped, load_file(str(best / "trainable.safetensors")))
+    _, val_probs, val_labels = predict_probs(model, val_loader, accelerator)
+    metrics = {"val": compute_metrics(val_labels, val_probs, splits.id2label)}
+    if test_ds is not None:
+        test_loader = accelerator.prepare(data_mod.eval_loader(test_ds, tokenizer, cfg.eval.per_device_eval_batch_size))
+        _, test_probs, test_labels = predict_probs(model, test_loader, accelerator)
+        metrics["test"] = compute_metrics(test_labels, test_probs, splits.id2label)
+    metrics.update({
+        "best_step": state["best_step"], "best_metric": state["best_metric"], "metric_for_best_model": metric_name,
+        "global_step": state["step"], "stopped_early": state["stopped_early"],
+        "train_runtime_s": round(state["train_time"], 2), "wall_time_s": round(time.time() - started, 2),
+        "train_samples_per_second": round(state["step"] * effective_batch / max(state["train_time"], 1e-9), 2),
+        "effective_batch_size": effective_batch, "num_processes": n_proc, "precision": precision,
+        "trainable_params": params["trainable"], "hardware": hardware(),
+        "finished_at": datetime.now().isoformat(timespec="seconds"),
+    })
+    if hasattr(unwrapped, "loraclf_final_report"):
+        metrics["adapter_report"] = unwrapped.loraclf_final_report()
+    if main:
+        model_mod.save_adapter(unwrapped, tokenizer, run / runs.ADAPTER)
+        _write_val_predictions(run, splits, val_probs, val_labels)
+        runs.write_json(run / runs.METRICS, metrics)
+        runs.prune_checkpoints(run, cfg.output.save_total_limit, best)
+    _end_trackers(accelerator, trackers)
+    accelerator.wait_for_everyone()
+    say(_summary(metrics))
+    if main and cfg.output.report:
+        try:
+            from . import report
+
+            path = report.write_report(run)
+            say(f"report: {path}")
+        except ImportError:
+            pass
+    say(f"outputs in {run}: adapter/ (PEFT), metrics.json, history.jsonl, val_predictions.csv")
+    return TrainResult(run, metrics, params, runs.read_jsonl(history_path))
+
+
+def _summary(metrics: dict) -> str:
+    s = f"best step {metrics['best_step']}: val accuracy {metrics['val']['accuracy']:.4f}, macro-F1 {metrics['val']['macro_f1']:.4f}"
+    if "test" in metrics:
+        s += f"; test accuracy {metrics['test']['accuracy']:.4f}, macro-F1 {metrics['test']['macro_f1']:.4f}"
+    return s + f"; trained {metrics['train_runtime_s']:.0f} s"
+
+
+def _checkpoint(accelerator, run, step, model, optimizer, scheduler, state, cfg):
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        save_checkpoint(run, step, model, optimizer, scheduler, dict(state))
+        best = run / runs.CHECKPOINTS / f"step-{state['best_step']}" if state["best_step"] else None
+        runs.prune_checkpoints(run, cfg.output.save_total_limit, best)
+    accelerator.wait_for_everyone()
+
+
+def _write_val_predictions(run: Path, splits, probs: np.ndarray, labels: np.ndarray) -> None:
+    import pandas as pd
+
+    id2label = splits.id2label
+    pred = probs.argmax(-1)
+    df = pd.DataFrame({
+        "text": splits.validation["text"],
+        "label": [id2label[int(i)] for i in labels],
+        "predicted": [id2label[int(i)] for i in pred],
+        "confidence": probs.max(-1).round(6),
+    })
+    runs.atomic_write_text(run / runs.VAL_PREDICTIONS, df.to_csv(index=False))
+
+
+def _augmented(ds, cfg: Config, seed: int, say):
+    import datasets
+
+    from . import augment
+
+    texts, labels = augment.augment_dataset(list(ds["text"]), list(ds["label"]), cfg.augment, seed)
+    say(f"augmentation: {len(ds):,} -> {len(texts):,} training rows")
+    return datasets.Dataset.from_dict({"text": texts, "label": labels})
+
+
+def _progress(total: int, initial: int, disable: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True,
+                disable=disable or not sys.stderr.isatty(), leave=False)
+
+
+def _start_trackers(accelerator, cfg: Config, run: Path) -> list:
+    flat = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in flatten(cfg.to_dict()).items()}
+    accelerator.init_trackers("loraclf", config=flat, init_kwargs={"mlflow": {"run_name": run.name}})
+    return list(cfg.track)
+
+
+def _end_trackers(accelerator, trackers) -> None:
+    if trackers:
+        accelerator.end_training()
