@@ -115,7 +115,7 @@ class TrainConfig:
     per_device_train_batch_size: int = _f(32, "Training batch size per process.", ge=1)
     gradient_accumulation_steps: int = _f(1, "Batches accumulated into one optimizer step.", ge=1)
     max_grad_norm: Optional[float] = _f(1.0, "Gradient clipping norm (null = off).", gt=0)
-    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = _f(
+    mixed_precision: Literal["auto", "fp32", "bf16", "fp16"] = _f(
         "auto", "auto = bf16 where the hardware runs it natively (CPUs with AVX512-BF16/AMX, Ampere+ GPUs), else fp32."
     )
     seed: int = _f(42, "Seed for weights, dropout, shuffling and augmentation.")

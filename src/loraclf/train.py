@@ -55,9 +55,10 @@ def bf16_supported() -> bool:
 
 
 def resolve_precision(choice: str) -> str:
+    """Accelerate's name for the precision: no (fp32), bf16 or fp16."""
     if choice == "auto":
         return "bf16" if bf16_supported() else "no"
-    return choice
+    return "no" if choice == "fp32" else choice
 
 
 def hardware() -> dict:
