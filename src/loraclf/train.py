@@ -400,6 +400,9 @@ def train(cfg: Config, resume: Optional[str | Path] = None, quiet: bool = False,
             if cfg.augment.enabled and cfg.augment.mode == "per_epoch":
                 epoch_raw = _augmented(splits.train, cfg, cfg.train.seed + epoch, say)
                 epoch_ds = data_mod.tokenize(epoch_raw, tokenizer, cfg.data, cache=False)
+                for extra in ("weight", "soft_labels"):
+                    if extra in epoch_raw.column_names:
+                        epoch_ds = epoch_ds.add_column(extra, epoch_raw[extra])
             loader = data_mod.train_loader(epoch_ds, tokenizer, bs, cfg.data.group_by_length, cfg.train.seed, epoch)
             loader = accelerator.prepare(loader)
             skip = state["batches_in_epoch"]
@@ -560,9 +563,15 @@ def _augmented(ds, cfg: Config, seed: int, say):
 
     from . import augment
 
-    texts, labels = augment.augment_dataset(list(ds["text"]), list(ds["label"]), cfg.augment, seed)
+    # rows are tracked by index so per-row columns (weight, soft_labels of pseudo-labels) follow their copies
+    texts, rows = augment.augment_dataset(list(ds["text"]), list(range(len(ds))), cfg.augment, seed)
     say(f"augmentation: {len(ds):,} -> {len(texts):,} training rows")
-    return datasets.Dataset.from_dict({"text": texts, "label": labels})
+    out = {"text": texts}
+    for col in ds.column_names:
+        if col != "text":
+            values = ds[col]
+            out[col] = [values[i] for i in rows]
+    return datasets.Dataset.from_dict(out)
 
 
 def _progress(total: int, initial: int, disable: bool):
