@@ -162,9 +162,13 @@ class AugmentConfig:
 class AdaptConfig:
     rounds: int = _f(1, "Self-training rounds (teacher -> pseudo-labels -> student) when data.unlabeled is set.", ge=1)
     threshold: Optional[float] = _f(0.9, "Keep pseudo-labels with confidence at least this (null = no threshold).", ge=0, le=1)
-    top_fraction_per_class: Optional[float] = _f(None, "Keep at most this fraction of texts per predicted class, most confident first.", gt=0, le=1)
+    top_fraction_per_class: Optional[float] = _f(
+        None, "Class balance: keep at most this fraction of N/K pseudo-labels per predicted class (N unlabeled texts, "
+        "K classes), most confident first; applied after the threshold.", gt=0, le=1)
     weighting: Literal["none", "confidence", "soft"] = _f("none", "Hard pseudo-labels, hard weighted by confidence, or soft targets.")
-    consistency: bool = _f(False, "Train the student on augmented views of the pseudo-labelled texts.")
+    consistency: bool = _f(False, "Train the student on augmented views of the pseudo-labelled texts too (augment.* rates and num_copies).")
+    target_text_column: Union[None, str, list[str]] = _f(
+        None, "Text column(s) of data.unlabeled and data.target_eval (default: data.text_column).")
 
 
 @dataclass
