@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import functools
 import io
-import math
 import os
 import random
 import re
@@ -24,6 +23,8 @@ import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+
+from tqdm.auto import tqdm
 
 from .config import AugmentConfig
 from .errors import ConfigError, DataError, LoraclfError, did_you_mean
@@ -89,8 +90,7 @@ def _find_wordnet() -> tuple[str, str]:
     except ImportError:
         raise LoraclfError("augmentation needs nltk: pip install 'loraclf[augment]'") from None
     try:
-        nltk.data.find("corpora/wordnet")
-        return "nltk", "corpora/wordnet"
+        return "nltk", str(nltk.data.find("corpora/wordnet"))  # the location keys the cache
     except LookupError:
         pass
     for folder in SYSTEM_WORDNET_DIRS:
@@ -104,7 +104,7 @@ def _load_wordnet(kind: str, location: str):
     import nltk.data
 
     if kind == "nltk":
-        return _reader_class()(nltk.data.find(location), builtin_lexnames=False)
+        return _reader_class()(nltk.data.find("corpora/wordnet"), builtin_lexnames=False)
     # nltk >= 3.9.3 opens corpus files only under a root on nltk.data.path, and refuses symlinks and hard links,
     # so a folder outside nltk's data is registered there and read in place.
     if location not in nltk.data.path:
@@ -162,6 +162,7 @@ _URL_RE = re.compile(r"(?i)[a-z][a-z0-9+.-]*://|www\.|@")
 _MOVABLE_TRAIL = re.compile(r"[.,;:!?)\]}\"'’”…]+")
 _MOVABLE_LEAD = re.compile(r"[(\[{\"'‘“]+")
 _SENTENCE_END = (".", "!", "?")
+_CLOSING_QUOTES = "\"'’”)"
 
 
 @dataclass
@@ -210,9 +211,10 @@ class Augmenter:
                  "set one above 0 (e.g. augment.synonym_p=0.1)"]
             )
         self.cfg = cfg
-        self._stopwords = stopwords()
+        uses_wordnet = cfg.synonym_p > 0 or cfg.insert_p > 0
         # Loaded now so that a missing WordNet is reported before any work starts.
-        self._wordnet = get_wordnet() if (cfg.synonym_p > 0 or cfg.insert_p > 0) else None
+        self._wordnet = get_wordnet() if uses_wordnet else None
+        self._stopwords = stopwords() if uses_wordnet else frozenset()
         self._synonym_cache: dict[str, tuple[str, ...]] = {}
 
     def synonyms(self, word: str) -> tuple[str, ...]:
@@ -264,7 +266,7 @@ class Augmenter:
                 continue
             # A capitalised word inside a sentence is most likely a name (Bush, Apple): WordNet would give the
             # synonyms of the common noun.
-            if case == "title" and i > 0 and not tokens[i - 1].trail.endswith(_SENTENCE_END):
+            if case == "title" and i > 0 and not tokens[i - 1].trail.rstrip(_CLOSING_QUOTES).endswith(_SENTENCE_END):
                 continue
             slots.setdefault(key, []).append(i)
         return slots
@@ -336,8 +338,6 @@ def augment_dataset(texts: list[str], labels: list, cfg: AugmentConfig, seed: in
     augmenter = Augmenter(cfg)
     out_texts, out_labels = list(texts), list(labels)
     show = len(texts) > 2000 and sys.stderr.isatty()
-    from tqdm.auto import tqdm
-
     with tqdm(total=len(texts) * cfg.num_copies, desc="augment", unit="text", disable=not show) as bar:
         for copy in range(1, cfg.num_copies + 1):
             for i, text in enumerate(texts):
@@ -363,22 +363,27 @@ def _format(path: Path, role: str) -> str:
     return fmt
 
 
-def _read_table(path: Path, allow_pickle: bool):
-    # Stand-in until loraclf.data.read_table exists.
-    import pandas as pd
-
+def _input_format(path: Path, allow_pickle: bool) -> str:
     if not path.is_file():
         raise DataError(f"input file not found: {path}")
     fmt = _format(path, "input")
     if fmt == "pickle" and not allow_pickle:
         raise DataError(f"{path} is a pickle file, and unpickling runs code from it; read it only if you trust it, "
                         "with allow_pickle=True (data.allow_pickle)")
+    return fmt
+
+
+def _read_table(path: Path, allow_pickle: bool):
+    # Stand-in until loraclf.data.read_table exists.
+    import pandas as pd
+
+    fmt = _input_format(path, allow_pickle)
     try:
         if fmt in ("csv", "tsv"):
             # Only empty cells are missing: a text that reads "NA" or "null" stays text.
             return pd.read_csv(path, sep="\t" if fmt == "tsv" else ",", keep_default_na=False, na_values=[""])
         if fmt in ("json", "jsonl"):
-            return pd.read_json(path, lines=fmt == "jsonl", orient=None if fmt == "jsonl" else None, dtype=False)
+            return pd.read_json(path, lines=fmt == "jsonl", dtype=False)
         if fmt == "parquet":
             return pd.read_parquet(path)
         return pd.read_pickle(path)
@@ -412,10 +417,8 @@ def augment_file(input_path, output_path, cfg: AugmentConfig, seed: int, text_co
     import pandas as pd
 
     src, dst = Path(input_path), Path(output_path)
-    if not src.is_file():
-        raise DataError(f"input file not found: {src}")
-    _format(src, "input")
-    out_fmt = _format(dst, "output")
+    _input_format(src, allow_pickle)
+    out_fmt = _format(dst, "output")  # before reading, which may take a while
     df = _read_table(src, allow_pickle)
     if text_column not in df.columns:
         columns = ", ".join(map(str, df.columns))
