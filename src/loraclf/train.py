@@ -278,9 +278,6 @@ def train(cfg: Config, resume: Optional[str | Path] = None, quiet: bool = False,
         raise RunError(f"cannot resume: run folder {resume_dir} not found")
     # the path is decided (and a clash refused) now; the folder is created only after setup succeeds
     run = resume_dir or run_dir or runs.new_run_dir(cfg.output.dir, cfg.output.run_name or default_run_name(cfg), cfg.output.overwrite)
-    if cfg.track and "mlflow" in cfg.track:
-        os.environ["MLFLOW_TRACKING_URI"] = (cfg.output.mlflow_tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-                                             or (run / "mlruns").resolve().as_uri())
     accelerator = Accelerator(mixed_precision=precision, gradient_accumulation_steps=cfg.train.gradient_accumulation_steps,
                               log_with=list(cfg.track) or None,
                               project_config=ProjectConfiguration(project_dir=str(run), logging_dir=str(run / "tensorboard")),
@@ -517,13 +514,9 @@ def train(cfg: Config, resume: Optional[str | Path] = None, quiet: bool = False,
     accelerator.wait_for_everyone()
     say(_summary(metrics))
     if main and cfg.output.report:
-        try:
-            from . import report
+        from . import report
 
-            path = report.write_report(run)
-            say(f"report: {path}")
-        except ImportError:
-            pass
+        say(f"report: {report.write_report(run)}")
     say(f"outputs in {run}: adapter/ (PEFT), metrics.json, history.jsonl, val_predictions.csv")
     return TrainResult(run, metrics, params, runs.read_jsonl(history_path))
 
@@ -581,9 +574,52 @@ def _progress(total: int, initial: int, disable: bool):
                 disable=disable or not sys.stderr.isatty(), leave=False)
 
 
+TRACKING = "tracking.json"  # where the trackers wrote: MLflow tracking URI + run id, TensorBoard folder
+
+
+def _mlflow_uri(cfg: Config, run: Path) -> str:
+    """output.mlflow_tracking_uri, else $MLFLOW_TRACKING_URI, else a SQLite store in the run folder.
+
+    Not a plain ./mlruns file store: MLflow 3 refuses those unless MLFLOW_ALLOW_FILE_STORE=true.
+    """
+    return (cfg.output.mlflow_tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+            or f"sqlite:///{(run / 'mlflow.db').resolve()}")
+
+
 def _start_trackers(accelerator, cfg: Config, run: Path) -> list:
+    """Start Accelerate's trackers (TensorBoard in RUN/tensorboard, MLflow) and record where they write."""
     flat = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in flatten(cfg.to_dict()).items()}
-    accelerator.init_trackers("loraclf", config=flat, init_kwargs={"mlflow": {"run_name": run.name}})
+    fresh = not (run / runs.HISTORY).exists() and not runs.checkpoint_dirs(run)
+    saved = runs.read_json(run / TRACKING) if (run / TRACKING).is_file() else {}
+    init_kwargs, record = {}, {}
+    if "tensorboard" in cfg.track:
+        record["tensorboard"] = {"logging_dir": str((run / "tensorboard" / "loraclf").resolve())}
+    if "mlflow" in cfg.track:
+        import mlflow
+
+        uri = _mlflow_uri(cfg, run)
+        mlflow.set_tracking_uri(uri)
+        active = mlflow.active_run()
+        if active is not None and "loraclf.run_dir" in active.data.tags:
+            mlflow.end_run("FAILED")  # left running by an earlier train() in this process that raised (e.g. pruned)
+        kw = {"run_name": run.name, "tags": {"loraclf.run_dir": str(run.resolve())},
+              "nested_run": mlflow.active_run() is not None}
+        if uri == f"sqlite:///{(run / 'mlflow.db').resolve()}":
+            kw["logging_dir"] = str((run / "mlflow-artifacts").resolve())  # else artifacts default to ./mlruns in the cwd
+        if saved.get("mlflow", {}).get("tracking_uri") == uri and saved["mlflow"].get("run_id"):
+            kw["run_id"] = saved["mlflow"]["run_id"]  # --resume continues the same MLflow run
+        init_kwargs["mlflow"] = kw
+    try:
+        accelerator.init_trackers("loraclf", config=flat, init_kwargs=init_kwargs)
+    except Exception as e:  # a bad tracking URI, an unreachable server, a locked store...
+        if fresh:
+            shutil.rmtree(run, ignore_errors=True)  # nothing trained yet: leave no half-written run folder
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise RunError(f"could not start the trackers {list(cfg.track)}: {first[:300]}") from None
+    if "mlflow" in cfg.track:
+        active = accelerator.get_tracker("mlflow", unwrap=True)
+        record["mlflow"] = {"tracking_uri": uri, "run_id": active.info.run_id, "experiment_id": active.info.experiment_id}
+    runs.write_json(run / TRACKING, record)
     return list(cfg.track)
 
 
