@@ -1,0 +1,236 @@
+"""PEFT methods beyond plain LoRA: one PEFT config per `adapter.method`, and the hooks some methods need.
+
+Every method is PEFT's own implementation; this module only maps loraclf's config onto PEFT's config classes
+and attaches what the training loop and the saver look for on the model:
+
+- AdaLoRA: `loraclf_set_total_steps(n)` (its rank budget is scheduled over all steps), `loraclf_after_step(step)`
+  (PEFT's `update_and_allocate`, called after `optimizer.step()` and before `zero_grad`), `loraclf_regularizer()`
+  (its orthogonality penalty), `loraclf_finalize()` (apply the final rank mask to restored best weights) and
+  `loraclf_final_report()` (the final rank allocation, written to metrics.json as "adapter_report").
+- PiSSA: the initial adapter is kept so that saving converts the PiSSA adapter into a plain LoRA adapter for the
+  *original* base weights (PiSSA changes the base weights it starts from); stock PEFT can then reload it.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from .config import AdapterConfig, Config
+from .errors import ModelError
+
+METHODS = ("lora", "dora", "rslora", "pissa", "vera", "ia3", "adalora", "loha", "lokr")
+LORA_FAMILY = ("lora", "dora", "rslora", "pissa")
+RANKLESS = ("ia3",)  # no size to fit: r is ignored and r=auto does not apply
+# AdaLoRA needs a positive total_step to build; counting parameters does not depend on it
+_PLACEHOLDER_STEPS = 1000
+_PISSA_INIT = "pissa_init"
+
+
+def adalora_init_r(ad: AdapterConfig) -> int:
+    """AdaLoRA's starting rank: adapter.init_r, else 1.5 x r rounded down. The budget counts this rank."""
+    r = ad.r if isinstance(ad.r, int) else 1
+    return ad.init_r if ad.init_r is not None else max(r, (3 * r) // 2)
+
+
+def adalora_schedule(ad: AdapterConfig, total_steps: int) -> tuple[int, int]:
+    """(tinit, tfinal): warm-up steps before pruning and final steps at fixed ranks; defaults 10% and 20%."""
+    tinit = ad.adalora_tinit if ad.adalora_tinit is not None else int(0.1 * total_steps)
+    tfinal = ad.adalora_tfinal if ad.adalora_tfinal is not None else int(0.2 * total_steps)
+    if tinit + tfinal >= total_steps:
+        raise ModelError(
+            f"AdaLoRA needs steps left to re-allocate ranks: adapter.adalora_tinit ({tinit}) + adapter.adalora_tfinal "
+            f"({tfinal}) must be below the {total_steps} training steps; lower them or train longer")
+    return tinit, tfinal
+
+
+def _layers(cfg: Config, model) -> Optional[list[int]]:
+    if not cfg.adapter.layers_to_transform:
+        return None
+    from .model import num_layers
+
+    n = num_layers(model.config)
+    k = min(cfg.adapter.layers_to_transform, n)
+    return list(range(n - k, n))
+
+
+def _layer_regex(names: list[str], layers: list[int]) -> str:
+    """A PEFT target regex for the named modules inside the given encoder layers (for tuners without
+    layers_to_transform). PEFT full-matches it against module paths such as bert.encoder.layer.5.attention.self.query."""
+    alt = "|".join(re.escape(n) for n in names)
+    idx = "|".join(str(i) for i in layers)
+    return rf".*\.layers?\.({idx})\.(.*\.)?({alt})"
+
+
+def _on_meta(model) -> bool:
+    p = next(model.parameters(), None)
+    return p is not None and p.is_meta
+
+
+def peft_config_for(cfg: Config, model, targets: list[str], modules_to_save: Optional[list[str]],
+                    total_steps: Optional[int] = None):
+    """The PEFT config of cfg.adapter.method for this base model.
+
+    targets: PEFT target_modules (already resolved for the architecture); modules_to_save: modules trained in full
+    (the head). total_steps: optimizer steps of the run (AdaLoRA schedules over them; set later when unknown here).
+    """
+    from peft import (AdaLoraConfig, IA3Config, LoHaConfig, LoKrConfig, LoraConfig, TaskType, VeraConfig)
+
+    ad: AdapterConfig = cfg.adapter
+    method = ad.method
+    if method not in METHODS:
+        raise ModelError(f"unknown adapter.method '{method}'; choose from {', '.join(METHODS)}")
+    r = ad.r
+    if method not in RANKLESS and not isinstance(r, int):
+        raise ModelError("adapter.r is 'auto' but was not resolved against the budget")
+    layers = _layers(cfg, model)
+    common = dict(task_type=TaskType.SEQ_CLS, target_modules=list(targets), modules_to_save=modules_to_save)
+
+    if method in LORA_FAMILY:
+        init = True
+        if method == "pissa" and not _on_meta(model):  # the SVD changes no shapes; skip it when only counting
+            init = "pissa"
+        return LoraConfig(r=r, lora_alpha=ad.lora_alpha, lora_dropout=ad.lora_dropout, layers_to_transform=layers,
+                          use_dora=method == "dora", use_rslora=method == "rslora", init_lora_weights=init, **common)
+    if method == "adalora":
+        init_r = adalora_init_r(ad)
+        if init_r < r:
+            raise ModelError(f"adapter.init_r ({init_r}) must be at least adapter.r ({r}), AdaLoRA's target rank")
+        steps = total_steps or max(_PLACEHOLDER_STEPS, (ad.adalora_tinit or 0) + (ad.adalora_tfinal or 0) + 1)
+        tinit, tfinal = adalora_schedule(ad, steps)
+        return AdaLoraConfig(target_r=r, init_r=init_r, lora_alpha=ad.lora_alpha, lora_dropout=ad.lora_dropout,
+                             tinit=tinit, tfinal=tfinal, deltaT=ad.adalora_deltaT, total_step=steps,
+                             orth_reg_weight=ad.adalora_orth_reg_weight, layers_to_transform=layers, **common)
+    if method == "vera":
+        return VeraConfig(r=r, d_initial=ad.vera_d_initial, vera_dropout=ad.lora_dropout,
+                          projection_prng_key=ad.vera_projection_prng_key, save_projection=True,
+                          layers_to_transform=layers, **common)
+    if method == "loha":
+        return LoHaConfig(r=r, alpha=ad.lora_alpha, rank_dropout=ad.lora_dropout, layers_to_transform=layers, **common)
+    if method == "lokr":
+        return LoKrConfig(r=r, alpha=ad.lora_alpha, rank_dropout=ad.lora_dropout,
+                          decompose_both=ad.lokr_decompose_both, decompose_factor=ad.lokr_decompose_factor,
+                          layers_to_transform=layers, **common)
+    # ia3: the FFN's second projection is scaled on its input (as in the paper and PEFT's defaults), the rest on output
+    from .model import FAMILIES
+
+    fam = FAMILIES.get(model.config.model_type)
+    ff = [t for t in targets if fam is not None and t in fam.ffn[1:]]
+    if layers is None:
+        return IA3Config(feedforward_modules=ff, **common)
+    # IA3Config has no layers_to_transform: select the layers with a regex instead
+    common["target_modules"] = _layer_regex(list(targets), layers)
+    return IA3Config(feedforward_modules=_layer_regex(ff, layers) if ff else [], **common)
+
+
+def attach(model, cfg: Config, total_steps: Optional[int] = None) -> None:
+    """Give a freshly wrapped PeftModel the hooks its method needs (see the module docstring)."""
+    if cfg.adapter.method == "adalora":
+        # ranknum is a constant PEFT keeps as a frozen Parameter; accelerate's init_empty_weights re-registers it as
+        # trainable, which would make a meta-device parameter count one too high per adapted module
+        for n, p in model.named_parameters():
+            if ".ranknum." in n:
+                p.requires_grad_(False)
+    if _on_meta(model):
+        return
+    if cfg.adapter.method == "adalora":
+        _attach_adalora(model, cfg.adapter)
+        if total_steps:
+            model.loraclf_set_total_steps(total_steps)
+    elif cfg.adapter.method == "pissa":
+        _keep_pissa_initial(model)
+
+
+# ------------------------------------------------------------------------------------------ AdaLoRA
+
+
+def _attach_adalora(model, ad: AdapterConfig) -> None:
+    tuner = model.base_model  # peft.tuners.AdaLoraModel
+    name = model.active_adapter
+    pairs = [(n, p) for n, p in model.named_parameters()
+             if ("lora_A" in n or "lora_B" in n) and f".{name}" in n and p.requires_grad]
+
+    def set_total_steps(total_steps: int) -> None:
+        tinit, tfinal = adalora_schedule(ad, total_steps)
+        pc = model.peft_config[name]
+        pc.tinit, pc.tfinal = tinit, tfinal
+        tuner.rankallocator.set_total_step(total_steps)  # also sets pc.total_step and the budget it schedules
+
+    def regularizer() -> torch.Tensor:
+        # PEFT adds this penalty only inside AdaLoraModel.forward when the model computes the loss itself (labels
+        # passed); our loop computes its own (weighted / soft-label) loss, so the same term is added here.
+        total = 0.0
+        for n, p in pairs:
+            cov = p @ p.T if "lora_A" in n else p.T @ p
+            total = total + torch.linalg.matrix_norm(cov - torch.eye(*cov.shape, dtype=cov.dtype, device=cov.device))
+        return model.peft_config[name].orth_reg_weight * total / max(len(pairs), 1)
+
+    def finalize() -> None:
+        pattern = model.peft_config[name].rank_pattern
+        if pattern:
+            tuner.rankallocator.mask_using_rank_pattern(tuner.model, pattern)
+
+    model.loraclf_set_total_steps = set_total_steps
+    model.loraclf_after_step = tuner.update_and_allocate
+    model.loraclf_regularizer = regularizer
+    model.loraclf_finalize = finalize
+    model.loraclf_final_report = lambda: adalora_report(model)
+
+
+def adalora_report(model) -> dict:
+    """AdaLoRA's rank allocation: per adapted module, the ranks kept (all init_r until the first re-allocation)."""
+    name = model.active_adapter
+    pc = model.peft_config[name]
+    modules = sorted({n.split(".lora_E")[0] for n, _ in model.named_parameters() if ".lora_E." in n})
+    pattern = pc.rank_pattern or {}
+    ranks = {}
+    for m in modules:
+        short = m.replace("base_model.model.", "", 1)
+        # PEFT keys the pattern by parameter name, with or without the adapter name depending on where it was set
+        kept = next((pattern[k] for k in (f"{short}.lora_E.{name}", f"{short}.lora_E", f"{m}.lora_E.{name}",
+                                          f"{m}.lora_E") if k in pattern), None)
+        ranks[short] = int(sum(bool(x) for x in kept)) if kept is not None else pc.init_r
+    return {
+        "method": "adalora", "init_r": pc.init_r, "target_r": pc.target_r, "total_step": pc.total_step,
+        "tinit": pc.tinit, "tfinal": pc.tfinal, "deltaT": pc.deltaT, "reallocated": bool(pattern),
+        "total_rank_initial": pc.init_r * len(modules), "total_rank_budget": pc.target_r * len(modules),
+        "total_rank_final": sum(ranks.values()), "ranks": ranks,
+    }
+
+
+# ------------------------------------------------------------------------------------------ PiSSA
+
+
+def _keep_pissa_initial(model) -> None:
+    name = model.active_adapter
+    # from here on the config says "plain LoRA init": the saved adapter must never redo the SVD on reload
+    model.peft_config[name].init_lora_weights = True
+    holder = tempfile.TemporaryDirectory(prefix="loraclf-pissa-")  # removed when the model is garbage-collected
+    model.save_pretrained(str(Path(holder.name) / _PISSA_INIT), safe_serialization=True)
+    model.loraclf_pissa_initial = holder
+
+
+def save_pretrained(model, out_dir: str | Path) -> None:
+    """PEFT's save_pretrained; a PiSSA adapter is converted to a LoRA adapter for the original base weights."""
+    holder = getattr(model, "loraclf_pissa_initial", None)
+    if holder is None:
+        model.save_pretrained(str(out_dir), safe_serialization=True)
+        return
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import load_file, save_file
+
+    model.save_pretrained(str(out_dir), safe_serialization=True,
+                          path_initial_model_for_weight_conversion=str(Path(holder.name) / _PISSA_INIT))
+    # PEFT's conversion keeps only lora_A/lora_B and drops modules_to_save (our trained head): put it back
+    weights = Path(out_dir) / "adapter_model.safetensors"
+    saved = load_file(str(weights))
+    full = get_peft_model_state_dict(model)
+    missing = {k: v.detach().cpu().contiguous() for k, v in full.items() if k not in saved and "lora_" not in k}
+    if missing:
+        saved.update(missing)
+        save_file(saved, str(weights), metadata={"format": "pt"})
