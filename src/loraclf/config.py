@@ -75,11 +75,18 @@ class DataConfig:
 @dataclass
 class AdapterConfig:
     method: Literal["lora", "dora", "rslora", "pissa", "vera", "ia3", "adalora", "loha", "lokr"] = _f(
-        "lora", "PEFT method."
+        "lora",
+        "PEFT method: lora, dora (weight-decomposed), rslora (rank-stabilised scale), pissa (LoRA initialised from the "
+        "principal singular vectors), vera (shared frozen random matrices, trained scaling vectors), ia3 (learned "
+        "per-feature scaling vectors, no rank), adalora (ranks re-allocated during training), loha, lokr.",
     )
-    r: Union[int, Literal["auto"]] = _f(8, "Adapter rank; 'auto' picks the largest rank under budget.max_trainable_params.")
-    lora_alpha: float = _f(16.0, "LoRA scaling numerator (scale = lora_alpha / r).", gt=0)
-    lora_dropout: float = _f(0.05, "Dropout on the adapter's input.", ge=0, lt=1)
+    r: Union[int, Literal["auto"]] = _f(
+        8,
+        "Adapter size; 'auto' picks the largest that fits under budget.max_trainable_params. LoRA family, LoHa, LoKr: "
+        "rank; vera: rank of the shared frozen matrices; adalora: target rank (the budget counts init_r); ia3: unused.",
+    )
+    lora_alpha: float = _f(16.0, "Scaling numerator (scale = lora_alpha / r; rslora: lora_alpha / sqrt(r)); LoHa/LoKr's alpha.", gt=0)
+    lora_dropout: float = _f(0.05, "Dropout on the adapter's input (LoHa/LoKr: rank dropout; unused by ia3).", ge=0, lt=1)
     target_modules: Union[str, list[str]] = _f(
         "qv",
         "A preset (qv, qkv, attention, all-linear), mapped per architecture, or a list of module names.",
@@ -88,11 +95,15 @@ class AdapterConfig:
     head: Literal["full", "linear", "lora"] = _f(
         "full", "Classification head: the model's own (full), one linear layer (linear), or its dense layer frozen with LoRA (lora)."
     )
-    init_r: Optional[int] = _f(None, "AdaLoRA: starting rank (default 1.5 x r).", ge=1)
+    init_r: Optional[int] = _f(None, "AdaLoRA: starting rank, which the budget counts (default 1.5 x r, rounded down).", ge=1)
     vera_d_initial: float = _f(0.1, "VeRA: initial value of the scaling vector d.", gt=0)
+    vera_projection_prng_key: int = _f(0, "VeRA: seed of the shared frozen random matrices (saved with the adapter).", ge=0)
     adalora_tinit: Optional[int] = _f(None, "AdaLoRA: warm-up steps before pruning ranks (default 10% of steps).", ge=0)
     adalora_tfinal: Optional[int] = _f(None, "AdaLoRA: final fine-tuning steps with fixed ranks (default 20% of steps).", ge=0)
     adalora_deltaT: int = _f(10, "AdaLoRA: steps between rank re-allocations.", ge=1)
+    adalora_orth_reg_weight: float = _f(0.5, "AdaLoRA: weight of the penalty keeping its singular vectors orthogonal.", ge=0)
+    lokr_decompose_both: bool = _f(False, "LoKr: also factor the left Kronecker matrix into low rank.")
+    lokr_decompose_factor: int = _f(-1, "LoKr: Kronecker factor size (-1 = as close to square as the shape allows).", ge=-1)
 
 
 @dataclass
@@ -399,6 +410,14 @@ def _cross_checks(cfg: Config) -> list[str]:
         problems.append(f"'adapter.r' must be >= 1 or 'auto', got {cfg.adapter.r}")
     if cfg.adapter.r == "auto" and cfg.budget.max_trainable_params is None:
         problems.append("'adapter.r: auto' needs budget.max_trainable_params (the cap the rank is fitted under)")
+    if cfg.adapter.r == "auto" and cfg.adapter.method == "ia3":
+        problems.append("'adapter.r: auto' does not apply to adapter.method ia3, which has no rank (its size is fixed "
+                        "by the target modules); set adapter.r to a number or choose fewer adapter.target_modules")
+    if (cfg.adapter.method == "adalora" and cfg.adapter.init_r is not None and isinstance(cfg.adapter.r, int)
+            and cfg.adapter.init_r < cfg.adapter.r):
+        problems.append(f"'adapter.init_r' ({cfg.adapter.init_r}) must be >= adapter.r ({cfg.adapter.r}), AdaLoRA's target rank")
+    if cfg.adapter.lokr_decompose_factor == 0:
+        problems.append("'adapter.lokr_decompose_factor' must be -1 (automatic) or a factor >= 1, got 0")
     if isinstance(cfg.adapter.target_modules, list) and not cfg.adapter.target_modules:
         problems.append("'adapter.target_modules' is an empty list; give a preset (qv) or module names")
     if cfg.data.train is None and cfg.data.name is None:

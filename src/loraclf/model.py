@@ -194,34 +194,10 @@ def head_modules(model_type: str) -> list[str]:
 
 
 def peft_config(cfg: Config, model, targets: list[str], total_steps: Optional[int] = None):
-    """The PEFT config for cfg.adapter on this model (LoRA family; other methods are added in peft_methods)."""
-    from peft import LoraConfig, TaskType
+    """The PEFT config for cfg.adapter on this model; each method's settings are mapped in methods.py."""
+    from . import methods
 
-    ad: AdapterConfig = cfg.adapter
-    model_type = model.config.model_type
-    r = ad.r
-    if not isinstance(r, int):
-        raise ModelError("adapter.r is 'auto' but was not resolved against the budget")
-    layers = None
-    if ad.layers_to_transform:
-        n = num_layers(model.config)
-        k = min(ad.layers_to_transform, n)
-        layers = list(range(n - k, n))
-    modules_to_save = head_modules(model_type)
-    if ad.method not in ("lora", "dora", "rslora", "pissa"):
-        raise ModelError(f"adapter.method '{ad.method}' is not available yet; use lora, dora, rslora or pissa")
-    return LoraConfig(
-        task_type=TaskType.SEQ_CLS,
-        r=r,
-        lora_alpha=ad.lora_alpha,
-        lora_dropout=ad.lora_dropout,
-        target_modules=targets,
-        layers_to_transform=layers,
-        modules_to_save=modules_to_save,
-        use_dora=ad.method == "dora",
-        use_rslora=ad.method == "rslora",
-        init_lora_weights="pissa" if ad.method == "pissa" else True,
-    )
+    return methods.peft_config_for(cfg, model, targets, head_modules(model.config.model_type), total_steps)
 
 
 def build_model(cfg: Config, id2label: dict[int, str], total_steps: Optional[int] = None):
@@ -238,6 +214,9 @@ def build_model(cfg: Config, id2label: dict[int, str], total_steps: Optional[int
         model = get_peft_model(base, pc)
     except ValueError as e:
         raise ModelError(f"PEFT cannot apply {cfg.adapter.method} here: {str(e).splitlines()[0]}") from None
+    from . import methods
+
+    methods.attach(model, cfg, total_steps)  # per-method hooks (AdaLoRA's rank allocation, PiSSA's initial state)
     return model, tokenizer
 
 
@@ -284,8 +263,10 @@ def format_breakdown(b: dict) -> str:
 
 def save_adapter(model, tokenizer, out_dir: Path) -> None:
     """Standard PEFT files (safetensors, head included via modules_to_save) plus the tokenizer, atomically."""
+    from . import methods
+
     with runs.atomic_dir(out_dir) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
+        methods.save_pretrained(model, tmp)  # PEFT's; a PiSSA adapter is converted to plain LoRA for stock reloads
     if tokenizer is not None:
         with runs.atomic_dir(out_dir.parent / runs.TOKENIZER) as tmp:
             tokenizer.save_pretrained(tmp)

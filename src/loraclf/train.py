@@ -309,6 +309,8 @@ def train(cfg: Config, resume: Optional[str | Path] = None, quiet: bool = False,
     accum = cfg.train.gradient_accumulation_steps
     per_epoch = data_mod.steps_per_epoch(len(train_ds), bs, accum, n_proc)
     total_steps = cfg.train.max_steps or int(math.ceil(per_epoch * cfg.train.num_train_epochs))
+    if hasattr(model, "loraclf_set_total_steps"):  # AdaLoRA schedules its rank budget over all steps
+        model.loraclf_set_total_steps(total_steps)
     eval_every = cfg.eval.eval_steps or per_epoch
     save_every = cfg.output.save_steps or eval_every
     effective_batch = bs * n_proc * accum
@@ -319,6 +321,7 @@ def train(cfg: Config, resume: Optional[str | Path] = None, quiet: bool = False,
     model, optimizer = accelerator.prepare(model, optimizer)
     unwrapped = accelerator.unwrap_model(model)
     hook = getattr(unwrapped, "loraclf_after_step", None)  # e.g. AdaLoRA's update_and_allocate
+    regularizer = getattr(unwrapped, "loraclf_regularizer", None)  # e.g. AdaLoRA's orthogonality penalty
 
     # ---------------------------------------------------------------- the run folder exists from here on
     if resume_dir is None:
@@ -412,12 +415,16 @@ def train(cfg: Config, resume: Optional[str | Path] = None, quiet: bool = False,
                     with accelerator.autocast():
                         logits = model(**inputs).logits
                     loss = _loss(logits, batch)
+                    if regularizer is not None:
+                        loss = loss + regularizer()
                     accelerator.backward(loss)
                     if accelerator.sync_gradients and cfg.train.max_grad_norm:
                         accelerator.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
                     optimizer.step()
                     if accelerator.sync_gradients:
                         scheduler.step()
+                        if hook is not None:  # it reads the gradients, so before zero_grad (PEFT's AdaLoRA docs)
+                            hook(state["step"] + 1)
                     optimizer.zero_grad(set_to_none=True)
                 state["batches_in_epoch"] += 1
                 window_loss += loss.detach().float().item()
@@ -427,8 +434,6 @@ def train(cfg: Config, resume: Optional[str | Path] = None, quiet: bool = False,
                     continue
                 state["step"] += 1
                 step = state["step"]
-                if hook is not None:
-                    hook(step)
                 now = time.time()
                 state["train_time"] += now - tick
                 tick = now
@@ -488,6 +493,8 @@ def train(cfg: Config, resume: Optional[str | Path] = None, quiet: bool = False,
         from safetensors.torch import load_file
 
         load_trainable_state(unwrapped, load_file(str(best / "trainable.safetensors")))
+        if hasattr(unwrapped, "loraclf_finalize"):  # e.g. AdaLoRA: apply its final rank mask to the restored weights
+            unwrapped.loraclf_finalize()
     _, val_probs, val_labels = predict_probs(model, val_loader, accelerator)
     metrics = {"val": compute_metrics(val_labels, val_probs, splits.id2label)}
     if test_ds is not None:
