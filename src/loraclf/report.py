@@ -225,6 +225,7 @@ table{border-collapse:collapse;margin:8px 0;font-size:13px}
 th,td{border:1px solid #ddd;padding:4px 9px;text-align:right;vertical-align:top}
 th{background:#f3f5f8}td.t,th.t{text-align:left}
 table.ex td:first-child{text-align:left;max-width:640px}
+table.per-class td:first-child,table.params td:first-child,table.hw td{text-align:left}
 .cards{display:flex;gap:12px;flex-wrap:wrap}.card{border:1px solid #ddd;border-radius:6px;padding:8px 14px;min-width:130px}
 .card b{display:block;font-size:22px}.card span{color:#666;font-size:12px}
 img{max-width:100%;border:1px solid #eee}
@@ -346,6 +347,7 @@ def write_report(run: str | Path) -> Path:
     target = rf.path / runs.REPORT
     try:
         with runs.atomic_dir(target) as tmp:  # all three files or none
+            tmp.chmod(0o755)  # mkdtemp makes it private; a report is meant to be shared
             (tmp / "curves.png").write_bytes(curves)
             if confusion is not None:
                 (tmp / "confusion.png").write_bytes(confusion)
@@ -426,15 +428,24 @@ def plot_compare(rfs: list[RunFiles], labels: list[str]):
 
 
 def _cell(v) -> str:
-    if isinstance(v, float):
-        return f"{v:.4f}"
+    """A config value as the user would write it in an override."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(str(x) for x in v) + "]"
-    return "" if v is None else str(v)
+    return "null" if v is None else str(v)
 
 
-def _md(v) -> str:
-    return _cell(v).replace("|", "\\|").replace("\n", " ")
+def _metric(col: str, v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.2f}" if col.endswith("_s") else f"{v:.4f}"
+    return str(v)
+
+
+def _md(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
 
 
 def compare_runs(run_paths: list, output: str | Path) -> Path:
@@ -458,18 +469,19 @@ def compare_runs(run_paths: list, output: str | Path) -> Path:
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["run", "path", *diff.keys(), *(c for c, _ in COMPARE_METRICS)])
     for i, rf in enumerate(rfs):
-        w.writerow([labels[i], str(rf.path), *(_cell(v[i]) for v in diff.values()), *(_cell(x) for x in metrics[i])])
+        w.writerow([labels[i], str(rf.path), *(_cell(v[i]) for v in diff.values()), *("" if x is None else x for x in metrics[i])])
 
     # Markdown: the differences (keys x runs), then the metrics (runs x metrics)
     md = [f"# Comparison of {len(rfs)} run(s)", "", "![curves](curves.png)", "", "## Config keys that differ", ""]
     if diff:
         md += ["| key | " + " | ".join(_md(x) for x in labels) + " |", "|---|" + "---|" * len(labels)]
-        md += [f"| {_md(k)} | " + " | ".join(_md(x) for x in vals) + " |" for k, vals in diff.items()]
+        md += [f"| {_md(k)} | " + " | ".join(_md(_cell(x)) for x in vals) + " |" for k, vals in diff.items()]
     else:
         md.append("The resolved configs are identical.")
     md += ["", "## Final metrics", "", "| run | " + " | ".join(c for c, _ in COMPARE_METRICS) + " |",
            "|---|" + "---:|" * len(COMPARE_METRICS)]
-    md += [f"| {_md(labels[i])} | " + " | ".join(_md(x) for x in metrics[i]) + " |" for i in range(len(rfs))]
+    md += [f"| {_md(labels[i])} | " + " | ".join(_metric(c, x) for (c, _), x in zip(COMPARE_METRICS, metrics[i])) + " |"
+           for i in range(len(rfs))]
     md += ["", "Runs: " + ", ".join(f"`{rf.path}`" for rf in rfs), ""]
 
     try:
