@@ -482,6 +482,10 @@ def train(cfg: Config, resume: Optional[str | Path] = None, quiet: bool = False,
             f"`loraclf train --resume {run}`")
         _end_trackers(accelerator, trackers)
         raise KeyboardInterrupt(name) from None
+    except BaseException:  # e.g. optuna.TrialPruned from on_eval: close trackers so the next run can start its own
+        progress.close()
+        _end_trackers(accelerator, trackers)
+        raise
     finally:
         for s, h in old_handlers.items():
             signal.signal(s, h)
