@@ -321,3 +321,136 @@ def test_augment_file_bad_inputs(tmp_path):
     assert "allow_pickle=True" in error(tmp_path / "data.pkl", out, cfg, 0, text_column="sentence")
     result = augment_file(tmp_path / "data.pkl", out, cfg, 0, text_column="sentence", allow_pickle=True)
     assert result["rows_out"] == 2 and pd.read_csv(out)["label"].tolist() == [1, 1]
+
+
+# ---------------------------------------------------------------------------------------------- training
+
+
+@pytest.fixture
+def recorded_augmentations(monkeypatch) -> list[dict]:
+    """Every call of train._augmented (the real one), with the rows it got and the rows it returned."""
+    from loraclf import train as train_mod
+
+    calls = []
+    real = train_mod._augmented
+
+    def recording(ds, cfg, seed, say):
+        out = real(ds, cfg, seed, say)
+        calls.append({"seed": seed, "in": list(ds["text"]), "out": list(out["text"]), "labels": list(out["label"])})
+        return out
+
+    monkeypatch.setattr(train_mod, "_augmented", recording)
+    return calls
+
+
+def file_texts(path: Path) -> list[str]:
+    """The texts of a data file as loraclf.data loads them (surrounding whitespace stripped)."""
+    return [t.strip() for t in pd.read_csv(path)["text"]]
+
+
+def test_training_augments_the_train_split_only(tiny_overrides, small_ag, recorded_augmentations, capsys):
+    from loraclf.config import load_config
+    from loraclf.train import train
+
+    cfg = load_config(None, tiny_overrides + ["augment.enabled=true", "augment.synonym_p=0.2", "train.seed=5"])
+    result = train(cfg)
+    log = capsys.readouterr().err
+    train_texts = file_texts(small_ag["train"])
+
+    assert "augmentation: 240 -> 480 training rows" in log
+    assert "480 train / 80 val / 80 test rows" in log
+    [call] = recorded_augmentations  # mode once: one draw, before training
+    assert call["seed"] == 5 and call["in"] == train_texts
+    assert call["out"][:240] == train_texts
+    assert sum(a != b for a, b in zip(call["out"][240:], train_texts)) >= 200  # copies really differ
+    assert call["labels"][240:] == call["labels"][:240]
+
+    # val and test are scored on their own rows, as they are in the files
+    predictions = pd.read_csv(result.run_dir / "val_predictions.csv")
+    assert predictions["text"].tolist() == file_texts(small_ag["val"])
+    assert result.metrics["val"]["n"] == 80 and result.metrics["test"]["n"] == 80
+    assert result.metrics["global_step"] == 6
+
+
+def test_per_epoch_draws_fresh_copies_every_epoch(tiny_overrides, small_ag, tmp_path, recorded_augmentations, capsys):
+    from loraclf.config import load_config
+    from loraclf.train import train
+
+    small = tmp_path / "train40.csv"
+    pd.read_csv(small_ag["train"]).groupby("label").head(10).to_csv(small, index=False)
+    texts = file_texts(small)
+    # 40 rows + 40 copies = 80 rows = 5 steps of 16 per epoch: 12 steps run epochs 0, 1 and part of 2
+    cfg = load_config(None, tiny_overrides + [f"data.train={small}", "train.max_steps=12", "augment.enabled=true",
+                                              "augment.synonym_p=0.2", "augment.mode=per_epoch"])
+    result = train(cfg)
+    log = capsys.readouterr().err
+
+    assert "80 train / 80 val / 80 test rows; 12 steps (5/epoch)" in log
+    assert log.count("augmentation: 40 -> 80 training rows") == 3
+    assert [c["seed"] for c in recorded_augmentations] == [42, 43, 44]  # train.seed + epoch
+    copies = [c["out"][40:] for c in recorded_augmentations]
+    for call in recorded_augmentations:
+        assert call["in"] == texts and call["out"][:40] == texts  # always from the originals, never copies of copies
+    assert copies[0] != copies[1] and copies[1] != copies[2]
+    assert sum(a != b for a, b in zip(copies[0], copies[1])) >= 20
+    assert result.metrics["global_step"] == 12
+    assert pd.read_csv(result.run_dir / "val_predictions.csv")["text"].tolist() == file_texts(small_ag["val"])
+
+
+def test_train_without_wordnet_fails_before_the_run_folder(tiny_overrides, tmp_path):
+    empty = tmp_path / "no-wordnet"
+    empty.mkdir()
+    env = {**os.environ, augment.WORDNET_ENV: str(empty)}
+    run = subprocess.run([sys.executable, "-m", "loraclf", "train", *tiny_overrides, "augment.enabled=true",
+                          "augment.mode=per_epoch"], env=env, capture_output=True, text=True)
+    assert run.returncode == 2, run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in run.stderr, run.stderr
+    assert lines[0].startswith(f"loraclf train: error: no WordNet in {augment.WORDNET_ENV}={empty}")
+    assert "python -m nltk.downloader wordnet" in lines[0]
+    assert not (tmp_path / "runs").exists()
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+
+def loraclf(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "loraclf", *args], capture_output=True, text=True)
+
+
+def test_cli_augment_writes_rows_and_prints_pairs(ag_news_50, tmp_path):
+    out = tmp_path / "aug.csv"
+    run = loraclf("augment", "--input", str(ag_news_50), "--output", str(out), "--synonym-p", "0.1",
+                  "--num-copies", "2", "--seed", "3", "--show", "2")
+    assert run.returncode == 0, run.stderr
+    original = pd.read_csv(ag_news_50)
+    written = pd.read_csv(out)
+    assert len(written) == 150 and written["text"][:50].tolist() == original["text"].tolist()
+    assert written["label"].tolist() == original["label"].tolist() * 3
+    lines = run.stdout.splitlines()
+    assert lines[0] == f"- {original['text'][0]}" and lines[1] == f"+ {written['text'][50]}"
+    assert lines[2] == f"- {original['text'][1]}" and lines[3] == f"+ {written['text'][51]}"
+    assert lines[4] == f"50 rows in, 150 rows out -> {out}"
+    assert len(lines) == 5
+
+
+def test_cli_augment_bad_input_is_one_line(tmp_path, capsys):
+    from loraclf import cli
+
+    out = tmp_path / "aug.csv"
+    run = loraclf("augment", "--input", str(tmp_path / "missing.csv"), "--output", str(out))
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert run.stderr.strip() == f"loraclf augment: error: input file not found: {tmp_path / 'missing.csv'}"
+
+    src = tmp_path / "in.csv"
+    pd.DataFrame({"text": ["Stocks rallied on Monday."], "label": [1]}).to_csv(src, index=False)
+    for args, expected in (
+        (["--synonym-p", "1.5"], "augment.synonym_p"),
+        (["--synonym-p", "0"], "all 0"),
+        (["--num-copies", "0"], "augment.num_copies"),
+        (["--text-column", "sentence"], "has no text column 'sentence'"),
+    ):
+        assert cli.main(["augment", "--input", str(src), "--output", str(out), *args]) == 2, args
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("loraclf augment: error: ") and expected in err, err
+        assert not out.exists()

@@ -350,46 +350,28 @@ def augment_dataset(texts: list[str], labels: list, cfg: AugmentConfig, seed: in
 # ---------------------------------------------------------------------------------------------- files
 
 _FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "json", ".parquet": "parquet",
-            ".pkl": "pickle", ".pickle": "pickle"}
+            ".pkl": "pickle", ".pickle": "pickle"}  # output formats; inputs are whatever loraclf.data reads
 
 
-def _format(path: Path, role: str) -> str:
-    fmt = _FORMATS.get(path.suffix.lower())
+def _format(path: Path, role: str, formats: dict) -> str:
+    fmt = formats.get(path.suffix.lower())
     if fmt is None:
         raise DataError(
-            f"unknown {role} format '{path.suffix or path.name}'{did_you_mean(path.suffix.lower(), _FORMATS)} "
-            f"for {path}; use one of {', '.join(_FORMATS)}"
+            f"unknown {role} format '{path.suffix or path.name}'{did_you_mean(path.suffix.lower(), formats)} "
+            f"for {path}; use one of {', '.join(formats)}"
         )
     return fmt
 
 
-def _input_format(path: Path, allow_pickle: bool) -> str:
+def _check_input(path: Path, allow_pickle: bool) -> None:
+    # Checked here as well as in data.read_table, for messages that name the input and augment_file's argument.
+    from .data import READERS
+
     if not path.is_file():
         raise DataError(f"input file not found: {path}")
-    fmt = _format(path, "input")
-    if fmt == "pickle" and not allow_pickle:
+    if _format(path, "input", READERS) == "pickle" and not allow_pickle:
         raise DataError(f"{path} is a pickle file, and unpickling runs code from it; read it only if you trust it, "
                         "with allow_pickle=True (data.allow_pickle)")
-    return fmt
-
-
-def _read_table(path: Path, allow_pickle: bool):
-    # Stand-in until loraclf.data.read_table exists.
-    import pandas as pd
-
-    fmt = _input_format(path, allow_pickle)
-    try:
-        if fmt in ("csv", "tsv"):
-            # Only empty cells are missing: a text that reads "NA" or "null" stays text.
-            return pd.read_csv(path, sep="\t" if fmt == "tsv" else ",", keep_default_na=False, na_values=[""])
-        if fmt in ("json", "jsonl"):
-            return pd.read_json(path, lines=fmt == "jsonl", dtype=False)
-        if fmt == "parquet":
-            return pd.read_parquet(path)
-        return pd.read_pickle(path)
-    except Exception as e:  # pandas raises many types for a malformed file; all mean "cannot read it"
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise DataError(f"cannot read {path} as {fmt}: {first}") from None
 
 
 def _table_bytes(df, fmt: str) -> bytes:
@@ -406,20 +388,23 @@ def _table_bytes(df, fmt: str) -> bytes:
 
 
 def augment_file(input_path, output_path, cfg: AugmentConfig, seed: int, text_column="text", label_column="label",
-                 allow_pickle=False, show=5) -> dict:
+                 allow_pickle=False, show=5, max_file_mb: float | None = None) -> dict:
     """Read a table, append cfg.num_copies augmented copies of every row, write it in the output's format.
 
     Every column of a copied row is kept as it is except the text, so labels never change. Returns
     {"rows_in", "rows_out", "label_column", "examples": [(before, after), ...]} with up to `show` examples;
     label_column is None when the file has no such column (its rows are copied all the same).
     """
-    from .runs import atomic_write_bytes
     import pandas as pd
 
+    from .config import DataConfig
+    from .data import read_table
+    from .runs import atomic_write_bytes
+
     src, dst = Path(input_path), Path(output_path)
-    _input_format(src, allow_pickle)
-    out_fmt = _format(dst, "output")  # before reading, which may take a while
-    df = _read_table(src, allow_pickle)
+    _check_input(src, allow_pickle)
+    out_fmt = _format(dst, "output", _FORMATS)  # before reading, which may take a while
+    df = read_table(src, allow_pickle, DataConfig().max_file_mb if max_file_mb is None else max_file_mb)
     if text_column not in df.columns:
         columns = ", ".join(map(str, df.columns))
         raise DataError(f"{src} has no text column '{text_column}'{did_you_mean(text_column, df.columns)}; "

@@ -245,6 +245,10 @@ def prepare(cfg: Config, log=print, splits=None):
     """Setup that can fail on bad input: data, budget, model. Nothing is written to disk here."""
     from . import budget as budget_mod
 
+    if cfg.augment.enabled:
+        from .augment import Augmenter
+
+        Augmenter(cfg.augment)  # all-zero rates or a missing WordNet fail here, before data, model or run folder
     if splits is None:
         splits = data_mod.load_splits(cfg.data, log=log)
     cfg = budget_mod.enforce(cfg, len(splits.id2label), log=log)
@@ -295,7 +299,9 @@ def train(cfg: Config, resume: Optional[str | Path] = None, quiet: bool = False,
     say(model_mod.format_breakdown(params))
 
     train_raw = splits.train
-    if cfg.augment.enabled and cfg.augment.mode == "once":
+    if cfg.augment.enabled:
+        # per_epoch draws epoch 0's copies here too (the same seed the loop would use), so that the epoch length
+        # and the step count include the copies
         train_raw = _augmented(train_raw, cfg, cfg.train.seed, say)
     train_ds = data_mod.tokenize(train_raw, tokenizer, cfg.data, cache=True)
     val_ds = data_mod.tokenize(splits.validation, tokenizer, cfg.data, cache=True)
@@ -397,7 +403,7 @@ def train(cfg: Config, resume: Optional[str | Path] = None, quiet: bool = False,
             epoch = state["epoch"]
             epoch_raw = train_raw
             epoch_ds = train_ds
-            if cfg.augment.enabled and cfg.augment.mode == "per_epoch":
+            if cfg.augment.enabled and cfg.augment.mode == "per_epoch" and epoch > 0:
                 epoch_raw = _augmented(splits.train, cfg, cfg.train.seed + epoch, say)
                 epoch_ds = data_mod.tokenize(epoch_raw, tokenizer, cfg.data, cache=False)
                 for extra in ("weight", "soft_labels"):

@@ -1,0 +1,156 @@
+"""Benchmark: does EDA augmentation of the training split help the packaged MiniLM-L6 on AG News?
+
+Two arms, each over the same seeds and the SAME number of optimizer steps (`train.max_steps`), everything else
+equal: no augmentation, and augmentation (`augment.enabled=true`, one WordNet synonym-replaced copy of every
+training row, made once before training). With the copies the training set doubles, so the same steps cover half
+as many epochs of twice the rows. Val and test are never augmented; each run keeps its best checkpoint by val
+accuracy and is scored once on test.
+
+Data: ../shared/data/ag_news/{train,val,test}.csv (5,000 / 600 / 2,000 rows, 4 classes).
+
+Run (from the repository root):
+    flock /tmp/loraclf-cpu.lock python bench/augment.py            # writes bench/results/augment.md
+    python bench/augment.py --steps 10 --seeds 1 --out /tmp/a.md    # a quick check of the script
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+AG = ROOT.parent / "shared" / "data" / "ag_news"
+TRAIN_ROWS = 5000
+
+
+def overrides(args, arm: str, seed: int) -> list[str]:
+    common = [
+        f"model.name_or_path={args.model}",
+        f"data.train={AG / 'train.csv'}", f"data.validation={AG / 'val.csv'}", f"data.test={AG / 'test.csv'}",
+        "data.label_names=[World, Sports, Business, Sci/Tech]", f"data.max_length={args.max_length}",
+        f"train.max_steps={args.steps}", f"eval.eval_steps={args.eval_steps}",
+        f"train.per_device_train_batch_size={args.batch_size}", f"train.learning_rate={args.lr}",
+        f"train.seed={seed}", f"train.mixed_precision={args.precision}", "train.logging_steps=50",
+        "output.report=false", f"output.dir={args.work}", f"output.run_name={arm}-seed-{seed}", "output.overwrite=true",
+    ]
+    if arm == "augmented":
+        common += ["augment.enabled=true", f"augment.synonym_p={args.synonym_p}", "augment.num_copies=1",
+                   "augment.mode=once"]
+    return common
+
+
+def mean_sd(xs: list[float]) -> str:
+    sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
+    return f"{100 * statistics.mean(xs):.2f} ± {100 * sd:.2f}"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    p.add_argument("--steps", type=int, default=300, help="optimizer steps of every run, both arms")
+    p.add_argument("--eval-steps", type=int, default=100)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--max-length", type=int, default=64)
+    p.add_argument("--synonym-p", type=float, default=0.1)
+    p.add_argument("--precision", default="auto")
+    p.add_argument("--model", default="packaged:minilm-l6", help="another model only to check the script quickly")
+    p.add_argument("--work", type=Path, default=Path("/tmp/loraclf-bench-augment"))
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "augment.md")
+    args = p.parse_args()
+    if not AG.is_dir():
+        sys.exit(f"AG News not found at {AG} (../shared beside the checkout)")
+
+    from loraclf.augment import augment_dataset
+    from loraclf.config import AugmentConfig, load_config
+    from loraclf.train import hardware, train
+
+    arms = ("baseline", "augmented")
+    started = time.time()
+    runs = []
+    for seed in args.seeds:
+        for arm in arms:
+            t = time.time()
+            result = train(load_config(None, overrides(args, arm, seed)), quiet=True)
+            m = result.metrics
+            runs.append({"arm": arm, "seed": seed, "test": m["test"]["accuracy"], "test_f1": m["test"]["macro_f1"],
+                         "val": m["val"]["accuracy"], "best_step": m["best_step"], "steps": m["global_step"],
+                         "precision": m["precision"], "wall_s": round(time.time() - t, 1)})
+            print(json.dumps(runs[-1]), flush=True)
+    total = time.time() - started
+
+    def pick(arm: str, key: str) -> list[float]:
+        return [r[key] for r in runs if r["arm"] == arm]
+
+    import pandas as pd
+
+    sample = pd.read_csv(AG / "train.csv", nrows=3)["text"].tolist()
+    augmented, _ = augment_dataset(sample, [0] * len(sample), AugmentConfig(synonym_p=args.synonym_p), args.seeds[0])
+
+    hw = hardware()
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    base_test, aug_test = pick("baseline", "test"), pick("augmented", "test")
+    d_test = [a - b for a, b in zip(aug_test, base_test)]
+    d_val = [a - b for a, b in zip(pick("augmented", "val"), pick("baseline", "val"))]
+    rows_seen = args.steps * args.batch_size
+    lines = [
+        "# EDA augmentation on AG News (packaged MiniLM-L6)",
+        "",
+        f"Date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; commit {commit} (plus uncommitted work "
+        f"of parallel engineers); machine: {hw['cpu']}, {hw['cpu_count']} CPUs shared with other jobs, torch "
+        f"{hw['torch']}, Python {platform.python_version()}, precision {runs[0]['precision']}; total wall time "
+        f"{total / 60:.1f} min.",
+        "",
+        "Command: `flock /tmp/loraclf-cpu.lock python bench/augment.py " + " ".join(sys.argv[1:]) + "`",
+        "",
+        f"Recipe, both arms: `{args.model}`, LoRA (defaults: r=8 on query/value) + head, **{args.steps} optimizer "
+        f"steps** at batch {args.batch_size} ({rows_seen:,} rows drawn), lr {args.lr:g}, max_length {args.max_length}, "
+        f"val evaluated every {args.eval_steps} steps and the best checkpoint by val accuracy scored once on test "
+        f"(2,000 rows). Baseline: the 5,000 training rows ({rows_seen / TRAIN_ROWS:.2f} epochs). Augmented: the same "
+        f"rows plus one copy of each with WordNet synonym replacement (`augment.synonym_p={args.synonym_p:g}`, "
+        f"`num_copies=1`, `mode=once`), 10,000 rows ({rows_seen / (2 * TRAIN_ROWS):.2f} epochs). Val and test are "
+        f"never augmented.",
+        "",
+        f"## Accuracy, mean ± sample standard deviation over seeds {', '.join(map(str, args.seeds))} (points)",
+        "",
+        "| arm | test accuracy | test macro-F1 | val accuracy (selection split) |",
+        "| --- | --- | --- | --- |",
+    ]
+    for arm in arms:
+        lines.append(f"| {arm} | {mean_sd(pick(arm, 'test'))} | {mean_sd(pick(arm, 'test_f1'))} | "
+                     f"{mean_sd(pick(arm, 'val'))} |")
+    lines += [
+        "",
+        f"Paired difference augmented − baseline (same seed): test {mean_sd(d_test)} points "
+        f"(per seed: {', '.join(f'{100 * d:+.2f}' for d in d_test)}); val {mean_sd(d_val)}. "
+        f"Ratio of mean test accuracy, augmented / baseline: "
+        f"{statistics.mean(aug_test) / statistics.mean(base_test):.4f}.",
+        "",
+        "## Per run",
+        "",
+        "| seed | arm | test acc. | test macro-F1 | val acc. | best step | wall |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in runs:
+        lines.append(f"| {r['seed']} | {r['arm']} | {100 * r['test']:.2f} | {100 * r['test_f1']:.2f} | "
+                     f"{100 * r['val']:.2f} | {r['best_step']} | {r['wall_s'] / 60:.1f} min |")
+    lines += ["", f"Augmented copies of the first training rows (seed {args.seeds[0]}):", ""]
+    for before, after in zip(sample, augmented[len(sample):]):
+        lines += [f"- `{before}`", f"  `{after}`"]
+    lines.append("")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines) + "\n")
+    (args.work / "bench.json").write_text(json.dumps(runs, indent=1))
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
