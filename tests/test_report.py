@@ -42,19 +42,38 @@ def _overrides(tiny_bert, small_ag, out: Path, name: str, *extra: str) -> list[s
     ]
 
 
+class _Crash(Exception):
+    pass
+
+
 @pytest.fixture(scope="module")
 def two_runs(tiny_bert, small_ag, tmp_path_factory):
-    """(run A, its captured stderr, run B, its captured stderr)."""
+    """(run A, its stderr, run B, its stderr, B's tracking.json after the crash).
+
+    A: both trackers and the automatic report. B: another learning rate, MLflow only, quiet; it crashes after its
+    last evaluation (so its MLflow run is left active in this process) and is then resumed from step 3.
+    """
     out = tmp_path_factory.mktemp("report_runs")
-    logs = []
-    results = []
-    for name, extra, quiet in (("a", ["train.learning_rate=5e-3", "track=[tensorboard,mlflow]", "output.report=true"], False),
-                               ("b", ["train.learning_rate=1e-3", "output.report=false"], True)):
-        buf = io.StringIO()
-        with contextlib.redirect_stderr(buf):
-            results.append(train(load_config(None, _overrides(tiny_bert, small_ag, out, name, *extra)), quiet=quiet))
-        logs.append(buf.getvalue())
-    return results[0].run_dir, logs[0], results[1].run_dir, logs[1]
+    buf = io.StringIO()
+    with contextlib.redirect_stderr(buf):
+        run_a = train(load_config(None, _overrides(tiny_bert, small_ag, out, "a", "train.learning_rate=5e-3",
+                                                   "track=[tensorboard,mlflow]", "output.report=true"))).run_dir
+    log_a = buf.getvalue()
+
+    def crash(step, metrics):
+        if step == 6:
+            raise _Crash()
+
+    cfg_b = load_config(None, _overrides(tiny_bert, small_ag, out, "b", "train.learning_rate=1e-3", "track=[mlflow]",
+                                         "output.report=false"))
+    buf = io.StringIO()
+    with contextlib.redirect_stderr(buf):
+        with pytest.raises(_Crash):
+            train(cfg_b, quiet=True, on_eval=crash)
+        run_b = out / "b"
+        crashed = json.loads((run_b / "tracking.json").read_text())
+        assert train(cfg_b, resume=run_b, quiet=True).run_dir == run_b
+    return run_a, log_a, run_b, buf.getvalue(), crashed
 
 
 def _png_info(path: Path) -> Image.Image:
@@ -75,7 +94,7 @@ def _has_colour(img: Image.Image, rgb: tuple[int, int, int], tol: int = 12, min_
 
 
 def test_train_writes_report_automatically(two_runs):
-    run_a, _, run_b, _ = two_runs
+    run_a, _, run_b, *_ = two_runs
     assert sorted(p.name for p in (run_a / "report").iterdir()) == ["confusion.png", "curves.png", "report.html"]
     assert not (run_b / "report").exists()  # output.report=false
 
@@ -170,7 +189,7 @@ def test_html_wrong_examples_sorted_and_escaped(two_runs, tmp_path):
 
 
 def test_compare_two_runs(two_runs, tmp_path):
-    run_a, _, run_b, _ = two_runs
+    run_a, _, run_b, *_ = two_runs
     out = tmp_path / "cmp"
     assert main(["compare", str(run_a), str(run_b), "--output", str(out)]) == 0
     md = (out / "compare.md").read_text()
@@ -255,6 +274,24 @@ def test_mlflow_run_matches_history(two_runs):
     assert not list(run_a.glob("mlruns")) and not Path("mlruns").exists()
 
 
+def test_resume_continues_the_same_mlflow_run(two_runs):
+    from mlflow.tracking import MlflowClient
+
+    _, _, run_b, _, crashed = two_runs
+    info = json.loads((run_b / "tracking.json").read_text())["mlflow"]
+    assert info["run_id"] == crashed["mlflow"]["run_id"]
+    assert "tensorboard" not in info and not (run_b / "tensorboard").exists()
+    client = MlflowClient(tracking_uri=info["tracking_uri"])
+    assert client.get_run(info["run_id"]).info.status == "FINISHED"
+    assert len(client.search_runs([info["experiment_id"]])) == 1
+    history = runs.read_jsonl(run_b / runs.HISTORY)
+    assert [r["step"] for r in history] == [2, 3, 4, 6, 6]  # the crashed attempt's records past step 3 were dropped
+    logged = client.get_metric_history(info["run_id"], "eval/accuracy")
+    assert sorted({m.step for m in logged}) == [3, 6]
+    final = max((m for m in logged if m.step == 6), key=lambda m: m.timestamp)  # both attempts logged step 6
+    assert final.value == pytest.approx(history[-1]["accuracy"])
+
+
 def test_bad_tracking_uri_is_one_line_and_leaves_no_run(tiny_bert, small_ag, tmp_path, capsys):
     argv = ["train", *_overrides(tiny_bert, small_ag, tmp_path, "bad", "track=[mlflow]",
                                  "output.mlflow_tracking_uri=nosuchscheme://x")]
@@ -269,7 +306,7 @@ def test_bad_tracking_uri_is_one_line_and_leaves_no_run(tiny_bert, small_ag, tmp
 
 
 def test_log_lines_are_plain_and_quiet_is_quiet(two_runs):
-    _, log_a, _, log_b = two_runs
+    _, log_a, _, log_b, _ = two_runs
     assert "\r" not in log_a and "\x1b[" not in log_a  # no progress bar off a TTY
     steps = re.findall(r"^\[loraclf\] step (\d+)/6 \| epoch [\d.]+ \| loss [\d.]+ \| lr [\d.e+-]+ \| [\d.]+ samples/s$",
                        log_a, re.M)

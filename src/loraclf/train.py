@@ -615,7 +615,14 @@ def _start_trackers(accelerator, cfg: Config, run: Path) -> list:
         import mlflow
 
         uri = _mlflow_uri(cfg, run)
+        user_env = os.environ.get("MLFLOW_TRACKING_URI")
         mlflow.set_tracking_uri(uri)
+        # set_tracking_uri also exports $MLFLOW_TRACKING_URI; put the user's value back, or the next run in this
+        # process (a sweep trial) would take this run's store for the user's choice
+        if user_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = user_env
         active = mlflow.active_run()
         if active is not None and "loraclf.run_dir" in active.data.tags:
             mlflow.end_run("FAILED")  # left running by an earlier train() in this process that raised (e.g. pruned)
