@@ -139,15 +139,17 @@ def plot_confusion(matrix: list[list[int]], labels: list[str], title: str = "Val
     fig, axes = plt.subplots(1, 2, figsize=(2 * side + 1, side + 0.6), layout="constrained")
     short = [lab if len(lab) <= 18 else lab[:17] + "…" for lab in labels]
     annotate = k <= 20
-    for ax, data, sub, fmt in ((axes[0], cm, "counts", "{:.0f}"), (axes[1], norm, "normalised by true label", "{:.2f}")):
-        im = ax.imshow(data, cmap="Blues", vmin=0, vmax=max(float(data.max()), 1e-9))
+    tilt = k > 3 and max(len(s) for s in short) > 5  # tilt long names so neighbours do not overlap
+    for ax, data, sub, fmt, top in ((axes[0], cm, "counts", "{:.0f}", max(float(cm.max()), 1.0)),
+                                    (axes[1], norm, "normalised by true label", "{:.2f}", 1.0)):
+        im = ax.imshow(data, cmap="Blues", vmin=0, vmax=top)
         ax.set_title(sub, fontsize=11)
-        ax.set_xticks(range(k), short, rotation=35 if k > 3 else 0, ha="right" if k > 3 else "center", fontsize=9)
+        ax.set_xticks(range(k), short, rotation=35 if tilt else 0, ha="right" if tilt else "center", fontsize=9)
         ax.set_yticks(range(k), short, fontsize=9)
         ax.set_xlabel("predicted label")
         ax.set_ylabel("true label")
         if annotate:
-            hi = data.max() / 2 if data.max() else 0.5
+            hi = top / 2
             for i in range(k):
                 for j in range(k):
                     ax.text(j, i, fmt.format(data[i, j]), ha="center", va="center", fontsize=9,
