@@ -83,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("budget", help="exact trainable-parameter breakdown of a config, without loading weights")
     _config_args(p)
     p.add_argument("--json", action="store_true", help="print the breakdown as JSON")
+    p.add_argument("--num-labels", type=int, help="number of classes (default: data.label_names, else read from the "
+                                                  "training labels)")
 
     p = sub.add_parser("augment", help="write EDA-augmented copies of a labelled file")
     p.add_argument("--input", required=True)
@@ -236,7 +238,7 @@ def cmd_budget(args) -> int:
     from .config import load_config
 
     config, overrides = _split_config(args)
-    rep = budget_report(load_config(config, overrides))
+    rep = budget_report(load_config(config, overrides), num_labels=args.num_labels)
     print(json.dumps(rep, indent=2) if args.json else format_report(rep))
     return 0
 

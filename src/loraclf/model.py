@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -31,20 +32,24 @@ class Family:
     o: str
     ffn: tuple[str, ...]
     head: tuple[str, ...]  # modules trained in full as the "full" head (PEFT modules_to_save)
-    head_dense: Optional[str]  # the head's hidden dense layer, for head=lora
+    head_dense: Optional[str]  # the head's hidden dense layer: frozen for head=linear, LoRA-adapted for head=lora
+    head_out: tuple[str, ...] = ("classifier",)  # the head's final projection, trained in full by linear and lora
+    # bert's pooler comes pretrained with the encoder; every other family's head dense starts random
+    head_dense_pretrained: bool = False
 
 
 _BERT = Family("query", "key", "value", "attention.output.dense", ("intermediate.dense", "output.dense"),
-               ("pooler", "classifier"), "pooler.dense")
+               ("pooler", "classifier"), "pooler.dense", head_dense_pretrained=True)
 _ROBERTA = Family("query", "key", "value", "attention.output.dense", ("intermediate.dense", "output.dense"),
-                  ("classifier",), "classifier.dense")
+                  ("classifier",), "classifier.dense", ("classifier.out_proj",))
 FAMILIES: dict[str, Family] = {
     "bert": _BERT,
     "roberta": _ROBERTA,
     "xlm-roberta": _ROBERTA,
     "camembert": _ROBERTA,
     "electra": _ROBERTA,
-    "mpnet": Family("q", "k", "v", "attn.o", ("intermediate.dense", "output.dense"), ("classifier",), "classifier.dense"),
+    "mpnet": Family("q", "k", "v", "attn.o", ("intermediate.dense", "output.dense"), ("classifier",), "classifier.dense",
+                    ("classifier.out_proj",)),
     "distilbert": Family("q_lin", "k_lin", "v_lin", "out_lin", ("lin1", "lin2"), ("pre_classifier", "classifier"), "pre_classifier"),
     "deberta-v2": Family("query_proj", "key_proj", "value_proj", "attention.output.dense",
                          ("intermediate.dense", "output.dense"), ("pooler", "classifier"), "pooler.dense"),
@@ -200,24 +205,115 @@ def peft_config(cfg: Config, model, targets: list[str], total_steps: Optional[in
     return methods.peft_config_for(cfg, model, targets, head_modules(model.config.model_type), total_steps)
 
 
-def build_model(cfg: Config, id2label: dict[int, str], total_steps: Optional[int] = None):
-    """Load the base encoder with a fresh head and wrap it with the configured adapter. Returns (model, tokenizer)."""
+HEADS = ("full", "linear", "lora")
+
+
+@dataclass(frozen=True)
+class HeadPlan:
+    """How one head design maps onto PEFT for one model (module paths are full paths in the base model)."""
+
+    modules_to_save: list[str]  # trained in full; PEFT wraps, trains and saves them
+    lora_target: Optional[str] = None  # head=lora: the head dense, adapted by the adapter method, its weight frozen
+    frozen: Optional[str] = None  # head=linear: the head dense, saved with the head but never trained
+    identity: bool = False  # the frozen head dense is set to the identity (it would otherwise stay random)
+
+
+def _module_path(model, suffix: str) -> str:
+    hits = [n for n, _ in model.named_modules() if n == suffix or n.endswith("." + suffix)]
+    if len(hits) != 1:
+        raise ModelError(f"cannot find the head layer '{suffix}' in this {model.config.model_type} model "
+                         f"({len(hits)} matches); use adapter.head=full")
+    return hits[0]
+
+
+def head_plan(model, head: str) -> HeadPlan:
+    """The modules each head design trains, freezes or adapts, per architecture family (see docs/budget.md)."""
+    model_type = model.config.model_type
+    if head == "full":
+        return HeadPlan(head_modules(model_type))
+    fam = FAMILIES.get(model_type)
+    if fam is None or fam.head_dense is None:
+        raise ModelError(f"adapter.head={head} needs the head layout of '{model_type}' models, which loraclf does not "
+                         f"know (known: {', '.join(sorted(FAMILIES))}); use adapter.head=full")
+    dense = _module_path(model, fam.head_dense)
+    if head == "linear":
+        # the head dense stays in modules_to_save, frozen, so the saved head has the stock architecture and stock
+        # PEFT reloads it; a random dense becomes the identity, leaving one linear layer on the (activated) features
+        return HeadPlan(list(fam.head), frozen=dense, identity=not fam.head_dense_pretrained)
+    if head == "lora":
+        clash = [m for m in fam.head_out if dense.endswith(m)]
+        if clash:
+            # PEFT picks modules_to_save by plain name suffix (key.endswith(name)): distilbert's 'classifier'
+            # also picks 'pre_classifier', and PEFT cannot both train a layer in full and adapt it
+            raise ModelError(f"adapter.head=lora is not available for {model_type}: PEFT's modules_to_save entry "
+                             f"'{clash[0]}' also matches '{dense}', the layer the LoRA head adapts; use "
+                             f"adapter.head=full or adapter.head=linear")
+        return HeadPlan(list(fam.head_out), lora_target=dense)
+    raise ModelError(f"unknown adapter.head '{head}'{did_you_mean(head, HEADS)}; choose from {', '.join(HEADS)}")
+
+
+def attach_adapter(base, cfg: Config, total_steps: Optional[int] = None):
+    """Wrap a base classifier with the configured adapter and head design. Returns the PeftModel.
+
+    The one path from base model to trainable model: train uses it on loaded weights, budget on the meta device
+    (no weights), so the budget's count is the count of the model that trains.
+    """
     from peft import get_peft_model
 
-    quiet_transformers()
-    path, mc = load_model_config(cfg, id2label)
-    tokenizer = load_tokenizer(path, cfg)
-    base = load_base(cfg, id2label, path, mc)
-    targets = resolve_targets(base, mc.model_type, cfg.adapter.target_modules)
+    from . import methods
+
+    targets = resolve_targets(base, base.config.model_type, cfg.adapter.target_modules)
+    plan = head_plan(base, cfg.adapter.head)
     pc = peft_config(cfg, base, targets, total_steps)
+    pc.modules_to_save = list(plan.modules_to_save)
+    if plan.lora_target:
+        if isinstance(pc.target_modules, str):  # a regex (methods without layers_to_transform)
+            pc.target_modules = f"(?:{pc.target_modules})|{re.escape(plan.lora_target)}"
+        else:  # a full path: PEFT matches it exactly, outside the layers_to_transform filter
+            pc.target_modules = [*pc.target_modules, plan.lora_target]
+        if re.match(r"(^|.*\.)(classifier|score)\.", plan.lora_target):
+            # SEQ_CLS makes PEFT add the whole 'classifier' to modules_to_save, and PEFT never adapts a module
+            # inside modules_to_save; without a task type the PeftModel is the same, minus that rule
+            pc.task_type = None
     try:
         model = get_peft_model(base, pc)
     except ValueError as e:
         raise ModelError(f"PEFT cannot apply {cfg.adapter.method} here: {str(e).splitlines()[0]}") from None
-    from . import methods
-
+    if plan.frozen:
+        _freeze_head_dense(model, plan)
+    if plan.lora_target:
+        model.loraclf_head_lora = plan.lora_target  # save_adapter folds it for stock reloads
     methods.attach(model, cfg, total_steps)  # per-method hooks (AdaLoRA's rank allocation, PiSSA's initial state)
-    return model, tokenizer
+    return model
+
+
+def _freeze_head_dense(model, plan: HeadPlan) -> None:
+    found = False
+    for name, mod in model.named_modules():
+        if ".modules_to_save." not in name:
+            continue
+        plain = re.sub(r"\.modules_to_save\.[^.]+", "", name.removeprefix("base_model.model."))
+        if plain != plan.frozen:
+            continue
+        found = True
+        for p in mod.parameters():
+            p.requires_grad_(False)
+        if plan.identity and not mod.weight.is_meta:
+            with torch.no_grad():
+                torch.nn.init.eye_(mod.weight)
+                if mod.bias is not None:
+                    mod.bias.zero_()
+    if not found:
+        raise ModelError(f"head layer {plan.frozen} is not inside the trained head {plan.modules_to_save}")
+
+
+def build_model(cfg: Config, id2label: dict[int, str], total_steps: Optional[int] = None):
+    """Load the base encoder with a fresh head and wrap it with the configured adapter. Returns (model, tokenizer)."""
+    quiet_transformers()
+    path, mc = load_model_config(cfg, id2label)
+    tokenizer = load_tokenizer(path, cfg)
+    base = load_base(cfg, id2label, path, mc)
+    return attach_adapter(base, cfg, total_steps), tokenizer
 
 
 def param_breakdown(model) -> dict:
@@ -226,6 +322,8 @@ def param_breakdown(model) -> dict:
     total = 0
     by_group: dict[str, int] = {}
     for name, p in model.named_parameters():
+        if ".original_module." in name:  # PEFT's frozen spare copy of a modules_to_save layer, not part of the model
+            continue
         total += p.numel()
         if not p.requires_grad:
             continue
@@ -267,9 +365,42 @@ def save_adapter(model, tokenizer, out_dir: Path) -> None:
 
     with runs.atomic_dir(out_dir) as tmp:
         methods.save_pretrained(model, tmp)  # PEFT's; a PiSSA adapter is converted to plain LoRA for stock reloads
+        _fold_head_lora(model, Path(tmp))
     if tokenizer is not None:
         with runs.atomic_dir(out_dir.parent / runs.TOKENIZER) as tmp:
             tokenizer.save_pretrained(tmp)
+
+
+def _fold_head_lora(model, out_dir: Path) -> None:
+    """head=lora: save the adapted head dense as one plain trained layer (W + delta) in modules_to_save.
+
+    Its frozen W is the model's random head init, which a stock base model would draw differently; stored merged,
+    the saved adapter is a standard PEFT adapter and stock PeftModel.from_pretrained gives the trained logits.
+    """
+    name = getattr(model, "loraclf_head_lora", None)
+    if not name:
+        return
+    import copy
+
+    from safetensors.torch import load_file, save_file
+
+    merged = copy.deepcopy(model.base_model.model.get_submodule(name))
+    merged.merge()
+    layer = merged.get_base_layer()
+    weights = out_dir / "adapter_model.safetensors"
+    prefix = f"base_model.model.{name}."
+    state = {k: v for k, v in load_file(str(weights)).items() if not k.startswith(prefix)}
+    state[prefix + "weight"] = layer.weight.detach().cpu().contiguous()
+    if layer.bias is not None:
+        state[prefix + "bias"] = layer.bias.detach().cpu().contiguous()
+    save_file(state, str(weights), metadata={"format": "pt"})
+    conf_path = out_dir / "adapter_config.json"
+    conf = json.loads(conf_path.read_text())
+    tm = conf["target_modules"]
+    conf["target_modules"] = (tm.removesuffix("|" + re.escape(name)).removeprefix("(?:").removesuffix(")")
+                              if isinstance(tm, str) else [t for t in tm if t != name])
+    conf["modules_to_save"] = [*(conf.get("modules_to_save") or []), name]
+    conf_path.write_text(json.dumps(conf, indent=2, sort_keys=True))
 
 
 def load_run_model(run: str | Path, merge: bool = True, device: str = "cpu"):
