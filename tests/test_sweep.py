@@ -152,7 +152,8 @@ def test_sweep_writes_trials_summary_best_and_plots_and_resumes(tmp_path, tiny_o
 def test_over_budget_trial_is_rejected_without_training(tmp_path, tiny_overrides):
     # tiny BERT (hidden 32, 2 layers), LoRA on q,v: 256*r adapter + 1,188 head parameters
     out = tmp_path / "sw"
-    path = _write_sweep(tmp_path, overrides=_overrides(tiny_overrides, **{"budget.max_trainable_params": 5000}),
+    path = _write_sweep(tmp_path, overrides=_overrides(tiny_overrides, **{"budget.max_trainable_params": 5000,
+                                                                          "output.report": True}),
                         sampler="random", pruner="none", n_trials=2, output=str(out),
                         enqueue=[{"adapter.r": 64}, {"adapter.r": 2}], space={"adapter.r": {"type": "int", "low": 1, "high": 64}})
     run_sweep(path, quiet=True)
@@ -162,6 +163,8 @@ def test_over_budget_trial_is_rejected_without_training(tmp_path, tiny_overrides
     assert not (out / "trial-0000").exists()  # never trained: no run folder at all
     assert ok["state"] == "COMPLETE" and ok["adapter.r"] == "2" and int(ok["trainable_params"]) <= 5000
     assert (out / "trial-0001" / "adapter").is_dir()
+    page = (out / "trial-0001" / "report" / "report.html").read_text()
+    assert "Sweep trial 1 of study <code>sweep</code>: adapter.r=2." in page and "sweep_summary.csv" in page
 
 
 def test_pruner_stops_a_bad_trial_early(tmp_path, tiny_overrides):

@@ -263,6 +263,9 @@ def render_html(rf: RunFiles, curves_png: bytes, confusion_png: bytes | None) ->
     parts.append(f"<p>Weights from step {_num(m.get('best_step'))} of {_num(m.get('global_step'))}, chosen by "
                  f"validation {_e(m.get('metric_for_best_model', '?'))}"
                  + (" (stopped early)" if m.get("stopped_early") else "") + ".</p>")
+    from .sweep import report_line  # one line when this run is a trial of a sweep
+
+    parts.append(report_line(rf.path) or "")
 
     # curves + progress table
     parts.append("<h2 id=\"curves\">Training curves</h2>" + _img(curves_png, "training curves"))

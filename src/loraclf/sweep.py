@@ -547,18 +547,22 @@ def _over_budget(cfg: Config, num_labels: int) -> Optional[tuple[Optional[int], 
     cap = cfg.budget.max_trainable_params
     if cap is None:
         return None
-    try:
-        cfg = budget_mod.enforce(cfg, num_labels, log=lambda m: None)
-    except BudgetError as e:
-        return None, str(e)
     count_fn = getattr(budget_mod, "count_trainable", None)
-    if count_fn is None:
-        return None  # train.prepare still checks the built model's exact count before any step
-    n = count_fn(cfg, num_labels)
-    n = int(n["trainable"] if isinstance(n, dict) else n)
-    if n > cap:
+
+    def count(c: Config) -> Optional[int]:
+        if count_fn is None or c.adapter.r == "auto":
+            return None
+        n = count_fn(c, num_labels)
+        return int(n["trainable"] if isinstance(n, dict) else n)
+
+    try:
+        cfg = budget_mod.enforce(cfg, num_labels, log=lambda m: None)  # also resolves adapter.r=auto
+    except BudgetError as e:
+        return count(cfg), str(e)
+    n = count(cfg)
+    if n is not None and n > cap:
         return n, f"{n:,} trainable parameters, over budget.max_trainable_params={cap:,}"
-    return None
+    return None  # without count_trainable, train.prepare still checks the built model before any step
 
 
 def _fmt(v) -> str:
@@ -771,7 +775,6 @@ def report_line(run: str | Path) -> Optional[str]:
         info = json.loads(path.read_text(encoding="utf-8"))
         params = ", ".join(f"{k}={_fmt(v)}" for k, v in info.get("params", {}).items())
         return (f"<p>Sweep trial {int(info['trial'])} of study <code>{html.escape(str(info['study']))}</code>: "
-                f"{html.escape(params)}; "
-                f"summary in <code>../{SUMMARY}</code>.</p>")
+                f"{html.escape(params)}. All trials: <code>{html.escape(str(Path(run).parent / SUMMARY))}</code>.</p>")
     except (OSError, ValueError, KeyError, TypeError):
         return None
