@@ -112,7 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("sweep_file", help="sweep YAML: base config + search space")
     p.add_argument("--storage", help="Optuna RDB URL shared by workers (sqlite:///x.db, postgresql://...)")
     p.add_argument("--study", help="study name (workers with the same name cooperate)")
-    p.add_argument("--n-trials", type=int, help="trials for this worker (overrides the file)")
+    p.add_argument("--n-trials", type=int, help="at most this many trials by this worker (the file's n_trials caps the whole study)")
+    p.add_argument("--timeout", type=float, help="stop starting trials after this many seconds (overrides the file)")
     p.add_argument("--quiet", action="store_true")
 
     p = sub.add_parser("export", help="write a standalone merged model folder (stock transformers can load it)")
@@ -279,7 +280,8 @@ def cmd_compare(args) -> int:
 def cmd_sweep(args) -> int:
     from .sweep import run_sweep
 
-    print(run_sweep(args.sweep_file, storage=args.storage, study_name=args.study, n_trials=args.n_trials, quiet=args.quiet))
+    print(run_sweep(args.sweep_file, storage=args.storage, study_name=args.study, n_trials=args.n_trials, quiet=args.quiet,
+                    timeout=args.timeout))
     return 0
 
 
