@@ -120,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run")
     p.add_argument("--output", required=True)
     p.add_argument("--onnx", action="store_true", help="also export ONNX and check it against PyTorch")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --output folder")
 
     p = sub.add_parser("serve", help="HTTP prediction service")
     p.add_argument("model", help="a run folder or an exported model folder")
@@ -163,27 +164,36 @@ def cmd_train(args) -> int:
         return _relaunch(args.nproc)
     config, overrides = _split_config(args)
     if args.resume and config is None:
-        import yaml
-
         from . import runs
+        from .errors import RunError
 
         saved = Path(args.resume) / runs.CONFIG
+        if not Path(args.resume).is_dir():
+            raise RunError(f"cannot resume: run folder {args.resume} not found (give the folder that `loraclf train` printed)")
         if not saved.is_file():
-            raise LoraclfError(f"cannot resume: {saved} not found (give the run folder that `loraclf train` printed)")
-        from .config import _set_path, _parse_override
+            raise RunError(f"cannot resume: {saved} not found; {args.resume} is not a loraclf run folder "
+                           f"(give the folder that `loraclf train` printed)")
+        from .config import _parse_override, _set_path, read_yaml
 
-        data = yaml.safe_load(saved.read_text()) or {}
+        data = read_yaml(saved)
         for o in overrides:
             keys, value = _parse_override(o)
             _set_path(data, keys, value)
         cfg = from_dict(data)
     else:
         cfg = load_config(config, overrides)
-    from .train import train
+    if cfg.data.unlabeled:
+        if args.resume:
+            raise LoraclfError("--resume does not apply to self-training (data.unlabeled is set); start the run again")
+        from .adapt import self_train
 
-    result = train(cfg, resume=args.resume, quiet=args.quiet)
+        result = self_train(cfg, quiet=args.quiet)
+    else:
+        from .train import train
+
+        result = train(cfg, resume=args.resume, quiet=args.quiet)
     if args.json:
-        print(json.dumps({"run": str(result.run_dir), **{k: result.metrics[k] for k in ("val", "test") if k in result.metrics}}, indent=2))
+        print(json.dumps({"run": str(result.run_dir), **{k: result.metrics[k] for k in ("val", "test", "target") if k in result.metrics}}, indent=2))
     else:
         print(result.run_dir)
     return 0
@@ -288,7 +298,7 @@ def cmd_sweep(args) -> int:
 def cmd_export(args) -> int:
     from .export import export_run
 
-    print(export_run(args.run, args.output, onnx=args.onnx))
+    print(export_run(args.run, args.output, onnx=args.onnx, overwrite=args.overwrite))
     return 0
 
 
@@ -319,9 +329,9 @@ def main(argv: list[str] | None = None) -> int:
         msg = " ".join(str(e).split("\n"))
         print(f"loraclf {args.command}: error: {msg}", file=sys.stderr)
         return e.exit_code
-    except KeyboardInterrupt as e:
+    except KeyboardInterrupt as e:  # train raises train.Interrupted (exit 128 + signal) after saving a checkpoint
         print(f"loraclf {args.command}: interrupted{(' (' + str(e) + ')') if str(e) else ''}", file=sys.stderr)
-        return 130
+        return getattr(e, "exit_code", 130)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -11,45 +12,81 @@ import torch
 
 from . import runs
 from .data import read_texts
-from .errors import DataError
+from .config import Config, DataConfig
+from .errors import DataError, ModelError
 from .evaluate import compute_metrics
 
 FORMATS = ("competition", "full")
+PRECISIONS = ("fp32", "bf16", "auto")
 
 
-def _autocast_dtype(precision: str, device: torch.device):
+def resolve_precision(precision: str) -> str:
+    """fp32 or bf16: 'auto' is bf16 where the hardware computes it natively (CUDA bf16, CPU avx512_bf16/AMX)."""
     from .train import bf16_supported
 
-    if precision == "bf16" or (precision == "auto" and bf16_supported()):
-        return torch.bfloat16
-    return None
+    if precision not in PRECISIONS:
+        raise DataError(f"unknown precision '{precision}'; choose {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        return "bf16" if bf16_supported() else "fp32"
+    return precision
+
+
+def token_batches(lengths: np.ndarray, batch_size: int, max_tokens: int) -> list[np.ndarray]:
+    """Indices into lengths, longest first, cut into batches of at most batch_size texts and max_tokens padded tokens.
+
+    Sorting keeps padding small; the token cap lets batches of short texts grow past batch_size (up to 4x) while
+    long texts stay in batches that fit in cache.
+    """
+    order = np.argsort(-lengths, kind="stable")
+    out, start, n = [], 0, len(order)
+    cap = batch_size * 4
+    while start < n:
+        longest = max(int(lengths[order[start]]), 1)
+        size = max(1, min(cap, max_tokens // longest))
+        out.append(order[start:start + size])
+        start += size
+    return out
+
+
+def _pad(enc, idx: np.ndarray, keys: list[str], pad_id: int, left: bool) -> dict[str, torch.Tensor]:
+    """Pad one batch straight into int64 arrays (tokenizer.pad goes through Python dicts per row: slower)."""
+    rows = [enc["input_ids"][i] for i in idx]
+    width = max(len(r) for r in rows)
+    arrays = {k: np.full((len(idx), width), pad_id if k == "input_ids" else 0, dtype=np.int64) for k in keys}
+    for j, i in enumerate(idx):
+        n = len(rows[j])
+        sl = slice(width - n, width) if left else slice(0, n)
+        for k in keys:
+            arrays[k][j, sl] = enc[k][i]
+    return {k: torch.from_numpy(v) for k, v in arrays.items()}
 
 
 @torch.inference_mode()
 def predict_texts(model, tokenizer, texts: list[str], batch_size: int = 64, max_length: int = 128,
-                  precision: str = "fp32", progress: bool = False) -> np.ndarray:
-    """Class probabilities for texts, in input order. Texts are batched by length so batches pad little."""
+                  precision: str = "fp32", progress: bool = False, max_tokens: Optional[int] = None) -> np.ndarray:
+    """Class probabilities for texts, in input order.
+
+    Texts are tokenized once, sorted by length and cut into batches (see token_batches); results go back to
+    input order. precision bf16 runs a bf16 model as is and an fp32 model under bf16 autocast.
+    """
     from tqdm.auto import tqdm
 
     if not texts:
         return np.zeros((0, model.config.num_labels), dtype=np.float32)
     device = next(model.parameters()).device
-    dtype = _autocast_dtype(precision, device)
+    model_dtype = next(model.parameters()).dtype
+    autocast = resolve_precision(precision) == "bf16" and model_dtype == torch.float32
     enc = tokenizer(list(texts), truncation=True, max_length=max_length)
     lengths = np.fromiter((len(x) for x in enc["input_ids"]), dtype=np.int64, count=len(texts))
-    order = np.argsort(-lengths, kind="stable")
     keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    left = getattr(tokenizer, "padding_side", "right") == "left"
     out = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
     bar = tqdm(total=len(texts), desc="predict", unit="text", disable=not (progress and sys.stderr.isatty()), leave=False)
     model.eval()
-    for start in range(0, len(texts), batch_size):
-        idx = order[start:start + batch_size]
-        feats = [{k: enc[k][i] for k in keys} for i in idx]
-        batch = {k: v.to(device) for k, v in tokenizer.pad(feats, return_tensors="pt").items()}
-        if dtype is not None:
-            with torch.autocast(device_type=device.type, dtype=dtype):
-                logits = model(**batch).logits
-        else:
+    for idx in token_batches(lengths, batch_size, max_tokens or batch_size * max_length):
+        batch = {k: v.to(device, non_blocking=True) for k, v in _pad(enc, idx, keys, pad_id, left).items()}
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
             logits = model(**batch).logits
         out[idx] = torch.softmax(logits.float(), -1).cpu().numpy()
         bar.update(len(idx))
@@ -99,24 +136,73 @@ def _int_labels(run: Path) -> bool:
     return all(str(v).isdigit() and int(v) == int(k) for k, v in labels["id2label"].items())
 
 
+@dataclass
+class InferenceModel:
+    """A classifier ready to predict, loaded from a run folder or from an exported model folder."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    id2label: dict[int, str]
+    max_length: int
+    int_labels: bool
+    data: DataConfig  # how to read input files: the run's data section, or the defaults for an export
+    source: str  # "run" or "export"
+
+    def predict(self, texts: list[str], batch_size: int = 64, precision: str = "fp32", progress: bool = False) -> np.ndarray:
+        return predict_texts(self.model, self.tokenizer, texts, batch_size, self.max_length, precision, progress)
+
+
+def load_inference_model(path: str | Path, device: str = "cpu") -> InferenceModel:
+    """Load a run folder (adapter merged into the base) or a folder written by `loraclf export`."""
+    from .export import is_export_dir, read_export_info
+
+    p = Path(path)
+    if is_export_dir(p):
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        from .model import quiet_transformers
+
+        quiet_transformers()
+        try:
+            model = AutoModelForSequenceClassification.from_pretrained(str(p))
+            tokenizer = AutoTokenizer.from_pretrained(str(p))
+        except (OSError, ValueError) as e:
+            raise ModelError(f"cannot load the model folder {p}: {str(e).strip().splitlines()[0][:300]}") from None
+        info = read_export_info(p) or {}
+        id2label = {int(k): str(v) for k, v in model.config.id2label.items()}
+        int_labels = info.get("int_labels", all(v.isdigit() and int(v) == k for k, v in id2label.items()))
+        max_length = int(info.get("max_length") or min(tokenizer.model_max_length, 512))
+        model.eval().to(device)
+        return InferenceModel(model, tokenizer, id2label, max_length, bool(int_labels), Config().data, "export")
+    from .model import load_run_model
+
+    run = runs.open_run(p)
+    model, tokenizer, id2label, cfg = load_run_model(run, device=device)
+    return InferenceModel(model, tokenizer, id2label, cfg.data.max_length, _int_labels(run), cfg.data, "run")
+
+
 def predict_file(run: str | Path, input_path: str | Path, output_path: str | Path, fmt: str = "competition",
                  batch_size: int = 64, allow_pickle: bool = False, text_column: Optional[str] = None,
                  precision: str = "fp32", quiet: bool = False) -> dict:
-    """Predict every text of an input file and write ID,Label (competition) or the full output."""
-    from .model import load_run_model
+    """Predict every text of an input file and write ID,Label (competition) or the full output.
 
+    run may be a run folder or an exported model folder.
+    """
     if fmt not in FORMATS:
         raise DataError(f"unknown --format '{fmt}'; choose competition or full")
-    run = runs.open_run(run)
+    resolve_precision(precision)
     out = Path(output_path)
     if out.suffix.lower() not in (".csv", ".tsv", ".jsonl", ".parquet", ".txt", ""):
         raise DataError(f"unknown output format '{out.suffix}' for {out}; use .csv, .tsv, .jsonl or .parquet")
-    model, tokenizer, id2label, cfg = load_run_model(run)
+    if not Path(input_path).is_file():
+        raise DataError(f"input file not found: {input_path}")
+    im = load_inference_model(run)
     if text_column:
-        cfg.data.text_column = text_column
-    texts, ids, _ = read_texts(input_path, cfg.data, allow_pickle=allow_pickle or cfg.data.allow_pickle)
-    probs = predict_texts(model, tokenizer, texts, batch_size, cfg.data.max_length, precision, progress=not quiet)
-    write_predictions(out, probs, id2label, ids, fmt, _int_labels(run))
+        im.data.text_column = text_column
+    texts, ids, _ = read_texts(input_path, im.data, allow_pickle=allow_pickle or im.data.allow_pickle)
+    probs = im.predict(texts, batch_size, precision, progress=not quiet)
+    id2label = im.id2label
+    write_predictions(out, probs, id2label, ids, fmt, im.int_labels)
     counts = np.bincount(probs.argmax(-1), minlength=len(id2label)) if len(probs) else np.zeros(len(id2label), int)
     return {"rows": len(texts), "output": str(out), "counts": {id2label[i]: int(c) for i, c in enumerate(counts)}}
 

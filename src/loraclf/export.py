@@ -1,0 +1,149 @@
+"""Export a run as a standalone model folder: merged fp32 weights (safetensors), config with labels, tokenizer.
+
+The folder needs neither loraclf nor peft: stock `AutoModelForSequenceClassification.from_pretrained(DIR)` and
+`transformers.pipeline("text-classification", model=DIR)` load it. With onnx=True it also holds `model.onnx`,
+checked against PyTorch with onnxruntime on real texts before the folder is published.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from . import runs
+from .errors import ModelError, RunError
+
+EXPORT_INFO = "loraclf_export.json"  # how the folder was made; loraclf serve/predict read max_length from it
+ONNX_FILE = "model.onnx"
+ONNX_ATOL = 1e-4
+ONNX_RTOL = 1e-3
+
+
+def is_export_dir(path: str | Path) -> bool:
+    """A model folder (config.json) that is not a run folder."""
+    p = Path(path)
+    return (p / "config.json").is_file() and not (p / runs.CONFIG).is_file()
+
+
+def _check_output(run: Path, output: Path, overwrite: bool) -> None:
+    if output.resolve() == run.resolve() or run.resolve() in output.resolve().parents:
+        raise RunError(f"--output {output} lies inside the run folder {run}; export to a folder of its own")
+    if output.exists() and not output.is_dir():
+        raise RunError(f"--output {output} is a file; give a folder to write the model into")
+    if output.is_dir() and any(output.iterdir()) and not overwrite:
+        raise RunError(f"--output {output} already exists and is not empty; pick a new folder or pass --overwrite")
+
+
+def _sample_texts(run: Path, n: int = 32) -> list[str]:
+    """Real texts for the ONNX check: the run's validation texts, longest and shortest included."""
+    import pandas as pd
+
+    path = run / runs.VAL_PREDICTIONS
+    texts: list[str] = []
+    if path.is_file():
+        try:
+            texts = [t for t in pd.read_csv(path)["text"].astype(str).tolist() if t.strip()]
+        except Exception:  # a damaged side file must not block the export; fall back below
+            texts = []
+    if not texts:
+        texts = ["The quick brown fox jumps over the lazy dog.", "Stocks fell sharply on Monday.",
+                 "A short one.", "Scientists report a new method for measuring ocean temperatures from orbit."]
+    texts = sorted(texts, key=len)
+    pick = texts[:n // 2] + texts[-(n - n // 2):] if len(texts) > n else texts
+    return pick
+
+
+class _Logits(torch.nn.Module):
+    """ONNX graph input/outputs by name: token tensors in, logits out."""
+
+    def __init__(self, model, names: list[str]):
+        super().__init__()
+        self.model = model
+        self.names = names
+
+    def forward(self, *tensors):
+        return self.model(**dict(zip(self.names, tensors))).logits
+
+
+def export_onnx(model, tokenizer, folder: Path, texts: list[str], max_length: int) -> dict:
+    """Write folder/model.onnx (dynamic batch and sequence axes) and check it against PyTorch on texts."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise ModelError("--onnx needs onnx and onnxruntime: pip install 'loraclf[export]'") from None
+    import inspect
+
+    accepted = inspect.signature(model.forward).parameters
+    names = [k for k in tokenizer.model_input_names if k in accepted]
+    example = tokenizer(texts[:2], padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    wrapper = _Logits(model, names).eval()
+    path = folder / ONNX_FILE
+    axes = {n: {0: "batch", 1: "sequence"} for n in names}
+    axes["logits"] = {0: "batch"}
+    try:
+        # The TorchScript exporter: no onnxscript needed, and seconds instead of a minute for an encoder.
+        torch.onnx.export(wrapper, tuple(example[n] for n in names), str(path), input_names=names,
+                          output_names=["logits"], dynamic_axes=axes, opset_version=17, dynamo=False)
+    except Exception as e:  # the exporter raises many types for unsupported operators
+        raise ModelError(f"ONNX export failed: {str(e).strip().splitlines()[0][:300]}") from None
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    worst = 0.0
+    agree = 0
+    # Two batch shapes, so a graph that baked in the example's shape fails here and not in production.
+    for chunk in (texts, texts[:3]):
+        enc = tokenizer(chunk, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        with torch.inference_mode():
+            ref = wrapper(*(enc[n] for n in names)).float().numpy()
+        got = sess.run(["logits"], {n: enc[n].numpy().astype(np.int64) for n in names})[0]
+        if got.shape != ref.shape or not np.allclose(got, ref, atol=ONNX_ATOL, rtol=ONNX_RTOL):
+            diff = float(np.abs(got - ref).max()) if got.shape == ref.shape else float("inf")
+            raise ModelError(f"the ONNX model disagrees with PyTorch (max |diff| {diff:.2e} > {ONNX_ATOL:g}); "
+                             f"export without --onnx, or report this model type")
+        worst = max(worst, float(np.abs(got - ref).max()))
+        agree += int((got.argmax(-1) == ref.argmax(-1)).sum())
+    return {"file": ONNX_FILE, "checked_texts": len(texts) + len(texts[:3]), "max_abs_diff": worst,
+            "argmax_agree": agree, "atol": ONNX_ATOL, "rtol": ONNX_RTOL, "opset": 17}
+
+
+def export_run(run: str | Path, output: str | Path, onnx: bool = False, overwrite: bool = False) -> str:
+    """Merge the run's adapter into the base weights and write a standalone model folder. Returns its path."""
+    from .model import load_run_model
+    from .predict import _int_labels
+
+    run = runs.open_run(run)
+    output = Path(output)
+    _check_output(run, output, overwrite)
+    model, tokenizer, id2label, cfg = load_run_model(run, merge=True)
+    if hasattr(model, "peft_config") or any("lora_" in n for n, _ in model.named_parameters()):
+        raise ModelError(f"adapter.method '{cfg.adapter.method}' cannot be merged into the base weights, so there "
+                         f"is no standalone model to export; predict from the run folder instead")
+    model = model.float().eval()
+    model.config.id2label = {int(i): n for i, n in id2label.items()}
+    model.config.label2id = {n: int(i) for i, n in id2label.items()}
+    model.config.torch_dtype = "float32"
+    # So that pipeline(..., truncation=True) cuts texts where training and `loraclf predict` do.
+    tokenizer.model_max_length = cfg.data.max_length
+    info = {
+        "source_run": str(run.resolve()),
+        "base_model": cfg.model.name_or_path,
+        "adapter_method": cfg.adapter.method,
+        "max_length": cfg.data.max_length,
+        "int_labels": _int_labels(run),
+        "dtype": "float32",
+        "loraclf_version": __import__("loraclf").__version__,
+    }
+    with runs.atomic_dir(output) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if onnx:
+            info["onnx"] = export_onnx(model, tokenizer, tmp, _sample_texts(run), cfg.data.max_length)
+        runs.write_json(tmp / EXPORT_INFO, info)
+    return str(output)
+
+
+def read_export_info(folder: str | Path) -> Optional[dict]:
+    p = Path(folder) / EXPORT_INFO
+    return runs.read_json(p) if p.is_file() else None
