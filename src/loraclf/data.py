@@ -152,12 +152,17 @@ def select_text(df: pd.DataFrame, cfg: DataConfig, where: str) -> pd.Series:
             f"{where} has no text column '{missing[0]}'{hint}; columns are: {', '.join(map(str, df.columns))} "
             f"(set data.text_column)"
         )
-    parts = [df[c].where(df[c].notna(), None).map(lambda v: None if v is None else str(v)) for c in cols]
-    if len(parts) == 1:
-        text = parts[0]
-    else:
-        text = pd.Series([" ".join(x for x in row if x) or None for row in zip(*parts)], index=df.index)
-    return text.map(lambda t: None if t is None or not str(t).strip() else str(t).strip())
+    # element-wise on Python objects: pandas' string dtypes turn None back into NaN (and NaN into "nan")
+    parts = [[None if _missing(v) else str(v) for v in df[c].tolist()] for c in cols]
+    joined = [" ".join(x for x in row if x and x.strip()) for row in zip(*parts)]
+    return pd.Series([t.strip() or None for t in joined], index=df.index, dtype=object)
+
+
+def _missing(v) -> bool:
+    try:
+        return v is None or bool(pd.isna(v))
+    except (TypeError, ValueError):  # lists/arrays in a cell are not "missing"
+        return False
 
 
 def _clean(df: pd.DataFrame, cfg: DataConfig, where: str, need_label: bool, log) -> pd.DataFrame:
@@ -444,7 +449,12 @@ def train_loader(ds, tokenizer, batch_size: int, group_by_length: bool, seed: in
         sampler = LengthGroupedSampler(batch_size, lengths=ds["length"], generator=g)
     else:
         sampler = RandomSampler(data, generator=g)
-    return DataLoader(data, batch_size=batch_size, sampler=sampler, collate_fn=_Collate(tokenizer), drop_last=False)
+    # the loader's own generator: without one, every new iterator draws its base seed from the global RNG,
+    # which a resumed run would draw once more than an uninterrupted one (and so change its dropout masks)
+    loader_g = torch.Generator()
+    loader_g.manual_seed(seed + epoch)
+    return DataLoader(data, batch_size=batch_size, sampler=sampler, collate_fn=_Collate(tokenizer), drop_last=False,
+                      generator=loader_g)
 
 
 def eval_loader(ds, tokenizer, batch_size: int):

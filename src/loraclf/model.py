@@ -115,9 +115,17 @@ def num_layers(model_config) -> int:
 
 def quiet_transformers() -> None:
     """Silence load reports ("weights not initialized") that are expected for a fresh classification head."""
+    import sys
+    import warnings
+
+    import datasets
     import transformers
 
     transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()  # "Loading weights" bars: noise, the load takes a second
+    if not sys.stderr.isatty():
+        datasets.disable_progress_bars()
+    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
     logging.getLogger("accelerate").setLevel(logging.ERROR)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
