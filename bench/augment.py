@@ -28,6 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 AG = ROOT.parent / "shared" / "data" / "ag_news"
 TRAIN_ROWS = 5000
+ARMS = ("baseline", "augmented")
 
 
 def overrides(args, arm: str, seed: int) -> list[str]:
@@ -54,7 +55,7 @@ def mean_sd(xs: list[float]) -> str:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    p.add_argument("--steps", type=int, default=300, help="optimizer steps of every run, both arms")
+    p.add_argument("--steps", type=int, default=200, help="optimizer steps of every run, both arms")
     p.add_argument("--eval-steps", type=int, default=100)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -68,15 +69,13 @@ def main() -> int:
     if not AG.is_dir():
         sys.exit(f"AG News not found at {AG} (../shared beside the checkout)")
 
-    from loraclf.augment import augment_dataset
-    from loraclf.config import AugmentConfig, load_config
-    from loraclf.train import hardware, train
+    from loraclf.config import load_config
+    from loraclf.train import train
 
-    arms = ("baseline", "augmented")
-    started = time.time()
     runs = []
+    started = time.time()
     for seed in args.seeds:
-        for arm in arms:
+        for arm in ARMS:
             t = time.time()
             result = train(load_config(None, overrides(args, arm, seed)), quiet=True)
             m = result.metrics
@@ -84,21 +83,27 @@ def main() -> int:
                          "val": m["val"]["accuracy"], "best_step": m["best_step"], "steps": m["global_step"],
                          "precision": m["precision"], "wall_s": round(time.time() - t, 1)})
             print(json.dumps(runs[-1]), flush=True)
-    total = time.time() - started
+            # the table is rewritten after every run, so that a run cut short still leaves its finished seeds
+            write(args, runs, time.time() - started)
+    print(args.out.read_text())
+    return 0
 
-    def pick(arm: str, key: str) -> list[float]:
-        return [r[key] for r in runs if r["arm"] == arm]
 
+def write(args, runs: list[dict], total: float) -> None:
     import pandas as pd
 
+    from loraclf.augment import augment_dataset
+    from loraclf.config import AugmentConfig
+    from loraclf.train import hardware
+
+    def pick(arm: str, key: str) -> list[float]:
+        return [r[key] for r in runs if r["arm"] == arm and r["seed"] in done]
+
+    done = [s for s in args.seeds if sum(r["seed"] == s for r in runs) == len(ARMS)]  # seeds with both arms
     sample = pd.read_csv(AG / "train.csv", nrows=3)["text"].tolist()
     augmented, _ = augment_dataset(sample, [0] * len(sample), AugmentConfig(synonym_p=args.synonym_p), args.seeds[0])
-
     hw = hardware()
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    base_test, aug_test = pick("baseline", "test"), pick("augmented", "test")
-    d_test = [a - b for a, b in zip(aug_test, base_test)]
-    d_val = [a - b for a, b in zip(pick("augmented", "val"), pick("baseline", "val"))]
     rows_seen = args.steps * args.batch_size
     lines = [
         "# EDA augmentation on AG News (packaged MiniLM-L6)",
@@ -118,21 +123,32 @@ def main() -> int:
         f"`num_copies=1`, `mode=once`), 10,000 rows ({rows_seen / (2 * TRAIN_ROWS):.2f} epochs). Val and test are "
         f"never augmented.",
         "",
-        f"## Accuracy, mean ± sample standard deviation over seeds {', '.join(map(str, args.seeds))} (points)",
-        "",
-        "| arm | test accuracy | test macro-F1 | val accuracy (selection split) |",
-        "| --- | --- | --- | --- |",
     ]
-    for arm in arms:
-        lines.append(f"| {arm} | {mean_sd(pick(arm, 'test'))} | {mean_sd(pick(arm, 'test_f1'))} | "
-                     f"{mean_sd(pick(arm, 'val'))} |")
+    if len(done) < len(args.seeds):
+        lines += [f"**Incomplete: {len(done)} of {len(args.seeds)} seeds finished both arms** "
+                  f"(the summary uses only those; every finished run is listed below).", ""]
+    if done:
+        base_test, aug_test = pick("baseline", "test"), pick("augmented", "test")
+        d_test = [a - b for a, b in zip(aug_test, base_test)]
+        d_val = [a - b for a, b in zip(pick("augmented", "val"), pick("baseline", "val"))]
+        lines += [
+            f"## Accuracy, mean ± sample standard deviation over seeds {', '.join(map(str, done))} (points)",
+            "",
+            "| arm | test accuracy | test macro-F1 | val accuracy (selection split) |",
+            "| --- | --- | --- | --- |",
+        ]
+        for arm in ARMS:
+            lines.append(f"| {arm} | {mean_sd(pick(arm, 'test'))} | {mean_sd(pick(arm, 'test_f1'))} | "
+                         f"{mean_sd(pick(arm, 'val'))} |")
+        lines += [
+            "",
+            f"Paired difference augmented − baseline (same seed): test {mean_sd(d_test)} points "
+            f"(per seed: {', '.join(f'{100 * d:+.2f}' for d in d_test)}); val {mean_sd(d_val)}. "
+            f"Ratio of mean test accuracy, augmented / baseline: "
+            f"{statistics.mean(aug_test) / statistics.mean(base_test):.4f}.",
+            "",
+        ]
     lines += [
-        "",
-        f"Paired difference augmented − baseline (same seed): test {mean_sd(d_test)} points "
-        f"(per seed: {', '.join(f'{100 * d:+.2f}' for d in d_test)}); val {mean_sd(d_val)}. "
-        f"Ratio of mean test accuracy, augmented / baseline: "
-        f"{statistics.mean(aug_test) / statistics.mean(base_test):.4f}.",
-        "",
         "## Per run",
         "",
         "| seed | arm | test acc. | test macro-F1 | val acc. | best step | wall |",
@@ -148,8 +164,6 @@ def main() -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
     (args.work / "bench.json").write_text(json.dumps(runs, indent=1))
-    print("\n".join(lines))
-    return 0
 
 
 if __name__ == "__main__":
