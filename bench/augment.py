@@ -48,8 +48,9 @@ def overrides(args, arm: str, seed: int) -> list[str]:
 
 
 def mean_sd(xs: list[float]) -> str:
-    sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
-    return f"{100 * statistics.mean(xs):.2f} ± {100 * sd:.2f}"
+    if len(xs) == 1:
+        return f"{100 * xs[0]:.2f} (one seed, no spread)"
+    return f"{100 * statistics.mean(xs):.2f} ± {100 * statistics.stdev(xs):.2f}"
 
 
 def main() -> int:
