@@ -282,3 +282,34 @@ def test_trained_run_reloads_in_loraclf(tiny_overrides, tmp_path, head, minilm_p
         assert [id2label[int(i)] for i in probs.argmax(-1)] == list(val["predicted"].astype(str))
         torch.testing.assert_close(probs.max(-1).values, torch.tensor(val["confidence"].to_numpy(), dtype=torch.float32),
                                    atol=2e-5, rtol=0)
+
+
+METHODS = ("lora", "dora", "rslora", "pissa", "vera", "ia3", "adalora", "loha", "lokr")
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_is_counted_exactly_and_the_lora_head_reloads(tiny_models, tmp_path, method):
+    """The budget stays method-agnostic: each PEFT method x each head design counts exactly on the meta device,
+    and the lora head (the adapted dense saved merged) reloads in stock PEFT with the same logits."""
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    folder = tiny_models["roberta"]
+    extra = ["adapter.adalora_tinit=1", "adapter.adalora_tfinal=1"] if method == "adalora" else []
+    for head in HEADS:
+        cfg = _cfg(folder, f"adapter.method={method}", f"adapter.head={head}", "adapter.r=4", *extra)
+        torch.manual_seed(0)
+        model, _ = model_mod.build_model(cfg, ID2LABEL, total_steps=100)
+        assert budget.count_trainable(cfg, LABELS) == _trainable(model), (method, head)
+    # the last one built is head=lora
+    _randomise(model)
+    tok = AutoTokenizer.from_pretrained(folder)
+    batch = tok(["a short text", "another, longer text about markets"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        want = model.eval()(**batch).logits
+    model_mod.save_adapter(model, None, tmp_path / "adapter")
+    torch.manual_seed(5)
+    base = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=LABELS)
+    stock = PeftModel.from_pretrained(base, str(tmp_path / "adapter")).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(stock(**batch).logits, want, rtol=1e-5, atol=1e-5)
