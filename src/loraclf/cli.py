@@ -20,6 +20,23 @@ EPILOG = """examples:
 """
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the tool's error style: one line on stderr, exit code 2 (argparse prints the usage block too)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
 def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", nargs="?", help="YAML config holding only differences from the defaults (none = all defaults)")
     p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. train.learning_rate=3e-4")
@@ -35,7 +52,7 @@ def _split_config(args) -> tuple[str | None, list[str]]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="loraclf",
         description="Fine-tune pretrained encoders with PEFT adapters (LoRA and relatives) for text classification, "
                     "under a trainable-parameter budget.",
@@ -48,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "history.jsonl, val_predictions.csv and report/ into it.")
     _config_args(p)
     p.add_argument("--resume", metavar="RUN", help="continue RUN from its newest complete checkpoint")
-    p.add_argument("--nproc", type=int, default=None, help="re-launch through `accelerate launch` with N processes")
+    p.add_argument("--nproc", type=_positive_int, default=None, help="re-launch through `accelerate launch` with N processes")
     p.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
     p.add_argument("--json", action="store_true", help="print the final metrics as JSON on stdout")
 
@@ -63,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run folder written by `loraclf train`")
     p.add_argument("--data", required=True, help="labelled file (.csv .tsv .json .jsonl .parquet)")
     p.add_argument("--output", help="also write the metrics as JSON here")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=_positive_int, default=64)
     p.add_argument("--allow-pickle", action="store_true", help="read .pkl input (unpickling runs code: trusted files only)")
     p.add_argument("--precision", choices=["fp32", "bf16", "auto"], default="fp32")
     p.add_argument("--quiet", action="store_true")
@@ -75,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["competition", "full"], default="competition",
                    help="competition: ID,Label; full: label name, confidence and one probability column per class")
     p.add_argument("--text-column", help="text column of the input (default: the run's data.text_column, else 'text')")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=_positive_int, default=64)
     p.add_argument("--allow-pickle", action="store_true", help="read .pkl input (unpickling runs code: trusted files only)")
     p.add_argument("--precision", choices=["fp32", "bf16", "auto"], default="fp32")
     p.add_argument("--quiet", action="store_true")
@@ -126,10 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="a run folder or an exported model folder")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--max-batch-size", type=int, default=32)
+    p.add_argument("--max-batch-size", type=_positive_int, default=32)
     p.add_argument("--max-wait-ms", type=float, default=5.0)
-    p.add_argument("--max-texts", type=int, default=256)
-    p.add_argument("--max-text-chars", type=int, default=20_000)
+    p.add_argument("--max-texts", type=_positive_int, default=256)
+    p.add_argument("--max-text-chars", type=_positive_int, default=20_000)
     return parser
 
 

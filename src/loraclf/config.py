@@ -403,6 +403,11 @@ def _resolve_paths(data: dict, base: Path) -> None:
 
 def _cross_checks(cfg: Config) -> list[str]:
     problems = []
+    name = cfg.output.run_name
+    if name is not None and (name in ("", ".", "..") or "/" in name or "\\" in name or "\0" in name):
+        # a run writes only inside output.dir/run_name; a name with a path in it could point anywhere
+        problems.append(f"'output.run_name' must be a plain folder name (no '/' or '..'), got {name!r}; "
+                        f"put the parent folder in output.dir")
     for name in cfg.track:
         if name not in TRACKERS:
             problems.append(f"'track' has unknown tracker '{name}'{did_you_mean(name, TRACKERS)}; choose from {', '.join(TRACKERS)}")

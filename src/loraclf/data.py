@@ -41,7 +41,7 @@ def read_table(path: str | Path, allow_pickle: bool = False, max_file_mb: float 
     """Read one data file into a DataFrame, with one-line errors for everything a user can get wrong."""
     p = Path(path)
     if not p.exists():
-        raise DataError(f"data file not found: {p}")
+        raise DataError(f"data file not found: {p} (check the path; a relative path is read from {Path.cwd()})")
     if p.is_dir():
         raise DataError(f"{p} is a folder; give a data file (.csv, .tsv, .json, .jsonl, .parquet)")
     kind = READERS.get(p.suffix.lower())
@@ -53,7 +53,7 @@ def read_table(path: str | Path, allow_pickle: bool = False, max_file_mb: float 
     if size_mb > max_file_mb:
         raise DataError(f"{p} is {size_mb:,.0f} MB, over data.max_file_mb={max_file_mb:g}; raise the limit or use data.streaming=true")
     if p.stat().st_size == 0:
-        raise DataError(f"{p} is empty")
+        raise DataError(f"{p} is empty; give a file with a header line and at least one row")
     if kind == "pickle":
         if not allow_pickle:
             raise DataError(
@@ -78,17 +78,17 @@ def read_table(path: str | Path, allow_pickle: bool = False, max_file_mb: float 
     except UnicodeDecodeError as e:
         raise DataError(f"{p} is not valid UTF-8 (byte {e.start}); re-save it as UTF-8") from None
     except pd.errors.EmptyDataError:
-        raise DataError(f"{p} has no rows") from None
+        raise DataError(f"{p} has no rows; add at least one row under the header") from None
     except (ValueError, pd.errors.ParserError, OSError) as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DataError(f"cannot read {p} as {kind}: {msg}") from None
+        raise DataError(f"cannot read {p} as {kind}: {msg[:300]}; check that the file is well-formed {kind}") from None
     except Exception as e:  # pyarrow raises its own types on damaged parquet
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DataError(f"cannot read {p} as {kind}: {msg}") from None
+        raise DataError(f"cannot read {p} as {kind}: {msg[:300]}; check that the file is well-formed {kind}") from None
     if not isinstance(df, pd.DataFrame) or len(df.columns) == 0:
         raise DataError(f"{p} holds no table")
     if len(df) == 0:
-        raise DataError(f"{p} has a header but no rows")
+        raise DataError(f"{p} has a header but no rows; add at least one row under the header")
     df.columns = [str(c) for c in df.columns]
     return df
 
@@ -223,13 +223,14 @@ def build_label_map(labels, label_names: Optional[list[str]], max_labels: int) -
         )
     if all(isinstance(v, int) for v in values):
         if values[0] < 0:
-            raise DataError(f"integer labels must be >= 0, found {values[0]}")
+            raise DataError(f"integer labels must be >= 0, found {values[0]}; number the classes 0..K-1 or use label names")
         k = max(values) + 1
         if k > max_labels:
             raise DataError(f"integer labels reach {max(values)}, over data.max_labels={max_labels}")
         if label_names:
             if len(label_names) < k:
-                raise DataError(f"data.label_names has {len(label_names)} names but labels go up to {k - 1}")
+                raise DataError(f"data.label_names has {len(label_names)} names but labels go up to {k - 1}; "
+                                f"give one name per label 0..{k - 1}")
             return {i: str(label_names[i]) for i in range(k)}
         return {i: str(i) for i in range(k)}
     if label_names:
@@ -254,7 +255,7 @@ def encode_labels(labels: pd.Series, id2label: dict[int, str], where: str) -> np
         shown = ", ".join(repr(u) for u in sorted(unseen, key=str)[:5])
         raise DataError(
             f"{where} has labels never seen in training: {shown}; known labels are "
-            f"{', '.join(id2label.values())}"
+            f"{', '.join(id2label.values())} (add examples of them to the training data, or drop those rows)"
         )
     return out
 

@@ -99,7 +99,7 @@ def read_json(path: str | Path):
     except FileNotFoundError:
         raise RunError(f"{path} is missing; the run folder is incomplete (was training interrupted?)") from None
     except (json.JSONDecodeError, UnicodeDecodeError):
-        raise RunError(f"{path} is not valid JSON; the run folder is damaged") from None
+        raise RunError(f"{path} is not valid JSON; the run folder is damaged (train the run again)") from None
 
 
 @contextmanager
@@ -182,9 +182,33 @@ def open_run(run: str | Path) -> Path:
     if not adapter.is_dir() or not (adapter / "adapter_config.json").is_file():
         raise RunError(
             f"{run}/{ADAPTER} is missing or incomplete; the run did not finish. Resume it with "
-            f"`loraclf train {run}/{CONFIG} output.run_name={run.name} output.dir={run.parent} --resume`"
+            f"`loraclf train --resume {run}`"
         )
+    _check_run_files(run)
     return run
+
+
+def _check_run_files(run: Path) -> None:
+    """Cheap checks that the run's own files parse, so damage is reported as such and not as a library traceback."""
+    import yaml
+
+    try:
+        cfg = yaml.safe_load((run / CONFIG).read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError):
+        cfg = None
+    if not isinstance(cfg, dict):
+        raise RunError(f"{run / CONFIG} is not valid YAML: the run folder is damaged; train the run again")
+    read_json(run / LABEL_MAP)
+    weights = run / ADAPTER / "adapter_model.safetensors"
+    if weights.is_file():
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(weights), framework="pt") as f:
+                f.keys()
+        except Exception as e:  # safetensors raises its own error type on a damaged header
+            raise RunError(f"{weights} is damaged ({str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__}); "
+                           f"re-run `loraclf train`, or `loraclf train --resume {run}` if its checkpoints are there") from None
 
 
 def checkpoint_dirs(run: str | Path) -> list[Path]:
@@ -212,4 +236,33 @@ def prune_checkpoints(run: str | Path, keep_last: int, keep: Path | None) -> Non
     for p in doomed:
         if keep is not None and p.resolve() == Path(keep).resolve():
             continue
-        shutil.rmtree(p, ignore_errors=True)
+        # renamed away first, so a kill during the delete never leaves a half-deleted step-N behind
+        gone = p.with_name(f".{p.name}.del.tmp")
+        shutil.rmtree(gone, ignore_errors=True)
+        os.replace(p, gone)
+        shutil.rmtree(gone, ignore_errors=True)
+
+
+def remove_temp_files(run: str | Path) -> list[Path]:
+    """Clean up after writes cut short by a kill: temp files and folders of the atomic writers in RUN and
+    RUN/checkpoints. A `.NAME.old` whose NAME is missing (killed between atomic_dir's two renames) is put back."""
+    removed = []
+    for folder in (Path(run), Path(run) / CHECKPOINTS):
+        if not folder.is_dir():
+            continue
+        for p in folder.iterdir():
+            if not p.name.startswith("."):
+                continue
+            if p.name.endswith(".old"):
+                original = p.with_name(p.name[1:-len(".old")])
+                if not original.exists():
+                    os.replace(p, original)
+                    continue
+            elif not p.name.endswith(".tmp"):
+                continue
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed

@@ -230,6 +230,15 @@ class _Stop(Exception):
     pass
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGINT/SIGTERM during training, after a checkpoint was saved; the CLI exits with 128 + the signal number."""
+
+    def __init__(self, signum: int):
+        self.signum = int(signum)
+        self.exit_code = 128 + self.signum
+        super().__init__(signal.Signals(signum).name)
+
+
 def _loss(logits: torch.Tensor, batch: dict) -> torch.Tensor:
     logits = logits.float()
     if "soft_labels" in batch:
@@ -332,14 +341,14 @@ def train(cfg: Config, resume: Optional[str | Path] = None, quiet: bool = False,
     # ---------------------------------------------------------------- the run folder exists from here on
     if resume_dir is None:
         if main:
-            if run.exists() and cfg.output.overwrite:
-                shutil.rmtree(run)
-            run.mkdir(parents=True, exist_ok=True)
-            runs.atomic_write_text(run / runs.CONFIG, cfg.to_yaml())
-            runs.write_json(run / runs.LABEL_MAP, {"id2label": {str(k): v for k, v in splits.id2label.items()},
-                                                   "label2id": {v: k for k, v in splits.id2label.items()},
-                                                   "int_labels": splits.int_labels})
-            runs.write_json(run / runs.PARAMS, params)
+            # the run folder appears whole (config, label map, params) or not at all, so a kill here
+            # leaves nothing that --resume would half-read; overwrite replaces an old folder in the same rename
+            with runs.atomic_dir(run) as tmp:
+                runs.atomic_write_text(tmp / runs.CONFIG, cfg.to_yaml())
+                runs.write_json(tmp / runs.LABEL_MAP, {"id2label": {str(k): v for k, v in splits.id2label.items()},
+                                                       "label2id": {v: k for k, v in splits.id2label.items()},
+                                                       "int_labels": splits.int_labels})
+                runs.write_json(tmp / runs.PARAMS, params)
     accelerator.wait_for_everyone()
     say(f"run folder: {run}")
     say(f"{len(train_ds):,} train / {len(val_ds):,} val" + (f" / {len(test_ds):,} test" if test_ds is not None else "")
@@ -348,9 +357,13 @@ def train(cfg: Config, resume: Optional[str | Path] = None, quiet: bool = False,
 
     trackers = _start_trackers(accelerator, cfg, run) if main and cfg.track else []
 
+    # everything the loop needs to continue exactly where it stopped, saved in each checkpoint's state.json
+    # (window_*: the running train-loss average between two log lines, so a resumed log line equals the original)
     state = {"step": 0, "epoch": 0, "batches_in_epoch": 0, "best_metric": None, "best_step": None,
-             "bad_evals": 0, "train_time": 0.0, "stopped_early": False}
+             "bad_evals": 0, "train_time": 0.0, "stopped_early": False, "window_loss": 0.0, "window_n": 0}
     if resume_dir is not None:
+        if main:
+            runs.remove_temp_files(run)  # leftovers of writes cut short by a kill
         ckpt = newest_valid_checkpoint(run, log=say)
         if ckpt is None:
             say("no complete checkpoint found; starting from step 0")
@@ -384,6 +397,8 @@ def train(cfg: Config, resume: Optional[str | Path] = None, quiet: bool = False,
     stop = {"signal": None}
 
     def on_signal(signum, frame):
+        if stop["signal"] is not None:  # a second signal: stop now; the newest complete checkpoint stays valid
+            raise Interrupted(signum)
         stop["signal"] = signum
 
     old_handlers = {}
@@ -396,7 +411,7 @@ def train(cfg: Config, resume: Optional[str | Path] = None, quiet: bool = False,
 
     progress = _progress(total_steps, state["step"], quiet or not main)
     model.train()
-    window_loss, window_n, window_samples, window_start = 0.0, 0, 0, time.time()
+    window_samples, window_start = 0, time.time()
     tick = time.time()
     try:
         while state["step"] < total_steps and not state["stopped_early"]:
@@ -433,8 +448,8 @@ def train(cfg: Config, resume: Optional[str | Path] = None, quiet: bool = False,
                             hook(state["step"] + 1)
                     optimizer.zero_grad(set_to_none=True)
                 state["batches_in_epoch"] += 1
-                window_loss += loss.detach().float().item()
-                window_n += 1
+                state["window_loss"] += loss.detach().float().item()
+                state["window_n"] += 1
                 window_samples += batch["input_ids"].shape[0] * n_proc
                 if not accelerator.sync_gradients:
                     continue
@@ -447,7 +462,7 @@ def train(cfg: Config, resume: Optional[str | Path] = None, quiet: bool = False,
                 if step % cfg.train.logging_steps == 0 or step == total_steps:
                     elapsed = max(time.time() - window_start, 1e-9)
                     rec = {"type": "train", "step": step, "epoch": round(epoch + state["batches_in_epoch"] / n_batches, 4),
-                           "loss": window_loss / max(window_n, 1), "learning_rate": scheduler.get_last_lr()[0],
+                           "loss": state["window_loss"] / max(state["window_n"], 1), "learning_rate": scheduler.get_last_lr()[0],
                            "samples_per_second": window_samples / elapsed, "time": round(state["train_time"], 3)}
                     if main:
                         runs.append_jsonl(history_path, rec)
@@ -456,7 +471,7 @@ def train(cfg: Config, resume: Optional[str | Path] = None, quiet: bool = False,
                                              "train/samples_per_second": rec["samples_per_second"]}, step=step)
                     say(f"step {step}/{total_steps} | epoch {rec['epoch']:.2f} | loss {rec['loss']:.4f} | "
                         f"lr {rec['learning_rate']:.3e} | {rec['samples_per_second']:.1f} samples/s")
-                    window_loss, window_n, window_samples, window_start = 0.0, 0, 0, time.time()
+                    state["window_loss"], state["window_n"], window_samples, window_start = 0.0, 0, 0, time.time()
                 is_eval = step % eval_every == 0 or step == total_steps
                 if is_eval:
                     m = evaluate_val(step, epoch + state["batches_in_epoch"] / n_batches)
@@ -487,7 +502,7 @@ def train(cfg: Config, resume: Optional[str | Path] = None, quiet: bool = False,
         say(f"{name} received: saved checkpoint step-{state['step']} in {run}; continue with "
             f"`loraclf train --resume {run}`")
         _end_trackers(accelerator, trackers)
-        raise KeyboardInterrupt(name) from None
+        raise Interrupted(stop["signal"]) from None
     except BaseException:  # e.g. optuna.TrialPruned from on_eval: close trackers so the next run can start its own
         progress.close()
         _end_trackers(accelerator, trackers)
