@@ -585,6 +585,8 @@ def run_sweep(sweep_file: str | Path, storage: Optional[str] = None, study_name:
     spec = load_sweep(sweep_file, study_name)
     if n_trials is not None and n_trials < 0:
         raise SweepError(f"--n-trials must be >= 0, got {n_trials}")
+    if timeout is not None and not timeout > 0:
+        raise SweepError(f"--timeout must be a positive number of seconds, got {timeout}")
     spec.output.mkdir(parents=True, exist_ok=True)
     url = storage or f"sqlite:///{(spec.output / 'study.db').resolve()}"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
