@@ -230,6 +230,25 @@ def test_report_and_compare_errors_are_one_line(two_runs, tmp_path, capsys):
     assert not (unfinished / "report").exists() and not (tmp_path / "c").exists()
 
 
+def test_damaged_run_files(two_runs, tmp_path, capsys):
+    run = tmp_path / "damaged"
+    shutil.copytree(two_runs[0], run)
+    shutil.rmtree(run / "report")
+    (run / runs.VAL_PREDICTIONS).write_bytes(b"text,label\n\xff\xfe,1\n")
+    assert main(["report", str(run)]) == 2
+    assert "val_predictions.csv is not a readable UTF-8 CSV" in capsys.readouterr().err
+    assert not (run / "report").exists()
+    (run / runs.VAL_PREDICTIONS).unlink()
+    with open(run / runs.HISTORY, "a") as f:  # a record from elsewhere and a torn line are skipped, not fatal
+        f.write('{"type": "eval", "split": "val", "step": 9, "loss": null}\n{"type": "tra')
+    page = report.write_report(run).read_text()
+    assert "val_predictions.csv is missing" in page
+    assert page.split('class="progress"')[1].split("</table>")[0].count("<tr>") == 1 + 2
+    (run / runs.CONFIG).write_text("- just\n- a list\n")
+    assert main(["report", str(run)]) == 2
+    assert "config.yaml is not a valid YAML mapping" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------------------------------ tracking
 
 

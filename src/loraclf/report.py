@@ -42,11 +42,17 @@ class RunFiles:
 
     @property
     def train(self) -> list[dict]:
-        return [r for r in self.history if r.get("type") == "train"]
+        return [r for r in self.history if r.get("type") == "train" and _numbers(r, "step", "loss")]
 
     @property
     def evals(self) -> list[dict]:
-        return [r for r in self.history if r.get("type") == "eval" and r.get("split", "val") == "val"]
+        return [r for r in self.history if r.get("type") == "eval" and r.get("split", "val") == "val"
+                and _numbers(r, "step", "loss", "accuracy", "macro_f1")]
+
+
+def _numbers(record: dict, *keys: str) -> bool:
+    """True when every key holds a number; records written by another version or torn by hand are skipped."""
+    return all(isinstance(record.get(k), (int, float)) and not isinstance(record.get(k), bool) for k in keys)
 
 
 def load_run(run: str | Path) -> RunFiles:
@@ -63,7 +69,9 @@ def load_run(run: str | Path) -> RunFiles:
     try:
         config = yaml.safe_load((run / runs.CONFIG).read_text(encoding="utf-8")) or {}
     except (yaml.YAMLError, UnicodeDecodeError):
-        raise RunError(f"{run}/{runs.CONFIG} is not valid YAML; the run folder is damaged") from None
+        config = None
+    if not isinstance(config, dict):
+        raise RunError(f"{run}/{runs.CONFIG} is not a valid YAML mapping; the run folder is damaged")
     metrics = runs.read_json(run / runs.METRICS)
     if not isinstance(metrics, dict) or not isinstance(metrics.get("val"), dict):
         raise RunError(f"{run}/{runs.METRICS} has no 'val' metrics; the run folder is damaged")
@@ -71,8 +79,11 @@ def load_run(run: str | Path) -> RunFiles:
     tracking = runs.read_json(run / "tracking.json") if (run / "tracking.json").is_file() else None
     predictions = None
     if (run / runs.VAL_PREDICTIONS).is_file():
-        with open(run / runs.VAL_PREDICTIONS, newline="", encoding="utf-8") as f:
-            predictions = list(csv.DictReader(f))
+        try:
+            with open(run / runs.VAL_PREDICTIONS, newline="", encoding="utf-8") as f:
+                predictions = list(csv.DictReader(f))
+        except (UnicodeDecodeError, csv.Error):
+            raise RunError(f"{run}/{runs.VAL_PREDICTIONS} is not a readable UTF-8 CSV; the run folder is damaged") from None
     return RunFiles(run, config, metrics, params, runs.read_jsonl(run / runs.HISTORY), predictions, tracking)
 
 
@@ -104,7 +115,7 @@ def plot_curves(rf: RunFiles):
                        ms=4, label="validation accuracy")
         ax_metric.plot([r["step"] for r in evals], [r["macro_f1"] for r in evals], color="#9467bd", lw=1.8, marker="s",
                        ms=4, ls="--", label="validation macro-F1")
-    if train and all("learning_rate" in r for r in train):
+    if train and all(_numbers(r, "learning_rate") for r in train):
         ax_lr.plot([r["step"] for r in train], [r["learning_rate"] for r in train], color="#7f7f7f", lw=1.4,
                    label="learning rate")
     best = rf.metrics.get("best_step")
@@ -319,7 +330,7 @@ def render_html(rf: RunFiles, curves_png: bytes, confusion_png: bytes | None) ->
         parts.append(f"<p>{runs.PARAMS} is missing.</p>")
 
     # run time, hardware, tracking
-    hw = m.get("hardware") or {}
+    hw = m.get("hardware") if isinstance(m.get("hardware"), dict) else {}
     parts.append("<h2 id=\"runtime\">Run time and hardware</h2>")
     facts = [("training time (s)", m.get("train_runtime_s")), ("wall time (s)", m.get("wall_time_s")),
              ("training samples/s", m.get("train_samples_per_second")), ("effective batch size", m.get("effective_batch_size")),
