@@ -20,6 +20,8 @@ from loraclf.export import EXPORT_INFO, export_run
 from loraclf.predict import load_inference_model, predict_file, predict_texts, token_batches
 from loraclf.train import train
 
+from helpers_infer import tiny_run_overrides
+
 # A child interpreter in which loraclf and peft cannot be imported (None in sys.modules is how Python marks a
 # module as unimportable; transformers' availability probe then sees peft as not installed): proves the export
 # stands alone.
@@ -33,16 +35,6 @@ BLOCKED_PYTHON = textwrap.dedent("""
     except ImportError:
         pass
 """)
-
-
-def tiny_run_overrides(tiny_bert: Path, small_ag: dict, root: Path, name: str) -> list[str]:
-    return [
-        f"model.name_or_path={tiny_bert}", f"data.train={small_ag['train']}", f"data.validation={small_ag['val']}",
-        f"data.test={small_ag['test']}", "data.max_length=32", "train.max_steps=6",
-        "train.per_device_train_batch_size=16", "train.learning_rate=5e-3", "train.mixed_precision=fp32",
-        "train.logging_steps=2", "eval.eval_steps=3", "output.report=false", f"output.dir={root / 'runs'}",
-        f"output.run_name={name}", f"data.cache_dir={root / 'cache'}",
-    ]
 
 
 @pytest.fixture(scope="module")

@@ -147,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-wait-ms", type=float, default=5.0)
     p.add_argument("--max-texts", type=_positive_int, default=256)
     p.add_argument("--max-text-chars", type=_positive_int, default=20_000)
+    p.add_argument("--precision", choices=["fp32", "bf16", "auto"], default="fp32",
+                   help="auto: bf16 where the hardware computes it natively")
     return parser
 
 
@@ -323,7 +325,7 @@ def cmd_serve(args) -> int:
     from .serve import serve
 
     serve(args.model, host=args.host, port=args.port, max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
-          max_texts=args.max_texts, max_text_chars=args.max_text_chars)
+          max_texts=args.max_texts, max_text_chars=args.max_text_chars, precision=args.precision)
     return 0
 
 

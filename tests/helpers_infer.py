@@ -1,0 +1,64 @@
+"""Helpers for the export and serve tests: a tiny real training run, free loopback ports, a real server process."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+
+def tiny_run_overrides(tiny_bert: Path, small_ag: dict, root: Path, name: str) -> list[str]:
+    """A 6-step real training run of the tiny BERT on small AG News files, into root/runs/name."""
+    return [
+        f"model.name_or_path={tiny_bert}", f"data.train={small_ag['train']}", f"data.validation={small_ag['val']}",
+        f"data.test={small_ag['test']}", "data.max_length=32", "train.max_steps=6",
+        "train.per_device_train_batch_size=16", "train.learning_rate=5e-3", "train.mixed_precision=fp32",
+        "train.logging_steps=2", "eval.eval_steps=3", "output.report=false", f"output.dir={root / 'runs'}",
+        f"output.run_name={name}", f"data.cache_dir={root / 'cache'}",
+    ]
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`loraclf serve` in a child process on a free loopback port; waits until /health answers."""
+
+    def __init__(self, model: Path, log: Path, *args: str, timeout: float = 120.0):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+        self.proc = subprocess.Popen([sys.executable, "-m", "loraclf", "serve", str(model), "--port", str(self.port),
+                                      *args], stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"server did not come up in {timeout:.0f} s:\n{log.read_text()[-3000:]}")
+            time.sleep(0.2)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        return self.proc.returncode

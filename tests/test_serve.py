@@ -1,0 +1,174 @@
+"""`loraclf serve`: the real server in a child process on a free loopback port, called over real HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+
+from loraclf.cli import main
+from loraclf.config import load_config
+from loraclf.export import export_run
+from loraclf.predict import load_inference_model
+from loraclf.train import train
+
+from helpers_infer import Server, free_port, tiny_run_overrides
+
+MAX_TEXTS = 8
+MAX_CHARS = 300
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, tiny_bert, small_ag) -> Path:
+    root = tmp_path_factory.mktemp("serve_tiny")
+    return Path(train(load_config(None, tiny_run_overrides(tiny_bert, small_ag, root, "tiny")), quiet=True).run_dir)
+
+
+@pytest.fixture(scope="module")
+def texts(small_ag) -> list[str]:
+    return pd.read_csv(small_ag["test"])["text"].tolist()
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_run):
+    """In-process predictions of the same run, to check what the server returns."""
+    im = load_inference_model(tiny_run)
+    return lambda batch: im.predict(batch)
+
+
+@pytest.fixture(scope="module")
+def server(tiny_run, tmp_path_factory):
+    # a long max wait makes batching of concurrent requests certain, not a matter of timing
+    srv = Server(tiny_run, tmp_path_factory.mktemp("log") / "serve.log", "--max-batch-size", "64",
+                 "--max-wait-ms", "250", "--max-texts", str(MAX_TEXTS), "--max-text-chars", str(MAX_CHARS))
+    yield srv
+    srv.stop()
+
+
+def test_predict_returns_labels_and_probabilities_like_loraclf_predict(server, texts, reference):
+    batch = [t[:MAX_CHARS] for t in texts[:5]]
+    r = httpx.post(server.url + "/predict", json={"texts": batch}, timeout=30)
+    assert r.status_code == 200, r.text
+    preds = r.json()["predictions"]
+    labels = httpx.get(server.url + "/labels").json()["labels"]
+    assert labels == ["0", "1", "2", "3"]
+    probs = np.array([[p["probabilities"][name] for name in labels] for p in preds])
+    np.testing.assert_allclose(probs, reference(batch), atol=1e-5)
+    for p, row in zip(preds, probs):
+        assert p["label"] == labels[int(row.argmax())] == labels[p["label_id"]]
+        assert p["score"] == pytest.approx(row.max())
+
+
+def test_health_labels_and_openapi(server):
+    h = httpx.get(server.url + "/health").json()
+    assert h["status"] == "ok" and h["source"] == "run" and h["num_labels"] == 4
+    assert h["limits"]["max_texts"] == MAX_TEXTS and h["limits"]["max_text_chars"] == MAX_CHARS
+    spec = httpx.get(server.url + "/openapi.json").json()
+    assert {"/predict", "/health", "/labels"} <= set(spec["paths"])
+    req = spec["components"]["schemas"]["PredictRequest"]["properties"]["texts"]
+    assert req["minItems"] == 1 and req["maxItems"] == MAX_TEXTS and req["items"]["maxLength"] == MAX_CHARS
+
+
+@pytest.mark.parametrize("body, status, words", [
+    ({"texts": []}, 422, "texts is empty"),
+    ({"texts": ["a"] * (MAX_TEXTS + 1)}, 413, f"too many texts in one request: {MAX_TEXTS + 1}, over the limit of {MAX_TEXTS}"),
+    ({"texts": ["ok", "x" * (MAX_CHARS + 1)]}, 413, f"texts[1] is longer than {MAX_CHARS} characters"),
+    ({"texts": "one text"}, 422, "texts must be a list of strings, got str"),
+    ({"texts": ["fine", 7]}, 422, "texts[1] must be a string, got int"),
+    ({"texts": [None]}, 422, "texts[0] must be a string, got null"),
+    ({"text": ["hello"]}, 422, 'a list of strings under "texts"'),
+    ({"texts": ["a"], "top_k": 2}, 422, "unknown field 'top_k'"),
+    (["hello"], 422, 'JSON object like {"texts"'),
+])
+def test_bad_requests_get_4xx_with_one_clear_line(server, body, status, words):
+    r = httpx.post(server.url + "/predict", json=body, timeout=30)
+    assert r.status_code == status, r.text
+    detail = r.json()["detail"]
+    assert isinstance(detail, str) and "\n" not in detail
+    assert words in detail
+
+
+def test_malformed_json_and_oversized_bodies_are_4xx(server):
+    r = httpx.post(server.url + "/predict", content=b'{"texts": ["unterminated', timeout=30,
+                   headers={"content-type": "application/json"})
+    assert r.status_code == 422 and "not valid JSON" in r.json()["detail"]
+    huge = json.dumps({"texts": ["x" * 100_000] * 40}).encode()
+    r = httpx.post(server.url + "/predict", content=huge, timeout=30, headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "over the limit" in r.json()["detail"]
+    assert httpx.get(server.url + "/health").status_code == 200  # still serving
+
+
+def test_concurrent_clients_are_batched_together_and_get_their_own_answers(server, texts, reference):
+    before = httpx.get(server.url + "/stats").json()
+    groups = [[t[:MAX_CHARS] for t in texts[i * 3:i * 3 + 1 + i % 3]] for i in range(12)]
+
+    async def fire():
+        async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+            return await asyncio.gather(*(client.post("/predict", json={"texts": g}) for g in groups))
+
+    responses = asyncio.run(fire())
+    after = httpx.get(server.url + "/stats").json()
+    for g, r in zip(groups, responses):
+        assert r.status_code == 200, r.text
+        labels = list(r.json()["predictions"][0]["probabilities"])
+        got = np.array([[p["probabilities"][n] for n in labels] for p in r.json()["predictions"]])
+        np.testing.assert_allclose(got, reference(g), atol=1e-5)
+    requests = after["requests"] - before["requests"]
+    batches = after["batches"] - before["batches"]
+    assert requests == 12
+    assert batches < requests  # some forward passes served several clients
+    assert after["max_requests_in_a_batch"] >= 2
+
+
+def test_sigterm_lets_the_in_flight_request_finish(tiny_run, tmp_path, texts, reference):
+    export = Path(export_run(tiny_run, tmp_path / "export"))
+    # the request sits 1.5 s in the batching queue: SIGTERM arrives while it is in flight
+    srv = Server(export, tmp_path / "serve.log", "--max-wait-ms", "1500")
+    assert httpx.get(srv.url + "/health").json()["source"] == "export"
+    result = {}
+
+    def call():
+        result["r"] = httpx.post(srv.url + "/predict", json={"texts": texts[:2]}, timeout=60)
+
+    t = threading.Thread(target=call)
+    t.start()
+    time.sleep(0.5)
+    srv.proc.send_signal(signal.SIGTERM)
+    t.join(60)
+    r = result["r"]
+    assert r.status_code == 200, r.text
+    # uvicorn re-raises the signal after its graceful shutdown, so the process ends "killed by SIGTERM"
+    assert srv.proc.wait(60) in (0, -signal.SIGTERM)
+    log = (tmp_path / "serve.log").read_text()
+    assert "Application shutdown complete" in log and "Traceback" not in log
+    got = np.array([[p["probabilities"][n] for n in ("0", "1", "2", "3")] for p in r.json()["predictions"]])
+    np.testing.assert_allclose(got, reference(texts[:2]), atol=1e-5)
+    with pytest.raises(httpx.TransportError):
+        httpx.get(srv.url + "/health", timeout=2)
+
+
+def test_serve_bad_input_is_one_line_exit_2(tiny_run, tmp_path, capsys):
+    assert main(["serve", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "not found" in err
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", str(tiny_run), "--port", str(port)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"cannot listen on 127.0.0.1:{port}" in err
+    with pytest.raises(SystemExit) as exit_:
+        main(["serve", str(tiny_run), "--port", str(free_port()), "--max-texts", "0"])
+    assert exit_.value.code == 2 and "--max-texts" in capsys.readouterr().err
+    assert main(["serve", str(tiny_run), "--port", str(free_port()), "--max-wait-ms", "-1"]) == 2
+    assert "--max-wait-ms must be 0 or more" in capsys.readouterr().err
