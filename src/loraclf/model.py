@@ -330,8 +330,6 @@ def param_breakdown(model) -> dict:
     total = 0
     by_group: dict[str, int] = {}
     for name, p in model.named_parameters():
-        if ".original_module." in name:  # PEFT's frozen spare copy of a modules_to_save layer, not part of the model
-            continue
         total += p.numel()
         if not p.requires_grad:
             continue

@@ -638,9 +638,9 @@ def trial_state(t) -> str:
     return t.state.name
 
 
-def summary_rows(spec: SweepSpec, study) -> list[dict]:
+def summary_rows(spec: SweepSpec, trials: list) -> list[dict]:
     rows = []
-    for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
+    for t in sorted(trials, key=lambda t: t.number):
         duration = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete and t.datetime_start else None
         last = max(t.intermediate_values) if t.intermediate_values else None
         rows.append({
@@ -662,19 +662,31 @@ def summary_rows(spec: SweepSpec, study) -> list[dict]:
 def write_results(spec: SweepSpec, study) -> None:
     """sweep_summary.csv, best.yaml and plots/ in the sweep folder, from the study storage alone."""
     import optuna
-    import pandas as pd
 
     optuna.storages.fail_stale_trials(study)  # a no-op without heartbeats
-    rows = summary_rows(spec, study)
+    # Workers sharing a folder each write at the end; one that read the storage just before another's last trial
+    # finished could overwrite a final summary with a stale one. So write, look again, and rewrite if it moved.
+    for _ in range(5):
+        trials = study.get_trials(deepcopy=False)
+        _write_results(spec, study, trials)
+        if [(t.number, t.state) for t in study.get_trials(deepcopy=False)] == [(t.number, t.state) for t in trials]:
+            return
+
+
+def _write_results(spec: SweepSpec, study, trials: list) -> None:
+    import pandas as pd
+
+    rows = summary_rows(spec, trials)
     if not rows:
         return
     df = pd.DataFrame(rows)
     for col in ("trainable_params", "last_step", *(p.key for p in spec.space if p.type == "int")):
         df[col] = df[col].astype("Int64")  # whole numbers stay whole next to empty cells
     runs.atomic_write_text(spec.output / SUMMARY, df.to_csv(index=False))
-    complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+    complete = [t for t in trials if t.state.name == "COMPLETE"]
     if complete:
-        best = study.best_trial
+        pick = max if spec.direction == "maximize" else min
+        best = pick(complete, key=lambda t: t.value)
         cfg = trial_config(spec, best.params)
         body = yaml.safe_dump(diff_from_defaults(cfg), sort_keys=False)
         head = (f"# loraclf train {spec.output / BEST}\n"
