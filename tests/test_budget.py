@@ -85,6 +85,7 @@ def test_roberta_base_seed_config_is_999172():
     assert rep["head_params"] == (768 * 768 + 768) + (768 * 4 + 4) == 593_668
     assert rep["fits"] is True and rep["largest_fitting_r"] == 11
     assert rep["model_params"] == 124_648_708 + 405_504  # roberta-base classifier + the adapter
+    assert f"{rep['peft_percent']:.4f}" == "0.7952"  # the report's figure: PEFT also counts its spare head copy
     rows = {(r["module"], r["param"]): r for r in rep["adapter_rows"]}
     assert rows[("attention.self.query", "lora_A")]["shape"] == "11 x 768"
     assert rows[("attention.self.value", "lora_B")]["layers"] == 12

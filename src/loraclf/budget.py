@@ -277,7 +277,7 @@ def breakdown(model, head_modules: list[str], head_lora: Optional[str]) -> dict:
     adapter: dict[tuple[str, str], dict] = {}
     head: dict[tuple[str, str], dict] = {}
     other: dict[str, dict] = {}
-    total = 0
+    total = spare = 0
     head_roots = tuple(head_modules) + ((head_lora,) if head_lora else ())
 
     def in_head(path: str) -> bool:
@@ -286,6 +286,7 @@ def breakdown(model, head_modules: list[str], head_lora: Optional[str]) -> dict:
 
     for name, p in model.named_parameters():
         if ".original_module." in name:  # PEFT's frozen spare copy of a modules_to_save layer
+            spare += p.numel()
             continue
         n = p.numel()
         total += n
@@ -330,6 +331,8 @@ def breakdown(model, head_modules: list[str], head_lora: Optional[str]) -> dict:
         "other_params": sum(r["trainable"] for r in other_rows),
         "trainable": trainable, "base_params": total - added, "model_params": total,
         "percent": 100.0 * trainable / total if total else 0.0,
+        # PEFT's print_trainable_parameters (and the run's params.json) also count the spare copies
+        "peft_all_params": total + spare, "peft_percent": 100.0 * trainable / (total + spare) if total else 0.0,
     }
 
 
@@ -414,6 +417,9 @@ def format_report(rep: dict) -> str:
     lines.append("-" * (w + 20))
     lines.append(row("TRAINABLE", "", "", rep["trainable"]))
     lines.append(row("model total (base + adapter)", "", "", rep["model_params"], f"{rep['percent']:.4f}% trainable"))
+    if rep["peft_all_params"] != rep["model_params"]:
+        lines.append(row("  + PEFT's spare head copy", "", "", rep["peft_all_params"],
+                         f"{rep['peft_percent']:.4f}%, as PEFT's print_trainable_parameters counts"))
     cap = rep["max_trainable_params"]
     if cap is not None:
         status = (f"fits, {cap - rep['trainable']:,} to spare" if rep["fits"]
