@@ -96,6 +96,7 @@ def test_bad_storage_is_one_line_error(tmp_path, tiny_overrides, capsys):
                         space={"adapter.r": [2, 4]})
     with pytest.raises(SweepError, match="is not a database URL"):
         run_sweep(path, storage="nowhere.db")
+    assert not (tmp_path / "sw").exists()  # nothing written for bad input
     assert cli.main(["sweep", str(path), "--storage", "postgresql://u:secret@127.0.0.1:1/none", "--quiet"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("loraclf sweep: error: cannot open storage 127.0.0.1:1/none") and "secret" not in err

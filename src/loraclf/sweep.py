@@ -587,13 +587,15 @@ def run_sweep(sweep_file: str | Path, storage: Optional[str] = None, study_name:
         raise SweepError(f"--n-trials must be >= 0, got {n_trials}")
     if timeout is not None and not timeout > 0:
         raise SweepError(f"--timeout must be a positive number of seconds, got {timeout}")
-    spec.output.mkdir(parents=True, exist_ok=True)
-    url = storage or f"sqlite:///{(spec.output / 'study.db').resolve()}"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # heartbeats are what mark a killed worker's trial failed; Optuna still labels them experimental
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    if storage is None:
+        spec.output.mkdir(parents=True, exist_ok=True)
+    url = storage or f"sqlite:///{(spec.output / 'study.db').resolve()}"
     rdb = open_storage(url, spec)
     study = open_study(spec, rdb)
+    spec.output.mkdir(parents=True, exist_ok=True)  # only once the storage and the study are known to be usable
     if spec.sampler != "grid":
         # workers sharing a storage must not draw the same random points, so each mixes in its process id;
         # a resumed sweep mixes in the trial count for the same reason. The grid sampler is the exception:
