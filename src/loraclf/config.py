@@ -8,6 +8,7 @@ The `help` metadata of each field is the documentation shown by `loraclf config 
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -325,7 +326,7 @@ def _parse_override(text: str) -> tuple[list[str], Any]:
     key, raw = text.split("=", 1)
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError, RecursionError):  # ValueError: an integer over Python's 4300-digit limit
         value = raw
     return key.strip().split("."), value
 
@@ -347,8 +348,8 @@ def read_yaml(path: str | Path) -> dict:
         raise ConfigError([f"config file not found: {p} (give the path of a YAML file, e.g. configs/agnews_minilm.yaml)"])
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    except (yaml.YAMLError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise ConfigError([f"{p} is not valid YAML: {first}"]) from None
     if data is None:
         return {}
@@ -380,25 +381,38 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         _set_path(data, keys, value)
     if problems:
         raise ConfigError(problems)
-    if path:
-        _resolve_paths(data, Path(path).resolve().parent)
+    _resolve_paths(data, Path(path).resolve().parent if path else None)
     return from_dict(data)
 
 
 _PATH_KEYS = ("train", "validation", "test", "unlabeled", "target_eval")
 
 
-def _resolve_paths(data: dict, base: Path) -> None:
-    """Data paths in a YAML file are relative to the current folder if they exist there, else to the file."""
+def _resolve_paths(data: dict, base: Optional[Path]) -> None:
+    """Relative data paths (and a local model folder) become absolute: relative to the current folder if they
+    exist there, else to the YAML file's folder (base). The run's config.yaml then names the exact files used,
+    and --resume works from any folder."""
     section = data.get("data")
-    if not isinstance(section, dict):
-        return
-    for key in _PATH_KEYS:
-        value = section.get(key)
-        if isinstance(value, str) and value and not Path(value).is_absolute() and not Path(value).exists():
-            candidate = base / value
-            if candidate.exists():
-                section[key] = str(candidate)
+    if isinstance(section, dict):
+        for key in _PATH_KEYS:
+            if key in section:
+                section[key] = _absolute(section[key], base)
+    model = data.get("model")
+    if isinstance(model, dict) and isinstance(model.get("name_or_path"), str) and ":" not in model["name_or_path"]:
+        model["name_or_path"] = _absolute(model["name_or_path"], None)
+
+
+def _absolute(value, base: Optional[Path]):
+    if not isinstance(value, str) or not value or Path(value).is_absolute():
+        return value
+    try:
+        if Path(value).exists():
+            return os.path.abspath(value)
+        if base is not None and (base / value).exists():
+            return os.path.abspath(base / value)
+    except (OSError, ValueError):  # a name too long or with a NUL byte is no existing path; validation reports it
+        pass
+    return value
 
 
 def _cross_checks(cfg: Config) -> list[str]:

@@ -282,7 +282,9 @@ def _stratified_split(labels: np.ndarray, size: float, seed: int) -> tuple[np.nd
         raise DataError(f"data.validation_split={size:g} leaves no training or no validation rows out of {n}")
     idx = np.arange(n)
     counts = np.bincount(labels)
-    stratify = labels if counts[counts > 0].min() >= 2 and n_val >= (counts > 0).sum() else None
+    n_classes = int((counts > 0).sum())
+    # stratify only where every class can be in both parts; else sklearn refuses and a plain shuffle is used
+    stratify = labels if counts[counts > 0].min() >= 2 and n_classes <= n_val <= n - n_classes else None
     tr, va = train_test_split(idx, test_size=n_val, random_state=seed, stratify=stratify)
     return np.sort(tr), np.sort(va)
 

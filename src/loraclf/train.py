@@ -54,6 +54,12 @@ def bf16_supported() -> bool:
         return False
 
 
+def _has_other_accelerator() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    xpu = getattr(torch, "xpu", None)
+    return bool((mps and mps.is_available()) or (xpu and xpu.is_available()))
+
+
 def resolve_precision(choice: str) -> str:
     """Accelerate's name for the precision: no (fp32), bf16 or fp16."""
     if choice == "auto":
@@ -202,12 +208,25 @@ def newest_valid_checkpoint(run: Path, log=print) -> Optional[Path]:
 
 
 def load_checkpoint(ckpt: Path, model, optimizer, scheduler) -> dict:
+    """Restore weights, optimizer, scheduler and RNG from a checkpoint; returns its state.json.
+
+    Weights are safetensors; the .pt files are read with weights_only=True, which refuses any pickle that would
+    build arbitrary objects (run code) instead of tensors and plain containers.
+    """
     from safetensors.torch import load_file
 
-    load_trainable_state(model, load_file(str(ckpt / "trainable.safetensors")))
-    optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
-    scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=True))
-    rng = torch.load(ckpt / "rng.pt", weights_only=True)
+    try:
+        trainable = load_file(str(ckpt / "trainable.safetensors"))
+        opt_state = torch.load(ckpt / "optimizer.pt", weights_only=True)
+        sched_state = torch.load(ckpt / "scheduler.pt", weights_only=True)
+        rng = torch.load(ckpt / "rng.pt", weights_only=True)
+    except Exception as e:  # pickle.UnpicklingError for an unsafe file, safetensors' own error for a damaged one
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise RunError(f"cannot load checkpoint {ckpt} safely ({type(e).__name__}: {first}); delete that "
+                       f"step-N folder to resume from an older checkpoint, or start the run again") from None
+    load_trainable_state(model, trainable)
+    optimizer.load_state_dict(opt_state)
+    scheduler.load_state_dict(sched_state)
     torch.set_rng_state(rng["torch"])
     n = rng["numpy"]
     np.random.set_state((n[0], n[1].numpy().astype(np.uint32), *n[2:]))
@@ -291,7 +310,8 @@ def train(cfg: Config, resume: Optional[str | Path] = None, quiet: bool = False,
         raise RunError(f"cannot resume: run folder {resume_dir} not found")
     # the path is decided (and a clash refused) now; the folder is created only after setup succeeds
     run = resume_dir or run_dir or runs.new_run_dir(cfg.output.dir, cfg.output.run_name or default_run_name(cfg), cfg.output.overwrite)
-    accelerator = Accelerator(mixed_precision=precision, gradient_accumulation_steps=cfg.train.gradient_accumulation_steps,
+    # cpu=True is what makes Accelerate pick DDP over gloo when torchrun/accelerate launch start several CPU processes
+    accelerator = Accelerator(cpu=not (torch.cuda.is_available() or _has_other_accelerator()), mixed_precision=precision, gradient_accumulation_steps=cfg.train.gradient_accumulation_steps,
                               log_with=list(cfg.track) or None,
                               project_config=ProjectConfiguration(project_dir=str(run), logging_dir=str(run / "tensorboard")),
                               kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)])
@@ -350,7 +370,9 @@ def train(cfg: Config, resume: Optional[str | Path] = None, quiet: bool = False,
                                                        "int_labels": splits.int_labels})
                 runs.write_json(tmp / runs.PARAMS, params)
     accelerator.wait_for_everyone()
-    say(f"run folder: {run}")
+    say(f"run folder: {run.resolve()}")
+    files = [f"{k}={getattr(cfg.data, k)}" for k in ("train", "validation", "test") if getattr(cfg.data, k)]
+    say("data: " + (", ".join(files) if files else str(cfg.data.name)) + f"; model: {cfg.model.name_or_path}")
     say(f"{len(train_ds):,} train / {len(val_ds):,} val" + (f" / {len(test_ds):,} test" if test_ds is not None else "")
         + f" rows; {total_steps} steps ({per_epoch}/epoch), warm-up {warmup}, effective batch {effective_batch} "
           f"({bs} x {n_proc} process(es) x {accum} accumulation), precision {precision}")
