@@ -234,13 +234,10 @@ def _relaunch(nproc: int) -> int:
         if a.startswith("--nproc="):
             continue
         out.append(a)
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(nproc), "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no"]
-    import torch
-
-    if not torch.cuda.is_available():
-        cmd += ["--cpu"]
-    cmd += ["-m", "loraclf", *out]
+    # --multi_gpu selects Accelerate's torchrun-based launcher; on a machine without GPUs each process then
+    # runs on the CPU and Accelerator(cpu=True) joins them with the gloo backend
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(nproc),
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "loraclf", *out]
     return subprocess.call(cmd)
 
 
