@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from loraclf import methods
+from loraclf import budget
 from loraclf import model as model_mod
 from loraclf import runs
 from loraclf.config import load_config
@@ -48,20 +48,6 @@ def _overrides(tiny_overrides, case):
     return tiny_overrides + [f"adapter.method={_method(case)}", *CASES[case][0]]
 
 
-def _meta_count(cfg) -> int:
-    """Trainable parameters of the adapted model built on the meta device (no weights), as budget accounting does."""
-    from peft import get_peft_model
-    from transformers import AutoModelForSequenceClassification
-
-    path, mc = model_mod.load_model_config(cfg, {i: str(i) for i in range(LABELS)})
-    with torch.device("meta"):
-        base = AutoModelForSequenceClassification.from_config(mc)
-        targets = model_mod.resolve_targets(base, mc.model_type, cfg.adapter.target_modules)
-        peft_model = get_peft_model(base, model_mod.peft_config(cfg, base, targets))
-    methods.attach(peft_model, cfg)
-    return model_mod.param_breakdown(peft_model)["trainable"]
-
-
 def _logits(model, tokenizer, texts) -> torch.Tensor:
     model.eval()
     with torch.no_grad():
@@ -84,10 +70,10 @@ def test_method_trains_counts_exactly_and_reloads_identically(case, tiny_overrid
     run = result.run_dir
     trained = captured["model"]
 
-    # budget accounting is exact: hand count == meta-device count == the trained model == params.json
+    # budget accounting is exact: hand count == budget's meta-device count == the trained model == params.json
     expected = HEAD + N * CASES[case][1]
     assert model_mod.param_breakdown(trained)["trainable"] == expected
-    assert _meta_count(cfg) == expected
+    assert budget.count_trainable(cfg, LABELS) == expected
     assert json.loads((run / runs.PARAMS).read_text())["trainable"] == expected
     assert result.metrics["trainable_params"] == expected
 
@@ -204,3 +190,25 @@ def test_bad_method_settings_are_one_line_errors(tiny_overrides, tmp_path):
     errors = [line for line in proc.stderr.splitlines() if "error" in line]
     assert "Traceback" not in proc.stderr and len(errors) == 1 and "adalora_tinit" in errors[0]
     assert not (tmp_path / "runs" / "tiny").exists()
+
+
+# adapter parameters per adapted HxH module at rank r, for r=auto
+PER_MODULE = {
+    "lora": lambda r: r * 2 * H,
+    "dora": lambda r: r * 2 * H + H,
+    "pissa": lambda r: r * 2 * H,
+    "vera": lambda r: H + r,
+    "adalora": lambda r: (3 * r // 2) * (2 * H + 1),  # counted at init_r = 1.5 x r, rounded down
+    "loha": lambda r: 2 * r * 2 * H,
+    "lokr": lambda r: 16 + 2 * 8 * r,  # while w2 (8x8) is split, i.e. r < 4
+}
+
+
+@pytest.mark.parametrize("method", list(PER_MODULE))
+def test_r_auto_picks_the_largest_size_under_the_cap(method, tiny_bert):
+    cap = HEAD + N * PER_MODULE[method](3)  # exactly r=3 fits; r=4 does not
+    cfg = load_config(None, [f"model.name_or_path={tiny_bert}", f"adapter.method={method}", "adapter.r=auto",
+                             f"budget.max_trainable_params={cap}"])
+    resolved = budget.enforce(cfg, LABELS, log=lambda m: None)
+    assert resolved.adapter.r == 3
+    assert budget.count_trainable(resolved, LABELS) == cap
