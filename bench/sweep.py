@@ -26,6 +26,8 @@ def main() -> int:
     ap.add_argument("--sweep", default=str(ROOT / "configs" / "sweep_agnews_minilm.yaml"))
     ap.add_argument("--storage", help="Optuna storage URL (default: the SQLite file in the sweep folder)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "sweep.md"))
+    ap.add_argument("--n-trials", type=int, help="at most this many new trials now (0: only score and write the table)")
+    ap.add_argument("--timeout", type=float, help="start no new trial after this many seconds")
     args = ap.parse_args()
 
     from loraclf.predict import evaluate_file
@@ -35,7 +37,7 @@ def main() -> int:
     if not TEST.is_file():
         sys.exit(f"AG News test split not found at {TEST} (../shared beside the checkout)")
     started = time.time()
-    folder = run_sweep(args.sweep, storage=args.storage)
+    folder = run_sweep(args.sweep, storage=args.storage, n_trials=args.n_trials, timeout=args.timeout)
     sweep_wall = time.time() - started
     spec = load_sweep(args.sweep)
     with open(folder / SUMMARY, newline="") as f:
