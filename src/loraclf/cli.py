@@ -213,7 +213,7 @@ def cmd_train(args) -> int:
         result = train(cfg, resume=args.resume, quiet=args.quiet)
     if args.json:
         print(json.dumps({"run": str(result.run_dir), **{k: result.metrics[k] for k in ("val", "test", "target") if k in result.metrics}}, indent=2))
-    else:
+    elif os.environ.get("RANK", "0") == "0":  # one line per run, not per process
         print(result.run_dir)
     return 0
 
@@ -335,7 +335,14 @@ HANDLERS = {
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # overrides may come after flags (`train cfg.yaml --quiet a.b=1`); argparse stops collecting positionals at the
+    # first flag, so the stragglers are picked up here
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+            args.overrides = list(args.overrides) + extra
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if not args.command:
         parser.print_help()
         return 2

@@ -437,8 +437,13 @@ def collator(tokenizer):
     return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=None)
 
 
-def train_loader(ds, tokenizer, batch_size: int, group_by_length: bool, seed: int, epoch: int):
-    """Shuffled (seed + epoch) batches; length-grouped when asked, so each batch pads little."""
+def train_loader(ds, tokenizer, batch_size: int, group_by_length: bool, seed: int, epoch: int,
+                 group_size: Optional[int] = None):
+    """Shuffled (seed + epoch) batches; length-grouped when asked, so each batch pads little.
+
+    group_size is the global batch (per-device batch x processes): grouping by it gives every process count the
+    same sample order, so N processes see exactly the samples one process would.
+    """
     import torch
     from torch.utils.data import DataLoader, RandomSampler
 
@@ -449,7 +454,7 @@ def train_loader(ds, tokenizer, batch_size: int, group_by_length: bool, seed: in
     if group_by_length:
         from transformers.trainer_pt_utils import LengthGroupedSampler
 
-        sampler = LengthGroupedSampler(batch_size, lengths=ds["length"], generator=g)
+        sampler = LengthGroupedSampler(group_size or batch_size, lengths=ds["length"], generator=g)
     else:
         sampler = RandomSampler(data, generator=g)
     # the loader's own generator: without one, every new iterator draws its base seed from the global RNG,

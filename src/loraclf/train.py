@@ -381,7 +381,7 @@ def train(cfg: Config, resume: Optional[str | Path] = None, quiet: bool = False,
 
     # everything the loop needs to continue exactly where it stopped, saved in each checkpoint's state.json
     # (window_*: the running train-loss average between two log lines, so a resumed log line equals the original)
-    state = {"step": 0, "epoch": 0, "batches_in_epoch": 0, "best_metric": None, "best_step": None,
+    state = {"step": 0, "epoch": 0, "batches_in_epoch": 0, "samples_in_epoch": 0, "best_metric": None, "best_step": None,
              "bad_evals": 0, "train_time": 0.0, "stopped_early": False, "window_loss": 0.0, "window_n": 0}
     if resume_dir is not None:
         if main:
@@ -446,9 +446,12 @@ def train(cfg: Config, resume: Optional[str | Path] = None, quiet: bool = False,
                 for extra in ("weight", "soft_labels"):
                     if extra in epoch_raw.column_names:
                         epoch_ds = epoch_ds.add_column(extra, epoch_raw[extra])
-            loader = data_mod.train_loader(epoch_ds, tokenizer, bs, cfg.data.group_by_length, cfg.train.seed, epoch)
+            loader = data_mod.train_loader(epoch_ds, tokenizer, bs, cfg.data.group_by_length, cfg.train.seed, epoch,
+                                           group_size=bs * n_proc)
             loader = accelerator.prepare(loader)
-            skip = state["batches_in_epoch"]
+            # the data position is kept in samples, so a checkpoint written by N processes resumes in M
+            skip = state.get("samples_in_epoch", 0) // (bs * n_proc) if "samples_in_epoch" in state else state["batches_in_epoch"]
+            state["batches_in_epoch"] = skip
             if skip:
                 loader = accelerator.skip_first_batches(loader, skip)
             n_batches = len(loader) + skip
@@ -470,6 +473,7 @@ def train(cfg: Config, resume: Optional[str | Path] = None, quiet: bool = False,
                             hook(state["step"] + 1)
                     optimizer.zero_grad(set_to_none=True)
                 state["batches_in_epoch"] += 1
+                state["samples_in_epoch"] = state["batches_in_epoch"] * bs * n_proc
                 state["window_loss"] += loss.detach().float().item()
                 state["window_n"] += 1
                 window_samples += batch["input_ids"].shape[0] * n_proc
@@ -483,8 +487,10 @@ def train(cfg: Config, resume: Optional[str | Path] = None, quiet: bool = False,
                 progress.update(1)
                 if step % cfg.train.logging_steps == 0 or step == total_steps:
                     elapsed = max(time.time() - window_start, 1e-9)
+                    local = torch.tensor(state["window_loss"] / max(state["window_n"], 1), device=accelerator.device)
+                    window_mean = accelerator.reduce(local, reduction="mean").item()  # every process's batches
                     rec = {"type": "train", "step": step, "epoch": round(epoch + state["batches_in_epoch"] / n_batches, 4),
-                           "loss": state["window_loss"] / max(state["window_n"], 1), "learning_rate": scheduler.get_last_lr()[0],
+                           "loss": window_mean, "learning_rate": scheduler.get_last_lr()[0],
                            "samples_per_second": window_samples / elapsed, "time": round(state["train_time"], 3)}
                     if main:
                         runs.append_jsonl(history_path, rec)
@@ -518,6 +524,7 @@ def train(cfg: Config, resume: Optional[str | Path] = None, quiet: bool = False,
             else:  # the epoch ran out
                 state["epoch"] += 1
                 state["batches_in_epoch"] = 0
+                state["samples_in_epoch"] = 0
     except _Stop:
         progress.close()
         name = signal.Signals(stop["signal"]).name
