@@ -13,9 +13,10 @@ and attaches what the training loop and the saver look for on the model:
 
 from __future__ import annotations
 
-import math
+import contextlib
 import re
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -234,3 +235,12 @@ def save_pretrained(model, out_dir: str | Path) -> None:
     if missing:
         saved.update(missing)
         save_file(saved, str(weights), metadata={"format": "pt"})
+
+
+@contextlib.contextmanager
+def quiet_reload():
+    """Reload a saved adapter without PEFT's spurious warning for AdaLoRA: its rank_pattern is keyed by parameter
+    name (...lora_E), which PEFT also checks against module names, always in vain; the ranks are applied anyway."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The following rank_pattern keys did not match", category=RuntimeWarning)
+        yield

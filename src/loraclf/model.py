@@ -428,8 +428,11 @@ def load_run_model(run: str | Path, merge: bool = True, device: str = "cpu"):
     tok_dir = run / runs.TOKENIZER
     tokenizer = load_tokenizer(str(tok_dir) if tok_dir.is_dir() else path, cfg)
     base = load_base(cfg, id2label, path, mc)
+    from . import methods
+
     try:
-        model = PeftModel.from_pretrained(base, str(run / runs.ADAPTER))
+        with methods.quiet_reload():
+            model = PeftModel.from_pretrained(base, str(run / runs.ADAPTER))
     except Exception as e:  # safetensors/peft raise many types for a damaged adapter
         raise ModelError(f"cannot load the adapter in {run / runs.ADAPTER}: {str(e).splitlines()[0][:200]}") from None
     if merge and hasattr(model, "merge_and_unload"):
