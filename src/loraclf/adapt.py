@@ -52,10 +52,17 @@ def _target_data_cfg(cfg: Config):
     return dataclasses.replace(cfg.data, text_column=column) if column is not None else cfg.data
 
 
+def _read(path, dcfg, key: str):
+    try:
+        return data_mod.read_table(path, dcfg.allow_pickle, dcfg.max_file_mb)
+    except DataError as e:
+        raise DataError(f"{key}: {e}") from None
+
+
 def read_unlabeled(path: str | Path, cfg: Config, log=print) -> list[str]:
     """The non-empty texts of an unlabeled file; a file with no usable text is an error."""
     dcfg = _target_data_cfg(cfg)
-    df = data_mod.read_table(path, dcfg.allow_pickle, dcfg.max_file_mb)
+    df = _read(path, dcfg, "data.unlabeled")
     if len(df) == 0:
         raise DataError(f"data.unlabeled {path} has no rows; give a file of target-domain texts")
     if isinstance(dcfg.text_column, str) and dcfg.text_column not in df.columns and len(df.columns) == 1:
@@ -76,7 +83,7 @@ def read_unlabeled(path: str | Path, cfg: Config, log=print) -> list[str]:
 def read_target_eval(path: str | Path, cfg: Config, id2label: dict[int, str], log=print) -> tuple[list[str], np.ndarray]:
     """Texts and label ids of the labelled target file (used for reporting only)."""
     dcfg = _target_data_cfg(cfg)
-    df = data_mod.read_table(path, dcfg.allow_pickle, dcfg.max_file_mb)
+    df = _read(path, dcfg, "data.target_eval")
     where = f"data.target_eval {path}"
     clean = data_mod._clean(df, dcfg, where, True, log)
     return clean["text"].tolist(), data_mod.encode_labels(clean["label"], id2label, where)
