@@ -212,3 +212,18 @@ def test_r_auto_picks_the_largest_size_under_the_cap(method, tiny_bert):
     resolved = budget.enforce(cfg, LABELS, log=lambda m: None)
     assert resolved.adapter.r == 3
     assert budget.count_trainable(resolved, LABELS) == cap
+
+
+def test_adalora_resumes_inside_its_final_phase(tiny_overrides):
+    """The checkpoint at step 3 is past AdaLoRA's final allocation (tfinal=3 of 6 steps): resuming must keep masking
+    with the same ranks, read back from the pruned (zero) singular values, and end where the uninterrupted run ends."""
+    import shutil
+
+    args = _overrides(tiny_overrides, "adalora") + ["adapter.adalora_tfinal=3", "output.save_total_limit=5"]
+    full = train(load_config(None, args), quiet=True)
+    ranks = full.metrics["adapter_report"]["ranks"]
+    shutil.rmtree(full.run_dir / runs.CHECKPOINTS / "step-6")
+    resumed = train(load_config(None, args), resume=full.run_dir, quiet=True)
+    assert resumed.metrics["global_step"] == 6
+    assert resumed.metrics["adapter_report"]["ranks"] == ranks
+    assert sum(ranks.values()) == 2 * N

@@ -5,7 +5,8 @@ and attaches what the training loop and the saver look for on the model:
 
 - AdaLoRA: `loraclf_set_total_steps(n)` (its rank budget is scheduled over all steps), `loraclf_after_step(step)`
   (PEFT's `update_and_allocate`, called after `optimizer.step()` and before `zero_grad`), `loraclf_regularizer()`
-  (its orthogonality penalty), `loraclf_finalize()` (apply the final rank mask to restored best weights) and
+  (its orthogonality penalty), `loraclf_after_resume(step)` (restore the final rank pattern from a checkpoint),
+  `loraclf_finalize()` (apply the final rank mask to restored best weights) and
   `loraclf_final_report()` (the final rank allocation, written to metrics.json as "adapter_report").
 - PiSSA: the initial adapter is kept so that saving converts the PiSSA adapter into a plain LoRA adapter for the
   *original* base weights (PiSSA changes the base weights it starts from); stock PEFT can then reload it.
@@ -176,8 +177,18 @@ def _attach_adalora(model, ad: AdapterConfig) -> None:
         if pattern:
             tuner.rankallocator.mask_using_rank_pattern(tuner.model, pattern)
 
+    def after_resume(step: int) -> None:
+        pc = model.peft_config[name]
+        if pc.rank_pattern is None and step >= pc.total_step - pc.tfinal:
+            # resumed past the final allocation: a checkpoint holds weights, not PEFT's rank pattern, but the final
+            # mask left exactly the pruned singular values at zero, so the pattern is read back from them. (Resumed
+            # earlier, the sensitivity averages restart from the checkpoint's weights: close, not identical.)
+            pc.rank_pattern = {n: (p.detach() != 0).view(-1).tolist()
+                               for n, p in tuner.model.named_parameters() if f"lora_E.{name}" in n}
+
     model.loraclf_set_total_steps = set_total_steps
     model.loraclf_after_step = tuner.update_and_allocate
+    model.loraclf_after_resume = after_resume
     model.loraclf_regularizer = regularizer
     model.loraclf_finalize = finalize
     model.loraclf_final_report = lambda: adalora_report(model)

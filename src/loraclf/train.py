@@ -391,6 +391,8 @@ def train(cfg: Config, resume: Optional[str | Path] = None, quiet: bool = False,
             say("no complete checkpoint found; starting from step 0")
         else:
             state.update(load_checkpoint(ckpt, unwrapped, optimizer, scheduler))
+            if hasattr(unwrapped, "loraclf_after_resume"):  # e.g. AdaLoRA: restore its final rank pattern
+                unwrapped.loraclf_after_resume(state["step"])
             say(f"resumed from {ckpt.name}: step {state['step']}, epoch {state['epoch']}")
     history_path = run / runs.HISTORY
     if resume_dir is not None and main and history_path.exists():
