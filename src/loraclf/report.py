@@ -238,7 +238,9 @@ table{border-collapse:collapse;margin:8px 0;font-size:13px}
 th,td{border:1px solid #ddd;padding:4px 9px;text-align:right;vertical-align:top}
 th{background:#f3f5f8}td.t,th.t{text-align:left}
 table.ex td:first-child{text-align:left;max-width:640px}
-table.per-class td:first-child,table.params td:first-child,table.hw td{text-align:left}
+table.per-class td:first-child,table.params td:first-child,table.hw td,table.ex td,
+table.per-class th:first-child,table.params th:first-child,table.hw th,table.ex th{text-align:left}
+table.ex td:last-child,table.ex th:last-child{text-align:right}
 .cards{display:flex;gap:12px;flex-wrap:wrap}.card{border:1px solid #ddd;border-radius:6px;padding:8px 14px;min-width:130px}
 .card b{display:block;font-size:22px}.card span{color:#666;font-size:12px}
 img{max-width:100%;border:1px solid #eee}
