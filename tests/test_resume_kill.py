@@ -174,8 +174,10 @@ def setup(tmp_path_factory, tiny_bert, ag_news):
     pd.read_csv(ag_news / "test.csv").head(100).to_csv(data["test"], index=False)
     logdir = root / "logs"
     logdir.mkdir()
+    # CUDA_VISIBLE_DEVICES="": the promise (and so the test) is bit-exact resume on CPU; GPU kernels such as the
+    # embedding backward accumulate with atomics, in no fixed order
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-           "PYTHONWARNINGS": "ignore"}
+           "PYTHONWARNINGS": "ignore", "CUDA_VISIBLE_DEVICES": ""}
     # the reference: one uninterrupted run in a fresh interpreter, keeping every checkpoint for comparison
     ref_cmd = [sys.executable, "-m", "loraclf", "train", *_overrides(tiny_bert, data, root, "reference", 1000), "--quiet"]
     ref_proc = subprocess.Popen(ref_cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -298,8 +300,9 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(tiny_overrides
     assert not (run / runs.CHECKPOINTS / ".step-7.abc.tmp").exists()
     a = load_file(str(run / runs.ADAPTER / "adapter_model.safetensors"))
     b = load_file(str(ref.run_dir / runs.ADAPTER / "adapter_model.safetensors"))
-    assert _max_diff(a, b) <= 1e-6
-    assert abs(res.metrics["test"]["loss"] - ref.metrics["test"]["loss"]) <= 1e-6
+    tol = 1e-6 if not torch.cuda.is_available() else 1e-3  # in-process runs use the GPU when there is one
+    assert _max_diff(a, b) <= tol
+    assert abs(res.metrics["test"]["loss"] - ref.metrics["test"]["loss"]) <= tol
     assert [(r["type"], r["step"]) for r in res.history] == [(r["type"], r["step"]) for r in ref.history]
 
 

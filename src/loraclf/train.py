@@ -180,6 +180,8 @@ def save_checkpoint(run: Path, step: int, model, optimizer, scheduler, state: di
             "numpy": [np.random.get_state()[0], torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
                       *np.random.get_state()[2:]],
             "python": random.getstate(),
+            # dropout on a GPU draws from the CUDA generators, not the CPU one
+            **({"cuda": torch.cuda.get_rng_state_all()} if torch.cuda.is_available() else {}),
         }, tmp / "rng.pt")
         (tmp / "state.json").write_text(json.dumps(state, indent=2))
         manifest = {p.name: {"size": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(tmp.iterdir())}
@@ -231,6 +233,8 @@ def load_checkpoint(ckpt: Path, model, optimizer, scheduler) -> dict:
     n = rng["numpy"]
     np.random.set_state((n[0], n[1].numpy().astype(np.uint32), *n[2:]))
     random.setstate(rng["python"])
+    if "cuda" in rng and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(rng["cuda"])
     return json.loads((ckpt / "state.json").read_text())
 
 
