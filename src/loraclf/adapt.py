@@ -248,7 +248,11 @@ def self_train(cfg: Config, quiet: bool = False) -> AdaptResult:
             predict = lambda texts: predict_texts(model, tokenizer, texts, cfg.eval.per_device_eval_batch_size,  # noqa: E731
                                                   cfg.data.max_length, cfg.train.mixed_precision)
             probs = predict(unlabeled)
-            target_metrics = compute_metrics(target[1], predict(target[0]), id2label) if target else None
+            if target is not None:
+                same = target[0] == unlabeled  # e.g. the unlabeled texts with their held-back labels
+                target_metrics = compute_metrics(target[1], probs if same else predict(target[0]), id2label)
+            else:
+                target_metrics = None
             del model
             kept = select_pseudo_labels(probs, cfg.adapt.threshold, cfg.adapt.top_fraction_per_class)
             mask = np.zeros(len(unlabeled), dtype=bool)
