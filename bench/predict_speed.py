@@ -1,0 +1,189 @@
+"""Benchmark: prediction throughput (texts/s) of `loraclf predict` against `transformers.pipeline`, same model.
+
+A packaged MiniLM-L6 (BERT, 6 layers, hidden 384) is trained for a few steps with LoRA on AG News (the weights do
+not matter for speed; the architecture and tokenizer do), exported with `loraclf export`, and then, in one process,
+alternating, each contender classifies the 2,000 texts of ../shared/data/ag_news/test.csv:
+
+    pipeline (defaults)       transformers.pipeline("text-classification", model=EXPORT)(texts)
+    pipeline (batch_size=64)  the same with batch_size=64: a fairer baseline
+    loraclf fp32              loraclf.predict.predict_texts on the same exported model (what `loraclf predict` runs)
+    loraclf bf16 autocast     the same under --precision bf16 (only where the CPU has native bf16)
+    loraclf predict file      predict_file(EXPORT, test.csv, out.csv): loading, reading, predicting, writing
+
+Each timing is the median of --repeats rounds. Predictions are checked against the pipeline's (argmax agreement).
+
+Run (from the repository root):
+    flock /tmp/loraclf-cpu.lock python bench/predict_speed.py     # writes bench/results/predict_speed.md
+    python bench/predict_speed.py --run TINY_RUN --limit 200 --max-chars 200 --repeats 1 --out /tmp/p.md   # check the script quickly
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+AG = ROOT.parent / "shared" / "data" / "ag_news"
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def train_run(work: Path, steps: int) -> Path:
+    from loraclf.config import load_config
+    from loraclf.train import train
+
+    cfg = load_config(None, [
+        "model.name_or_path=packaged:minilm-l6", f"data.train={AG / 'train.csv'}", f"data.validation={AG / 'val.csv'}",
+        "data.label_names=[World, Sports, Business, Sci/Tech]", f"train.max_steps={steps}",
+        "train.mixed_precision=fp32", f"eval.eval_steps={steps}", "output.report=false", f"output.dir={work}",
+        "output.run_name=minilm", "output.overwrite=true",
+    ])
+    return Path(train(cfg, quiet=True).run_dir)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run", help="an existing run folder to export (default: train MiniLM for --train-steps)")
+    ap.add_argument("--train-steps", type=int, default=20)
+    ap.add_argument("--work", default="/tmp/loraclf-bench-predict")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--limit", type=int, default=None, help="use only the first N test texts")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--max-chars", type=int, default=None, help="cut texts (for checking the script on a tiny model)")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "predict_speed.md"))
+    args = ap.parse_args()
+
+    import numpy as np
+    import pandas as pd
+    import torch
+    import transformers
+    from transformers import pipeline
+
+    from loraclf.export import export_run
+    from loraclf.predict import load_inference_model, predict_file, predict_texts
+    from loraclf.train import bf16_supported
+
+    work = Path(args.work)
+    t0 = time.perf_counter()
+    run = Path(args.run) if args.run else train_run(work / "runs", args.train_steps)
+    train_s = time.perf_counter() - t0
+    if args.run:
+        import yaml
+
+        args.train_steps = yaml.safe_load((run / "config.yaml").read_text())["train"]["max_steps"]
+    export = Path(export_run(run, work / "export", overwrite=True))
+    test_csv = AG / "test.csv"
+    texts = pd.read_csv(test_csv)["text"].tolist()
+    if args.limit or args.max_chars:
+        texts = [t[:args.max_chars] for t in texts[:args.limit]]
+        test_csv = work / "test_subset.csv"
+        pd.DataFrame({"text": texts}).to_csv(test_csv, index=False)
+    n = len(texts)
+
+    clf = pipeline("text-classification", model=str(export), device="cpu")
+    im = load_inference_model(export)
+    names = [im.id2label[i] for i in range(len(im.id2label))]
+    tokens = np.array([len(x) for x in im.tokenizer(texts)["input_ids"]])
+    bf16 = bf16_supported()
+
+    def pipe_default():
+        return [names.index(r["label"]) for r in clf(texts)]
+
+    def pipe_batched():
+        return [names.index(r["label"]) for r in clf(texts, batch_size=args.batch_size)]
+
+    def ours(precision):
+        return lambda: predict_texts(im.model, im.tokenizer, texts, args.batch_size, im.max_length, precision).argmax(-1)
+
+    def ours_file():
+        predict_file(export, test_csv, work / "predictions.csv", fmt="full", batch_size=args.batch_size, quiet=True)
+        return pd.read_csv(work / "predictions.csv")["label_id"].to_numpy()
+
+    contenders = [("pipeline (defaults: batch_size=1)", pipe_default),
+                  (f"pipeline (batch_size={args.batch_size})", pipe_batched),
+                  ("loraclf predict, fp32", ours("fp32"))]
+    if bf16:
+        contenders.append(("loraclf predict, bf16 autocast (--precision auto)", ours("bf16")))
+    contenders.append(("loraclf predict, whole command in-process (load + read + predict + write, fp32)", ours_file))
+
+    # warm-up: first calls allocate and pick kernels
+    warm = texts[:64]
+    clf(warm)
+    clf(warm, batch_size=args.batch_size)
+    predict_texts(im.model, im.tokenizer, warm, args.batch_size, im.max_length, "fp32")
+    if bf16:
+        predict_texts(im.model, im.tokenizer, warm, args.batch_size, im.max_length, "bf16")
+
+    times = {name: [] for name, _ in contenders}
+    preds = {}
+    for r in range(args.repeats):
+        for name, fn in contenders:
+            start = time.perf_counter()
+            preds[name] = np.asarray(fn())
+            times[name].append(time.perf_counter() - start)
+            print(f"round {r + 1}: {name}: {times[name][-1]:.2f} s", file=sys.stderr, flush=True)
+
+    base = contenders[0][0]
+    fair = contenders[1][0]
+    rows = []
+    for name, _ in contenders:
+        med = statistics.median(times[name])
+        agree = float((preds[name] == preds[base]).mean())
+        rows.append((name, med, n / med, statistics.median(times[base]) / med, statistics.median(times[fair]) / med,
+                     agree, times[name]))
+
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    ours_fp32 = next(r for r in rows if r[0] == "loraclf predict, fp32")
+    best = max((r for r in rows if r[0].startswith("loraclf predict,") and "whole" not in r[0]), key=lambda r: r[2])
+    lines = [
+        "# Prediction throughput: `loraclf predict` vs `transformers.pipeline`",
+        "",
+        f"- Date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}, commit {commit}",
+        f"- Machine: {cpu_name()}, {torch.get_num_threads()} torch threads, native CPU bf16: {bf16}; "
+        f"torch {torch.__version__}, transformers {transformers.__version__}, Python {platform.python_version()}",
+        "- Machine load: shared with other jobs; heavy jobs serialised by `flock /tmp/loraclf-cpu.lock`.",
+        f"- Model: packaged MiniLM-L6 (BERT, 6 layers, hidden 384), LoRA trained {args.train_steps} steps"
+        f"{f' (run {run})' if args.run else f' ({train_s:.0f} s)'}, merged and exported with `loraclf export` (fp32). "
+        f"Every contender uses that exported folder.",
+        f"- Data: {n} texts of `../shared/data/ag_news/test.csv`, {tokens.mean():.0f} tokens on average, "
+        f"{int((tokens > im.max_length).sum())} longer than loraclf's max_length {im.max_length} (cut by loraclf, "
+        f"not by the pipeline, which does not truncate by default): hence the agreement column.",
+        f"- Timing: median of {args.repeats} rounds, contenders alternating within each round, after one warm-up call.",
+        "- Command: `" + " ".join(["flock /tmp/loraclf-cpu.lock python bench/predict_speed.py", *sys.argv[1:]]) + "`",
+        "",
+        "| contender | median s | texts/s | vs pipeline defaults | vs pipeline batch 64 | same labels as pipeline | rounds (s) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for name, med, tps, r_base, r_fair, agree, ts in rows:
+        lines.append(f"| {name} | {med:.2f} | {tps:.0f} | {r_base:.2f}x | {r_fair:.2f}x | {agree:.2%} | "
+                     f"{', '.join(f'{t:.2f}' for t in ts)} |")
+    target = ours_fp32[3] >= 2.0
+    lines += [
+        "",
+        f"**Result:** `loraclf predict` (fp32) runs at {ours_fp32[3]:.2f}x the default pipeline and "
+        f"{ours_fp32[4]:.2f}x the batch-64 pipeline; the fastest loraclf setting ({best[0].split(', ', 1)[1]}) at "
+        f"{best[3]:.2f}x and {best[4]:.2f}x. Target (>= 2x the pipeline): "
+        f"{'met' if target else 'MISSED'} in fp32{'' if target else ' (see the bf16 row)'}.",
+        "",
+    ]
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
