@@ -251,3 +251,16 @@ def test_real_minilm_export_predicts_like_loraclf_predict(minilm_path, small_ag,
     pipe_probs = np.array([[r[n] for n in names] for r in pipe])
     np.testing.assert_allclose(pipe_probs, ours_df[[f"prob_{n}" for n in names]].to_numpy(), atol=1e-4)
     assert [names[i] for i in pipe_probs.argmax(-1)] == ours_df["label"].astype(str).tolist()
+
+
+def test_predict_the_kaggle_pickle_matches_the_csv_of_the_same_texts(tiny_run, ag_news, tmp_path):
+    from conftest import need
+
+    pkl = need(ag_news.parent / "kaggle" / "test_unlabelled.pkl", "the Kaggle-style pickled Dataset")
+    assert main(["predict", str(tiny_run), "--input", str(pkl), "--output", str(tmp_path / "a.csv"),
+                 "--allow-pickle", "--quiet"]) == 0
+    assert main(["predict", str(tiny_run), "--input", str(ag_news / "test_unlabeled.csv"), "--output",
+                 str(tmp_path / "b.csv"), "--quiet"]) == 0
+    a, b = pd.read_csv(tmp_path / "a.csv"), pd.read_csv(tmp_path / "b.csv")
+    assert list(a.columns) == ["ID", "Label"] and a["ID"].tolist() == list(range(2000))
+    assert a.equals(b)
