@@ -349,3 +349,40 @@ def test_a_checkpoint_pickle_that_would_run_code_is_refused(tiny_overrides, tmp_
     # the same file read without weights_only would have run the code: the test can fail
     torch.load(ckpt / "optimizer.pt", weights_only=False)
     assert marker.exists()
+
+
+def test_sigterm_to_one_of_two_processes_checkpoints_all_of_them(tiny_bert, small_ag, tmp_path):
+    """--nproc 2: a signal that reaches only rank 1 (mid-collective, say) still stops both ranks at the same
+    step, after one complete checkpoint; without agreeing on the step, the ranks would deadlock or diverge."""
+    import psutil
+
+    out = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "loraclf", "train", f"model.name_or_path={tiny_bert}", f"data.train={small_ag['train']}",
+           f"data.validation={small_ag['val']}", "data.max_length=32", "train.max_steps=2000", "train.mixed_precision=fp32",
+           "train.per_device_train_batch_size=8", "output.save_steps=20", "eval.eval_steps=1000", "output.report=false",
+           f"output.dir={out}", "output.run_name=mp", f"data.cache_dir={tmp_path / 'cache'}", "--nproc", "2"]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONWARNINGS": "ignore"}
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    try:
+        run = out / "mp"
+        deadline = time.time() + 240
+        while _newest_step(run) < 20 and time.time() < deadline and p.poll() is None:
+            time.sleep(0.05)
+        assert _newest_step(run) >= 20, "training did not reach its first checkpoint"
+        workers = [c for c in psutil.Process(p.pid).children(recursive=True)
+                   if "loraclf" in " ".join(c.cmdline()) and "accelerate" not in " ".join(c.cmdline())]
+        assert len(workers) == 2
+        rank1 = max(workers, key=lambda c: c.create_time())
+        before = _newest_step(run)
+        rank1.send_signal(signal.SIGTERM)
+        _, err = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    from loraclf.train import verify_checkpoint
+
+    assert "SIGTERM received: saved checkpoint step-" in err, err[-3000:]
+    newest = runs.latest_checkpoint(run)
+    assert int(newest.name.split("-")[1]) > before and verify_checkpoint(newest)
+    assert f"saved checkpoint {newest.name}" in err
+    assert not (run / runs.ADAPTER).exists()  # stopped, not finished

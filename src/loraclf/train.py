@@ -422,20 +422,21 @@ def train(cfg: Config, resume: Optional[str | Path] = None, quiet: bool = False,
         return m
 
     # ---------------------------------------------------------------- train
-    stop = {"signal": None}
+    # "received": a signal this process got; "signal": the one acted on, the same in every process and taken
+    # only at a step boundary (a process may get its signal in the middle of a collective, another one not at all)
+    stop = {"signal": None, "received": None}
 
     def on_signal(signum, frame):
-        if stop["signal"] is not None:  # a second signal: stop now; the newest complete checkpoint stays valid
+        if stop["received"] is not None:  # a second signal: stop now; the newest complete checkpoint stays valid
             raise Interrupted(signum)
-        stop["signal"] = signum
+        stop["received"] = signum
 
     old_handlers = {}
-    if main:
-        for s in (signal.SIGINT, signal.SIGTERM):
-            try:
-                old_handlers[s] = signal.signal(s, on_signal)
-            except ValueError:  # not the main thread (e.g. inside a server)
-                pass
+    for s in (signal.SIGINT, signal.SIGTERM):  # in every process: Ctrl-C reaches the whole process group
+        try:
+            old_handlers[s] = signal.signal(s, on_signal)
+        except ValueError:  # not the main thread (e.g. inside a server)
+            pass
 
     progress = _progress(total_steps, state["step"], quiet or not main)
     model.train()
@@ -487,6 +488,12 @@ def train(cfg: Config, resume: Optional[str | Path] = None, quiet: bool = False,
                     continue
                 state["step"] += 1
                 step = state["step"]
+                if n_proc > 1:  # all processes stop (and checkpoint together) at the same step, whichever got the signal
+                    flag = torch.tensor([stop["received"] or 0], device=accelerator.device)
+                    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+                    stop["signal"] = int(flag.item()) or None
+                else:
+                    stop["signal"] = stop["received"]
                 now = time.time()
                 state["train_time"] += now - tick
                 tick = now
