@@ -193,6 +193,22 @@ def test_the_whole_data_pipeline_gives_splits_or_a_data_error(tmp_path_factory, 
         assert all(0 <= y < len(splits.id2label) for y in ds["label"])
 
 
+@FUZZ_FILES
+@given(file_contents, st.sampled_from([None, "ID", "x"]), st.sampled_from(["text", "title", ["text", "title"]]))
+def test_predict_input_reading_gives_texts_or_a_data_error(tmp_path_factory, kind_and_bytes, id_col, text_col):
+    from loraclf.data import read_texts
+
+    kind, content = kind_and_bytes
+    path = tmp_path_factory.mktemp("texts") / f"in{kind}"
+    path.write_bytes(content)
+    try:
+        texts, ids, df = read_texts(path, DataConfig(id_column=id_col, text_column=text_col))
+    except DataError:
+        return
+    assert len(texts) == len(df) and all(isinstance(t, str) for t in texts)
+    assert ids is None or len(ids) == len(texts)
+
+
 def test_only_loraclf_errors_are_counted_as_handled():
     """The tests above catch ConfigError/DataError only: anything else (KeyError, ValueError, ...) fails them."""
     assert issubclass(ConfigError, LoraclfError) and issubclass(DataError, LoraclfError)
