@@ -425,3 +425,12 @@ def test_packaged_minilm_learns_trec6(tmp_path, minilm_path):
                                  "output.report=false", f"data.cache_dir={tmp_path / 'cache'}"]), quiet=True)
     assert r.metrics["val"]["accuracy"] > 0.6
     assert r.metrics["val"]["macro_f1"] > 0.4
+
+
+def test_several_trainings_with_different_precisions_in_one_process(tiny_overrides):
+    """Sweeps and self-training call train() repeatedly; Accelerate's process-wide state must not leak between them."""
+    from loraclf.train import train
+
+    a = train(load_config(None, tiny_overrides + ["output.run_name=a"]), quiet=True)
+    b = train(load_config(None, tiny_overrides + ["output.run_name=b", "train.mixed_precision=bf16"]), quiet=True)
+    assert (a.metrics["precision"], b.metrics["precision"]) == ("no", "bf16")

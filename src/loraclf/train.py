@@ -54,6 +54,22 @@ def bf16_supported() -> bool:
         return False
 
 
+def _fresh_accelerate_state() -> None:
+    """Forget the Accelerate state of an earlier train() in this process (sweeps, self-training rounds, tests).
+
+    Accelerate keeps one process-wide state and refuses a second Accelerator with other settings (precision,
+    device). In a single process nothing else holds on to it, so it is reset; a distributed run keeps its state,
+    since resetting it would drop the process group.
+    """
+    import torch.distributed as dist
+    from accelerate.state import AcceleratorState, GradientState
+
+    if dist.is_available() and dist.is_initialized():
+        return
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
 def _has_other_accelerator() -> bool:
     mps = getattr(torch.backends, "mps", None)
     xpu = getattr(torch, "xpu", None)
@@ -314,6 +330,7 @@ def train(cfg: Config, resume: Optional[str | Path] = None, quiet: bool = False,
         raise RunError(f"cannot resume: run folder {resume_dir} not found")
     # the path is decided (and a clash refused) now; the folder is created only after setup succeeds
     run = resume_dir or run_dir or runs.new_run_dir(cfg.output.dir, cfg.output.run_name or default_run_name(cfg), cfg.output.overwrite)
+    _fresh_accelerate_state()
     # cpu=True is what makes Accelerate pick DDP over gloo when torchrun/accelerate launch start several CPU processes
     accelerator = Accelerator(cpu=not (torch.cuda.is_available() or _has_other_accelerator()), mixed_precision=precision, gradient_accumulation_steps=cfg.train.gradient_accumulation_steps,
                               log_with=list(cfg.track) or None,
