@@ -28,6 +28,7 @@ def main() -> int:
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "sweep.md"))
     ap.add_argument("--n-trials", type=int, help="at most this many new trials now (0: only score and write the table)")
     ap.add_argument("--timeout", type=float, help="start no new trial after this many seconds")
+    ap.add_argument("--until", help="start no new trial after this UTC time (HH:MM), e.g. a shared machine's deadline")
     args = ap.parse_args()
 
     from loraclf.predict import evaluate_file
@@ -37,6 +38,12 @@ def main() -> int:
     if not TEST.is_file():
         sys.exit(f"AG News test split not found at {TEST} (../shared beside the checkout)")
     started = time.time()
+    if args.until:
+        now = datetime.now(timezone.utc)
+        hh, mm = map(int, args.until.split(":"))
+        left = (now.replace(hour=hh, minute=mm, second=0, microsecond=0) - now).total_seconds()
+        args.timeout = max(1.0, min(args.timeout or left, left))
+        print(f"starting no trial after {args.until} UTC ({args.timeout:.0f} s from now)", file=sys.stderr)
     folder = run_sweep(args.sweep, storage=args.storage, n_trials=args.n_trials, timeout=args.timeout)
     sweep_wall = time.time() - started
     spec = load_sweep(args.sweep)
