@@ -152,11 +152,15 @@ class InferenceModel:
         return predict_texts(self.model, self.tokenizer, texts, batch_size, self.max_length, precision, progress)
 
 
-def load_inference_model(path: str | Path, device: str = "cpu") -> InferenceModel:
-    """Load a run folder (adapter merged into the base) or a folder written by `loraclf export`."""
+def load_inference_model(path: str | Path, device: Optional[str] = None) -> InferenceModel:
+    """Load a run folder (adapter merged into the base) or a folder written by `loraclf export`.
+
+    device: default the first CUDA GPU when there is one, else the CPU.
+    """
     from .export import is_export_dir, read_export_info
 
     p = Path(path)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if is_export_dir(p):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
