@@ -32,6 +32,10 @@ READERS = {
     ".pickle": "pickle",
 }
 ID_COLUMNS = ("ID", "Id", "id")
+# Files at least this large are read through `datasets` (Arrow on disk, memory-mapped, cleaned with cached batched
+# maps) instead of pandas, so peak memory stays flat as the file grows; smaller files keep the pandas reader.
+ARROW_MIN_MB = 16.0
+ARROW_BUILDERS = {"csv": "csv", "tsv": "csv", "jsonl": "json", "parquet": "parquet"}
 
 
 # ------------------------------------------------------------------------------------------ reading files
@@ -198,6 +202,109 @@ def _clean(df: pd.DataFrame, cfg: DataConfig, where: str, need_label: bool, log)
     return out
 
 
+# ------------------------------------------------------------------------------------------ large files (Arrow)
+
+
+def _arrow_kind(path) -> Optional[str]:
+    """The reader kind when `path` is a file large enough for the memory-mapped Arrow path, else None."""
+    p = Path(path)
+    kind = READERS.get(p.suffix.lower())
+    if kind not in ARROW_BUILDERS or not p.is_file():
+        return None
+    return kind if p.stat().st_size >= ARROW_MIN_MB * 1e6 else None
+
+
+def _read_arrow(path, kind: str, cfg: DataConfig):
+    """Read a large file into a memory-mapped `datasets.Dataset` (converted to Arrow once, cached on disk)."""
+    import datasets
+
+    p = Path(path)
+    size_mb = p.stat().st_size / 1e6
+    if size_mb > cfg.max_file_mb:
+        raise DataError(f"{p} is {size_mb:,.0f} MB, over data.max_file_mb={cfg.max_file_mb:g}; raise the limit or use data.streaming=true")
+    kwargs = {}
+    if kind in ("csv", "tsv"):  # the same NaN rules as the pandas reader
+        kwargs = dict(sep="\t" if kind == "tsv" else ",", keep_default_na=False, na_values=[""])
+    try:
+        ds = datasets.load_dataset(ARROW_BUILDERS[kind], data_files=str(p.resolve()), split="train",
+                                   cache_dir=str(sources.cache_root() / "datasets"), **kwargs)
+    except Exception as e:
+        cause = e.__cause__ or e
+        msg = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        raise DataError(f"cannot read {p} as {kind}: {msg[:300]}; check that the file is well-formed {kind}") from None
+    if len(ds) == 0:
+        raise DataError(f"{p} has a header but no rows; add at least one row under the header")
+    return ds
+
+
+def column(ds, name: str):
+    """One column of a Dataset as a pyarrow array (honouring select/filter indices), without a Python object per row."""
+    return ds.select_columns([name]).with_format("arrow")[:][name]
+
+
+def _clean_arrow(ds, cfg: DataConfig, where: str, need_label: bool, log):
+    """`_clean` for a memory-mapped Dataset: the same rules and messages, in cached batched maps."""
+    import datasets
+
+    cols = _text_columns(cfg)
+    missing = [c for c in cols if c not in ds.column_names]
+    if missing:
+        hint = did_you_mean(missing[0], ds.column_names)
+        raise DataError(f"{where} has no text column '{missing[0]}'{hint}; columns are: {', '.join(ds.column_names)} "
+                        f"(set data.text_column)")
+    label_col = cfg.label_column
+    if need_label and label_col not in ds.column_names:
+        hint = did_you_mean(label_col, ds.column_names)
+        raise DataError(f"{where} has no label column '{label_col}'{hint}; columns are: "
+                        f"{', '.join(ds.column_names)} (set data.label_column)")
+    text_cfg = DataConfig(text_column=cfg.text_column)  # only what select_text reads: keeps the map's cache key stable
+    max_chars = cfg.max_text_chars
+
+    def fn(batch):
+        text = select_text(pd.DataFrame({c: batch[c] for c in cols}), text_cfg, where)
+        empty = text.isna().to_numpy().copy()
+        out = {"text": [t if t is None else t[:max_chars] for t in text],
+               "_cut": [t is not None and len(t) > max_chars for t in text]}
+        if need_label:
+            lab = pd.Series(batch[label_col], dtype=object)
+            empty |= (lab.isna() | lab.map(lambda v: isinstance(v, str) and not v.strip())).to_numpy(dtype=bool)
+            out["label"] = batch[label_col]
+        out["_keep"] = ~empty
+        return out
+
+    feats = {"text": datasets.Value("string"), "_cut": datasets.Value("bool")}
+    if need_label:
+        feats["label"] = ds.features[label_col]
+    feats["_keep"] = datasets.Value("bool")
+    ds = ds.map(fn, batched=True, batch_size=10_000, remove_columns=ds.column_names,
+                features=datasets.Features(feats), desc=f"Cleaning {Path(where).name}")
+    keep = column(ds, "_keep").to_numpy(zero_copy_only=False)
+    n_empty = int((~keep).sum())
+    if n_empty:
+        if cfg.empty_text == "error":
+            raise DataError(f"{where} has {n_empty} empty or NaN texts/labels (first at row {int(np.flatnonzero(~keep)[0])}); "
+                            f"set data.empty_text=drop to skip them")
+        log(f"{where}: dropped {n_empty} rows with empty or NaN text/label")
+        ds = ds.select(np.flatnonzero(keep))
+    if len(ds) == 0:
+        raise DataError(f"{where} has no usable rows (all texts empty)")
+    n_cut = int(np.asarray(column(ds, "_cut").to_numpy(zero_copy_only=False)).sum())
+    if n_cut:
+        log(f"{where}: cut {n_cut} texts to data.max_text_chars={cfg.max_text_chars} characters")
+    return ds.remove_columns(["_cut", "_keep"])
+
+
+def _encode_arrow(ds, id2label: dict[int, str], where: str):
+    """Replace the raw label column by class ids, in a cached batched map (this also flattens any select)."""
+    import datasets
+
+    def fn(batch):
+        return {"label": encode_labels(pd.Series(batch["label"], dtype=object), id2label, where)}
+
+    feats = datasets.Features({"text": datasets.Value("string"), "label": datasets.Value("int64")})
+    return ds.map(fn, batched=True, batch_size=10_000, features=feats, desc=f"Encoding labels of {Path(where).name}")
+
+
 # ------------------------------------------------------------------------------------------ label map
 
 
@@ -308,12 +415,24 @@ def _hub_frames(cfg: DataConfig) -> tuple[dict[str, pd.DataFrame], Optional[list
 
 
 def load_splits(cfg: DataConfig, log=print, id2label: Optional[dict[int, str]] = None) -> Splits:
-    """Read train/validation/test as configured and return them with a label map."""
+    """Read train/validation/test as configured and return them with a label map.
+
+    Files of at least ARROW_MIN_MB (csv/tsv/jsonl/parquet) stay on disk as memory-mapped Arrow all the way to the
+    batches; smaller ones go through pandas.
+    """
     import datasets
+
+    if cfg.streaming:
+        raise DataError("data.streaming=true is not supported yet; large csv/tsv/jsonl/parquet files are already read "
+                        f"memory-mapped from an on-disk Arrow cache (files >= {ARROW_MIN_MB:g} MB), so set data.streaming=false")
+
+    def read(path):
+        kind = _arrow_kind(path)
+        return _read_arrow(path, kind, cfg) if kind else read_table(path, cfg.allow_pickle, cfg.max_file_mb)
 
     label_names = None
     if cfg.train:
-        frames = {"train": read_table(cfg.train, cfg.allow_pickle, cfg.max_file_mb)}
+        frames = {"train": read(cfg.train)}
         where = {"train": str(cfg.train)}
     elif sources.is_packaged(cfg.name):
         frames = {"train": pd.DataFrame(sources.packaged_dataset_rows(cfg.name))}
@@ -327,7 +446,7 @@ def load_splits(cfg: DataConfig, log=print, id2label: Optional[dict[int, str]] =
     for key in ("validation", "test"):
         path = getattr(cfg, key)
         if path:
-            frames[key] = read_table(path, cfg.allow_pickle, cfg.max_file_mb)
+            frames[key] = read(path)
             where[key] = str(path)
 
     notes: list[str] = []
@@ -336,31 +455,57 @@ def load_splits(cfg: DataConfig, log=print, id2label: Optional[dict[int, str]] =
         notes.append(msg)
         log(msg)
 
-    train = _clean(frames["train"], cfg, where["train"], True, note)
+    def clean(frame, w):
+        if isinstance(frame, pd.DataFrame):
+            return _clean(frame, cfg, w, True, note)
+        return _clean_arrow(frame, cfg, w, True, note)
+
+    def encode(part, w):
+        if isinstance(part, pd.DataFrame):
+            part["label"] = encode_labels(part["label"], id2label, w)
+            return part
+        return _encode_arrow(part, id2label, w)
+
+    def labels(part) -> np.ndarray:
+        if isinstance(part, pd.DataFrame):
+            return part["label"].to_numpy()
+        return column(part, "label").to_numpy(zero_copy_only=False)
+
+    train = clean(frames["train"], where["train"])
     if id2label is None:
-        id2label = build_label_map(train["label"], cfg.label_names or label_names, cfg.max_labels)
-    train["label"] = encode_labels(train["label"], id2label, where["train"])
+        raw = train["label"] if isinstance(train, pd.DataFrame) else column(train, "label").unique().to_pylist()
+        id2label = build_label_map(raw, cfg.label_names or label_names, cfg.max_labels)
+    train = encode(train, where["train"])
 
     if frames.get("validation") is not None:
-        val = _clean(frames["validation"], cfg, where["validation"], True, note)
-        val["label"] = encode_labels(val["label"], id2label, where["validation"])
+        val = encode(clean(frames["validation"], where["validation"]), where["validation"])
     else:
-        tr, va = _stratified_split(train["label"].to_numpy(), cfg.validation_split, cfg.split_seed)
-        val = train.iloc[va].reset_index(drop=True)
-        train = train.iloc[tr].reset_index(drop=True)
+        tr, va = _stratified_split(labels(train), cfg.validation_split, cfg.split_seed)
+        if isinstance(train, pd.DataFrame):
+            val = train.iloc[va].reset_index(drop=True)
+            train = train.iloc[tr].reset_index(drop=True)
+        else:
+            val, train = train.select(va), train.select(tr)
         note(f"validation: {len(val)} rows split from train (stratified, seed {cfg.split_seed})")
     test = None
     if frames.get("test") is not None:
-        test = _clean(frames["test"], cfg, where.get("test", "test"), True, note)
-        test["label"] = encode_labels(test["label"], id2label, where.get("test", "test"))
+        test = encode(clean(frames["test"], where.get("test", "test")), where.get("test", "test"))
 
-    if train["label"].nunique() < 2:
-        raise DataError(f"the training split has only one class ({id2label[int(train['label'].iloc[0])]}); a classifier needs at least two")
+    train_labels = labels(train)
+    if len(np.unique(train_labels)) < 2:
+        raise DataError(f"the training split has only one class ({id2label[int(train_labels[0])]}); a classifier needs at least two")
 
-    def to_ds(df):
-        return datasets.Dataset.from_pandas(df[["text", "label"]].reset_index(drop=True), preserve_index=False)
+    def to_ds(part):
+        if isinstance(part, pd.DataFrame):
+            return datasets.Dataset.from_pandas(part[["text", "label"]].reset_index(drop=True), preserve_index=False)
+        return part.select_columns(["text", "label"])
 
-    int_labels = all(isinstance(_normalise_label(v), int) for v in frames["train"][cfg.label_column].dropna().head(1000))
+    first = frames["train"]
+    if isinstance(first, pd.DataFrame):
+        head = first[cfg.label_column].dropna().head(1000)
+    else:
+        head = [v for v in first.select(range(min(1000, len(first))))[cfg.label_column] if not _missing(v)]
+    int_labels = all(isinstance(_normalise_label(v), int) for v in head)
     return Splits(to_ds(train), to_ds(val), to_ds(test) if test is not None else None, id2label, notes, int_labels)
 
 
@@ -395,6 +540,10 @@ def _fingerprint(ds, tokenizer, max_length: int) -> str:
     h.update(str(len(tokenizer)).encode())
     h.update(str(max_length).encode())
     h.update(str(getattr(ds, "_fingerprint", "")).encode())
+    if ds.cache_files:
+        # memory-mapped: datasets' fingerprint already follows the file (path, mtime) and every transform since,
+        # and reading the text here would pull the whole file into memory
+        return h.hexdigest()[:24]
     table = ds.data.table if hasattr(ds.data, "table") else ds.data
     for col in ("text", "label"):
         if col in ds.column_names:
@@ -452,9 +601,7 @@ def train_loader(ds, tokenizer, batch_size: int, group_by_length: bool, seed: in
     cols = [c for c in ("input_ids", "attention_mask", "token_type_ids", "label", "weight", "soft_labels") if c in ds.column_names]
     data = ds.select_columns(cols)
     if group_by_length:
-        from transformers.trainer_pt_utils import LengthGroupedSampler
-
-        sampler = LengthGroupedSampler(group_size or batch_size, lengths=ds["length"], generator=g)
+        sampler = _LengthGroupedSampler(column(ds, "length").to_numpy(), group_size or batch_size, g)
     else:
         sampler = RandomSampler(data, generator=g)
     # the loader's own generator: without one, every new iterator draws its base seed from the global RNG,
@@ -469,10 +616,43 @@ def eval_loader(ds, tokenizer, batch_size: int):
     """Batches sorted by length (least padding); the `index` column restores input order."""
     from torch.utils.data import DataLoader
 
-    order = np.argsort(np.asarray(ds["length"]), kind="stable")
+    order = np.argsort(column(ds, "length").to_numpy(), kind="stable")
     cols = [c for c in ("input_ids", "attention_mask", "token_type_ids", "label", "index") if c in ds.column_names]
     data = ds.select(order.tolist()).select_columns(cols)
     return DataLoader(data, batch_size=batch_size, shuffle=False, collate_fn=_Collate(tokenizer))
+
+
+class _LengthGroupedSampler:
+    """transformers' LengthGroupedSampler order (same draws, same result) computed in numpy.
+
+    The original sorts Python lists of every index, which at a million rows costs hundreds of MB; this keeps one
+    int64 array.
+    """
+
+    def __init__(self, lengths: np.ndarray, batch_size: int, generator):
+        self.lengths = np.asarray(lengths)
+        self.batch_size = batch_size
+        self.generator = generator
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def order(self) -> np.ndarray:
+        import torch
+
+        n = len(self.lengths)
+        mult = min(n // (self.batch_size * 4), 50) or 1
+        indices = torch.randperm(n, generator=self.generator).numpy()
+        size = mult * self.batch_size
+        # a stable sort on the negated length = Python's sorted(..., reverse=True), which keeps ties in order
+        mbs = [mb[np.argsort(-self.lengths[mb], kind="stable")] for mb in
+               (indices[i: i + size] for i in range(0, n, size))]
+        top = int(np.argmax([self.lengths[mb[0]] for mb in mbs]))  # first maximum, as torch.argmax
+        mbs[0][0], mbs[top][0] = mbs[top][0], mbs[0][0]
+        return np.concatenate(mbs)
+
+    def __iter__(self):
+        return (int(i) for i in self.order())
 
 
 class _Collate:
