@@ -264,3 +264,21 @@ def test_predict_the_kaggle_pickle_matches_the_csv_of_the_same_texts(tiny_run, a
     a, b = pd.read_csv(tmp_path / "a.csv"), pd.read_csv(tmp_path / "b.csv")
     assert list(a.columns) == ["ID", "Label"] and a["ID"].tolist() == list(range(2000))
     assert a.equals(b)
+
+
+def test_an_ia3_run_exports_merged_and_loads_without_peft(tiny_bert, small_ag, tmp_path):
+    cfg = load_config(None, tiny_run_overrides(tiny_bert, small_ag, tmp_path, "ia3") + ["adapter.method=ia3"])
+    run = Path(train(cfg, quiet=True).run_dir)
+    export_run(run, tmp_path / "export")
+    ours = load_inference_model(run).predict(pd.read_csv(small_ag["test"])["text"].tolist()[:16])
+    out = run_blocked(f"""
+        import json, torch
+        import pandas as pd
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        texts = pd.read_csv({str(small_ag['test'])!r})["text"].tolist()[:16]
+        model = AutoModelForSequenceClassification.from_pretrained({str(tmp_path / 'export')!r}).eval()
+        tok = AutoTokenizer.from_pretrained({str(tmp_path / 'export')!r})
+        with torch.inference_mode():
+            print(json.dumps(torch.softmax(model(**tok(texts, padding=True, truncation=True, return_tensors="pt")).logits, -1).tolist()))
+    """)
+    np.testing.assert_allclose(np.array(json.loads(out.strip().splitlines()[-1])), ours, atol=1e-5)

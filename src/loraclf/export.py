@@ -20,6 +20,7 @@ EXPORT_INFO = "loraclf_export.json"  # how the folder was made; loraclf serve/pr
 ONNX_FILE = "model.onnx"
 ONNX_ATOL = 1e-4
 ONNX_RTOL = 1e-3
+ADAPTER_TAGS = ("lora_", "ia3_", "vera_", "hada_", "lokr_", "modules_to_save")  # left in the weights = not merged
 
 
 def is_export_dir(path: str | Path) -> bool:
@@ -108,6 +109,26 @@ def export_onnx(model, tokenizer, folder: Path, texts: list[str], max_length: in
             "argmax_agree": agree, "atol": ONNX_ATOL, "rtol": ONNX_RTOL, "opset": 17}
 
 
+def merge_adapter(model):
+    """The plain transformers model with the adapter folded into its weights; the PEFT model itself if it cannot be.
+
+    The trained head copies (PEFT modules_to_save) are put in place first: PEFT's own unload trips over a saved
+    module without a `weight` (BERT's pooler) when merging IA3.
+    """
+    from peft.utils import ModulesToSaveWrapper
+
+    if not hasattr(model, "merge_and_unload"):
+        return model
+    for name, mod in list(model.named_modules()):
+        if isinstance(mod, ModulesToSaveWrapper):
+            parent, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(parent), attr, mod.modules_to_save[mod.active_adapters[0]])
+    try:
+        return model.merge_and_unload()
+    except Exception:  # methods that cannot merge still predict correctly unmerged
+        return model
+
+
 def export_run(run: str | Path, output: str | Path, onnx: bool = False, overwrite: bool = False) -> str:
     """Merge the run's adapter into the base weights and write a standalone model folder. Returns its path."""
     from .model import load_run_model
@@ -116,8 +137,9 @@ def export_run(run: str | Path, output: str | Path, onnx: bool = False, overwrit
     run = runs.open_run(run)
     output = Path(output)
     _check_output(run, output, overwrite)
-    model, tokenizer, id2label, cfg = load_run_model(run, merge=True)
-    if hasattr(model, "peft_config") or any("lora_" in n for n, _ in model.named_parameters()):
+    model, tokenizer, id2label, cfg = load_run_model(run, merge=False)
+    model = merge_adapter(model)
+    if hasattr(model, "peft_config") or any(tag in n for n, _ in model.named_parameters() for tag in ADAPTER_TAGS):
         raise ModelError(f"adapter.method '{cfg.adapter.method}' cannot be merged into the base weights, so there "
                          f"is no standalone model to export; predict from the run folder instead")
     model = model.float().eval()

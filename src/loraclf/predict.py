@@ -157,7 +157,7 @@ def load_inference_model(path: str | Path, device: Optional[str] = None) -> Infe
 
     device: default the first CUDA GPU when there is one, else the CPU.
     """
-    from .export import is_export_dir, read_export_info
+    from .export import is_export_dir, merge_adapter, read_export_info
 
     p = Path(path)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -181,7 +181,8 @@ def load_inference_model(path: str | Path, device: Optional[str] = None) -> Infe
     from .model import load_run_model
 
     run = runs.open_run(p)
-    model, tokenizer, id2label, cfg = load_run_model(run, device=device)
+    model, tokenizer, id2label, cfg = load_run_model(run, merge=False)
+    model = merge_adapter(model).eval().to(device)
     return InferenceModel(model, tokenizer, id2label, cfg.data.max_length, _int_labels(run), cfg.data, "run")
 
 
