@@ -571,8 +571,12 @@ def tokenize(ds, tokenizer, cfg: DataConfig, cache: bool = True):
     if cache:
         d = cache_dir(cfg)
         d.mkdir(parents=True, exist_ok=True)
-        kwargs["cache_file_name"] = str(d / f"{_fingerprint(ds, tokenizer, max_length)}.arrow")
+        key = _fingerprint(ds, tokenizer, max_length)
+        kwargs["cache_file_name"] = str(d / f"{key}.arrow")
         kwargs["load_from_cache_file"] = True
+        # our key already names tokenizer, max_length and data; without it datasets pickles `fn` (the whole
+        # tokenizer) to make one, which is most of a cached re-run's time
+        kwargs["new_fingerprint"] = key
     out = ds.map(fn, **kwargs)
     return out
 
