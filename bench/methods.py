@@ -7,13 +7,14 @@ size, the same target modules (query, value), the same optimizer steps, batch si
 precision; the last step's weights are scored once on test (eval_steps = steps). IA3 has no size: it runs as it is
 and reports its count. LoRA (plain, r=auto) is the baseline every ratio is taken against, in the same run.
 
-Each training run is its own `loraclf train` process, run under `flock /tmp/loraclf-cpu.lock` so that heavy CPU
-jobs of the project go one at a time. Results are appended to a JSONL file as they finish (a rerun skips finished
-runs), and the Markdown table is rewritten after every run.
+Each training run is its own `loraclf train` process. Heavy CPU jobs of the project go one at a time: run the whole
+benchmark under `flock /tmp/loraclf-cpu.lock` (or pass --lock to take the lock per training run instead). Results are
+appended to a JSONL file as they finish (a rerun skips finished runs), and the Markdown table is rewritten after
+every run.
 
 Run (from the repository root):
-    python bench/methods.py                                        # writes bench/results/methods.{md,jsonl}
-    python bench/methods.py --steps 5 --seeds 0 --model TINY_MODEL_DIR --lock '' --out /tmp/m.md   # check the script
+    flock /tmp/loraclf-cpu.lock python bench/methods.py            # writes bench/results/methods.{md,jsonl}
+    python bench/methods.py --steps 5 --seeds 0 --model TINY_MODEL_DIR --out /tmp/m.md   # check the script
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 AG = ROOT.parent / "shared" / "data" / "ag_news"
-LOCK = "/tmp/loraclf-cpu.lock"
+LOCK = "/tmp/loraclf-cpu.lock"  # the project's one-heavy-job-at-a-time lock
 # (arm name, adapter.method, extra overrides)
 ARMS = [
     ("lora", "lora", []),
@@ -121,7 +122,7 @@ def write_table(args, records: list[dict], started: str) -> None:
         f"precision {args.precision}; seeds {', '.join(map(str, args.seeds))}.",
         "- mean ± sample standard deviation over seeds (n = seeds finished); Δ and ratios are against plain LoRA in "
         "this same run. Train time is loraclf's `train_runtime_s` (optimizer steps only, evaluation excluded), measured "
-        "while holding the project's CPU lock; other unlocked jobs on the 2 shared cores add noise.",
+        "while holding the project's CPU lock; other unlocked jobs on the shared cores (tests) add noise.",
         "",
         "| method | r (auto) | trainable (adapter + head) | test accuracy % | Δ vs LoRA (points) | test macro-F1 % | train time s | time vs LoRA | n |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
@@ -151,6 +152,9 @@ def write_table(args, records: list[dict], started: str) -> None:
                       "adapter is resized to the final ranks."]
     if errors:
         lines += ["", "Failed runs:"] + [f"- {r['arm']} seed {r['seed']}: {r['error']}" for r in errors]
+    if getattr(args, "stopped", False):
+        lines += ["", f"**Incomplete:** stopped starting runs at {args.until} UTC (`--until`, the time available); "
+                      "arms with n < 3 above have fewer seeds."]
     lines += ["", "Raw per-run numbers: `bench/results/methods.jsonl`.", ""]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_suffix(".tmp")
@@ -179,7 +183,8 @@ def main() -> int:
     p.add_argument("--cap", type=int, default=300_000, help="budget.max_trainable_params (adapter + head)")
     p.add_argument("--model", default="packaged:minilm-l6")
     p.add_argument("--arms", nargs="+", default=[a for a, _, _ in ARMS])
-    p.add_argument("--lock", default=LOCK, help="flock file held during each training run ('' = none, for tiny models)")
+    p.add_argument("--lock", default="", help=f"a flock file held during each training run (e.g. {LOCK}); default none")
+    p.add_argument("--until", default=None, help="UTC HH:MM after which no new run is started (the table says so)")
     p.add_argument("--work", type=Path, default=Path("/tmp/loraclf-bench-methods"))
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "methods.md")
     args = p.parse_args()
@@ -192,10 +197,19 @@ def main() -> int:
     records = [r for r in records if "error" not in r]
     started = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     arms = [a for a in ARMS if a[0] in args.arms]
+    stop_at = None
+    if args.until:
+        hh, mm = map(int, args.until.split(":"))
+        now = datetime.now(timezone.utc)
+        stop_at = now.replace(hour=hh, minute=mm, second=0, microsecond=0)
+    args.stopped = False
     for seed in args.seeds:  # seed-major: an interrupted benchmark still has every method at the first seeds
         for arm, method, extra in arms:
             if (arm, seed) in done:
                 continue
+            if stop_at is not None and datetime.now(timezone.utc) >= stop_at:
+                args.stopped = True
+                break
             rec = run_one(args, arm, method, extra, seed)
             records.append(rec)
             with open(raw, "a", encoding="utf-8") as f:
