@@ -59,6 +59,7 @@ def main() -> int:
         test[name] = (row, m)
 
     counts = {s: sum(r["state"] == s for r in rows) for s in ("COMPLETE", "PRUNED", "REJECTED", "FAIL", "SKIPPED")}
+    finished = counts["COMPLETE"] + counts["PRUNED"] + counts["REJECTED"]
     hw = hardware()
     keys = [p.key for p in spec.space]
     lines = [
@@ -77,6 +78,9 @@ def main() -> int:
         f"{counts['REJECTED']} rejected over budget without training"
         + (f", {counts['FAIL']} failed" if counts["FAIL"] else "") + f". Sweep wall time {sweep_wall / 60:.1f} min "
         f"(this invocation).",
+        *([f"- **Incomplete (a miss):** {finished} of the {spec.n_trials} requested trials finished before the time "
+           f"limit (`--until`/`--timeout`, set by the shared machine's deadline); the study resumes with the same "
+           f"command."] if finished < (spec.n_trials or 0) else []),
         "",
         "## Test accuracy: best trial against the base config (same 200 steps, same seed)",
         "",
