@@ -162,10 +162,10 @@ class BudgetConfig:
 @dataclass
 class AugmentConfig:
     enabled: bool = _f(False, "Augment the training split with EDA operations (never val or test).")
-    synonym_p: float = _f(0.1, "Per-word probability of synonym replacement (WordNet).", ge=0, le=1)
-    insert_p: float = _f(0.0, "Per-word probability of inserting a synonym of a random word.", ge=0, le=1)
-    swap_p: float = _f(0.0, "Per-word probability of swapping two random words.", ge=0, le=1)
-    delete_p: float = _f(0.0, "Per-word probability of deleting a word.", ge=0, le=1)
+    synonym_p: float = _f(0.1, "Synonym replacement rate (WordNet): max(1, round(p x words)) words replaced per text, as EDA's alpha.", ge=0, le=1)
+    insert_p: float = _f(0.0, "Random insertion rate: max(1, round(p x words)) synonyms of random words inserted per text.", ge=0, le=1)
+    swap_p: float = _f(0.0, "Random swap rate: max(1, round(p x words)) swaps of two random words per text.", ge=0, le=1)
+    delete_p: float = _f(0.0, "Random deletion rate: round(p x words) words deleted per text (at least one, never all).", ge=0, le=1)
     num_copies: int = _f(1, "Augmented copies per training example (originals are kept).", ge=1)
     mode: Literal["once", "per_epoch"] = _f("once", "Make the copies once before training, or draw them afresh every epoch.")
 
