@@ -191,7 +191,8 @@ def main() -> None:
             for r in json.loads(Path(f).read_text()):
                 merged[(r["impl"], r["rows"])] = r
         results = sorted(merged.values(), key=lambda r: (r["impl"] != "new", r["rows"]))
-        Path(args.out).write_text(render(results, args, " ".join(["python bench/scale.py", *sys.argv[1:]])))
+        cmd = f"python bench/scale.py --render {args.render} --note <the notes below> --out {args.out}"
+        Path(args.out).write_text(render(results, args, cmd))
         return print(f"wrote {args.out}")
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
