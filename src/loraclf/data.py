@@ -55,7 +55,7 @@ def read_table(path: str | Path, allow_pickle: bool = False, max_file_mb: float 
         )
     size_mb = p.stat().st_size / 1e6
     if size_mb > max_file_mb:
-        raise DataError(f"{p} is {size_mb:,.0f} MB, over data.max_file_mb={max_file_mb:g}; raise data.max_file_mb if the file is meant to be this large (it is read memory-mapped, not into RAM)")
+        raise DataError(f"{p} is {size_mb:,.0f} MB, over data.max_file_mb={max_file_mb:g}; raise data.max_file_mb if the file is meant to be this large")
     if p.stat().st_size == 0:
         raise DataError(f"{p} is empty; give a file with a header line and at least one row")
     if kind == "pickle":
@@ -221,7 +221,7 @@ def _read_arrow(path, kind: str, cfg: DataConfig):
     p = Path(path)
     size_mb = p.stat().st_size / 1e6
     if size_mb > cfg.max_file_mb:
-        raise DataError(f"{p} is {size_mb:,.0f} MB, over data.max_file_mb={cfg.max_file_mb:g}; raise data.max_file_mb if the file is meant to be this large (it is read memory-mapped, not into RAM)")
+        raise DataError(f"{p} is {size_mb:,.0f} MB, over data.max_file_mb={cfg.max_file_mb:g}; raise data.max_file_mb if the file is meant to be this large")
     kwargs = {}
     if kind in ("csv", "tsv"):  # the same NaN rules as the pandas reader
         kwargs = dict(sep="\t" if kind == "tsv" else ",", keep_default_na=False, na_values=[""])
