@@ -94,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-column", help="text column of the input (default: the run's data.text_column, else 'text')")
     p.add_argument("--batch-size", type=_positive_int, default=64)
     p.add_argument("--allow-pickle", action="store_true", help="read .pkl input (unpickling runs code: trusted files only)")
-    p.add_argument("--precision", choices=["fp32", "bf16", "auto"], default="fp32")
+    p.add_argument("--precision", choices=["fp32", "bf16", "auto"], default="auto",
+                   help="auto (default): bf16 where the hardware computes it natively, else fp32; fp32 for exact outputs")
     p.add_argument("--quiet", action="store_true")
 
     p = sub.add_parser("budget", help="exact trainable-parameter breakdown of a config, without loading weights")
