@@ -143,7 +143,7 @@ CASES = {
         lambda ws: ws.train("data.empty_text=error", train=ws.write("nan.csv", "text,label\nfine,0\n,1\nNaN,1\nok,0\n")),
         "empty or nan texts", "data.empty_text=drop"),
     "file over max_file_mb": (lambda ws: ws.train("data.max_file_mb=5", train=ws.csv("big.csv", [("x" * 10_000_000, 0), ("y", 1)])),
-                              "over data.max_file_mb=5", "raise the limit"),
+                              "over data.max_file_mb=5", "raise data.max_file_mb"),
     "label only in test": (lambda ws: ws.train(f"data.test={ws.csv('test.csv', [('a', 0), ('b', 9)])}"),
                            "labels never seen in training: 9", "add examples"),
     "single class": (lambda ws: ws.train(train=ws.csv("one.csv", _rows(classes=(1,)))), "only one class", "at least two"),

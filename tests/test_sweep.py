@@ -202,7 +202,14 @@ def _two_workers(tmp_path, tiny_overrides, storage: str, study: str) -> list[dic
     results = [w.communicate(timeout=240) for w in workers]
     for w, (_, err) in zip(workers, results):
         assert w.returncode == 0, err[-2000:]
-    rows = _summary(out)
+    all_rows = _summary(out)
+    # two workers may both start a trial while the study is one short of n_trials; the later one is recorded as
+    # SKIPPED and trains nothing, so it is no duplicate
+    skipped = [r for r in all_rows if r["state"] == "SKIPPED"]
+    rows = [r for r in all_rows if r["state"] != "SKIPPED"]
+    assert len(skipped) <= 1
+    for r in skipped:
+        assert not (out / f"trial-{int(r['trial']):04d}" / "adapter").exists()
     assert len(rows) == 4 and {r["state"] for r in rows} == {"COMPLETE"}
     grid = {(float(r["train.learning_rate"]), int(r["adapter.r"])) for r in rows}
     assert grid == {(lr, r) for lr in (2e-3, 1e-2) for r in (2, 4)}  # every point once, none twice
@@ -211,7 +218,8 @@ def _two_workers(tmp_path, tiny_overrides, storage: str, study: str) -> list[dic
         info = json.loads((out / f"trial-{int(r['trial']):04d}" / "sweep_trial.json").read_text())
         assert info["state"] == "complete" and info["worker"] == r["worker"]
     study_obj = optuna.load_study(study_name=study, storage=with_driver(storage))
-    assert sorted(t.number for t in study_obj.trials) == list(range(4))
+    complete = [t for t in study_obj.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 4 and len(study_obj.trials) == 4 + len(skipped)
     return rows
 
 
