@@ -28,6 +28,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from loraclf.runs import atomic_write_text
+
 ROOT = Path(__file__).resolve().parents[1]
 AG = ROOT.parent / "shared" / "data" / "ag_news"
 
@@ -189,8 +191,7 @@ def main() -> None:
         f"{'met' if target else 'MISSED'} in fp32{'' if target else ' (see the bf16 row)'}.",
         "",
     ]
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text("\n".join(lines))
+    atomic_write_text(args.out, "\n".join(lines))
     print("\n".join(lines))
 
 

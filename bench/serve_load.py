@@ -27,6 +27,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from loraclf.runs import atomic_write_text
+
 ROOT = Path(__file__).resolve().parents[1]
 AG = ROOT.parent / "shared" / "data" / "ag_news"
 CONFIGS = (("micro-batching on", ["--max-batch-size", "64", "--max-wait-ms", "5"]),
@@ -159,8 +161,7 @@ def main() -> None:
         f"{' (' + ', '.join(sorted({k for rs in results.values() for x in rs for k in x['error_kinds']})) + ')' if errors else ''}.",
         "",
     ]
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text("\n".join(lines))
+    atomic_write_text(args.out, "\n".join(lines))
     print("\n".join(lines))
 
 

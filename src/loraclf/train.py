@@ -83,6 +83,18 @@ def resolve_precision(choice: str) -> str:
     return "no" if choice == "fp32" else choice
 
 
+def cpu_name() -> str:
+    """The CPU's model name (from /proc/cpuinfo where there is one)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def hardware() -> dict:
     info = {
         "platform": platform.platform(),
@@ -93,14 +105,7 @@ def hardware() -> dict:
         "threads": torch.get_num_threads(),
         "cuda": torch.cuda.is_available(),
     }
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    info["cpu"] = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    info["cpu"] = cpu_name()
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
         info["gpu_count"] = torch.cuda.device_count()
