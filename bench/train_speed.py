@@ -425,14 +425,12 @@ def main() -> int:
         print(json.dumps(floor), flush=True)
         rows: list = []
         o = argparse.Namespace(**{**vars(args), "out": out})
+        # the seed recipe runs after the first repetition, so that an interrupted run still has every contender
         for rep in range(args.reps):
-            for name in ("stock-fp32", "stock-bf16", "loraclf"):
+            for name in ("stock-fp32", "stock-bf16", "loraclf") + (("seed",) if rep == 0 and not args.no_seed else ()):
                 rows.append(run_child(name, args, rep))
                 print(json.dumps({k: rows[-1][k] for k in ("contender", "rep", "train_s", "val", "test")}), flush=True)
                 write_table(o, rows, floor, started, final=False)
-        if not args.no_seed:
-            rows.append(run_child("seed", args, 0))
-            write_table(o, rows, floor, started, final=False)
         for lever in (args.levers if args.levers is not None else []) or []:
             rows.append(run_child("loraclf", args, 0, lever=lever))
             write_table(o, rows, floor, started, final=False)

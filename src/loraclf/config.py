@@ -17,6 +17,7 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
+from . import sources
 from .errors import ConfigError, did_you_mean
 
 
@@ -70,7 +71,14 @@ class DataConfig:
     group_by_length: bool = _f(True, "Batch training texts of similar length together, which cuts padding.")
     num_proc: Optional[int] = _f(None, "Processes used for tokenization; default: one per CPU core for large data.", ge=1)
     cache_dir: Optional[str] = _f(None, "Where tokenized Arrow caches are kept; default ~/.cache/loraclf.")
-    streaming: bool = _f(False, "Stream the training data instead of caching it (for sources too large to cache).")
+    streaming: bool = _f(
+        False,
+        "Stream the training data (a csv/tsv/json/jsonl/parquet data.train, or a hub data.name) instead of reading and "
+        "caching it, for sources too large to cache; needs train.max_steps and eval.eval_steps. Validation and test "
+        "are still read whole, and give the label set.",
+    )
+    shuffle_buffer_size: int = _f(
+        10_000, "data.streaming: rows held in the shuffle buffer (reshuffled every pass); more mixes better, costs memory.", ge=1)
 
 
 @dataclass
@@ -452,6 +460,29 @@ def _cross_checks(cfg: Config) -> list[str]:
         problems.append(f"'data.validation_split' >= 1 is a row count and must be whole, got {cfg.data.validation_split}")
     if cfg.data.unlabeled is None and cfg.adapt.rounds > 1:
         problems.append("'adapt.rounds' > 1 needs data.unlabeled (the texts to pseudo-label)")
+    if cfg.data.streaming:
+        problems += _streaming_checks(cfg)
+    return problems
+
+
+def _streaming_checks(cfg: Config) -> list[str]:
+    """A stream has no length and is read once per pass, so whatever needs either is refused up front."""
+    problems = []
+    if cfg.train.max_steps is None:
+        problems.append("'data.streaming: true' needs train.max_steps: a stream's length is unknown, so "
+                        "train.num_train_epochs cannot set the schedule (e.g. train.max_steps=5000)")
+    if cfg.eval.eval_steps is None:
+        problems.append("'data.streaming: true' needs eval.eval_steps: 'once per epoch' needs the stream's length "
+                        "(e.g. eval.eval_steps=500)")
+    if cfg.data.train is None and sources.is_packaged(cfg.data.name):
+        problems.append(f"'data.streaming: true' streams a file (data.train) or a hub dataset (data.name); "
+                        f"{cfg.data.name} is small and read whole, so set data.streaming=false")
+    if cfg.augment.enabled:
+        problems.append("'augment.enabled' does not apply to a stream (copies are made from the whole training set); "
+                        "set augment.enabled=false or data.streaming=false")
+    if cfg.data.unlabeled is not None:
+        problems.append("self-training (data.unlabeled) adds pseudo-labelled rows to the training set, which a stream "
+                        "does not hold; set data.streaming=false")
     return problems
 
 

@@ -345,7 +345,7 @@ def build_label_map(labels, label_names: Optional[list[str]], max_labels: int) -
     return {i: str(v) for i, v in enumerate(values)}
 
 
-def encode_labels(labels: pd.Series, id2label: dict[int, str], where: str) -> np.ndarray:
+def encode_labels(labels: pd.Series, id2label: dict[int, str], where: str, streamed: bool = False) -> np.ndarray:
     label2id = {name: i for i, name in id2label.items()}
     ints = {i for i in id2label}
     out = np.empty(len(labels), dtype=np.int64)
@@ -358,6 +358,13 @@ def encode_labels(labels: pd.Series, id2label: dict[int, str], where: str) -> np
             out[j] = v
         else:
             unseen.add(v)
+    if unseen and streamed:
+        shown = ", ".join(repr(u) for u in sorted(unseen, key=str)[:5])
+        raise DataError(
+            f"{where} has rows with labels outside the label set read before training: {shown}; known labels are "
+            f"{', '.join(id2label.values())} (a stream's label set comes from the validation data, data.label_names "
+            f"or the dataset's ClassLabel: add that class to one of them, or drop those rows)"
+        )
     if unseen:
         shown = ", ".join(repr(u) for u in sorted(unseen, key=str)[:5])
         raise DataError(
@@ -414,25 +421,61 @@ def _hub_frames(cfg: DataConfig) -> tuple[dict[str, pd.DataFrame], Optional[list
     return {k: v.to_pandas() for k, v in dd.items()}, names
 
 
+def _read(path, cfg: DataConfig):
+    """A data file as a DataFrame, or as a memory-mapped Dataset when it is at least ARROW_MIN_MB."""
+    kind = _arrow_kind(path)
+    return _read_arrow(path, kind, cfg) if kind else read_table(path, cfg.allow_pickle, cfg.max_file_mb)
+
+
+def _clean_part(part, cfg: DataConfig, where: str, log):
+    if isinstance(part, pd.DataFrame):
+        return _clean(part, cfg, where, True, log)
+    return _clean_arrow(part, cfg, where, True, log)
+
+
+def _encode_part(part, id2label: dict[int, str], where: str):
+    if isinstance(part, pd.DataFrame):
+        part["label"] = encode_labels(part["label"], id2label, where)
+        return part
+    return _encode_arrow(part, id2label, where)
+
+
+def _labels_of(part) -> np.ndarray:
+    if isinstance(part, pd.DataFrame):
+        return part["label"].to_numpy()
+    return column(part, "label").to_numpy(zero_copy_only=False)
+
+
+def _to_dataset(part):
+    import datasets
+
+    if isinstance(part, pd.DataFrame):
+        return datasets.Dataset.from_pandas(part[["text", "label"]].reset_index(drop=True), preserve_index=False)
+    return part.select_columns(["text", "label"])
+
+
+def _int_labels(frame, cfg: DataConfig) -> bool:
+    """Whether the raw labels (before cleaning) are integers, judged on the first 1,000."""
+    if isinstance(frame, pd.DataFrame):
+        head = frame[cfg.label_column].dropna().head(1000)
+    else:
+        head = [v for v in frame.select(range(min(1000, len(frame))))[cfg.label_column] if not _missing(v)]
+    return all(isinstance(_normalise_label(v), int) for v in head)
+
+
 def load_splits(cfg: DataConfig, log=print, id2label: Optional[dict[int, str]] = None) -> Splits:
     """Read train/validation/test as configured and return them with a label map.
 
     Files of at least ARROW_MIN_MB (csv/tsv/jsonl/parquet) stay on disk as memory-mapped Arrow all the way to the
-    batches; smaller ones go through pandas.
+    batches; smaller ones go through pandas. With data.streaming the training split is a stream instead
+    (see load_stream_splits).
     """
-    import datasets
-
     if cfg.streaming:
-        raise DataError("data.streaming=true is not supported yet; large csv/tsv/jsonl/parquet files are already read "
-                        f"memory-mapped from an on-disk Arrow cache (files >= {ARROW_MIN_MB:g} MB), so set data.streaming=false")
-
-    def read(path):
-        kind = _arrow_kind(path)
-        return _read_arrow(path, kind, cfg) if kind else read_table(path, cfg.allow_pickle, cfg.max_file_mb)
+        return load_stream_splits(cfg, log, id2label)
 
     label_names = None
     if cfg.train:
-        frames = {"train": read(cfg.train)}
+        frames = {"train": _read(cfg.train, cfg)}
         where = {"train": str(cfg.train)}
     elif sources.is_packaged(cfg.name):
         frames = {"train": pd.DataFrame(sources.packaged_dataset_rows(cfg.name))}
@@ -446,7 +489,7 @@ def load_splits(cfg: DataConfig, log=print, id2label: Optional[dict[int, str]] =
     for key in ("validation", "test"):
         path = getattr(cfg, key)
         if path:
-            frames[key] = read(path)
+            frames[key] = _read(path, cfg)
             where[key] = str(path)
 
     notes: list[str] = []
@@ -455,32 +498,16 @@ def load_splits(cfg: DataConfig, log=print, id2label: Optional[dict[int, str]] =
         notes.append(msg)
         log(msg)
 
-    def clean(frame, w):
-        if isinstance(frame, pd.DataFrame):
-            return _clean(frame, cfg, w, True, note)
-        return _clean_arrow(frame, cfg, w, True, note)
-
-    def encode(part, w):
-        if isinstance(part, pd.DataFrame):
-            part["label"] = encode_labels(part["label"], id2label, w)
-            return part
-        return _encode_arrow(part, id2label, w)
-
-    def labels(part) -> np.ndarray:
-        if isinstance(part, pd.DataFrame):
-            return part["label"].to_numpy()
-        return column(part, "label").to_numpy(zero_copy_only=False)
-
-    train = clean(frames["train"], where["train"])
+    train = _clean_part(frames["train"], cfg, where["train"], note)
     if id2label is None:
         raw = train["label"] if isinstance(train, pd.DataFrame) else column(train, "label").unique().to_pylist()
         id2label = build_label_map(raw, cfg.label_names or label_names, cfg.max_labels)
-    train = encode(train, where["train"])
+    train = _encode_part(train, id2label, where["train"])
 
     if frames.get("validation") is not None:
-        val = encode(clean(frames["validation"], where["validation"]), where["validation"])
+        val = _encode_part(_clean_part(frames["validation"], cfg, where["validation"], note), id2label, where["validation"])
     else:
-        tr, va = _stratified_split(labels(train), cfg.validation_split, cfg.split_seed)
+        tr, va = _stratified_split(_labels_of(train), cfg.validation_split, cfg.split_seed)
         if isinstance(train, pd.DataFrame):
             val = train.iloc[va].reset_index(drop=True)
             train = train.iloc[tr].reset_index(drop=True)
@@ -489,24 +516,227 @@ def load_splits(cfg: DataConfig, log=print, id2label: Optional[dict[int, str]] =
         note(f"validation: {len(val)} rows split from train (stratified, seed {cfg.split_seed})")
     test = None
     if frames.get("test") is not None:
-        test = encode(clean(frames["test"], where.get("test", "test")), where.get("test", "test"))
+        test = _encode_part(_clean_part(frames["test"], cfg, where.get("test", "test"), note), id2label, where.get("test", "test"))
 
-    train_labels = labels(train)
+    train_labels = _labels_of(train)
     if len(np.unique(train_labels)) < 2:
         raise DataError(f"the training split has only one class ({id2label[int(train_labels[0])]}); a classifier needs at least two")
+    return Splits(_to_dataset(train), _to_dataset(val), _to_dataset(test) if test is not None else None, id2label, notes,
+                  _int_labels(frames["train"], cfg))
 
-    def to_ds(part):
-        if isinstance(part, pd.DataFrame):
-            return datasets.Dataset.from_pandas(part[["text", "label"]].reset_index(drop=True), preserve_index=False)
-        return part.select_columns(["text", "label"])
 
-    first = frames["train"]
-    if isinstance(first, pd.DataFrame):
-        head = first[cfg.label_column].dropna().head(1000)
+# ------------------------------------------------------------------------------------------ streaming
+#
+# data.streaming: the training split is a `datasets` stream (load_dataset(..., streaming=True)), read as training
+# consumes it: shuffled through a buffer, cleaned and tokenized on the fly. Validation and test are small and read
+# whole, as above; they also give the label set, since a stream cannot be scanned for its labels up front.
+
+STREAM_BUILDERS = {"csv": "csv", "tsv": "csv", "json": "json", "jsonl": "json", "parquet": "parquet"}
+
+
+def _open_stream(path, cfg: DataConfig):
+    """A local training file as a `datasets.IterableDataset` (one pass reads it from disk, nothing is cached).
+
+    data.max_file_mb does not apply: it guards the readers that load a whole file, which a stream never does.
+    """
+    import datasets
+
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"data file not found: {p} (check the path; a relative path is read from {Path.cwd()})")
+    if p.is_dir():
+        raise DataError(f"{p} is a folder; give a data file (.csv, .tsv, .json, .jsonl, .parquet)")
+    kind = READERS.get(p.suffix.lower())
+    if kind not in STREAM_BUILDERS:
+        raise DataError(f"data.streaming=true streams .csv .tsv .json .jsonl .parquet files, not '{p.suffix or p.name}' "
+                        f"({p}); convert the file, or set data.streaming=false")
+    if p.stat().st_size == 0:
+        raise DataError(f"{p} is empty; give a file with a header line and at least one row")
+    kwargs = {}
+    if kind in ("csv", "tsv"):  # the same NaN rules as the pandas reader
+        kwargs = dict(sep="\t" if kind == "tsv" else ",", keep_default_na=False, na_values=[""])
+    return datasets.load_dataset(STREAM_BUILDERS[kind], data_files=str(p.resolve()), split="train", streaming=True,
+                                 **kwargs)
+
+
+def _hub_streams(cfg: DataConfig):
+    """A hub dataset's splits as streams (an IterableDatasetDict); nothing is downloaded until a split is read."""
+    import datasets
+
+    try:
+        return datasets.load_dataset(cfg.name, streaming=True)
+    except Exception as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DataError(f"cannot load dataset '{cfg.name}' from the Hugging Face hub ({msg}); "
+                        f"check the name and network, or point data.train at a local file") from None
+
+
+def _stream_where(cfg: DataConfig) -> str:
+    return str(cfg.train) if cfg.train else f"{cfg.name}[train]"
+
+
+def _stream_head(stream, n: Optional[int], where: str, kind: str = "data") -> pd.DataFrame:
+    """The first n rows of a stream (None: all) as a DataFrame, with a one-line error when it cannot be read."""
+    try:
+        return pd.DataFrame(list(stream if n is None else stream.take(n)))
+    except DataError:
+        raise
+    except Exception as e:  # the builders raise pandas', pyarrow's and json's own errors on a damaged file
+        cause = e.__cause__ or e
+        msg = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        raise DataError(f"cannot read {where}: {msg[:300]}; check that the file is well-formed {kind}") from None
+
+
+def load_stream_splits(cfg: DataConfig, log=print, id2label: Optional[dict[int, str]] = None) -> Splits:
+    """Splits whose `train` is the unshuffled training stream (see stream_loader); validation and test read whole.
+
+    Validation: data.validation, else the hub dataset's validation split, else the first data.validation_split
+    rows of the stream (a row count: a fraction needs the length), which training then skips.
+    The label set comes from the hub dataset's ClassLabel names or data.label_names (integer labels), else from
+    the labels of the validation data; a training row with another label stops training with a one-line error.
+    """
+    import datasets
+
+    notes: list[str] = []
+
+    def note(msg):
+        notes.append(msg)
+        log(msg)
+
+    where = _stream_where(cfg)
+    kind = READERS.get(Path(cfg.train).suffix.lower(), "data") if cfg.train else "data"
+    class_names, frames, wheres = None, {}, {}
+    if cfg.train:
+        train = _open_stream(cfg.train, cfg)
+        hub = {}
     else:
-        head = [v for v in first.select(range(min(1000, len(first))))[cfg.label_column] if not _missing(v)]
-    int_labels = all(isinstance(_normalise_label(v), int) for v in head)
-    return Splits(to_ds(train), to_ds(val), to_ds(test) if test is not None else None, id2label, notes, int_labels)
+        hub = _hub_streams(cfg)
+        if "train" not in hub:
+            raise DataError(f"dataset '{cfg.name}' has no 'train' split; it has {', '.join(hub)}")
+        train = hub["train"]
+        feat = (train.features or {}).get(cfg.label_column)
+        if isinstance(feat, datasets.ClassLabel):
+            class_names = list(feat.names)
+    for key in ("validation", "test"):
+        path = getattr(cfg, key)
+        if path:
+            frames[key], wheres[key] = _read(path, cfg), str(path)
+        elif key in hub:
+            wheres[key] = f"{cfg.name}[{key}]"
+            frames[key] = _stream_head(hub[key], None, wheres[key])
+
+    # the columns are checked on the first row, before any model is built or run folder written
+    first = _stream_head(train, 1, where, kind)
+    if first.empty:
+        raise DataError(f"{where} has no rows; add at least one row under the header")
+    select_text(first, cfg, where)  # the missing-text-column message of the other paths
+    if cfg.label_column not in first.columns:
+        raise DataError(f"{where} has no label column '{cfg.label_column}'{did_you_mean(cfg.label_column, first.columns)}; "
+                        f"columns are: {', '.join(map(str, first.columns))} (set data.label_column)")
+    train = train.select_columns(list(dict.fromkeys(_text_columns(cfg) + [cfg.label_column])))
+
+    if "validation" not in frames:
+        n = cfg.validation_split
+        if n < 1:
+            raise DataError(f"with data.streaming=true, set data.validation to a file, or data.validation_split to a "
+                            f"row count (e.g. 2000) held out from the head of the stream; a fraction ({n:g}) needs "
+                            f"the stream's length")
+        n = int(n)
+        wheres["validation"] = f"the first {n} rows of {where}"
+        frames["validation"] = _stream_head(train, n + 1, where, kind)
+        if len(frames["validation"]) <= n:
+            raise DataError(f"{where} has only {len(frames['validation'])} rows, none left for training after "
+                            f"data.validation_split={n}; lower it or give data.validation")
+        frames["validation"] = frames["validation"].head(n)
+        # skip() also keeps the shard order fixed across epochs, so the held-out rows never enter training
+        train = train.skip(n)
+        note(f"validation: the first {n} rows of the stream, held out from training (not stratified)")
+
+    val = _clean_part(frames["validation"], cfg, wheres["validation"], note)
+    if id2label is None:
+        names = class_names or cfg.label_names
+        raw = list(_labels_of(val))
+        if names and all(isinstance(_normalise_label(v), int) for v in raw):
+            raw += list(range(len(names)))  # every named class, whether or not the validation data has it
+        elif not names and len({_normalise_label(v) for v in raw}) < 2:
+            raise DataError(f"with data.streaming=true the label set is read from the validation data "
+                            f"({wheres['validation']}), which has only one class; give validation data with every "
+                            f"class, or name the integer classes in data.label_names")
+        id2label = build_label_map(raw, names, cfg.max_labels)
+    val = _encode_part(val, id2label, wheres["validation"])
+    test = None
+    if frames.get("test") is not None:
+        test = _encode_part(_clean_part(frames["test"], cfg, wheres["test"], note), id2label, wheres["test"])
+    note(f"train: streamed from {where}, shuffled in a buffer of {cfg.shuffle_buffer_size:,} rows; "
+         f"label set {', '.join(id2label.values())}")
+    return Splits(train, _to_dataset(val), _to_dataset(test) if test is not None else None, id2label, notes,
+                  _int_labels(frames["validation"], cfg))
+
+
+def train_stream(source, tokenizer, cfg: DataConfig, id2label: dict[int, str], seed: int, epoch: int, skip: int = 0):
+    """One pass (epoch) over the training stream: shuffled through a buffer of data.shuffle_buffer_size rows with
+    seed + epoch, cleaned by the rules of the other paths, labels encoded, tokenized as it is read.
+
+    skip: rows of this pass already trained on (a resumed run); they are read and cleaned, not tokenized.
+    """
+    where = _stream_where(cfg)
+    cols = _text_columns(cfg)
+    label_col = cfg.label_column
+    text_cfg = DataConfig(text_column=cfg.text_column)
+    max_chars, max_length = cfg.max_text_chars, cfg.max_length
+
+    def clean(batch):
+        text = select_text(pd.DataFrame({c: batch[c] for c in cols}), text_cfg, where)
+        lab = pd.Series(batch[label_col], dtype=object)
+        empty = (text.isna() | lab.isna() | lab.map(lambda v: isinstance(v, str) and not v.strip())).to_numpy(dtype=bool)
+        if empty.any() and cfg.empty_text == "error":
+            raise DataError(f"{where} has an empty or NaN text/label in the stream; set data.empty_text=drop to "
+                            f"skip such rows")
+        keep = ~empty
+        return {"text": [t[:max_chars] for t in text[keep]],
+                "label": encode_labels(lab[keep], id2label, where, streamed=True).tolist()}
+
+    def tok(batch):
+        return tokenizer(batch["text"], truncation=True, max_length=max_length)
+
+    ds = source.shuffle(seed=seed, buffer_size=cfg.shuffle_buffer_size)
+    ds = ds.map(clean, batched=True, remove_columns=list(dict.fromkeys(cols + [label_col])))
+    if skip:
+        # not skip(): in the datasets chain it freezes the shard order, which set_epoch would otherwise reshuffle,
+        # so a multi-file source would resume a later epoch in another order than the uninterrupted run
+        ds = ds.filter(lambda b, idx: [i >= skip for i in idx], with_indices=True, batched=True)
+    ds = ds.map(tok, batched=True, remove_columns=["text"])
+    ds.set_epoch(epoch)
+    return ds
+
+
+def stream_loader(source, tokenizer, cfg: DataConfig, id2label: dict[int, str], per_device_batch_size: int, seed: int,
+                  epoch: int, skip: int = 0):
+    """Batches of one pass over the training stream, prepared by Accelerate for every process.
+
+    Process 0 reads the stream and Accelerate hands each process its slice of every global batch
+    (dispatch_batches with split_batches). Accelerate's default for an IterableDataset (process 0 reads one batch
+    per process and concatenates them) fails when dynamic padding gives batches different lengths, and
+    split_dataset_by_node gives processes different row counts at the end of a pass, which leaves them in step
+    only by luck; one global order also makes N processes train on exactly what one process would, and lets a
+    checkpoint written by N processes resume in M. The last partial global batch of a pass is dropped.
+    """
+    import torch
+    from accelerate.data_loader import prepare_data_loader
+    from accelerate.state import PartialState
+    from torch.utils.data import DataLoader
+
+    n_proc = PartialState().num_processes
+    stream = train_stream(source, tokenizer, cfg, id2label, seed, epoch, skip)
+    loader = DataLoader(stream, batch_size=per_device_batch_size * n_proc, collate_fn=_Collate(tokenizer),
+                        drop_last=True)
+    loader = prepare_data_loader(loader, put_on_device=True, dispatch_batches=True, split_batches=True)
+    loader.set_epoch(epoch)  # else the dispatcher sets the stream's epoch to its own count of passes, 0
+    # Accelerate rebuilds the loader without a generator when it dispatches, and the rebuilt one draws its base seed
+    # (unused without workers) from the global RNG at every pass: once more in a resumed run than in an
+    # uninterrupted one, which would shift every later dropout mask
+    loader.base_dataloader.generator = torch.Generator().manual_seed(seed + epoch)
+    return loader
 
 
 def read_texts(path: str | Path, cfg: DataConfig, allow_pickle: Optional[bool] = None) -> tuple[list[str], Optional[list], pd.DataFrame]:

@@ -31,7 +31,7 @@ from . import data as data_mod
 from . import model as model_mod
 from . import runs
 from .config import Config, flatten
-from .errors import BudgetError, RunError
+from .errors import BudgetError, DataError, RunError
 from .evaluate import compute_metrics, predict_probs
 
 LOWER_IS_BETTER = {"loss"}
@@ -358,17 +358,19 @@ def train(cfg: Config, resume: Optional[str | Path] = None, quiet: bool = False,
         # per_epoch draws epoch 0's copies here too (the same seed the loop would use), so that the epoch length
         # and the step count include the copies
         train_raw = _augmented(train_raw, cfg, cfg.train.seed, say)
-    train_ds = data_mod.tokenize(train_raw, tokenizer, cfg.data, cache=True)
+    # a stream (data.streaming) is tokenized as the loop reads it, pass by pass (data_mod.stream_loader)
+    train_ds = None if cfg.data.streaming else data_mod.tokenize(train_raw, tokenizer, cfg.data, cache=True)
     val_ds = data_mod.tokenize(splits.validation, tokenizer, cfg.data, cache=True)
     test_ds = data_mod.tokenize(splits.test, tokenizer, cfg.data, cache=True) if splits.test is not None else None
     for extra in ("weight", "soft_labels"):
-        if extra in train_raw.column_names:
+        if train_ds is not None and extra in train_raw.column_names:
             train_ds = train_ds.add_column(extra, train_raw[extra])
 
     n_proc = accelerator.num_processes
     bs = cfg.train.per_device_train_batch_size
     accum = cfg.train.gradient_accumulation_steps
-    per_epoch = data_mod.steps_per_epoch(len(train_ds), bs, accum, n_proc)
+    # a stream has no length: the config checks made train.max_steps and eval.eval_steps required for it
+    per_epoch = None if train_ds is None else data_mod.steps_per_epoch(len(train_ds), bs, accum, n_proc)
     total_steps = cfg.train.max_steps or int(math.ceil(per_epoch * cfg.train.num_train_epochs))
     if hasattr(model, "loraclf_set_total_steps"):  # AdaLoRA schedules its rank budget over all steps
         model.loraclf_set_total_steps(total_steps)
@@ -399,9 +401,10 @@ def train(cfg: Config, resume: Optional[str | Path] = None, quiet: bool = False,
     say(f"run folder: {run.resolve()}")
     files = [f"{k}={getattr(cfg.data, k)}" for k in ("train", "validation", "test") if getattr(cfg.data, k)]
     say("data: " + (", ".join(files) if files else str(cfg.data.name)) + f"; model: {cfg.model.name_or_path}")
-    say(f"{len(train_ds):,} train / {len(val_ds):,} val" + (f" / {len(test_ds):,} test" if test_ds is not None else "")
-        + f" rows; {total_steps} steps ({per_epoch}/epoch), warm-up {warmup}, effective batch {effective_batch} "
-          f"({bs} x {n_proc} process(es) x {accum} accumulation), precision {precision}")
+    say(("streamed" if train_ds is None else f"{len(train_ds):,}") + f" train / {len(val_ds):,} val"
+        + (f" / {len(test_ds):,} test" if test_ds is not None else "")
+        + f" rows; {total_steps} steps ({per_epoch or 'unknown'}/epoch), warm-up {warmup}, effective batch "
+          f"{effective_batch} ({bs} x {n_proc} process(es) x {accum} accumulation), precision {precision}")
 
     trackers = _start_trackers(accelerator, cfg, run) if main and cfg.track else []
 
@@ -475,15 +478,23 @@ def train(cfg: Config, resume: Optional[str | Path] = None, quiet: bool = False,
                 for extra in ("weight", "soft_labels"):
                     if extra in epoch_raw.column_names:
                         epoch_ds = epoch_ds.add_column(extra, epoch_raw[extra])
-            loader = data_mod.train_loader(epoch_ds, tokenizer, bs, cfg.data.group_by_length, cfg.train.seed, epoch,
-                                           group_size=bs * n_proc)
-            loader = accelerator.prepare(loader)
-            # the data position is kept in samples, so a checkpoint written by N processes resumes in M
-            skip = state.get("samples_in_epoch", 0) // (bs * n_proc) if "samples_in_epoch" in state else state["batches_in_epoch"]
-            state["batches_in_epoch"] = skip
-            if skip:
-                loader = accelerator.skip_first_batches(loader, skip)
-            n_batches = len(loader) + skip
+            if cfg.data.streaming:
+                # the pass is rebuilt past the rows already trained on; its length is unknown (n_batches None)
+                loader = data_mod.stream_loader(train_raw, tokenizer, cfg.data, splits.id2label, bs, cfg.train.seed,
+                                                epoch, skip=state["samples_in_epoch"])
+                state["batches_in_epoch"] = state["samples_in_epoch"] // (bs * n_proc)
+                n_batches = None
+            else:
+                loader = data_mod.train_loader(epoch_ds, tokenizer, bs, cfg.data.group_by_length, cfg.train.seed, epoch,
+                                               group_size=bs * n_proc)
+                loader = accelerator.prepare(loader)
+                # the data position is kept in samples, so a checkpoint written by N processes resumes in M
+                skip = state.get("samples_in_epoch", 0) // (bs * n_proc) if "samples_in_epoch" in state else state["batches_in_epoch"]
+                state["batches_in_epoch"] = skip
+                if skip:
+                    loader = accelerator.skip_first_batches(loader, skip)
+                n_batches = len(loader) + skip
+            samples_at_start = state["samples_in_epoch"]
             for batch in loader:
                 with accelerator.accumulate(model):
                     inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
@@ -502,7 +513,10 @@ def train(cfg: Config, resume: Optional[str | Path] = None, quiet: bool = False,
                             hook(state["step"] + 1)
                     optimizer.zero_grad(set_to_none=True)
                 state["batches_in_epoch"] += 1
-                state["samples_in_epoch"] = state["batches_in_epoch"] * bs * n_proc
+                if n_batches is None:  # a stream is resumed by rows, which stay exact if the global batch changes
+                    state["samples_in_epoch"] += bs * n_proc
+                else:
+                    state["samples_in_epoch"] = state["batches_in_epoch"] * bs * n_proc
                 state["window_loss"] += loss.detach().float().item()
                 state["window_n"] += 1
                 window_samples += batch["input_ids"].shape[0] * n_proc
@@ -510,6 +524,7 @@ def train(cfg: Config, resume: Optional[str | Path] = None, quiet: bool = False,
                     continue
                 state["step"] += 1
                 step = state["step"]
+                at_epoch = epoch + state["batches_in_epoch"] / n_batches if n_batches else epoch
                 if n_proc > 1:  # all processes stop (and checkpoint together) at the same step, whichever got the signal
                     flag = torch.tensor([stop["received"] or 0], device=accelerator.device)
                     torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
@@ -524,7 +539,7 @@ def train(cfg: Config, resume: Optional[str | Path] = None, quiet: bool = False,
                     elapsed = max(time.time() - window_start, 1e-9)
                     local = torch.tensor(state["window_loss"] / max(state["window_n"], 1), device=accelerator.device)
                     window_mean = accelerator.reduce(local, reduction="mean").item()  # every process's batches
-                    rec = {"type": "train", "step": step, "epoch": round(epoch + state["batches_in_epoch"] / n_batches, 4),
+                    rec = {"type": "train", "step": step, "epoch": round(at_epoch, 4),
                            "loss": window_mean, "learning_rate": scheduler.get_last_lr()[0],
                            "samples_per_second": window_samples / elapsed, "time": round(state["train_time"], 3)}
                     if main:
@@ -537,7 +552,7 @@ def train(cfg: Config, resume: Optional[str | Path] = None, quiet: bool = False,
                     state["window_loss"], state["window_n"], window_samples, window_start = 0.0, 0, 0, time.time()
                 is_eval = step % eval_every == 0 or step == total_steps
                 if is_eval:
-                    m = evaluate_val(step, epoch + state["batches_in_epoch"] / n_batches)
+                    m = evaluate_val(step, at_epoch)
                     value = m[metric_name]
                     better = state["best_metric"] is None or (value < state["best_metric"] if lower_better else value > state["best_metric"])
                     if better:
@@ -557,6 +572,9 @@ def train(cfg: Config, resume: Optional[str | Path] = None, quiet: bool = False,
                 if step >= total_steps or state["stopped_early"]:
                     break
             else:  # the epoch ran out
+                if state["samples_in_epoch"] == samples_at_start == 0:  # an empty pass would repeat forever
+                    raise DataError(f"the training data gave no batch of {bs * n_proc} rows (per-device batch x "
+                                    f"processes); give more rows or lower train.per_device_train_batch_size")
                 state["epoch"] += 1
                 state["batches_in_epoch"] = 0
                 state["samples_in_epoch"] = 0
@@ -567,6 +585,12 @@ def train(cfg: Config, resume: Optional[str | Path] = None, quiet: bool = False,
             f"`loraclf train --resume {run}`")
         _end_trackers(accelerator, trackers)
         raise Interrupted(stop["signal"]) from None
+    except DataError as e:
+        progress.close()
+        _end_trackers(accelerator, trackers)
+        if cfg.data.streaming:  # a bad row met mid-stream
+            raise _bad_stream_row(e, run, fresh=resume_dir is None, main=main) from None
+        raise
     except BaseException:  # e.g. optuna.TrialPruned from on_eval: close trackers so the next run can start its own
         progress.close()
         _end_trackers(accelerator, trackers)
@@ -622,6 +646,16 @@ def _summary(metrics: dict) -> str:
     if "test" in metrics:
         s += f"; test accuracy {metrics['test']['accuracy']:.4f}, macro-F1 {metrics['test']['macro_f1']:.4f}"
     return s + f"; trained {metrics['train_runtime_s']:.0f} s"
+
+
+def _bad_stream_row(err: DataError, run: Path, fresh: bool, main: bool) -> DataError:
+    """The error for a bad row met mid-stream. Before the first checkpoint there is nothing to resume, so a new run's
+    folder is removed; after it the folder stays, to be resumed once the data is fixed."""
+    if fresh and not runs.checkpoint_dirs(run):
+        if main:
+            shutil.rmtree(run, ignore_errors=True)
+        return DataError(f"{err}; no run folder was kept")
+    return DataError(f"{err}; {run} keeps its checkpoints: fix the data, then `loraclf train --resume {run}`")
 
 
 def _checkpoint(accelerator, run, step, model, optimizer, scheduler, state, cfg):
