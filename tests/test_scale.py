@@ -1,10 +1,8 @@
 """Large training files: the memory-mapped Arrow data path gives the same splits as the pandas path, the same
-one-line errors, a tokenization cache that a second run reuses, and the same length-grouped batch order."""
+one-line errors, a tokenization cache that a second run reuses, and the same length-grouped batch order.
+Streaming (data.streaming) is tested in test_streaming.py."""
 
 from __future__ import annotations
-
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
@@ -127,10 +125,3 @@ def test_training_on_the_arrow_path(tiny_overrides, arrow_always):
     result = train(cfg, quiet=True)
     assert (result.run_dir / "metrics.json").exists()
 
-
-def test_streaming_is_a_clear_error(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "loraclf", "train", "data.streaming=true", f"output.dir={tmp_path}"],
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2
-    assert r.stderr.strip().count("\n") == 0 and "data.streaming=true is not supported yet" in r.stderr
-    assert "Traceback" not in r.stderr and not any(tmp_path.iterdir())

@@ -75,7 +75,7 @@ class DataConfig:
         False,
         "Stream the training data (a csv/tsv/json/jsonl/parquet data.train, or a hub data.name) instead of reading and "
         "caching it, for sources too large to cache; needs train.max_steps and eval.eval_steps. Validation and test "
-        "are still read whole, and give the label set.",
+        "are still read whole; the label set comes from the validation data, data.label_names or the hub ClassLabel.",
     )
     shuffle_buffer_size: int = _f(
         10_000, "data.streaming: rows held in the shuffle buffer (reshuffled every pass); more mixes better, costs memory.", ge=1)

@@ -2,6 +2,8 @@
 
 Raw splits are `datasets.Dataset`s with columns `text` and `label` (int). Tokenized splits add `input_ids`,
 `attention_mask`, `length` and keep an `index` column so predictions can be put back in input order.
+With data.streaming the training split is a `datasets.IterableDataset` instead, cleaned and tokenized pass by pass
+as it is read (train_stream, stream_loader).
 """
 
 from __future__ import annotations
@@ -379,7 +381,7 @@ def encode_labels(labels: pd.Series, id2label: dict[int, str], where: str, strea
 
 @dataclass
 class Splits:
-    train: "datasets.Dataset"  # noqa: F821
+    train: "datasets.Dataset"  # noqa: F821  (an IterableDataset of raw rows with data.streaming)
     validation: "datasets.Dataset"  # noqa: F821
     test: Optional["datasets.Dataset"]  # noqa: F821
     id2label: dict[int, str]
@@ -532,6 +534,7 @@ def load_splits(cfg: DataConfig, log=print, id2label: Optional[dict[int, str]] =
 # whole, as above; they also give the label set, since a stream cannot be scanned for its labels up front.
 
 STREAM_BUILDERS = {"csv": "csv", "tsv": "csv", "json": "json", "jsonl": "json", "parquet": "parquet"}
+STREAM_MAP_BATCH = 1000  # rows cleaned and tokenized at a time (datasets' own default batch size for map)
 
 
 def _open_stream(path, cfg: DataConfig):
@@ -555,8 +558,12 @@ def _open_stream(path, cfg: DataConfig):
     kwargs = {}
     if kind in ("csv", "tsv"):  # the same NaN rules as the pandas reader
         kwargs = dict(sep="\t" if kind == "tsv" else ",", keep_default_na=False, na_values=[""])
-    return datasets.load_dataset(STREAM_BUILDERS[kind], data_files=str(p.resolve()), split="train", streaming=True,
-                                 **kwargs)
+    try:
+        return datasets.load_dataset(STREAM_BUILDERS[kind], data_files=str(p.resolve()), split="train",
+                                     streaming=True, **kwargs)
+    except Exception as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DataError(f"cannot read {p} as {kind}: {msg[:300]}; check that the file is well-formed {kind}") from None
 
 
 def _hub_streams(cfg: DataConfig):
@@ -700,12 +707,13 @@ def train_stream(source, tokenizer, cfg: DataConfig, id2label: dict[int, str], s
         return tokenizer(batch["text"], truncation=True, max_length=max_length)
 
     ds = source.shuffle(seed=seed, buffer_size=cfg.shuffle_buffer_size)
-    ds = ds.map(clean, batched=True, remove_columns=list(dict.fromkeys(cols + [label_col])))
+    ds = ds.map(clean, batched=True, batch_size=STREAM_MAP_BATCH, remove_columns=list(dict.fromkeys(cols + [label_col])))
     if skip:
         # not skip(): in the datasets chain it freezes the shard order, which set_epoch would otherwise reshuffle,
         # so a multi-file source would resume a later epoch in another order than the uninterrupted run
-        ds = ds.filter(lambda b, idx: [i >= skip for i in idx], with_indices=True, batched=True)
-    ds = ds.map(tok, batched=True, remove_columns=["text"])
+        ds = ds.filter(lambda b, idx: [i >= skip for i in idx], with_indices=True, batched=True,
+                       batch_size=STREAM_MAP_BATCH)
+    ds = ds.map(tok, batched=True, batch_size=STREAM_MAP_BATCH, remove_columns=["text"])
     ds.set_epoch(epoch)
     return ds
 
