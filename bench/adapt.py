@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -67,7 +68,8 @@ def write_table(args, per_seed: list, started: float, final: bool) -> None:
         f"{hw['cpu_count']} CPUs shared with other jobs, torch {hw['torch']}, {platform.python_version()}; "
         f"total wall time {total / 60:.1f} min.",
         "",
-        "Command: `flock /tmp/loraclf-cpu.lock python bench/adapt.py " + " ".join(sys.argv[1:]) + "`",
+        "Command: `" + (f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} " if os.environ.get("OMP_NUM_THREADS") else "")
+        + "python bench/adapt.py " + " ".join(sys.argv[1:]) + "`",
         "",
         "Source (labelled): AG News `train.csv` (5,000) and `val.csv` (600), full `text` (title + description). "
         "Target (unlabeled): the `title` column of `test.csv` alone (2,000 headlines); its labels are used only to "
