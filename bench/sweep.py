@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import sys
 import time
 from datetime import datetime, timezone
@@ -67,8 +68,9 @@ def main() -> int:
         "",
         f"- Date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
         f"- Machine: {hw.get('cpu')}, {hw.get('cpu_count')} CPU threads, torch {hw.get('torch')}, no GPU; "
-        "the CPU was shared with other jobs, so times are inflated and only comparable within this table.",
-        "- Command: `flock /tmp/loraclf-cpu.lock python bench/sweep.py` (which runs "
+        "run times depend on what else the machine ran and are only comparable within this table.",
+        "- Command: `" + (f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} " if os.environ.get("OMP_NUM_THREADS") else "")
+        + " ".join(["python", "bench/sweep.py", *sys.argv[1:]]) + "` (which runs "
         "`loraclf sweep configs/sweep_agnews_minilm.yaml`, then scores two run folders on the test split with "
         "`loraclf.predict.evaluate_file`)",
         f"- Sweep file: `configs/sweep_agnews_minilm.yaml`: base `configs/agnews_minilm.yaml`, 200 optimizer steps of "
