@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import resource
+import shlex
 import statistics
 import subprocess
 import sys
@@ -194,7 +195,7 @@ def run_loraclf(name: str, args, extra: list[str]) -> dict:
             left -= 1
     return {"train_s": m["train_runtime_s"], "val": m["val"]["accuracy"], "test": m["test"]["accuracy"],
             "evals": evals, "trainable": m["trainable_params"], "steps": m["global_step"], "real_tokens": real,
-            "padded_tokens": padded, "precision": m["precision"]}
+            "padded_tokens": padded, "precision": "fp32" if m["precision"] == "no" else m["precision"]}
 
 
 LEVERS = {  # loraclf overrides, one lever switched off or on at a time against the defaults
@@ -330,7 +331,7 @@ def write_table(args, rows: list, floor: dict, started: float, final: bool) -> N
         "# Training speed: loraclf against the stock Trainer + PEFT recipe, MiniLM-L6 on AG News",
         "",
         f"- {'Final' if final else '**Partial** (still running or interrupted)'} results of `python bench/train_speed.py"
-        f"{' ' + ' '.join(args.argv) if args.argv else ''}`, "
+        f"{' ' + shlex.join(args.argv) if args.argv else ''}`, "
         f"{datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}, {(time.time() - started) / 60:.0f} min.",
         f"- Machine: {cpu_name()}, {os.cpu_count()} CPU threads, no GPU; torch {torch.__version__}, "
         f"Python {platform.python_version()}. CPU time used by other processes while a contender ran (from "
@@ -386,7 +387,8 @@ def write_table(args, rows: list, floor: dict, started: float, final: bool) -> N
                          f"{r['val']:.2%} | {r['test']:.2%} |")
     lines.append("")
     atomic_write_text(args.out, "\n".join(lines))
-    atomic_write_text(args.out.with_suffix(".jsonl"), "".join(json.dumps(r) + "\n" for r in rows))
+    atomic_write_text(args.out.with_suffix(".jsonl"),
+                      "".join(json.dumps(r) + "\n" for r in [{"floor": floor, "started": started}] + rows))
 
 
 def main() -> int:
@@ -399,6 +401,8 @@ def main() -> int:
     p.add_argument("--epochs", type=float, help="override the epochs of the tuned contenders (script checks only)")
     p.add_argument("--lever-epochs", type=float, default=1.0, help="epochs of each lever run (its throughput is compared)")
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run recorded in OUT's .jsonl: its floor and start time, skipping finished runs")
     p.add_argument("--work", type=Path, default=Path("/tmp/loraclf-bench-train-speed"))
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "train_speed.md")
     p.add_argument("--child", help=argparse.SUPPRESS)
@@ -420,19 +424,26 @@ def main() -> int:
     for model in models:
         args.model = model
         out = args.out if model == models[0] else args.out.with_name(args.out.stem + "_large.md")
-        floor = {"matmul_fp32": matmul_rate(torch.float32), "matmul_bf16": matmul_rate(torch.bfloat16),
-                 "length": 56, "flops_per_token": flops_per_token(model, 56)}
+        recorded = out.with_suffix(".jsonl")
+        if args.resume and recorded.exists():
+            head, *rows = [json.loads(line) for line in recorded.read_text().splitlines()]
+            floor, started = head["floor"], head["started"]
+        else:
+            floor = {"matmul_fp32": matmul_rate(torch.float32), "matmul_bf16": matmul_rate(torch.bfloat16),
+                     "length": 56, "flops_per_token": flops_per_token(model, 56)}
+            rows = []
         print(json.dumps(floor), flush=True)
-        rows: list = []
+        done = {(r["contender"], r["rep"], r["lever"]) for r in rows}
         o = argparse.Namespace(**{**vars(args), "out": out})
         # the seed recipe runs after the first repetition, so that an interrupted run still has every contender
-        for rep in range(args.reps):
-            for name in ("stock-fp32", "stock-bf16", "loraclf") + (("seed",) if rep == 0 and not args.no_seed else ()):
-                rows.append(run_child(name, args, rep))
-                print(json.dumps({k: rows[-1][k] for k in ("contender", "rep", "train_s", "val", "test")}), flush=True)
-                write_table(o, rows, floor, started, final=False)
-        for lever in (args.levers if args.levers is not None else []) or []:
-            rows.append(run_child("loraclf", args, 0, lever=lever))
+        plan = [(name, rep, "") for rep in range(args.reps)
+                for name in ("stock-fp32", "stock-bf16", "loraclf") + (("seed",) if rep == 0 and not args.no_seed else ())]
+        plan += [("loraclf", 0, lever) for lever in args.levers or []]
+        for name, rep, lever in plan:
+            if (name, rep, lever) in done:
+                continue
+            rows.append(run_child(name, args, rep, lever=lever))
+            print(json.dumps({k: rows[-1][k] for k in ("contender", "rep", "lever", "train_s", "val", "test")}), flush=True)
             write_table(o, rows, floor, started, final=False)
         write_table(o, rows, floor, started, final=True)
         print(out.read_text())
