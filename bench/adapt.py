@@ -65,7 +65,7 @@ def write_table(args, per_seed: list, started: float, final: bool) -> None:
         "# Self-training on an unlabeled, shifted target domain",
         "",
         f"Date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; commit {commit}; machine: {hw['cpu']}, "
-        f"{hw['cpu_count']} CPUs shared with other jobs, torch {hw['torch']}, {platform.python_version()}; "
+        f"{hw['cpu_count']} CPUs, torch {hw['torch']}, {platform.python_version()}; "
         f"total wall time {total / 60:.1f} min.",
         "",
         "Command: `" + (f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} " if os.environ.get("OMP_NUM_THREADS") else "")

@@ -118,7 +118,7 @@ def write(args, runs: list[dict], total: float) -> None:
         "# EDA augmentation on AG News (packaged MiniLM-L6)",
         "",
         f"Date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; commit {commit} (plus uncommitted work "
-        f"of parallel engineers); machine: {hw['cpu']}, {hw['cpu_count']} CPUs shared with other jobs, torch "
+        f"of parallel engineers); machine: {hw['cpu']}, {hw['cpu_count']} CPUs, torch "
         f"{hw['torch']}, Python {platform.python_version()}, precision {runs[0]['precision']}; total wall time "
         f"{total / 60:.1f} min.",
         "",

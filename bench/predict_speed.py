@@ -157,7 +157,7 @@ def main() -> None:
         f"- Date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}, commit {commit}",
         f"- Machine: {cpu_name()}, {torch.get_num_threads()} torch threads, native CPU bf16: {bf16}; "
         f"torch {torch.__version__}, transformers {transformers.__version__}, Python {platform.python_version()}",
-        "- Machine load: shared with other jobs; heavy jobs serialised by `flock /tmp/loraclf-cpu.lock`.",
+        "- Machine load: this script does not control it; what else ran is stated by hand below when it matters.",
         f"- Model: packaged MiniLM-L6 (BERT, 6 layers, hidden 384), LoRA trained {args.train_steps} steps"
         f"{f' (run {run})' if args.run else f' ({train_s:.0f} s)'}, merged and exported with `loraclf export` (fp32). "
         f"Every contender uses that exported folder.",

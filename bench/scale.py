@@ -137,8 +137,8 @@ def render(results: list[dict], args, commands: str) -> str:
     lines = [
         "# Large training files: tokenization cache and training peak memory",
         "",
-        f"Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC. Machine: {platform.machine()}, {os.cpu_count()} cores "
-        f"(shared with other jobs), Python {platform.python_version()}.",
+        f"Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC. Machine: {platform.machine()}, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}.",
         "",
         f"Command: `{commands}`",
         "",
