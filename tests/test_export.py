@@ -194,6 +194,14 @@ def test_onnx_graph_runs_at_other_batch_and_sequence_sizes(tiny_export, small_ag
 # ------------------------------------------------------------------------------------------ predict input formats
 
 
+def test_predict_txt_ids_are_line_numbers_when_lines_are_blank(tiny_run, small_ag, tmp_path):
+    texts = pd.read_csv(small_ag["test"])["text"].head(3).tolist()
+    (tmp_path / "in.txt").write_text(f"{texts[0]}\n\n{texts[1]}\n   \n{texts[2]}\n")
+    assert main(["predict", str(tiny_run), "--input", str(tmp_path / "in.txt"), "--output",
+                 str(tmp_path / "out.csv"), "--quiet"]) == 0
+    assert pd.read_csv(tmp_path / "out.csv")["ID"].tolist() == [0, 2, 4]
+
+
 def test_predict_reads_every_input_format_and_writes_both_output_formats(tiny_run, small_ag, tmp_path, capsys):
     df = pd.read_csv(small_ag["test"])[["text"]].head(12)
     df.to_json(tmp_path / "in.jsonl", orient="records", lines=True)

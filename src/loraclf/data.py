@@ -761,6 +761,10 @@ def read_texts(path: str | Path, cfg: DataConfig, allow_pickle: Optional[bool] =
     if cfg.id_column and cfg.id_column not in df.columns:
         raise DataError(f"{path} has no ID column '{cfg.id_column}'; columns are: {', '.join(df.columns)}")
     ids = df[id_col].tolist() if id_col else None
+    if ids is None and Path(path).suffix.lower() == ".txt":
+        # read_table skips blank lines; the IDs stay the (0-based) line numbers, so an ID always points at its line
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        ids = [i for i, line in enumerate(lines) if line.strip()]
     return texts, ids, df
 
 
