@@ -83,6 +83,18 @@ def make_tiny_model(folder: Path, tokenizer_src: Path, model_type: str = "bert")
 
 
 @pytest.fixture(scope="session")
+def no_dropout_bert(tmp_path_factory, minilm_path) -> Path:
+    """A tiny BERT with dropout off, so one process and two processes compute the same thing up to float rounding."""
+    import json
+
+    folder = make_tiny_model(tmp_path_factory.mktemp("no_dropout") / "bert", minilm_path, "bert")
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    (folder / "config.json").write_text(json.dumps(cfg))
+    return folder
+
+
+@pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory, minilm_path) -> Path:
     """A tiny random BERT (2 layers, hidden 32) with the real MiniLM WordPiece tokenizer."""
     return make_tiny_model(tmp_path_factory.mktemp("tiny") / "bert", minilm_path, "bert")

@@ -10,18 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import make_tiny_model
 from loraclf import runs
-
-
-@pytest.fixture(scope="module")
-def no_dropout_bert(tmp_path_factory, minilm_path) -> Path:
-    """Dropout off, so one process and two processes compute the same thing up to float rounding."""
-    folder = make_tiny_model(tmp_path_factory.mktemp("mp") / "bert", minilm_path, "bert")
-    cfg = json.loads((folder / "config.json").read_text())
-    cfg.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    (folder / "config.json").write_text(json.dumps(cfg))
-    return folder
 
 
 def _train(args: list[str], cwd: Path) -> subprocess.CompletedProcess:

@@ -15,7 +15,6 @@ import pandas as pd
 import pytest
 
 import loraclf.data as data
-from conftest import make_tiny_model
 from loraclf import runs
 from loraclf.config import load_config
 from loraclf.errors import ConfigError, DataError
@@ -275,16 +274,6 @@ def test_an_unknown_label_after_a_checkpoint_keeps_the_run_to_resume(tiny_overri
 
 
 # ------------------------------------------------------------------------------------------ two processes
-
-
-@pytest.fixture(scope="module")
-def no_dropout_bert(tmp_path_factory, minilm_path) -> Path:
-    """Dropout off, so one process and two processes compute the same thing up to float rounding."""
-    folder = make_tiny_model(tmp_path_factory.mktemp("stream_mp") / "bert", minilm_path, "bert")
-    cfg = json.loads((folder / "config.json").read_text())
-    cfg.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    (folder / "config.json").write_text(json.dumps(cfg))
-    return folder
 
 
 @pytest.mark.slow

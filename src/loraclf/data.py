@@ -43,13 +43,17 @@ ARROW_BUILDERS = {"csv": "csv", "tsv": "csv", "jsonl": "json", "parquet": "parqu
 # ------------------------------------------------------------------------------------------ reading files
 
 
-def read_table(path: str | Path, allow_pickle: bool = False, max_file_mb: float = 2048.0) -> pd.DataFrame:
-    """Read one data file into a DataFrame, with one-line errors for everything a user can get wrong."""
-    p = Path(path)
+def _check_file(p: Path) -> None:
     if not p.exists():
         raise DataError(f"data file not found: {p} (check the path; a relative path is read from {Path.cwd()})")
     if p.is_dir():
         raise DataError(f"{p} is a folder; give a data file (.csv, .tsv, .json, .jsonl, .parquet)")
+
+
+def read_table(path: str | Path, allow_pickle: bool = False, max_file_mb: float = 2048.0) -> pd.DataFrame:
+    """Read one data file into a DataFrame, with one-line errors for everything a user can get wrong."""
+    p = Path(path)
+    _check_file(p)
     kind = READERS.get(p.suffix.lower())
     if kind is None:
         raise DataError(
@@ -545,10 +549,7 @@ def _open_stream(path, cfg: DataConfig):
     import datasets
 
     p = Path(path)
-    if not p.exists():
-        raise DataError(f"data file not found: {p} (check the path; a relative path is read from {Path.cwd()})")
-    if p.is_dir():
-        raise DataError(f"{p} is a folder; give a data file (.csv, .tsv, .json, .jsonl, .parquet)")
+    _check_file(p)
     kind = READERS.get(p.suffix.lower())
     if kind not in STREAM_BUILDERS:
         raise DataError(f"data.streaming=true streams .csv .tsv .json .jsonl .parquet files, not '{p.suffix or p.name}' "
