@@ -193,12 +193,12 @@ def cmd_train(args) -> int:
         if not saved.is_file():
             raise RunError(f"cannot resume: {saved} not found; {args.resume} is not a loraclf run folder "
                            f"(give the folder that `loraclf train` printed)")
-        from .config import _parse_override, _set_path, read_yaml
+        from .config import parse_override, set_path, read_yaml
 
         data = read_yaml(saved)
         for o in overrides:
-            keys, value = _parse_override(o)
-            _set_path(data, keys, value)
+            keys, value = parse_override(o)
+            set_path(data, keys, value)
         cfg = from_dict(data)
     else:
         cfg = load_config(config, overrides)

@@ -2,7 +2,7 @@
 
 A YAML file and `key=value` overrides state only differences from these defaults. Unknown keys, wrong
 types and out-of-range values are all collected and reported together, before any model is loaded.
-The `help` metadata of each field is the documentation shown by `loraclf config --help-keys`.
+The `help` metadata of each field is the documentation shown by `loraclf config --keys`.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ class DataConfig:
     max_text_chars: int = _f(100_000, "Texts longer than this are cut to this many characters before tokenizing.", ge=1)
     max_labels: int = _f(1000, "Refuse label columns with more distinct values than this.", ge=2)
     group_by_length: bool = _f(True, "Batch training texts of similar length together, which cuts padding.")
-    num_proc: Optional[int] = _f(None, "Processes used for tokenization; default: one per CPU core for large data.", ge=1)
+    num_proc: Optional[int] = _f(None, "Processes used for tokenization; default: one per CPU core, at most 8, for 50,000 rows or more (else one).", ge=1)
     cache_dir: Optional[str] = _f(None, "Where tokenized Arrow caches are kept; default ~/.cache/loraclf.")
     streaming: bool = _f(
         False,
@@ -159,7 +159,7 @@ class OutputConfig:
     save_total_limit: int = _f(2, "Checkpoints kept besides the best one.", ge=1)
     save_steps: Optional[int] = _f(None, "Checkpoint every this many steps (default: at every evaluation).", ge=1)
     report: bool = _f(True, "Write the HTML report and plots at the end of training.")
-    mlflow_tracking_uri: Optional[str] = _f(None, "MLflow tracking URI (default: a file store in the run folder).")
+    mlflow_tracking_uri: Optional[str] = _f(None, "MLflow tracking URI (default: a SQLite store, mlflow.db, in the run folder).")
 
 
 @dataclass
@@ -328,7 +328,7 @@ def _build(cls, data: dict, prefix: str, problems: list[str]):
     return cls(**kwargs)
 
 
-def _parse_override(text: str) -> tuple[list[str], Any]:
+def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise ConfigError([f"override '{text}' must look like section.key=value (e.g. train.learning_rate=3e-4)"])
     key, raw = text.split("=", 1)
@@ -339,7 +339,7 @@ def _parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
-def _set_path(tree: dict, path: list[str], value) -> None:
+def set_path(tree: dict, path: list[str], value) -> None:
     node = tree
     for part in path[:-1]:
         nxt = node.get(part)
@@ -382,21 +382,21 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     problems: list[str] = []
     for text in overrides or []:
         try:
-            keys, value = _parse_override(text)
+            keys, value = parse_override(text)
         except ConfigError as e:
             problems += e.problems
             continue
-        _set_path(data, keys, value)
+        set_path(data, keys, value)
     if problems:
         raise ConfigError(problems)
-    _resolve_paths(data, Path(path).resolve().parent if path else None)
+    resolve_paths(data, Path(path).resolve().parent if path else None)
     return from_dict(data)
 
 
 _PATH_KEYS = ("train", "validation", "test", "unlabeled", "target_eval")
 
 
-def _resolve_paths(data: dict, base: Optional[Path]) -> None:
+def resolve_paths(data: dict, base: Optional[Path]) -> None:
     """Relative data paths (and a local model folder) become absolute: relative to the current folder if they
     exist there, else to the YAML file's folder (base). The run's config.yaml then names the exact files used,
     and --resume works from any folder."""

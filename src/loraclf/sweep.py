@@ -31,7 +31,7 @@ from typing import Any, Optional
 import yaml
 
 from . import runs
-from .config import Config, _resolve_paths, _set_path, diff_from_defaults, flatten, from_dict, read_yaml
+from .config import Config, resolve_paths, set_path, diff_from_defaults, flatten, from_dict, read_yaml
 from .errors import BudgetError, ConfigError, LoraclfError, did_you_mean
 
 SUMMARY = "sweep_summary.csv"
@@ -206,7 +206,7 @@ def load_sweep(path: str | Path, study: Optional[str] = None) -> SweepSpec:
             bp = path.parent / bp
         try:
             base_data = read_yaml(bp)
-            _resolve_paths(base_data, bp.resolve().parent)
+            resolve_paths(base_data, bp.resolve().parent)
         except ConfigError as e:
             problems += [f"'base': {p}" for p in e.problems]
     overrides = raw.get("overrides") or {}
@@ -215,10 +215,10 @@ def load_sweep(path: str | Path, study: Optional[str] = None) -> SweepSpec:
         overrides = {}
     over_tree: dict = {}
     for k, v in flatten(overrides).items():
-        _set_path(over_tree, k.split("."), v)
-    _resolve_paths(over_tree, path.resolve().parent)
+        set_path(over_tree, k.split("."), v)
+    resolve_paths(over_tree, path.resolve().parent)
     for k, v in flatten(over_tree).items():
-        _set_path(base_data, k.split("."), v)
+        set_path(base_data, k.split("."), v)
     known_keys = set(flatten(Config().to_dict()))
     known_keys.add("track")
     base_ok = True
@@ -261,7 +261,7 @@ def load_sweep(path: str | Path, study: Optional[str] = None) -> SweepSpec:
             ends = p.choices if p.type == "categorical" else [p.low, p.high]
             for v in ends:
                 d = copy.deepcopy(base_data)
-                _set_path(d, p.key.split("."), v)
+                set_path(d, p.key.split("."), v)
                 try:
                     from_dict(d)
                 except ConfigError as e:
@@ -320,11 +320,11 @@ def trial_config(spec: SweepSpec, params: dict, run_name: Optional[str] = None) 
     """The training config of one trial: base + overrides + the trial's params."""
     data = copy.deepcopy(spec.base_data)
     for k, v in params.items():
-        _set_path(data, k.split("."), v)
-    _set_path(data, ["eval", "metric_for_best_model"], spec.metric)
+        set_path(data, k.split("."), v)
+    set_path(data, ["eval", "metric_for_best_model"], spec.metric)
     if run_name is not None:
-        _set_path(data, ["output", "dir"], str(spec.output))
-        _set_path(data, ["output", "run_name"], run_name)
+        set_path(data, ["output", "dir"], str(spec.output))
+        set_path(data, ["output", "run_name"], run_name)
     return from_dict(data)
 
 

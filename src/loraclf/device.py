@@ -1,0 +1,92 @@
+"""Hardware facts and the one precision vocabulary, shared by train, predict, serve and adapt.
+
+A precision is one of `auto`, `fp32`, `bf16`, `fp16` everywhere (config keys and CLI flags). `resolve()` turns
+`auto` into what this machine runs natively; `accelerate_name()` gives Accelerate's spelling (no/bf16/fp16).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+
+import torch
+
+from .errors import ConfigError
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def bf16_supported() -> bool:
+    """bf16 computed natively: CUDA with bf16, or a CPU with AVX512-BF16/AMX (oneDNN's own check)."""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except Exception:
+        return False
+
+
+def has_other_accelerator() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    xpu = getattr(torch, "xpu", None)
+    return bool((mps and mps.is_available()) or (xpu and xpu.is_available()))
+
+
+def on_cpu_only() -> bool:
+    return not (torch.cuda.is_available() or has_other_accelerator())
+
+
+def check(precision: str, where: str = "precision") -> str:
+    """The precision itself, or a ConfigError naming the choices."""
+    if precision not in PRECISIONS:
+        raise ConfigError([f"'{where}' must be one of {', '.join(PRECISIONS)}, got '{precision}'"])
+    return precision
+
+
+def resolve(precision: str, where: str = "precision") -> str:
+    """fp32, bf16 or fp16: 'auto' is bf16 where the hardware computes it natively, else fp32."""
+    check(precision, where)
+    if precision == "auto":
+        return "bf16" if bf16_supported() else "fp32"
+    return precision
+
+
+def accelerate_name(precision: str) -> str:
+    """Accelerate's mixed_precision name for a resolved precision."""
+    return "no" if precision == "fp32" else precision
+
+
+def cpu_name() -> str:
+    """The CPU's model name (from /proc/cpuinfo where there is one)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def hardware() -> dict:
+    """What a run's metrics.json records about the machine."""
+    info = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu": cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "cuda": torch.cuda.is_available(),
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+        info["gpu_count"] = torch.cuda.device_count()
+    try:
+        import psutil
+
+        info["memory_gb"] = round(psutil.virtual_memory().total / 2**30, 1)
+    except ImportError:
+        pass
+    return info
