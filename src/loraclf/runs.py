@@ -39,6 +39,37 @@ CHECKPOINTS = "checkpoints"
 REPORT = "report"
 COMPLETE = "COMPLETE"  # written last into a checkpoint folder; its absence marks a torn checkpoint
 ROUNDS = "rounds"
+TRACKING = "tracking.json"  # where the trackers wrote: MLflow tracking URI + run id, TensorBoard folder
+TENSORBOARD = "tensorboard"
+ADAPT = "adapt.json"  # self-training: the rounds and their pseudo-label counts
+PSEUDO_LABELS = "pseudo_labels.csv"
+SWEEP_TRIAL = "sweep_trial.json"  # in each sweep trial's run folder: study, trial number, params, state
+
+# inside checkpoints/step-N/
+CKPT_WEIGHTS = "trainable.safetensors"
+CKPT_OPTIMIZER = "optimizer.pt"
+CKPT_SCHEDULER = "scheduler.pt"
+CKPT_RNG = "rng.pt"
+CKPT_STATE = "state.json"
+
+# inside report/
+REPORT_HTML = "report.html"
+CURVES_PNG = "curves.png"
+CONFUSION_PNG = "confusion.png"
+
+# `loraclf compare` output folder
+COMPARE_MD = "compare.md"
+COMPARE_CSV = "compare.csv"
+
+# an export folder (a plain transformers model folder)
+EXPORT_INFO = "loraclf_export.json"  # how the folder was made; serve/predict read max_length from it
+ONNX_FILE = "model.onnx"
+HF_CONFIG = "config.json"
+
+# a sweep's output folder
+SWEEP_SUMMARY = "sweep_summary.csv"
+SWEEP_BEST = "best.yaml"
+SWEEP_PLOTS = "plots"
 
 
 # ------------------------------------------------------------------------------------------ atomic writes
