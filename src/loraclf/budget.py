@@ -13,8 +13,15 @@ import re
 import warnings
 from typing import Callable, Optional
 
+from . import data as data_mod
+from . import logs
+from . import methods
+from . import model as model_mod
+from .architectures import resolve_targets
 from .config import Config
 from .errors import BudgetError, LoraclfError, ModelError
+
+logger = logs.get(__name__)
 
 # Published shapes of a few well-known hub models, used only when their config.json is neither reachable nor in the
 # local Hugging Face cache, so that `loraclf budget` answers offline (and without the hub client's ~25 s of retries).
@@ -71,8 +78,6 @@ def model_shape(cfg: Config, num_labels: int) -> _Shape:
     """The model config for cfg.model with num_labels, from config.json, else from the built-in table above."""
     import transformers
 
-    from . import model as model_mod
-
     transformers.logging.set_verbosity_error()  # not quiet_transformers(): it imports datasets, a second of startup
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
     id2label = {i: f"LABEL_{i}" for i in range(num_labels)}
@@ -119,8 +124,6 @@ class _Counter:
         self.models: dict[int, object] = {}
 
     def build(self, r):
-        from . import model as model_mod
-
         cfg = dataclasses.replace(self.cfg, adapter=dataclasses.replace(self.cfg.adapter, r=r))
         # PiSSA-style inits need real weights; methods.py uses the plain init on meta, which has the same shapes
         return model_mod.attach_adapter(copy.deepcopy(self.base), cfg)
@@ -129,7 +132,7 @@ class _Counter:
         if r not in self.cache:
             model = self.build(r)
             self.models[r] = model
-            self.cache[r] = sum(p.numel() for p in model.parameters() if p.requires_grad)
+            self.cache[r] = trainable_count(model)
         return self.cache[r]
 
     def model(self, r: int):
@@ -170,9 +173,7 @@ def _r_max(mc) -> int:
 
 
 def _rankless(cfg: Config) -> bool:
-    from . import methods
-
-    return cfg.adapter.method in getattr(methods, "RANKLESS", ())
+    return cfg.adapter.method in methods.RANKLESS
 
 
 def count_trainable(cfg: Config, num_labels: int) -> int:
@@ -185,13 +186,14 @@ def count_trainable(cfg: Config, num_labels: int) -> int:
 # ------------------------------------------------------------------------------------------ enforcement
 
 
-def enforce(cfg: Config, num_labels: int, log=print) -> Config:
+def enforce(cfg: Config, num_labels: int, log=None) -> Config:
     """Resolve adapter.r=auto to the largest rank under budget.max_trainable_params, and refuse an adapter over it.
 
     Called by train before any weights are loaded; returns cfg with an integer adapter.r.
     """
     cap = cfg.budget.max_trainable_params
     r = cfg.adapter.r
+    log = logs.sink(log, logger)
     if cap is None:
         return cfg
     if r == "auto" and _rankless(cfg):
@@ -235,6 +237,54 @@ def _no_rank_fits(n1: int, cap: int, what: str, lead: bool = True) -> str:
             f"or raise the cap")
 
 
+# ------------------------------------------------------------------------------------------ the one count
+
+
+def trainable_count(model) -> int:
+    """The one trainable-parameter count: every parameter that gets a gradient."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def param_breakdown(model) -> dict:
+    """Trainable parameters split into adapter, head and other, with the model total."""
+    adapter = head = other = 0
+    total = 0
+    by_group: dict[str, int] = {}
+    for name, p in model.named_parameters():
+        total += p.numel()
+        if not p.requires_grad:
+            continue
+        n = p.numel()
+        if "modules_to_save" in name:
+            head += n
+            group = "head." + name.split(".modules_to_save.default.")[-1]
+        elif any(tag in name for tag in ("lora_", "ia3_", "vera_", "hada_", "lokr_")):
+            adapter += n
+            parts = [x for x in name.split(".") if x != "default"]
+            group = "adapter." + ".".join(parts[-3:-1])  # e.g. adapter.query.lora_A
+        else:
+            other += n
+            group = "other." + name
+        by_group[group] = by_group.get(group, 0) + n
+    trainable = adapter + head + other
+    assert trainable == trainable_count(model), (trainable, trainable_count(model))
+    return {
+        "trainable": trainable,
+        "adapter": adapter,
+        "head": head,
+        "other": other,
+        "total": total,
+        "percent": round(100.0 * trainable / total, 4) if total else 0.0,
+        "groups": by_group,
+    }
+
+
+def format_breakdown(b: dict) -> str:
+    return (f"trainable params: {b['trainable']:,} ({b['percent']:.4f}% of {b['total']:,}): "
+            f"adapter {b['adapter']:,}, head {b['head']:,}" + (f", other {b['other']:,}" if b["other"] else ""))
+
+
+
 # ------------------------------------------------------------------------------------------ the report
 
 
@@ -246,8 +296,6 @@ def resolve_num_labels(cfg: Config, num_labels: Optional[int] = None) -> tuple[i
         return num_labels, "--num-labels"
     if cfg.data.label_names:
         return len(cfg.data.label_names), "data.label_names"
-    from . import data as data_mod
-
     try:
         splits = data_mod.load_splits(cfg.data, log=lambda m: None)
     except LoraclfError as e:
@@ -322,7 +370,7 @@ def breakdown(model, head_modules: list[str], head_lora: Optional[str]) -> dict:
     other_rows = [{"param": k, **v} for k, v in other.items()]
     added = sum(r["params"] for r in adapter_rows) + sum(r["params"] for r in head_rows if r["param"] != "weights")
     trainable = sum(r["trainable"] for r in adapter_rows + head_rows + other_rows)
-    exact = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    exact = trainable_count(model)
     assert trainable == exact, (trainable, exact)  # every trainable parameter is in exactly one row
     return {
         "adapter_rows": adapter_rows, "head_rows": head_rows, "other_rows": other_rows,
@@ -339,8 +387,6 @@ def breakdown(model, head_modules: list[str], head_lora: Optional[str]) -> dict:
 def budget_report(cfg: Config, num_labels: Optional[int] = None) -> dict:
     """Everything `loraclf budget` prints: the exact trainable breakdown of the model train would build, the cap,
     and the largest rank under it. Reads no weights (the model is built on the meta device)."""
-    from . import model as model_mod
-
     n_labels, labels_from = resolve_num_labels(cfg, num_labels)
     resolved = None
     cap = cfg.budget.max_trainable_params
@@ -372,7 +418,7 @@ def budget_report(cfg: Config, num_labels: Optional[int] = None) -> dict:
         "num_labels": n_labels, "num_labels_from": labels_from,
         "method": cfg.adapter.method, "r": r, "r_auto": resolved is not None,
         "target_modules": cfg.adapter.target_modules,
-        "resolved_targets": model_mod.resolve_targets(counter.base, mc.model_type, cfg.adapter.target_modules),
+        "resolved_targets": resolve_targets(counter.base, mc.model_type, cfg.adapter.target_modules),
         "layers_to_transform": cfg.adapter.layers_to_transform, "head": cfg.adapter.head,
         **b,
         "max_trainable_params": cap,

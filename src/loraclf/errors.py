@@ -39,3 +39,8 @@ def did_you_mean(word: str, choices) -> str:
     """' (did you mean 'x'?)' when a close match exists, else ''."""
     match = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
     return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message, or its type name when it has none."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]

@@ -1,15 +1,19 @@
-"""PEFT methods beyond plain LoRA: one PEFT config per `adapter.method`, and the hooks some methods need.
+"""PEFT methods beyond plain LoRA: one PEFT config per `adapter.method`, and the extra steps some methods need.
 
-Every method is PEFT's own implementation; this module only maps loraclf's config onto PEFT's config classes
-and attaches what the training loop and the saver look for on the model:
+Every method is PEFT's own implementation; this module only maps loraclf's config onto PEFT's config classes and
+returns a `MethodHooks` object holding a method's extra steps, which the training loop and the saver call:
 
-- AdaLoRA: `loraclf_set_total_steps(n)` (its rank budget is scheduled over all steps), `loraclf_after_step(step)`
-  (PEFT's `update_and_allocate`, called after `optimizer.step()` and before `zero_grad`), `loraclf_regularizer()`
-  (its orthogonality penalty), `loraclf_after_resume(step)` (restore the final rank pattern from a checkpoint),
-  `loraclf_finalize()` (apply the final rank mask to restored best weights) and
-  `loraclf_final_report()` (the final rank allocation, written to metrics.json as "adapter_report").
-- PiSSA: the initial adapter is kept so that saving converts the PiSSA adapter into a plain LoRA adapter for the
-  *original* base weights (PiSSA changes the base weights it starts from); stock PEFT can then reload it.
+- AdaLoRA: `set_total_steps(n)` (its rank budget is scheduled over all steps), `after_step(step)` (PEFT's
+  `update_and_allocate`, called after `optimizer.step()` and before `zero_grad`), `regularizer()` (its
+  orthogonality penalty), `after_resume(step)` (restore the final rank pattern from a checkpoint), `finalize()`
+  (apply the final rank mask to restored best weights) and `final_report()` (the final rank allocation, written to
+  metrics.json as "adapter_report").
+- PiSSA: `pissa_initial` keeps the initial adapter so that saving converts the PiSSA adapter into a plain LoRA
+  adapter for the *original* base weights (PiSSA changes the base weights it starts from); stock PEFT reloads it.
+- head=lora: `head_lora` names the adapted head layer, which saving folds into one plain trained layer.
+
+`hooks_of(model)` gives the hooks a model was built with (a weak mapping, so a model carries no extra attributes
+and callers that only hold the model, such as `model.save_adapter(model, tokenizer, out_dir)`, still save right).
 """
 
 from __future__ import annotations
@@ -18,11 +22,14 @@ import contextlib
 import re
 import tempfile
 import warnings
+import weakref
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
+from .architectures import FAMILIES, num_layers
 from .config import AdapterConfig, Config
 from .errors import ModelError
 
@@ -54,8 +61,6 @@ def adalora_schedule(ad: AdapterConfig, total_steps: int) -> tuple[int, int]:
 def _layers(cfg: Config, model) -> Optional[list[int]]:
     if not cfg.adapter.layers_to_transform:
         return None
-    from .model import num_layers
-
     n = num_layers(model.config)
     k = min(cfg.adapter.layers_to_transform, n)
     return list(range(n - k, n))
@@ -119,8 +124,6 @@ def peft_config_for(cfg: Config, model, targets: list[str], modules_to_save: Opt
                           decompose_both=ad.lokr_decompose_both, decompose_factor=ad.lokr_decompose_factor,
                           layers_to_transform=layers, **common)
     # ia3: the FFN's second projection is scaled on its input (as in the paper and PEFT's defaults), the rest on output
-    from .model import FAMILIES
-
     fam = FAMILIES.get(model.config.model_type)
     ff = [t for t in targets if fam is not None and t in fam.ffn[1:]]
     if layers is None:
@@ -130,38 +133,68 @@ def peft_config_for(cfg: Config, model, targets: list[str], modules_to_save: Opt
     return IA3Config(feedforward_modules=_layer_regex(ff, layers) if ff else [], **common)
 
 
-def attach(model, cfg: Config, total_steps: Optional[int] = None) -> None:
-    """Give a freshly wrapped PeftModel the hooks its method needs (see the module docstring)."""
+def _noop(*_args) -> None:
+    return None
+
+
+@dataclass
+class MethodHooks:
+    """A method's extra steps around PEFT's own training; every default does nothing."""
+
+    set_total_steps: Callable[[int], None] = _noop
+    after_step: Callable[[int], None] = _noop  # after optimizer.step(), before zero_grad (it reads the gradients)
+    regularizer: Optional[Callable[[], torch.Tensor]] = None  # a term added to the loss
+    after_resume: Callable[[int], None] = _noop
+    finalize: Callable[[], None] = _noop  # after the best weights are restored, before saving
+    final_report: Optional[Callable[[], dict]] = None  # metrics.json "adapter_report"
+    pissa_initial: Optional[tempfile.TemporaryDirectory] = None  # PiSSA's initial adapter, for the saved conversion
+    head_lora: Optional[str] = None  # head=lora: the adapted head layer, folded when saving
+
+
+_HOOKS: "weakref.WeakKeyDictionary[torch.nn.Module, MethodHooks]" = weakref.WeakKeyDictionary()
+
+
+def hooks_of(model) -> MethodHooks:
+    """The hooks `attach` returned for this model (no-op hooks for a model it did not build)."""
+    return _HOOKS.get(model) or MethodHooks()
+
+
+def attach(model, cfg: Config, total_steps: Optional[int] = None, head_lora: Optional[str] = None) -> MethodHooks:
+    """The extra steps a freshly wrapped PeftModel's method needs (see the module docstring)."""
     if cfg.adapter.method == "adalora":
         # ranknum is a constant PEFT keeps as a frozen Parameter; accelerate's init_empty_weights re-registers it as
         # trainable, which would make a meta-device parameter count one too high per adapted module
         for n, p in model.named_parameters():
             if ".ranknum." in n:
                 p.requires_grad_(False)
-    if _on_meta(model):
-        return
-    if cfg.adapter.method == "adalora":
-        _attach_adalora(model, cfg.adapter)
-        if total_steps:
-            model.loraclf_set_total_steps(total_steps)
-    elif cfg.adapter.method == "pissa":
-        _keep_pissa_initial(model)
+    hooks = MethodHooks(head_lora=head_lora)
+    if not _on_meta(model):
+        if cfg.adapter.method == "adalora":
+            hooks = _adalora_hooks(model, cfg.adapter, head_lora)
+            if total_steps:
+                hooks.set_total_steps(total_steps)
+        elif cfg.adapter.method == "pissa":
+            hooks.pissa_initial = _keep_pissa_initial(model)
+    _HOOKS[model] = hooks
+    return hooks
 
 
 # ------------------------------------------------------------------------------------------ AdaLoRA
 
 
-def _attach_adalora(model, ad: AdapterConfig) -> None:
-    tuner = model.base_model  # peft.tuners.AdaLoraModel
+def _adalora_hooks(model, ad: AdapterConfig, head_lora: Optional[str]) -> MethodHooks:
+    # the hooks reach the model through a weak reference: hooks_of() maps model -> hooks weakly, and a strong one
+    # here would keep every model of a sweep alive
+    ref = weakref.ref(model)
     name = model.active_adapter
     pairs = [(n, p) for n, p in model.named_parameters()
              if ("lora_A" in n or "lora_B" in n) and f".{name}" in n and p.requires_grad]
 
     def set_total_steps(total_steps: int) -> None:
         tinit, tfinal = adalora_schedule(ad, total_steps)
-        pc = model.peft_config[name]
+        pc = ref().peft_config[name]
         pc.tinit, pc.tfinal = tinit, tfinal
-        tuner.rankallocator.set_total_step(total_steps)  # also sets pc.total_step and the budget it schedules
+        ref().base_model.rankallocator.set_total_step(total_steps)  # also sets pc.total_step and the budget
 
     def regularizer() -> torch.Tensor:
         # PEFT adds this penalty only inside AdaLoraModel.forward when the model computes the loss itself (labels
@@ -170,28 +203,25 @@ def _attach_adalora(model, ad: AdapterConfig) -> None:
         for n, p in pairs:
             cov = p @ p.T if "lora_A" in n else p.T @ p
             total = total + torch.linalg.matrix_norm(cov - torch.eye(*cov.shape, dtype=cov.dtype, device=cov.device))
-        return model.peft_config[name].orth_reg_weight * total / max(len(pairs), 1)
+        return ref().peft_config[name].orth_reg_weight * total / max(len(pairs), 1)
 
     def finalize() -> None:
-        pattern = model.peft_config[name].rank_pattern
+        pattern = ref().peft_config[name].rank_pattern
         if pattern:
-            tuner.rankallocator.mask_using_rank_pattern(tuner.model, pattern)
+            ref().base_model.rankallocator.mask_using_rank_pattern(ref().base_model.model, pattern)
 
     def after_resume(step: int) -> None:
-        pc = model.peft_config[name]
+        pc = ref().peft_config[name]
         if pc.rank_pattern is None and step >= pc.total_step - pc.tfinal:
             # resumed past the final allocation: a checkpoint holds weights, not PEFT's rank pattern, but the final
             # mask left exactly the pruned singular values at zero, so the pattern is read back from them. (Resumed
             # earlier, the sensitivity averages restart from the checkpoint's weights: close, not identical.)
             pc.rank_pattern = {n: (p.detach() != 0).view(-1).tolist()
-                               for n, p in tuner.model.named_parameters() if f"lora_E.{name}" in n}
+                               for n, p in ref().base_model.model.named_parameters() if f"lora_E.{name}" in n}
 
-    model.loraclf_set_total_steps = set_total_steps
-    model.loraclf_after_step = tuner.update_and_allocate
-    model.loraclf_after_resume = after_resume
-    model.loraclf_regularizer = regularizer
-    model.loraclf_finalize = finalize
-    model.loraclf_final_report = lambda: adalora_report(model)
+    return MethodHooks(set_total_steps=set_total_steps, after_step=lambda step: ref().base_model.update_and_allocate(step),
+                       regularizer=regularizer, after_resume=after_resume, finalize=finalize,
+                       final_report=lambda: adalora_report(ref()), head_lora=head_lora)
 
 
 def adalora_report(model) -> dict:
@@ -218,18 +248,18 @@ def adalora_report(model) -> dict:
 # ------------------------------------------------------------------------------------------ PiSSA
 
 
-def _keep_pissa_initial(model) -> None:
+def _keep_pissa_initial(model) -> tempfile.TemporaryDirectory:
     name = model.active_adapter
     # from here on the config says "plain LoRA init": the saved adapter must never redo the SVD on reload
     model.peft_config[name].init_lora_weights = True
-    holder = tempfile.TemporaryDirectory(prefix="loraclf-pissa-")  # removed when the model is garbage-collected
+    holder = tempfile.TemporaryDirectory(prefix="loraclf-pissa-")  # removed when the hooks are garbage-collected
     model.save_pretrained(str(Path(holder.name) / _PISSA_INIT), safe_serialization=True)
-    model.loraclf_pissa_initial = holder
+    return holder
 
 
-def save_pretrained(model, out_dir: str | Path) -> None:
+def save_pretrained(model, out_dir: str | Path, hooks: MethodHooks) -> None:
     """PEFT's save_pretrained; a PiSSA adapter is converted to a LoRA adapter for the original base weights."""
-    holder = getattr(model, "loraclf_pissa_initial", None)
+    holder = hooks.pissa_initial
     if holder is None:
         model.save_pretrained(str(out_dir), safe_serialization=True)
         return

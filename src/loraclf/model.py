@@ -17,97 +17,10 @@ from typing import Optional
 
 import torch
 
-from . import runs, sources
-from .config import AdapterConfig, Config
+from . import methods, runs, sources
+from .architectures import FAMILIES, head_modules, resolve_targets
+from .config import Config, from_dict
 from .errors import ModelError, did_you_mean
-
-
-@dataclass(frozen=True)
-class Family:
-    """Module names of one architecture family, as PEFT matches them (suffixes of module paths)."""
-
-    q: str
-    k: str
-    v: str
-    o: str
-    ffn: tuple[str, ...]
-    head: tuple[str, ...]  # modules trained in full as the "full" head (PEFT modules_to_save)
-    head_dense: Optional[str]  # the head's hidden dense layer: frozen for head=linear, LoRA-adapted for head=lora
-    head_out: tuple[str, ...] = ("classifier",)  # the head's final projection, trained in full by linear and lora
-    # bert's pooler comes pretrained with the encoder; every other family's head dense starts random
-    head_dense_pretrained: bool = False
-
-
-_BERT = Family("query", "key", "value", "attention.output.dense", ("intermediate.dense", "output.dense"),
-               ("pooler", "classifier"), "pooler.dense", head_dense_pretrained=True)
-_ROBERTA = Family("query", "key", "value", "attention.output.dense", ("intermediate.dense", "output.dense"),
-                  ("classifier",), "classifier.dense", ("classifier.out_proj",))
-FAMILIES: dict[str, Family] = {
-    "bert": _BERT,
-    "roberta": _ROBERTA,
-    "xlm-roberta": _ROBERTA,
-    "camembert": _ROBERTA,
-    "electra": _ROBERTA,
-    "mpnet": Family("q", "k", "v", "attn.o", ("intermediate.dense", "output.dense"), ("classifier",), "classifier.dense",
-                    ("classifier.out_proj",)),
-    "distilbert": Family("q_lin", "k_lin", "v_lin", "out_lin", ("lin1", "lin2"), ("pre_classifier", "classifier"), "pre_classifier"),
-    "deberta-v2": Family("query_proj", "key_proj", "value_proj", "attention.output.dense",
-                         ("intermediate.dense", "output.dense"), ("pooler", "classifier"), "pooler.dense"),
-}
-FAMILIES["deberta"] = FAMILIES["deberta-v2"]
-PRESETS = ("qv", "qkv", "attention", "all-linear")
-
-
-def preset_modules(model_type: str, preset: str) -> list[str]:
-    fam = FAMILIES.get(model_type)
-    if fam is None:
-        raise KeyError(model_type)
-    return {
-        "qv": [fam.q, fam.v],
-        "qkv": [fam.q, fam.k, fam.v],
-        "attention": [fam.q, fam.k, fam.v, fam.o],
-        "all-linear": [fam.q, fam.k, fam.v, fam.o, *fam.ffn],
-    }[preset]
-
-
-def linear_names(model: torch.nn.Module) -> list[str]:
-    """Distinct last-two-part names of the encoder's linear layers, to show the user what exists."""
-    names = set()
-    for name, mod in model.named_modules():
-        if isinstance(mod, torch.nn.Linear):
-            parts = name.split(".")
-            names.add(parts[-1])
-    return sorted(names)
-
-
-def resolve_targets(model: torch.nn.Module, model_type: str, spec) -> list[str]:
-    """Turn a preset or a list of names into PEFT target_modules, checking that each name exists."""
-    if isinstance(spec, str):
-        if spec not in PRESETS:
-            raise ModelError(f"unknown target preset '{spec}'{did_you_mean(spec, PRESETS)}; choose from "
-                             f"{', '.join(PRESETS)} or give a list of module names")
-        try:
-            return preset_modules(model_type, spec)
-        except KeyError:
-            raise ModelError(
-                f"no target preset for model type '{model_type}'; set adapter.target_modules to a list of its "
-                f"linear layers: {', '.join(linear_names(model))}"
-            ) from None
-    module_names = [n for n, _ in model.named_modules()]
-    missing = [t for t in spec if not any(n == t or n.endswith("." + t) for n in module_names)]
-    if missing:
-        raise ModelError(
-            f"target module(s) {', '.join(missing)} not found in this {model_type} model; its linear layers are: "
-            f"{', '.join(linear_names(model))}"
-        )
-    return list(spec)
-
-
-def num_layers(model_config) -> int:
-    for attr in ("num_hidden_layers", "n_layers", "num_layers"):
-        if hasattr(model_config, attr):
-            return int(getattr(model_config, attr))
-    raise ModelError("cannot tell how many layers this model has; unset adapter.layers_to_transform")
 
 
 # ------------------------------------------------------------------------------------------ loading
@@ -201,15 +114,8 @@ def load_base(cfg: Config, id2label: dict[int, str], path: str, model_config):
 # ------------------------------------------------------------------------------------------ adapters
 
 
-def head_modules(model_type: str) -> list[str]:
-    fam = FAMILIES.get(model_type)
-    return list(fam.head) if fam else ["classifier", "score"]
-
-
 def peft_config(cfg: Config, model, targets: list[str], total_steps: Optional[int] = None):
     """The PEFT config for cfg.adapter on this model; each method's settings are mapped in methods.py."""
-    from . import methods
-
     return methods.peft_config_for(cfg, model, targets, head_modules(model.config.model_type), total_steps)
 
 
@@ -268,8 +174,6 @@ def attach_adapter(base, cfg: Config, total_steps: Optional[int] = None):
     """
     from peft import get_peft_model
 
-    from . import methods
-
     targets = resolve_targets(base, base.config.model_type, cfg.adapter.target_modules)
     plan = head_plan(base, cfg.adapter.head)
     pc = peft_config(cfg, base, targets, total_steps)
@@ -289,9 +193,9 @@ def attach_adapter(base, cfg: Config, total_steps: Optional[int] = None):
         raise ModelError(f"PEFT cannot apply {cfg.adapter.method} here: {str(e).splitlines()[0]}") from None
     if plan.frozen:
         _freeze_head_dense(model, plan)
-    if plan.lora_target:
-        model.loraclf_head_lora = plan.lora_target  # save_adapter folds it for stock reloads
-    methods.attach(model, cfg, total_steps)  # per-method hooks (AdaLoRA's rank allocation, PiSSA's initial state)
+    # a method's extra steps (AdaLoRA's rank allocation, PiSSA's initial state, the lora head to fold on save);
+    # the loop takes them from methods.hooks_of(model)
+    methods.attach(model, cfg, total_steps, head_lora=plan.lora_target)
     return model
 
 
@@ -324,66 +228,26 @@ def build_model(cfg: Config, id2label: dict[int, str], total_steps: Optional[int
     return attach_adapter(base, cfg, total_steps), tokenizer
 
 
-def param_breakdown(model) -> dict:
-    """Trainable parameters split into adapter, head and other, with the model total."""
-    adapter = head = other = 0
-    total = 0
-    by_group: dict[str, int] = {}
-    for name, p in model.named_parameters():
-        total += p.numel()
-        if not p.requires_grad:
-            continue
-        n = p.numel()
-        if "modules_to_save" in name:
-            head += n
-            group = "head." + name.split(".modules_to_save.default.")[-1]
-        elif any(tag in name for tag in ("lora_", "ia3_", "vera_", "hada_", "lokr_")):
-            adapter += n
-            parts = [x for x in name.split(".") if x != "default"]
-            group = "adapter." + ".".join(parts[-3:-1])  # e.g. adapter.query.lora_A
-        else:
-            other += n
-            group = "other." + name
-        by_group[group] = by_group.get(group, 0) + n
-    trainable = adapter + head + other
-    return {
-        "trainable": trainable,
-        "adapter": adapter,
-        "head": head,
-        "other": other,
-        "total": total,
-        "percent": round(100.0 * trainable / total, 4) if total else 0.0,
-        "groups": by_group,
-    }
-
-
-def format_breakdown(b: dict) -> str:
-    return (f"trainable params: {b['trainable']:,} ({b['percent']:.4f}% of {b['total']:,}): "
-            f"adapter {b['adapter']:,}, head {b['head']:,}" + (f", other {b['other']:,}" if b["other"] else ""))
-
-
 # ------------------------------------------------------------------------------------------ saving / reloading
 
 
 def save_adapter(model, tokenizer, out_dir: Path) -> None:
     """Standard PEFT files (safetensors, head included via modules_to_save) plus the tokenizer, atomically."""
-    from . import methods
-
+    hooks = methods.hooks_of(model)
     with runs.atomic_dir(out_dir) as tmp:
-        methods.save_pretrained(model, tmp)  # PEFT's; a PiSSA adapter is converted to plain LoRA for stock reloads
-        _fold_head_lora(model, Path(tmp))
+        methods.save_pretrained(model, tmp, hooks)  # PEFT's; PiSSA is converted to plain LoRA for stock reloads
+        _fold_head_lora(model, Path(tmp), hooks.head_lora)
     if tokenizer is not None:
         with runs.atomic_dir(out_dir.parent / runs.TOKENIZER) as tmp:
             tokenizer.save_pretrained(tmp)
 
 
-def _fold_head_lora(model, out_dir: Path) -> None:
+def _fold_head_lora(model, out_dir: Path, name: Optional[str]) -> None:
     """head=lora: save the adapted head dense as one plain trained layer (W + delta) in modules_to_save.
 
     Its frozen W is the model's random head init, which a stock base model would draw differently; stored merged,
     the saved adapter is a standard PEFT adapter and stock PeftModel.from_pretrained gives the trained logits.
     """
-    name = getattr(model, "loraclf_head_lora", None)
     if not name:
         return
     import copy
@@ -414,10 +278,8 @@ def load_run_model(run: str | Path, merge: bool = True, device: str = "cpu"):
 
     LoRA-family adapters are merged into the base weights for inference (faster, identical outputs).
     """
-    from peft import PeftModel
-
-    from .config import from_dict
     import yaml
+    from peft import PeftModel
 
     run = runs.open_run(run)
     cfg = from_dict(yaml.safe_load((run / runs.CONFIG).read_text(encoding="utf-8")))
@@ -428,8 +290,6 @@ def load_run_model(run: str | Path, merge: bool = True, device: str = "cpu"):
     tok_dir = run / runs.TOKENIZER
     tokenizer = load_tokenizer(str(tok_dir) if tok_dir.is_dir() else path, cfg)
     base = load_base(cfg, id2label, path, mc)
-    from . import methods
-
     try:
         with methods.quiet_reload():
             model = PeftModel.from_pretrained(base, str(run / runs.ADAPTER))
@@ -442,3 +302,26 @@ def load_run_model(run: str | Path, merge: bool = True, device: str = "cpu"):
             pass  # methods that cannot merge still predict correctly unmerged
     model.eval().to(device)
     return model, tokenizer, id2label, cfg
+
+
+# --- merging an adapter for inference and export
+
+
+def merge_adapter(model):
+    """The plain transformers model with the adapter folded into its weights; the PEFT model itself if it cannot be.
+
+    The trained head copies (PEFT modules_to_save) are put in place first: PEFT's own unload trips over a saved
+    module without a `weight` (BERT's pooler) when merging IA3.
+    """
+    from peft.utils import ModulesToSaveWrapper
+
+    if not hasattr(model, "merge_and_unload"):
+        return model
+    for name, mod in list(model.named_modules()):
+        if isinstance(mod, ModulesToSaveWrapper):
+            parent, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(parent), attr, mod.modules_to_save[mod.active_adapters[0]])
+    try:
+        return model.merge_and_unload()
+    except Exception:  # methods that cannot merge still predict correctly unmerged
+        return model

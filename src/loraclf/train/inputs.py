@@ -1,0 +1,81 @@
+"""The training inputs: augmented rows, tokenized splits, and each epoch's loader (in memory or streamed)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from .. import augment
+from .. import data as data_mod
+from ..config import Config
+
+EXTRA_COLUMNS = ("weight", "soft_labels")  # per-row columns (pseudo-labels) that follow their rows into batches
+
+
+@dataclass
+class Inputs:
+    """What the loop reads: the raw train rows (pre-tokenization) and the tokenized splits."""
+
+    train_raw: object
+    train_ds: Optional[object]  # None for a stream (data.streaming): it is tokenized as the loop reads it
+    val_ds: object
+    test_ds: Optional[object]
+
+
+def _augmented(ds, cfg: Config, seed: int, say: Callable[[str], None]):
+    import datasets
+
+    # rows are tracked by index so per-row columns (weight, soft_labels of pseudo-labels) follow their copies
+    texts, rows = augment.augment_dataset(list(ds["text"]), list(range(len(ds))), cfg.augment, seed)
+    say(f"augmentation: {len(ds):,} -> {len(texts):,} training rows")
+    out = {"text": texts}
+    for col in ds.column_names:
+        if col != "text":
+            values = ds[col]
+            out[col] = [values[i] for i in rows]
+    return datasets.Dataset.from_dict(out)
+
+
+def _with_extras(ds, raw):
+    for extra in EXTRA_COLUMNS:
+        if extra in raw.column_names:
+            ds = ds.add_column(extra, raw[extra])
+    return ds
+
+
+def build(cfg: Config, splits, tokenizer, say: Callable[[str], None]) -> Inputs:
+    train_raw = splits.train
+    if cfg.augment.enabled:
+        # per_epoch draws epoch 0's copies here too (the same seed the loop would use), so that the epoch length
+        # and the step count include the copies
+        train_raw = _augmented(train_raw, cfg, cfg.train.seed, say)
+    # a stream (data.streaming) is tokenized as the loop reads it, pass by pass (data_mod.stream_loader)
+    train_ds = None if cfg.data.streaming else data_mod.tokenize(train_raw, tokenizer, cfg.data, cache=True)
+    val_ds = data_mod.tokenize(splits.validation, tokenizer, cfg.data, cache=True)
+    test_ds = data_mod.tokenize(splits.test, tokenizer, cfg.data, cache=True) if splits.test is not None else None
+    if train_ds is not None:
+        train_ds = _with_extras(train_ds, train_raw)
+    return Inputs(train_raw, train_ds, val_ds, test_ds)
+
+
+def epoch_loader(cfg: Config, inputs: Inputs, splits, tokenizer, accelerator, epoch: int, samples_done: int,
+                 say: Callable[[str], None]):
+    """(loader, batches already done in this epoch, batches in the epoch or None for a stream)."""
+    bs, n_proc = cfg.train.per_device_train_batch_size, accelerator.num_processes
+    if cfg.data.streaming:
+        # the pass is rebuilt past the rows already trained on; its length is unknown
+        loader = data_mod.stream_loader(inputs.train_raw, tokenizer, cfg.data, splits.id2label, bs, cfg.train.seed,
+                                        epoch, skip=samples_done)
+        return loader, samples_done // (bs * n_proc), None
+    epoch_ds = inputs.train_ds
+    if cfg.augment.enabled and cfg.augment.mode == "per_epoch" and epoch > 0:
+        epoch_raw = _augmented(splits.train, cfg, cfg.train.seed + epoch, say)
+        epoch_ds = _with_extras(data_mod.tokenize(epoch_raw, tokenizer, cfg.data, cache=False), epoch_raw)
+    loader = data_mod.train_loader(epoch_ds, tokenizer, bs, cfg.data.group_by_length, cfg.train.seed, epoch,
+                                   group_size=bs * n_proc)
+    loader = accelerator.prepare(loader)
+    # the data position is kept in samples, so a checkpoint written by N processes resumes in M
+    skip = samples_done // (bs * n_proc)
+    if skip:
+        loader = accelerator.skip_first_batches(loader, skip)
+    return loader, skip, len(loader) + skip

@@ -1,0 +1,269 @@
+"""Training set-up: the run folder's path, Accelerate, data, budget and model, optimizer, step plan, resume.
+
+Everything that can fail on bad input happens before the run folder is created, so a failed start leaves nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+from .. import augment, budget, checkpoint, device, logs, methods, runs
+from .. import data as data_mod
+from .. import model as model_mod
+from ..config import Config
+from ..errors import BudgetError, RunError
+from . import inputs as inputs_mod
+from . import trackers as trackers_mod
+from .state import LoopState
+
+logger = logs.get(__name__)
+
+
+@dataclass
+class StepPlan:
+    total_steps: int
+    per_epoch: Optional[int]  # None for a stream: it has no length (train.max_steps and eval.eval_steps are required)
+    eval_every: int
+    save_every: int
+    warmup: int
+    batch_size: int
+    accumulation: int
+    num_processes: int
+
+    @property
+    def effective_batch(self) -> int:
+        return self.batch_size * self.num_processes * self.accumulation
+
+    @property
+    def rows_per_batch(self) -> int:
+        return self.batch_size * self.num_processes
+
+
+@dataclass
+class Setup:
+    """One training run, set up: what the loop and the finish read."""
+
+    cfg: Config
+    run: Path
+    fresh: bool  # a new run (not --resume)
+    started: float
+    precision: str  # Accelerate's name: no, bf16, fp16
+    accelerator: object
+    say: Callable[[str], None]
+    splits: object
+    model: object  # as prepared by Accelerate (wrapped in DDP when several processes)
+    unwrapped: object
+    tokenizer: object
+    params: dict
+    hooks: methods.MethodHooks
+    optimizer: object
+    scheduler: object
+    inputs: inputs_mod.Inputs
+    plan: StepPlan
+    val_loader: object  # prepared after the resume (restore), as the loop's first step
+    trackers: list
+
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
+
+
+def default_run_name(cfg: Config) -> str:
+    model = Path(cfg.model.name_or_path.replace("packaged:", "")).name
+    data = Path(cfg.data.train).stem if cfg.data.train else (cfg.data.name or "data").replace("packaged:", "")
+    return runs.safe_run_name(f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{model}-{data}")
+
+
+def set_seed(seed: int) -> None:
+    from accelerate.utils import set_seed as _set
+
+    _set(seed)
+
+
+def _no_decay(name: str) -> bool:
+    n = name.lower()
+    return n.endswith(".bias") or "layernorm" in n or "layer_norm" in n or ".ln" in n or "norm.weight" in n
+
+
+def build_optimizer(cfg: Config, model):
+    """AdamW with no weight decay on biases and LayerNorm, or PEFT's LoRA+ optimizer."""
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    kw = dict(lr=cfg.train.learning_rate, betas=tuple(cfg.optimizer.betas), eps=cfg.optimizer.eps)
+    if cfg.optimizer.name == "loraplus":
+        from peft.optimizers import create_loraplus_optimizer
+
+        return create_loraplus_optimizer(
+            model=model, optimizer_cls=torch.optim.AdamW, lr=cfg.train.learning_rate,
+            loraplus_lr_ratio=cfg.optimizer.loraplus_lr_ratio, weight_decay=cfg.train.weight_decay,
+            betas=tuple(cfg.optimizer.betas), eps=cfg.optimizer.eps)
+    groups = [
+        {"params": [p for n, p in params if not _no_decay(n)], "weight_decay": cfg.train.weight_decay},
+        {"params": [p for n, p in params if _no_decay(n)], "weight_decay": 0.0},
+    ]
+    groups = [g for g in groups if g["params"]]
+    # foreach: the multi-tensor path. torch also has fused AdamW on CPU (since 2.4); it is not the default until a
+    # benchmark shows it pays here
+    return torch.optim.AdamW(groups, foreach=True, **kw)
+
+
+def build_scheduler(cfg: Config, optimizer, total_steps: int):
+    from transformers import get_scheduler
+
+    warmup = cfg.train.warmup_steps if cfg.train.warmup_steps is not None else int(math.ceil(cfg.train.warmup_ratio * total_steps))
+    return get_scheduler(cfg.train.lr_scheduler_type, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps), warmup
+
+
+def prepare(cfg: Config, log: Optional[Callable[[str], None]] = None, splits=None):
+    """Setup that can fail on bad input: data, budget, model. Nothing is written to disk here."""
+    log = logs.sink(log, logger)
+    if cfg.augment.enabled:
+        augment.Augmenter(cfg.augment)  # all-zero rates or a missing WordNet fail here, before data, model or run folder
+    if splits is None:
+        splits = data_mod.load_splits(cfg.data, log=log)
+    cfg = budget.enforce(cfg, len(splits.id2label), log=log)
+    model, tokenizer = model_mod.build_model(cfg, splits.id2label)
+    params = budget.param_breakdown(model)
+    cap = cfg.budget.max_trainable_params
+    if cap is not None and params["trainable"] > cap:
+        raise BudgetError(f"the adapter has {params['trainable']:,} trainable parameters, over "
+                          f"budget.max_trainable_params={cap:,}; lower adapter.r or use adapter.r=auto")
+    return cfg, splits, model, tokenizer, params
+
+
+def _fresh_accelerate_state() -> None:
+    """Forget the Accelerate state of an earlier train() in this process (sweeps, self-training rounds, tests).
+
+    Accelerate keeps one process-wide state and refuses a second Accelerator with other settings (precision,
+    device). In a single process nothing else holds on to it, so it is reset; a distributed run keeps its state,
+    since resetting it would drop the process group.
+    """
+    import torch.distributed as dist
+    from accelerate.state import AcceleratorState, GradientState
+
+    if dist.is_available() and dist.is_initialized():
+        return
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+def _accelerator(cfg: Config, run: Path, precision: str):
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
+
+    _fresh_accelerate_state()
+    # cpu=True is what makes Accelerate pick DDP over gloo when torchrun/accelerate launch start several CPU processes
+    return Accelerator(cpu=device.on_cpu_only(), mixed_precision=precision,
+                       gradient_accumulation_steps=cfg.train.gradient_accumulation_steps,
+                       log_with=list(cfg.track) or None,
+                       project_config=ProjectConfiguration(project_dir=str(run), logging_dir=str(run / runs.TENSORBOARD)),
+                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)])
+
+
+def _plan(cfg: Config, inputs: inputs_mod.Inputs, n_proc: int) -> StepPlan:
+    bs, accum = cfg.train.per_device_train_batch_size, cfg.train.gradient_accumulation_steps
+    per_epoch = None if inputs.train_ds is None else data_mod.steps_per_epoch(len(inputs.train_ds), bs, accum, n_proc)
+    total = cfg.train.max_steps or int(math.ceil(per_epoch * cfg.train.num_train_epochs))
+    eval_every = cfg.eval.eval_steps or per_epoch
+    return StepPlan(total, per_epoch, eval_every, cfg.output.save_steps or eval_every, 0, bs, accum, n_proc)
+
+
+def _create_run_folder(run: Path, cfg: Config, splits, params: dict) -> None:
+    # the run folder appears whole (config, label map, params) or not at all, so a kill here leaves nothing that
+    # --resume would half-read; overwrite replaces an old folder in the same rename
+    with runs.atomic_dir(run) as tmp:
+        runs.atomic_write_text(tmp / runs.CONFIG, cfg.to_yaml())
+        runs.write_json(tmp / runs.LABEL_MAP, {"id2label": {str(k): v for k, v in splits.id2label.items()},
+                                               "label2id": {v: k for k, v in splits.id2label.items()},
+                                               "int_labels": splits.int_labels})
+        runs.write_json(tmp / runs.PARAMS, params)
+
+
+def _describe(ctx: Setup) -> None:
+    cfg, plan, inp = ctx.cfg, ctx.plan, ctx.inputs
+    ctx.say(f"run folder: {ctx.run.resolve()}")
+    files = [f"{k}={getattr(cfg.data, k)}" for k in ("train", "validation", "test") if getattr(cfg.data, k)]
+    ctx.say("data: " + (", ".join(files) if files else str(cfg.data.name)) + f"; model: {cfg.model.name_or_path}")
+    ctx.say(("streamed" if inp.train_ds is None else f"{len(inp.train_ds):,}") + f" train / {len(inp.val_ds):,} val"
+            + (f" / {len(inp.test_ds):,} test" if inp.test_ds is not None else "")
+            + f" rows; {plan.total_steps} steps ({plan.per_epoch or 'unknown'}/epoch), warm-up {plan.warmup}, effective "
+              f"batch {plan.effective_batch} ({plan.batch_size} x {plan.num_processes} process(es) x "
+              f"{plan.accumulation} accumulation), precision {ctx.precision}")
+
+
+def _run_path(cfg: Config, resume: Optional[Path], run_dir: Optional[Path]) -> Path:
+    if resume is not None and not resume.is_dir():
+        raise RunError(f"cannot resume: run folder {resume} not found")
+    # the path is decided (and a clash refused) now; the folder is created only after setup succeeds
+    return resume or run_dir or runs.new_run_dir(cfg.output.dir, cfg.output.run_name or default_run_name(cfg),
+                                                cfg.output.overwrite)
+
+
+def setup(cfg: Config, resume: Optional[str | Path], splits, run_dir: Optional[Path]) -> Setup:
+    """Everything before the first step; the run folder exists (whole) when this returns."""
+    started = time.time()
+    precision = device.accelerate_name(device.resolve(cfg.train.mixed_precision, "train.mixed_precision"))
+    if cfg.train.num_threads:
+        torch.set_num_threads(cfg.train.num_threads)
+    resume_dir = Path(resume) if resume else None
+    run = _run_path(cfg, resume_dir, run_dir)
+    accelerator = _accelerator(cfg, run, precision)
+    say = logger.info if accelerator.is_main_process else (lambda m: None)
+    if resume_dir is not None:
+        saved = runs.read_json(resume_dir / runs.LABEL_MAP)
+        id2label = {int(k): v for k, v in saved["id2label"].items()}
+        splits = splits or data_mod.load_splits(cfg.data, log=say, id2label=id2label)
+    set_seed(cfg.train.seed)
+    cfg, splits, model, tokenizer, params = prepare(cfg, log=say, splits=splits)
+    say(budget.format_breakdown(params))
+    hooks = methods.hooks_of(model)
+    inputs = inputs_mod.build(cfg, splits, tokenizer, say)
+    plan = _plan(cfg, inputs, accelerator.num_processes)
+    hooks.set_total_steps(plan.total_steps)  # AdaLoRA schedules its rank budget over all steps
+    optimizer = build_optimizer(cfg, model)
+    scheduler, plan.warmup = build_scheduler(cfg, optimizer, plan.total_steps)
+    # the scheduler is stepped by hand once per optimizer step; Accelerate's wrapper would step it once per process
+    prepared, optimizer = accelerator.prepare(model, optimizer)
+    if resume_dir is None and accelerator.is_main_process:
+        _create_run_folder(run, cfg, splits, params)
+    accelerator.wait_for_everyone()
+    ctx = Setup(cfg, run, resume_dir is None, started, precision, accelerator, say, splits, prepared,
+                accelerator.unwrap_model(prepared), tokenizer, params, hooks, optimizer, scheduler, inputs, plan,
+                None, [])
+    _describe(ctx)
+    ctx.trackers = trackers_mod.start(accelerator, cfg, run) if ctx.main and cfg.track else []
+    return ctx
+
+
+def restore(ctx: Setup) -> LoopState:
+    """A new run's state, or a resumed run's: newest complete checkpoint, history cut back to its step."""
+    state = LoopState()
+    if ctx.fresh:
+        return state
+    if ctx.main:
+        runs.remove_temp_files(ctx.run)  # leftovers of writes cut short by a kill
+    ckpt = checkpoint.newest_valid_checkpoint(ctx.run, log=ctx.say)
+    if ckpt is None:
+        ctx.say("no complete checkpoint found; starting from step 0")
+    else:
+        state.restore(checkpoint.load_checkpoint(ckpt, ctx.unwrapped, ctx.optimizer, ctx.scheduler),
+                      ctx.plan.rows_per_batch)
+        ctx.hooks.after_resume(state.step)  # e.g. AdaLoRA: restore its final rank pattern
+        ctx.say(f"resumed from {ckpt.name}: step {state.step}, epoch {state.epoch}")
+    history = ctx.run / runs.HISTORY
+    if ctx.main and history.exists():
+        # drop records past the checkpoint we resumed from, so the history has no duplicates
+        kept = [r for r in runs.read_jsonl(history) if r.get("step", 0) <= state.step]
+        runs.atomic_write_text(history, "".join(json.dumps(r) + "\n" for r in kept))
+    return state
+
+
+def eval_loader(ctx: Setup, ds):
+    return ctx.accelerator.prepare(data_mod.eval_loader(ds, ctx.tokenizer, ctx.cfg.eval.per_device_eval_batch_size))
