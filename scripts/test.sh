@@ -32,5 +32,5 @@ fi
 . .venv/bin/activate
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 # the layering contract (.importlinter): a broken layer fails the run before any test
-lint-imports --config .importlinter --no-cache
+lint-imports .importlinter --no-cache
 python -m pytest -q -p no:cacheprovider --timeout 900 "$@"
