@@ -1,7 +1,7 @@
 """Run reports (curves, confusion matrix, HTML), run comparison, and live tracking (TensorBoard, MLflow).
 
-Two real tiny-model trainings on real AG News rows are shared by the module: run A with both trackers and the
-automatic report, run B with another learning rate, quiet, for the comparison.
+Two real tiny-model trainings on the AG-News-shaped tiny_data rows are shared by the module: run A with both trackers
+and the automatic report, run B with another learning rate, quiet, for the comparison.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from PIL import Image
 
 from conftest import IN_CI
 
-from loraclf import report, runs
+from loraclf import compare, report, runs
 from loraclf.cli import main
 from loraclf.config import load_config
 from loraclf.train import train
@@ -32,10 +32,10 @@ CURVE_NAMES = ["train loss", "validation loss", "validation accuracy", "validati
 CURVE_COLOURS = [(0x1F, 0x77, 0xB4), (0xD6, 0x27, 0x28), (0x2C, 0xA0, 0x2C), (0x94, 0x67, 0xBD), (0x7F, 0x7F, 0x7F)]
 
 
-def _overrides(tiny_bert, small_ag, out: Path, name: str, *extra: str) -> list[str]:
+def _overrides(tiny_bert, tiny_data, out: Path, name: str, *extra: str) -> list[str]:
     return [
-        f"model.name_or_path={tiny_bert}", f"data.train={small_ag['train']}", f"data.validation={small_ag['val']}",
-        f"data.test={small_ag['test']}", "data.label_names=[World,Sports,Business,Sci/Tech]", "data.max_length=32",
+        f"model.name_or_path={tiny_bert}", f"data.train={tiny_data['train']}", f"data.validation={tiny_data['val']}",
+        f"data.test={tiny_data['test']}", "data.label_names=[World,Sports,Business,Sci/Tech]", "data.max_length=32",
         "train.max_steps=6", "train.per_device_train_batch_size=16", "train.mixed_precision=fp32",
         "train.logging_steps=2", "eval.eval_steps=3", f"output.dir={out}", f"output.run_name={name}",
         f"data.cache_dir={out / 'cache'}", *extra,
@@ -47,7 +47,7 @@ class _Crash(Exception):
 
 
 @pytest.fixture(scope="module")
-def two_runs(tiny_bert, small_ag, tmp_path_factory):
+def two_runs(tiny_bert, tiny_data, tmp_path_factory):
     """(run A, its stderr, run B, its stderr, B's tracking.json after the crash).
 
     A: both trackers and the automatic report. B: another learning rate, MLflow only, quiet; it crashes after its
@@ -56,7 +56,7 @@ def two_runs(tiny_bert, small_ag, tmp_path_factory):
     out = tmp_path_factory.mktemp("report_runs")
     buf = io.StringIO()
     with contextlib.redirect_stderr(buf):
-        run_a = train(load_config(None, _overrides(tiny_bert, small_ag, out, "a", "train.learning_rate=5e-3",
+        run_a = train(load_config(None, _overrides(tiny_bert, tiny_data, out, "a", "train.learning_rate=5e-3",
                                                    "track=[tensorboard,mlflow]", "output.report=true"))).run_dir
     log_a = buf.getvalue()
 
@@ -64,7 +64,7 @@ def two_runs(tiny_bert, small_ag, tmp_path_factory):
         if step == 6:
             raise _Crash()
 
-    cfg_b = load_config(None, _overrides(tiny_bert, small_ag, out, "b", "train.learning_rate=1e-3", "track=[mlflow]",
+    cfg_b = load_config(None, _overrides(tiny_bert, tiny_data, out, "b", "train.learning_rate=1e-3", "track=[mlflow]",
                                          "output.report=false"))
     buf = io.StringIO()
     with contextlib.redirect_stderr(buf):
@@ -207,7 +207,7 @@ def test_compare_two_runs(two_runs, tmp_path):
     assert {rows[0]["train.learning_rate"], rows[1]["train.learning_rate"]} == {"0.005", "0.001"}
     img = _png_info(out / "curves.png")
     assert img.width >= 800
-    fig = report.plot_compare([report.load_run(run_a), report.load_run(run_b)], ["a", "b"])
+    fig = compare.plot_compare([report.load_run(run_a), report.load_run(run_b)], ["a", "b"])
     per_panel = [[ln.get_label() for ln in ax.get_lines()] for ax in fig.axes if ax.get_lines()]
     assert per_panel == [["a", "b"]] * 4
 
@@ -311,8 +311,8 @@ def test_resume_continues_the_same_mlflow_run(two_runs):
     assert final.value == pytest.approx(history[-1]["accuracy"])
 
 
-def test_bad_tracking_uri_is_one_line_and_leaves_no_run(tiny_bert, small_ag, tmp_path, capsys):
-    argv = ["train", *_overrides(tiny_bert, small_ag, tmp_path, "bad", "track=[mlflow]",
+def test_bad_tracking_uri_is_one_line_and_leaves_no_run(tiny_bert, tiny_data, tmp_path, capsys):
+    argv = ["train", *_overrides(tiny_bert, tiny_data, tmp_path, "bad", "track=[mlflow]",
                                  "output.mlflow_tracking_uri=nosuchscheme://x")]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -5,8 +5,9 @@ POST /predict {"texts": [...]} -> labels and probabilities; GET /health, /labels
 single worker runs the model in a thread, so the event loop keeps accepting requests meanwhile.
 """
 
-# No `from __future__ import annotations`: FastAPI reads the endpoint annotations, which name classes local
-# to create_app.
+# No `from __future__ import annotations`: FastAPI reads the endpoint annotations, which name classes built per
+# app (their size limits come from the command line). fastapi and pydantic are imported where used: they are the
+# optional `serve` extra, and serve() names the extra to install when they are missing.
 import asyncio
 import ipaddress
 import socket
@@ -17,11 +18,14 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from types import SimpleNamespace
+from typing import Annotated, Callable, Optional
 
 import numpy as np
 
+from . import __version__, device
 from .errors import LoraclfError
+from .predict import load_inference_model
 
 
 @dataclass
@@ -186,18 +190,10 @@ def _messages(errors: list[dict], limits: ServeLimits) -> tuple[int, str]:
     return status, "; ".join(lines)
 
 
-def create_app(predict: Callable[[list[str]], np.ndarray], id2label: dict[int, str], limits: ServeLimits,
-               model_name: str = "model", source: str = "run"):
-    """The FastAPI app around a predict function (texts -> probabilities, one row per text)."""
-    from typing import Annotated
-
-    from fastapi import FastAPI, Request
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse
+def _schemas(limits: ServeLimits) -> SimpleNamespace:
+    """The request and response models; the request's size limits come from limits."""
     from pydantic import BaseModel, ConfigDict, Field, StrictStr, StringConstraints
 
-    limits.check()
-    labels = [id2label[i] for i in range(len(id2label))]
     Text = Annotated[StrictStr, StringConstraints(max_length=limits.max_text_chars)]
 
     class PredictRequest(BaseModel):
@@ -230,17 +226,15 @@ def create_app(predict: Callable[[list[str]], np.ndarray], id2label: dict[int, s
     class Problem(BaseModel):
         detail: str
 
-    @asynccontextmanager
-    async def lifespan(app):
-        batcher = MicroBatcher(predict, limits.max_batch_size, limits.max_wait_ms)
-        batcher.start()
-        app.state.batcher = batcher
-        yield
-        # uvicorn runs this only after in-flight requests have been answered
-        await batcher.stop()
+    return SimpleNamespace(PredictRequest=PredictRequest, Prediction=Prediction, PredictResponse=PredictResponse,
+                           Labels=Labels, Health=Health, Problem=Problem)
 
-    app = FastAPI(title="loraclf text classifier", version=__import__("loraclf").__version__, lifespan=lifespan,
-                  description=f"Model {model_name}: {len(labels)} classes ({', '.join(labels[:20])}).")
+
+def _add_guards(app, limits: ServeLimits) -> None:
+    """An oversized body is refused before it is read; a malformed one gets one clear line."""
+    from fastapi import Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
 
     @app.middleware("http")
     async def limit_body(request: Request, call_next):
@@ -255,16 +249,28 @@ def create_app(predict: Callable[[list[str]], np.ndarray], id2label: dict[int, s
         status, detail = _messages(list(exc.errors()), limits)
         return JSONResponse({"detail": detail}, status_code=status)
 
+
+def _add_predict(app, s: SimpleNamespace, labels: list[str], model_name: str) -> None:
+    from fastapi import Request
+
+    PredictRequest, PredictResponse = s.PredictRequest, s.PredictResponse  # FastAPI reads these annotations
+
     @app.post("/predict", response_model=PredictResponse,
-              responses={413: {"model": Problem}, 422: {"model": Problem}})
+              responses={413: {"model": s.Problem}, 422: {"model": s.Problem}})
     async def predict_endpoint(body: PredictRequest, request: Request) -> PredictResponse:
         probs = await request.app.state.batcher.submit(body.texts)
         out = []
         for row in probs:
             i = int(row.argmax())
-            out.append(Prediction(label=labels[i], label_id=i, score=float(row[i]),
-                                  probabilities={labels[j]: float(p) for j, p in enumerate(row)}))
+            out.append(s.Prediction(label=labels[i], label_id=i, score=float(row[i]),
+                                    probabilities={labels[j]: float(p) for j, p in enumerate(row)}))
         return PredictResponse(predictions=out, model=model_name)
+
+
+def _add_info(app, s: SimpleNamespace, labels: list[str], limits: ServeLimits, model_name: str, source: str) -> None:
+    from fastapi import Request
+
+    Labels, Health = s.Labels, s.Health  # FastAPI reads these annotations
 
     @app.get("/labels", response_model=Labels)
     async def labels_endpoint() -> Labels:
@@ -281,6 +287,30 @@ def create_app(predict: Callable[[list[str]], np.ndarray], id2label: dict[int, s
     async def stats(request: Request) -> dict:
         return request.app.state.batcher.stats()
 
+
+def create_app(predict: Callable[[list[str]], np.ndarray], id2label: dict[int, str], limits: ServeLimits,
+               model_name: str = "model", source: str = "run"):
+    """The FastAPI app around a predict function (texts -> probabilities, one row per text)."""
+    from fastapi import FastAPI
+
+    limits.check()
+    labels = [id2label[i] for i in range(len(id2label))]
+
+    @asynccontextmanager
+    async def lifespan(app):
+        batcher = MicroBatcher(predict, limits.max_batch_size, limits.max_wait_ms)
+        batcher.start()
+        app.state.batcher = batcher
+        yield
+        # uvicorn runs this only after in-flight requests have been answered
+        await batcher.stop()
+
+    app = FastAPI(title="loraclf text classifier", version=__version__, lifespan=lifespan,
+                  description=f"Model {model_name}: {len(labels)} classes ({', '.join(labels[:20])}).")
+    schemas = _schemas(limits)
+    _add_guards(app, limits)
+    _add_predict(app, schemas, labels, model_name)
+    _add_info(app, schemas, labels, limits, model_name, source)
     return app
 
 
@@ -313,11 +343,9 @@ def serve(model: str | Path, host: str = "127.0.0.1", port: int = 8000, max_batc
         import uvicorn
     except ImportError:
         raise LoraclfError("serve needs fastapi and uvicorn: pip install 'loraclf[serve]'") from None
-    from .predict import load_inference_model, resolve_precision
-
     limits = ServeLimits(max_batch_size, max_wait_ms, max_texts, max_text_chars)
     limits.check()
-    resolve_precision(precision)
+    device.resolve(precision, "--precision")
     if not 0 < port < 65536:
         raise LoraclfError(f"--port must be between 1 and 65535, got {port}")
     _check_bind(host, port)
