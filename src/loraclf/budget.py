@@ -316,17 +316,19 @@ def _shape(t) -> str:
     return " x ".join(str(d) for d in t.shape)
 
 
-def breakdown(model, head_modules: list[str], head_lora: Optional[str]) -> dict:
-    """Parameters of a built PeftModel by role: adapter rows per target module type and parameter kind, head rows
-    layer by layer, other trainable rows (biases, LayerNorms), and totals."""
+def _tally(rows: dict, key, p, trainable: bool, **fields) -> None:
+    row = rows.setdefault(key, {"params": 0, "trainable": 0, **fields})
+    row["params"] += p.numel()
+    row["trainable"] += p.numel() if trainable else 0
+
+
+def _rows(model, head_roots: tuple, head_lora: Optional[str]) -> tuple[dict, dict, dict, int, int]:
+    """One pass over the parameters: (adapter, head, other) rows, the model total and PEFT's spare head copies."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     tuners = {n.removeprefix("base_model.model."): m for n, m in model.named_modules() if isinstance(m, BaseTunerLayer)}
-    adapter: dict[tuple[str, str], dict] = {}
-    head: dict[tuple[str, str], dict] = {}
-    other: dict[str, dict] = {}
+    adapter, head, other = {}, {}, {}
     total = spare = 0
-    head_roots = tuple(head_modules) + ((head_lora,) if head_lora else ())
 
     def in_head(path: str) -> bool:
         return any(path == h or path.startswith(h + ".") or path.endswith("." + h) or ("." + h + ".") in path
@@ -336,35 +338,35 @@ def breakdown(model, head_modules: list[str], head_lora: Optional[str]) -> dict:
         if ".original_module." in name:  # PEFT's frozen spare copy of a modules_to_save layer
             spare += p.numel()
             continue
-        n = p.numel()
-        total += n
+        total += p.numel()
         path = _plain(name)
         owner = next((t for t in tuners if path.startswith(t + ".")), None)
         if owner is not None and not path[len(owner) + 1:].startswith("base_layer."):
             kind = path[len(owner) + 1:].split(".")[0]  # lora_A, lora_B, lora_magnitude_vector, ia3_l, ...
             if head_lora and owner == head_lora:
-                row = head.setdefault((owner, kind), {"params": 0, "trainable": 0, "shape": _shape(p)})
+                _tally(head, (owner, kind), p, p.requires_grad, shape=_shape(p))
             else:
-                mtype = _LAYER.sub("", owner)
-                row = adapter.setdefault((mtype, kind), {"params": 0, "trainable": 0, "layers": 0, "shape": _shape(p)})
-                row["layers"] += 1
-            row["params"] += n
-            row["trainable"] += n if p.requires_grad else 0
+                _tally(adapter, (_LAYER.sub("", owner), kind), p, p.requires_grad, layers=0, shape=_shape(p))
+                adapter[(_LAYER.sub("", owner), kind)]["layers"] += 1
             continue
         if owner is not None:
             path = owner + path[len(owner) + len(".base_layer"):]
-        module, _, pname = path.rpartition(".")
+        module = path.rpartition(".")[0]
         if ".modules_to_save." in name or in_head(module):
-            row = head.setdefault((module, "weights"), {"params": 0, "trainable": 0, "shape": ""})
+            _tally(head, (module, "weights"), p, p.requires_grad, shape="")
+            row = head[(module, "weights")]
             row["shape"] = (row["shape"] + " + " if row["shape"] else "") + _shape(p)
-            row["params"] += n
-            row["trainable"] += n if p.requires_grad else 0
         elif p.requires_grad:
-            key = _LAYER.sub("", path)
-            row = other.setdefault(key, {"params": 0, "trainable": 0, "layers": 0, "shape": _shape(p)})
-            row["params"] += n
-            row["trainable"] += n
-            row["layers"] += 1
+            _tally(other, _LAYER.sub("", path), p, True, layers=0, shape=_shape(p))
+            other[_LAYER.sub("", path)]["layers"] += 1
+    return adapter, head, other, total, spare
+
+
+def breakdown(model, head_modules: list[str], head_lora: Optional[str]) -> dict:
+    """Parameters of a built PeftModel by role: adapter rows per target module type and parameter kind, head rows
+    layer by layer, other trainable rows (biases, LayerNorms), and totals."""
+    head_roots = tuple(head_modules) + ((head_lora,) if head_lora else ())
+    adapter, head, other, total, spare = _rows(model, head_roots, head_lora)
     adapter_rows = [{"module": m, "param": k, **v} for (m, k), v in adapter.items()]
     head_rows = [{"module": m, "param": k, **v} for (m, k), v in head.items()]
     other_rows = [{"param": k, **v} for k, v in other.items()]
