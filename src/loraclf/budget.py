@@ -13,7 +13,6 @@ import re
 import warnings
 from typing import Callable, Optional
 
-from . import data as data_mod
 from . import logs
 from . import methods
 from . import model as model_mod
@@ -296,6 +295,8 @@ def resolve_num_labels(cfg: Config, num_labels: Optional[int] = None) -> tuple[i
         return num_labels, "--num-labels"
     if cfg.data.label_names:
         return len(cfg.data.label_names), "data.label_names"
+    from . import data as data_mod  # here, not at the top: pandas/datasets add ~0.5 s to every `loraclf budget`
+
     try:
         splits = data_mod.load_splits(cfg.data, log=lambda m: None)
     except LoraclfError as e:
