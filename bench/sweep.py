@@ -33,7 +33,8 @@ def main() -> int:
     args = ap.parse_args()
 
     from loraclf.predict import evaluate_file
-    from loraclf.sweep import SUMMARY, load_sweep, run_sweep
+    from loraclf.runs import SWEEP_SUMMARY as SUMMARY
+    from loraclf.sweep import load_sweep, run_sweep
     from loraclf.train import hardware
 
     if not TEST.is_file():

@@ -26,11 +26,32 @@ def trainable_state(model) -> dict[str, torch.Tensor]:
     return {n: p.detach().cpu().contiguous().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def load_trainable_state(model, state: dict[str, torch.Tensor]) -> None:
-    params = dict(model.named_parameters())
-    missing = [n for n in state if n not in params]
+RESUME_HINT = ("on --resume only keys that keep the trainable shape may change (train.*, eval.*, output.*, track); "
+               "model.* and adapter.* must stay as the run's config.yaml has them")
+
+
+def _mismatch(model, state: dict[str, torch.Tensor]) -> Optional[str]:
+    """What differs between a checkpoint's trainable tensors and this model's, or None."""
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    unknown = [n for n in state if n not in params]
+    if unknown:
+        return f"it has a parameter this model lacks ({unknown[0]})"
+    missing = [n for n in params if n not in state]
     if missing:
-        raise RunError(f"checkpoint does not match this model (unknown parameter {missing[0]}); was the config changed?")
+        return f"this model has a trainable parameter the checkpoint lacks ({missing[0]})"
+    for n, t in state.items():
+        if tuple(t.shape) != tuple(params[n].shape):
+            return (f"{n} is {' x '.join(map(str, t.shape))} in the checkpoint but "
+                    f"{' x '.join(map(str, params[n].shape))} in this model")
+    return None
+
+
+def load_trainable_state(model, state: dict[str, torch.Tensor], where: str = "checkpoint") -> None:
+    """Copy a checkpoint's trainable tensors into the model, after checking that every name and shape matches."""
+    problem = _mismatch(model, state)
+    if problem:
+        raise RunError(f"{where} does not match this model: {problem}; {RESUME_HINT}")
+    params = dict(model.named_parameters())
     with torch.no_grad():
         for n, t in state.items():
             params[n].copy_(t.to(params[n].device, params[n].dtype))
@@ -122,7 +143,7 @@ def load_checkpoint(ckpt: Path, model, optimizer, scheduler) -> dict:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise RunError(f"cannot load checkpoint {ckpt} safely ({type(e).__name__}: {first}); delete that "
                        f"step-N folder to resume from an older checkpoint, or start the run again") from None
-    load_trainable_state(model, trainable)
+    load_trainable_state(model, trainable, f"checkpoint {ckpt.name}")
     optimizer.load_state_dict(opt_state)
     scheduler.load_state_dict(sched_state)
     _set_rng_state(rng)

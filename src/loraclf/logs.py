@@ -17,14 +17,26 @@ FORMAT = "[loraclf] %(message)s"
 
 
 class _StderrHandler(logging.StreamHandler):
-    """Writes to whatever sys.stderr is at the time (pytest's capture, a notebook's stream), not the one at import."""
+    """Writes to whatever sys.stderr is at the time (pytest's capture, a notebook's stream), not the one at import.
+
+    While `held()` is active, records wait in `held` instead of being written.
+    """
 
     def __init__(self) -> None:
         super().__init__(sys.stderr)
+        self.held: list[logging.LogRecord] | None = None
 
     def emit(self, record: logging.LogRecord) -> None:
+        if self.held is not None:
+            self.held.append(record)
+            return
         self.stream = sys.stderr
         super().emit(record)
+
+
+def _handler() -> _StderrHandler:
+    configure(logging.getLogger(ROOT).level or logging.INFO)
+    return next(h for h in logging.getLogger(ROOT).handlers if isinstance(h, _StderrHandler))
 
 
 def configure(level: int = logging.INFO) -> logging.Logger:
@@ -56,6 +68,32 @@ def quiet(enabled: bool = True) -> Iterator[None]:
         yield
     finally:
         logger.setLevel(old)
+
+
+@contextlib.contextmanager
+def held(drop_on: type[BaseException] | tuple = Exception) -> Iterator[None]:
+    """Hold progress lines until the block ends: written then, or dropped when it raises `drop_on`.
+
+    Set-up that can still fail on bad input runs inside it, so a refused run shows its one error line alone.
+    """
+    handler = _handler()
+    if handler.held is not None:  # an outer block decides
+        yield
+        return
+    handler.held = []
+    try:
+        yield
+    except drop_on:
+        handler.held = None
+        raise
+    except BaseException:
+        records, handler.held = handler.held, None
+        for r in records:
+            handler.emit(r)
+        raise
+    records, handler.held = handler.held, None
+    for r in records:
+        handler.emit(r)
 
 
 def sink(log: Callable[[str], None] | None, logger: logging.Logger) -> Callable[[str], None]:

@@ -23,6 +23,7 @@ import re
 import shutil
 import tempfile
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import RunError
@@ -70,6 +71,7 @@ HF_CONFIG = "config.json"
 SWEEP_SUMMARY = "sweep_summary.csv"
 SWEEP_BEST = "best.yaml"
 SWEEP_PLOTS = "plots"
+SWEEP_STUDY_DB = "study.db"  # the default SQLite storage, inside the sweep folder
 
 
 # ------------------------------------------------------------------------------------------ atomic writes
@@ -297,3 +299,35 @@ def remove_temp_files(run: str | Path) -> list[Path]:
                 p.unlink(missing_ok=True)
             removed.append(p)
     return removed
+
+
+# --- reading run and export folders
+
+
+@dataclass
+class LabelMap:
+    """A run's label map: class names by id, and whether the labels were integers (0..K-1) in the data."""
+
+    id2label: dict[int, str]
+    int_labels: bool
+
+
+def read_label_map(run: str | Path) -> LabelMap:
+    """RUN/label_map.json; runs written before int_labels was recorded infer it from the names."""
+    saved = read_json(Path(run) / LABEL_MAP)
+    id2label = {int(k): v for k, v in saved["id2label"].items()}
+    if "int_labels" in saved:
+        return LabelMap(id2label, bool(saved["int_labels"]))
+    return LabelMap(id2label, all(str(v).isdigit() and int(v) == k for k, v in id2label.items()))
+
+
+def is_export_dir(path: str | Path) -> bool:
+    """A model folder (config.json) that is not a run folder."""
+    p = Path(path)
+    return (p / HF_CONFIG).is_file() and not (p / CONFIG).is_file()
+
+
+def read_export_info(folder: str | Path) -> dict | None:
+    """How an export folder was made (FOLDER/loraclf_export.json), or None for a model folder without one."""
+    p = Path(folder) / EXPORT_INFO
+    return read_json(p) if p.is_file() else None

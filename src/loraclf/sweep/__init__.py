@@ -4,11 +4,10 @@ spec: the sweep file and its defaults; study: storage, study and trials (`run_sw
 writes into its folder (sweep_summary.csv, best.yaml, plots/), from the study storage alone.
 """
 
-from ..runs import SWEEP_SUMMARY as SUMMARY  # bench/sweep.py imports this name
 from .results import summary_frame, trial_state, write_plots, write_results
 from .spec import METRICS, PRUNERS, SAMPLERS, Param, SweepSpec, load_sweep, trial_config
 from .study import SweepError, open_storage, open_study, run_sweep, with_driver
 
-__all__ = ["SUMMARY", "METRICS", "PRUNERS", "SAMPLERS", "Param", "SweepError", "SweepSpec", "load_sweep",
+__all__ = ["METRICS", "PRUNERS", "SAMPLERS", "Param", "SweepError", "SweepSpec", "load_sweep",
            "open_storage", "open_study", "run_sweep", "summary_frame", "trial_config", "trial_state",
            "with_driver", "write_plots", "write_results"]

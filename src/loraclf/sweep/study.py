@@ -27,7 +27,6 @@ from .results import write_results
 from .spec import Param, SweepSpec, load_sweep, shown_params, trial_config
 
 logger = logs.get(__name__)
-STUDY_DB = "study.db"  # the default SQLite storage, inside the sweep folder
 SQLITE_LOCK_WAIT_S = 60
 SEED_STRIDE = 7919  # a prime: a resumed sweep's sampler seed moves this far per existing trial
 
@@ -317,7 +316,7 @@ def _start(spec: SweepSpec, storage: Optional[str]):
     """Open the storage and the study (creating the sweep folder only once both are usable); reseed the sampler."""
     if storage is None:
         spec.output.mkdir(parents=True, exist_ok=True)
-    url = storage or f"sqlite:///{(spec.output / STUDY_DB).resolve()}"
+    url = storage or f"sqlite:///{(spec.output / runs.SWEEP_STUDY_DB).resolve()}"
     study = open_study(spec, open_storage(url, spec))
     spec.output.mkdir(parents=True, exist_ok=True)
     if spec.sampler != "grid":

@@ -15,9 +15,10 @@ from typing import Callable, Optional
 
 from .. import logs
 from ..config import Config
+from ..errors import LoraclfError
 from .finish import TrainResult, finish
 from .loop import fit
-from .setup import build_optimizer, default_run_name, eval_loader, prepare, restore, set_seed, setup
+from .setup import build_optimizer, default_run_name, eval_loader, prepare, restore, set_seed, setup, start_trackers
 from .state import Interrupted
 
 __all__ = ["train", "prepare", "TrainResult", "Interrupted", "default_run_name", "build_optimizer", "set_seed"]
@@ -31,8 +32,10 @@ def train(cfg: Config, resume: Optional[str | Path] = None, quiet: bool = False,
     on_eval: called after every evaluation with (step, metrics); raising optuna.TrialPruned there stops the run.
     """
     with logs.quiet(quiet):
-        ctx = setup(cfg, resume, splits, run_dir)
-        state = restore(ctx)
+        with logs.held(LoraclfError):  # a start refused on bad input prints its one error line and nothing before it
+            ctx = setup(cfg, resume, splits, run_dir)
+            state = restore(ctx)
+            start_trackers(ctx)
         ctx.val_loader = eval_loader(ctx, ctx.inputs.val_ds)
         fit(ctx, state, on_eval, quiet)
         return finish(ctx, state)

@@ -238,8 +238,12 @@ def setup(cfg: Config, resume: Optional[str | Path], splits, run_dir: Optional[P
                 accelerator.unwrap_model(prepared), tokenizer, params, hooks, optimizer, scheduler, inputs, plan,
                 None, [])
     _describe(ctx)
-    ctx.trackers = trackers_mod.start(accelerator, cfg, run) if ctx.main and cfg.track else []
     return ctx
+
+
+def start_trackers(ctx: Setup) -> None:
+    """After the resume, so a refused checkpoint leaves the run's tracking files as they were."""
+    ctx.trackers = trackers_mod.start(ctx.accelerator, ctx.cfg, ctx.run) if ctx.main and ctx.cfg.track else []
 
 
 def restore(ctx: Setup) -> LoopState:
