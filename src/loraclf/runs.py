@@ -17,6 +17,7 @@ Layout of a run folder (every other module reads and writes it through this one)
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import re
@@ -188,14 +189,61 @@ def read_jsonl(path: str | Path) -> list[dict]:
 # ------------------------------------------------------------------------------------------ run folders
 
 
+def _existing_parent(p: Path) -> Path:
+    parent = p.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    return parent
+
+
+def _probe(folder: Path, what: str, p: Path) -> None:
+    """Create and remove one temp file in folder: the only sure test of writability (root ignores mode bits)."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".loraclf-probe.", dir=folder)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise RunError(f"cannot write {what} {p}: {e.strerror or type(e).__name__} in {folder}") from None
+
+
+def check_output_file(path: str | Path, what: str = "--output") -> Path:
+    """Refuse, before any work, an output file that cannot be written: a folder, under a file, or unwritable."""
+    p = Path(path)
+    if p.is_dir():
+        raise RunError(f"{what} {p} is a folder; give the path of a file to write")
+    parent = _existing_parent(p)
+    if not parent.is_dir():
+        raise RunError(f"cannot write {what} {p}: {parent} is a file, not a folder")
+    _probe(parent, what, p)
+    return p
+
+
+def check_output_dir(path: str | Path, what: str = "output.dir") -> Path:
+    """Refuse, before any work, an output folder that cannot be created or written."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise RunError(f"{what} {p} is a file, not a folder; give a folder path")
+    parent = p if p.is_dir() else _existing_parent(p)
+    if not parent.is_dir():
+        raise RunError(f"cannot create {what} {p}: {parent} is a file, not a folder")
+    _probe(parent, what, p)
+    return p
+
+
 def new_run_dir(out_dir: str | Path, run_name: str, overwrite: bool) -> Path:
     """The path a new run will be published at; refuses to clobber unless overwrite is set."""
+    check_output_dir(out_dir, "output.dir")
     run = Path(out_dir) / run_name
+    if run.exists() and not run.is_dir():
+        raise RunError(f"{run} is a file, not a run folder; pick another output.run_name")
     if run.exists() and any(run.iterdir()) and not overwrite:
         raise RunError(
             f"run folder {run} already exists; pick another output.run_name, set output.overwrite=true, "
             f"or continue it with --resume"
         )
+    if Path(out_dir).is_dir():  # a kill while an earlier run of this name was being created left its temp folder
+        for stale in Path(out_dir).glob(f".{glob.escape(run_name)}.*.tmp"):
+            shutil.rmtree(stale, ignore_errors=True)
     return run
 
 

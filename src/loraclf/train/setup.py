@@ -5,6 +5,7 @@ Everything that can fail on bad input happens before the run folder is created, 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -178,8 +179,11 @@ def _plan(cfg: Config, inputs: inputs_mod.Inputs, n_proc: int) -> StepPlan:
 def _create_run_folder(run: Path, cfg: Config, splits, params: dict) -> None:
     # the run folder appears whole (config, label map, params) or not at all, so a kill here leaves nothing that
     # --resume would half-read; overwrite replaces an old folder in the same rename
+    used = cfg
+    if cfg.data.train:  # the files were the data: a default data.name left in would read as if it had been used
+        used = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, name=None))
     with runs.atomic_dir(run) as tmp:
-        runs.atomic_write_text(tmp / runs.CONFIG, cfg.to_yaml())
+        runs.atomic_write_text(tmp / runs.CONFIG, used.to_yaml())
         runs.write_json(tmp / runs.LABEL_MAP, {"id2label": {str(k): v for k, v in splits.id2label.items()},
                                                "label2id": {v: k for k, v in splits.id2label.items()},
                                                "int_labels": splits.int_labels})
