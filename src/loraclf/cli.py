@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from . import __version__, device
 from .errors import LoraclfError
 
 EPILOG = """examples:
@@ -37,9 +38,131 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", nargs="?", help="YAML config holding only differences from the defaults (none = all defaults)")
-    p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. train.learning_rate=3e-4")
+# ------------------------------------------------------------------------------------------ the commands
+
+
+def arg(*flags: str, **kwargs) -> tuple[tuple[str, ...], dict]:
+    """One add_argument call of a command, written down as data."""
+    return flags, kwargs
+
+
+CONFIG_ARGS = [
+    arg("config", nargs="?", help="YAML config holding only differences from the defaults (none = all defaults)"),
+    arg("overrides", nargs="*", help="section.key=value overrides, e.g. train.learning_rate=3e-4"),
+]
+RUN = "run folder written by `loraclf train`"
+PICKLE = "read .pkl input (unpickling runs code: trusted files only)"
+
+COMMANDS: dict[str, dict] = {  # name -> add_parser keywords and "args", the command's arguments
+    "train": dict(help="fine-tune a model and write a run folder",
+                  description="Fine-tune as configured. Prints the run folder; writes adapter/, metrics.json, "
+                              "history.jsonl, val_predictions.csv and report/ into it.", args=[
+        *CONFIG_ARGS,
+        arg("--resume", metavar="RUN", help="continue RUN from its newest complete checkpoint"),
+        arg("--nproc", type=_positive_int, default=None, help="re-launch through `accelerate launch` with N processes"),
+        arg("--quiet", action="store_true", help="no progress bars or log lines"),
+        arg("--json", action="store_true", help="print the final metrics as JSON on stdout"),
+    ]),
+    "config": dict(help="print the resolved config (defaults + file + overrides)", args=[
+        *CONFIG_ARGS,
+        arg("--keys", action="store_true", help="list every config key with its type, default and meaning"),
+    ]),
+    "validate": dict(help="check a config without loading any model", args=CONFIG_ARGS),
+    "evaluate": dict(help="metrics of a trained run on a labelled file", args=[
+        arg("run", help=RUN),
+        arg("--data", required=True, help="labelled file (.csv .tsv .json .jsonl .parquet)"),
+        arg("--output", help="also write the metrics as JSON here"),
+        arg("--batch-size", type=_positive_int, default=64),
+        arg("--allow-pickle", action="store_true", help=PICKLE),
+        arg("--precision", choices=device.PRECISIONS, default="fp32"),
+        arg("--quiet", action="store_true"),
+    ]),
+    "predict": dict(help="predict labels for a file of texts", args=[
+        arg("run", help=RUN),
+        arg("--input", required=True,
+            help="texts: .csv .tsv .json .jsonl .parquet .txt (one per line), .pkl with --allow-pickle"),
+        arg("--output", required=True, help="where to write predictions (.csv .tsv .jsonl .parquet)"),
+        arg("--format", choices=["competition", "full"], default="competition",
+            help="competition: ID,Label; full: label name, confidence and one probability column per class"),
+        arg("--text-column", help="text column of the input (default: the run's data.text_column, else 'text')"),
+        arg("--batch-size", type=_positive_int, default=64),
+        arg("--allow-pickle", action="store_true", help=PICKLE),
+        arg("--precision", choices=device.PRECISIONS, default="auto",
+            help="auto (default): bf16 where the hardware computes it natively, else fp32; fp32 for exact outputs"),
+        arg("--quiet", action="store_true"),
+    ]),
+    "budget": dict(help="exact trainable-parameter breakdown of a config, without loading weights", args=[
+        *CONFIG_ARGS,
+        arg("--json", action="store_true", help="print the breakdown as JSON"),
+        arg("--num-labels", type=int,
+            help="number of classes (default: data.label_names, else read from the training labels)"),
+    ]),
+    "augment": dict(help="write EDA-augmented copies of a labelled file", args=[
+        arg("--input", required=True),
+        arg("--output", required=True),
+        arg("--config", dest="aug_config", help="YAML config whose augment: section to use"),
+        *(arg(f"--{name}-p", type=float) for name in ("synonym", "insert", "swap", "delete")),
+        arg("--num-copies", type=int),
+        arg("--seed", type=int, default=42),
+        arg("--text-column", default="text"),
+        arg("--label-column", default="label"),
+        arg("--allow-pickle", action="store_true"),
+        arg("--show", type=int, default=5, help="before/after pairs to print"),
+    ]),
+    "report": dict(help="(re)write RUN/report/: curves, confusion matrix, report.html", args=[arg("run")]),
+    "compare": dict(help="overlay the curves of several runs and tabulate their differences", args=[
+        arg("runs", nargs="+"),
+        arg("--output", required=True),
+    ]),
+    "sweep": dict(help="hyperparameter search on Optuna", args=[
+        arg("sweep_file", help="sweep YAML: base config + search space"),
+        arg("--storage", help="Optuna RDB URL shared by workers (sqlite:///x.db, postgresql://...)"),
+        arg("--study", help="study name (workers with the same name cooperate)"),
+        arg("--n-trials", type=int,
+            help="at most this many trials by this worker (the file's n_trials caps the whole study)"),
+        arg("--timeout", type=float, help="stop starting trials after this many seconds (overrides the file)"),
+        arg("--quiet", action="store_true"),
+    ]),
+    "export": dict(help="write a standalone merged model folder (stock transformers can load it)", args=[
+        arg("run"),
+        arg("--output", required=True),
+        arg("--onnx", action="store_true", help="also export ONNX and check it against PyTorch"),
+        arg("--overwrite", action="store_true", help="replace a non-empty --output folder"),
+    ]),
+    "serve": dict(help="HTTP prediction service", args=[
+        arg("model", help="a run folder or an exported model folder"),
+        arg("--host", default="127.0.0.1"),
+        arg("--port", type=int, default=8000),
+        arg("--max-batch-size", type=_positive_int, default=32),
+        arg("--max-wait-ms", type=float, default=5.0),
+        arg("--max-texts", type=_positive_int, default=256),
+        arg("--max-text-chars", type=_positive_int, default=20_000),
+        arg("--precision", choices=device.PRECISIONS, default="fp32",
+            help="auto: bf16 where the hardware computes it natively"),
+    ]),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="loraclf",
+        description="Fine-tune pretrained encoders with PEFT adapters (LoRA and relatives) for text classification, "
+                    "under a trainable-parameter budget.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, spec in COMMANDS.items():
+        spec = dict(spec)
+        args = spec.pop("args")
+        p = sub.add_parser(name, **spec)
+        for flags, kwargs in args:
+            p.add_argument(*flags, **kwargs)
+    return parser
+
+
+# ------------------------------------------------------------------------------------------ handlers
+# Each verb's module is imported when the verb runs: most of them pull in torch (~3 s), which `loraclf --help`,
+# `config` and `validate` do not need.
 
 
 def _split_config(args) -> tuple[str | None, list[str]]:
@@ -49,111 +172,6 @@ def _split_config(args) -> tuple[str | None, list[str]]:
         overrides.insert(0, config)
         config = None
     return config, overrides
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="loraclf",
-        description="Fine-tune pretrained encoders with PEFT adapters (LoRA and relatives) for text classification, "
-                    "under a trainable-parameter budget.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__import__('loraclf').__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-
-    p = sub.add_parser("train", help="fine-tune a model and write a run folder",
-                       description="Fine-tune as configured. Prints the run folder; writes adapter/, metrics.json, "
-                                   "history.jsonl, val_predictions.csv and report/ into it.")
-    _config_args(p)
-    p.add_argument("--resume", metavar="RUN", help="continue RUN from its newest complete checkpoint")
-    p.add_argument("--nproc", type=_positive_int, default=None, help="re-launch through `accelerate launch` with N processes")
-    p.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
-    p.add_argument("--json", action="store_true", help="print the final metrics as JSON on stdout")
-
-    p = sub.add_parser("config", help="print the resolved config (defaults + file + overrides)")
-    _config_args(p)
-    p.add_argument("--keys", action="store_true", help="list every config key with its type, default and meaning")
-
-    p = sub.add_parser("validate", help="check a config without loading any model")
-    _config_args(p)
-
-    p = sub.add_parser("evaluate", help="metrics of a trained run on a labelled file")
-    p.add_argument("run", help="run folder written by `loraclf train`")
-    p.add_argument("--data", required=True, help="labelled file (.csv .tsv .json .jsonl .parquet)")
-    p.add_argument("--output", help="also write the metrics as JSON here")
-    p.add_argument("--batch-size", type=_positive_int, default=64)
-    p.add_argument("--allow-pickle", action="store_true", help="read .pkl input (unpickling runs code: trusted files only)")
-    p.add_argument("--precision", choices=["fp32", "bf16", "auto"], default="fp32")
-    p.add_argument("--quiet", action="store_true")
-
-    p = sub.add_parser("predict", help="predict labels for a file of texts")
-    p.add_argument("run", help="run folder written by `loraclf train`")
-    p.add_argument("--input", required=True, help="texts: .csv .tsv .json .jsonl .parquet .txt (one per line), .pkl with --allow-pickle")
-    p.add_argument("--output", required=True, help="where to write predictions (.csv .tsv .jsonl .parquet)")
-    p.add_argument("--format", choices=["competition", "full"], default="competition",
-                   help="competition: ID,Label; full: label name, confidence and one probability column per class")
-    p.add_argument("--text-column", help="text column of the input (default: the run's data.text_column, else 'text')")
-    p.add_argument("--batch-size", type=_positive_int, default=64)
-    p.add_argument("--allow-pickle", action="store_true", help="read .pkl input (unpickling runs code: trusted files only)")
-    p.add_argument("--precision", choices=["fp32", "bf16", "auto"], default="auto",
-                   help="auto (default): bf16 where the hardware computes it natively, else fp32; fp32 for exact outputs")
-    p.add_argument("--quiet", action="store_true")
-
-    p = sub.add_parser("budget", help="exact trainable-parameter breakdown of a config, without loading weights")
-    _config_args(p)
-    p.add_argument("--json", action="store_true", help="print the breakdown as JSON")
-    p.add_argument("--num-labels", type=int, help="number of classes (default: data.label_names, else read from the "
-                                                  "training labels)")
-
-    p = sub.add_parser("augment", help="write EDA-augmented copies of a labelled file")
-    p.add_argument("--input", required=True)
-    p.add_argument("--output", required=True)
-    p.add_argument("--config", dest="aug_config", help="YAML config whose augment: section to use")
-    p.add_argument("--synonym-p", type=float)
-    p.add_argument("--insert-p", type=float)
-    p.add_argument("--swap-p", type=float)
-    p.add_argument("--delete-p", type=float)
-    p.add_argument("--num-copies", type=int)
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--text-column", default="text")
-    p.add_argument("--label-column", default="label")
-    p.add_argument("--allow-pickle", action="store_true")
-    p.add_argument("--show", type=int, default=5, help="before/after pairs to print")
-
-    p = sub.add_parser("report", help="(re)write RUN/report/: curves, confusion matrix, report.html")
-    p.add_argument("run")
-
-    p = sub.add_parser("compare", help="overlay the curves of several runs and tabulate their differences")
-    p.add_argument("runs", nargs="+")
-    p.add_argument("--output", required=True)
-
-    p = sub.add_parser("sweep", help="hyperparameter search on Optuna")
-    p.add_argument("sweep_file", help="sweep YAML: base config + search space")
-    p.add_argument("--storage", help="Optuna RDB URL shared by workers (sqlite:///x.db, postgresql://...)")
-    p.add_argument("--study", help="study name (workers with the same name cooperate)")
-    p.add_argument("--n-trials", type=int, help="at most this many trials by this worker (the file's n_trials caps the whole study)")
-    p.add_argument("--timeout", type=float, help="stop starting trials after this many seconds (overrides the file)")
-    p.add_argument("--quiet", action="store_true")
-
-    p = sub.add_parser("export", help="write a standalone merged model folder (stock transformers can load it)")
-    p.add_argument("run")
-    p.add_argument("--output", required=True)
-    p.add_argument("--onnx", action="store_true", help="also export ONNX and check it against PyTorch")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --output folder")
-
-    p = sub.add_parser("serve", help="HTTP prediction service")
-    p.add_argument("model", help="a run folder or an exported model folder")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--max-batch-size", type=_positive_int, default=32)
-    p.add_argument("--max-wait-ms", type=float, default=5.0)
-    p.add_argument("--max-texts", type=_positive_int, default=256)
-    p.add_argument("--max-text-chars", type=_positive_int, default=20_000)
-    p.add_argument("--precision", choices=["fp32", "bf16", "auto"], default="fp32",
-                   help="auto: bf16 where the hardware computes it natively")
-    return parser
-
-
-# ------------------------------------------------------------------------------------------ handlers
 
 
 def cmd_config(args) -> int:
@@ -178,30 +196,14 @@ def cmd_validate(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .config import from_dict, load_config
+    from .config import load_config, resume_config
 
     if args.nproc and args.nproc > 1 and "LOCAL_RANK" not in os.environ:
-        return _relaunch(args.nproc)
+        from .launch import relaunch
+
+        return relaunch(args.nproc)
     config, overrides = _split_config(args)
-    if args.resume and config is None:
-        from . import runs
-        from .errors import RunError
-
-        saved = Path(args.resume) / runs.CONFIG
-        if not Path(args.resume).is_dir():
-            raise RunError(f"cannot resume: run folder {args.resume} not found (give the folder that `loraclf train` printed)")
-        if not saved.is_file():
-            raise RunError(f"cannot resume: {saved} not found; {args.resume} is not a loraclf run folder "
-                           f"(give the folder that `loraclf train` printed)")
-        from .config import parse_override, set_path, read_yaml
-
-        data = read_yaml(saved)
-        for o in overrides:
-            keys, value = parse_override(o)
-            set_path(data, keys, value)
-        cfg = from_dict(data)
-    else:
-        cfg = load_config(config, overrides)
+    cfg = resume_config(args.resume, overrides) if args.resume and config is None else load_config(config, overrides)
     if cfg.data.unlabeled:
         if args.resume:
             raise LoraclfError("--resume does not apply to self-training (data.unlabeled is set); start the run again")
@@ -213,33 +215,11 @@ def cmd_train(args) -> int:
 
         result = train(cfg, resume=args.resume, quiet=args.quiet)
     if args.json:
-        print(json.dumps({"run": str(result.run_dir), **{k: result.metrics[k] for k in ("val", "test", "target") if k in result.metrics}}, indent=2))
+        print(json.dumps({"run": str(result.run_dir), **{k: result.metrics[k] for k in ("val", "test", "target")
+                                                          if k in result.metrics}}, indent=2))
     elif os.environ.get("RANK", "0") == "0":  # one line per run, not per process
         print(result.run_dir)
     return 0
-
-
-def _relaunch(nproc: int) -> int:
-    """`loraclf train --nproc N ...` -> `accelerate launch --num_processes N -m loraclf ...`."""
-    import subprocess
-
-    argv = [a for a in sys.argv[1:]]
-    out, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-            continue
-        if a == "--nproc":
-            skip = True
-            continue
-        if a.startswith("--nproc="):
-            continue
-        out.append(a)
-    # --multi_gpu selects Accelerate's torchrun-based launcher; on a machine without GPUs each process then
-    # runs on the CPU and Accelerator(cpu=True) joins them with the gloo backend
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(nproc),
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "loraclf", *out]
-    return subprocess.call(cmd)
 
 
 def cmd_evaluate(args) -> int:
@@ -248,7 +228,8 @@ def cmd_evaluate(args) -> int:
     m = evaluate_file(args.run, args.data, args.batch_size, args.allow_pickle, args.precision, args.quiet, args.output)
     print(f"{m['n']} rows | accuracy {m['accuracy']:.4f} | macro-F1 {m['macro_f1']:.4f} | loss {m['loss']:.4f}")
     for name, pc in m["per_class"].items():
-        print(f"  {name:20} precision {pc['precision']:.3f} recall {pc['recall']:.3f} f1 {pc['f1']:.3f} support {pc['support']}")
+        print(f"  {name:20} precision {pc['precision']:.3f} recall {pc['recall']:.3f} f1 {pc['f1']:.3f} "
+              f"support {pc['support']}")
     return 0
 
 
@@ -273,17 +254,12 @@ def cmd_budget(args) -> int:
 
 def cmd_augment(args) -> int:
     from .augment import augment_file
-    from .config import AugmentConfig, load_config
+    from .config import augment_config
 
-    aug = load_config(args.aug_config).augment if args.aug_config else AugmentConfig()
-    for key in ("synonym_p", "insert_p", "swap_p", "delete_p", "num_copies"):
-        v = getattr(args, key)
-        if v is not None:
-            setattr(aug, key, v)
-    from .config import from_dict
-
-    aug = from_dict({"augment": {k: getattr(aug, k) for k in aug.__dataclass_fields__}}).augment  # validate ranges
-    r = augment_file(args.input, args.output, aug, args.seed, args.text_column, args.label_column, args.allow_pickle, args.show)
+    aug = augment_config(args.aug_config, synonym_p=args.synonym_p, insert_p=args.insert_p, swap_p=args.swap_p,
+                           delete_p=args.delete_p, num_copies=args.num_copies)
+    r = augment_file(args.input, args.output, aug, args.seed, args.text_column, args.label_column, args.allow_pickle,
+                     args.show)
     for before, after in r.get("examples", []):
         print(f"- {before}\n+ {after}")
     print(f"{r['rows_in']} rows in, {r['rows_out']} rows out -> {args.output}")
@@ -298,7 +274,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from .report import compare_runs
+    from .compare import compare_runs
 
     print(compare_runs(args.runs, args.output))
     return 0
@@ -307,8 +283,8 @@ def cmd_compare(args) -> int:
 def cmd_sweep(args) -> int:
     from .sweep import run_sweep
 
-    print(run_sweep(args.sweep_file, storage=args.storage, study_name=args.study, n_trials=args.n_trials, quiet=args.quiet,
-                    timeout=args.timeout))
+    print(run_sweep(args.sweep_file, storage=args.storage, study_name=args.study, n_trials=args.n_trials,
+                    quiet=args.quiet, timeout=args.timeout))
     return 0
 
 

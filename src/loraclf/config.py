@@ -17,8 +17,8 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
-from . import sources
-from .errors import ConfigError, did_you_mean
+from . import runs, sources
+from .errors import ConfigError, RunError, did_you_mean
 
 
 def _f(default, help: str, *, ge=None, gt=None, le=None, lt=None):
@@ -391,6 +391,28 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         raise ConfigError(problems)
     resolve_paths(data, Path(path).resolve().parent if path else None)
     return from_dict(data)
+
+
+def resume_config(run: str | Path, overrides: list[str] | None = None) -> Config:
+    """The config saved in RUN (config.yaml, its paths already absolute) <- key=value overrides, validated."""
+    saved = Path(run) / runs.CONFIG
+    if not Path(run).is_dir():
+        raise RunError(f"cannot resume: run folder {run} not found (give the folder that `loraclf train` printed)")
+    if not saved.is_file():
+        raise RunError(f"cannot resume: {saved} not found; {run} is not a loraclf run folder "
+                       f"(give the folder that `loraclf train` printed)")
+    data = read_yaml(saved)
+    for text in overrides or []:
+        keys, value = parse_override(text)
+        set_path(data, keys, value)
+    return from_dict(data)
+
+
+def augment_config(path: str | Path | None = None, **values) -> AugmentConfig:
+    """The augment: section of the YAML config at path (else the defaults) <- values that are not None, validated."""
+    aug = load_config(path).augment if path else AugmentConfig()
+    merged = {**dataclasses.asdict(aug), **{k: v for k, v in values.items() if v is not None}}
+    return from_dict({"augment": merged}).augment
 
 
 _PATH_KEYS = ("train", "validation", "test", "unlabeled", "target_eval")
