@@ -36,6 +36,7 @@ HISTORY = "history.jsonl"
 METRICS = "metrics.json"
 VAL_PREDICTIONS = "val_predictions.csv"
 ADAPTER = "adapter"
+MODEL_CARD = "README.md"  # in adapter/ and in an export folder: the Hugging Face model card
 TOKENIZER = "tokenizer"
 CHECKPOINTS = "checkpoints"
 REPORT = "report"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import checkpoint, device, report, runs
+from .. import card, checkpoint, device, report, runs
 from .. import model as model_mod
 from ..evaluate import compute_metrics, predict_probs
 from . import trackers as trackers_mod
@@ -81,6 +81,7 @@ def finish(ctx: Setup, state: LoopState) -> TrainResult:
         model_mod.save_adapter(ctx.unwrapped, ctx.tokenizer, run / runs.ADAPTER)
         _write_val_predictions(run, ctx.splits, val_probs, val_labels)
         runs.write_json(run / runs.METRICS, metrics)
+        card.write(run, run / runs.ADAPTER, "adapter")  # the Hugging Face model card, from the files just written
         runs.prune_checkpoints(run, ctx.cfg.output.save_total_limit, best)
     trackers_mod.end(ctx.accelerator, ctx.trackers)
     ctx.accelerator.wait_for_everyone()
