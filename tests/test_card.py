@@ -66,3 +66,29 @@ def test_base_model_and_dataset_ids():
     assert card.dataset_ids({"name": "packaged:trec6"}) == ["CogComp/trec"]
     assert card.dataset_ids({"name": "ag_news"}) == ["ag_news"]
     assert card.dataset_ids({"name": "ag_news", "train": "/data/train.csv"}) == []
+
+
+def test_push_stages_the_exact_adapter_folder(card_run, tmp_path):
+    from loraclf import push
+
+    folder = push.stage(card_run, tmp_path / "upload", "adapter")
+    names = sorted(p.name for p in folder.iterdir())
+    expected = sorted({p.name for p in (card_run / runs.ADAPTER).iterdir()} |
+                      {p.name for p in (card_run / runs.TOKENIZER).iterdir()})
+    assert names == expected
+    assert {"adapter_config.json", "adapter_model.safetensors", "README.md", "tokenizer_config.json"} <= set(names)
+    assert (folder / "README.md").read_text() == (card_run / runs.ADAPTER / runs.MODEL_CARD).read_text()
+
+
+def test_push_fails_offline_with_one_line(card_run, monkeypatch):
+    from loraclf import push
+    from loraclf.errors import RunError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(RunError) as e:
+        push.push(card_run, "someone/loraclf-test")
+    msg = str(e.value)
+    assert msg.startswith("cannot push adapter to the Hugging Face Hub repo someone/loraclf-test:")
+    assert "\n" not in msg
+    with pytest.raises(RunError, match="not a Hugging Face repo id"):
+        push.push(card_run, "no slash")
