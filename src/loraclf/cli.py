@@ -8,7 +8,8 @@ import os
 import sys
 from pathlib import Path
 
-from . import __version__, device
+from . import __version__, device, launch
+from .config import augment_config, describe_keys, load_config, resume_config
 from .errors import LoraclfError
 
 EPILOG = """examples:
@@ -161,8 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # ------------------------------------------------------------------------------------------ handlers
-# Each verb's module is imported when the verb runs: most of them pull in torch (~3 s), which `loraclf --help`,
-# `config` and `validate` do not need.
+# Each verb's module is imported when the verb runs, so a command loads only what it uses: torch alone takes ~3 s,
+# which `loraclf --help`, `config` and `validate` do not need (config, launch and errors at the top are light).
 
 
 def _split_config(args) -> tuple[str | None, list[str]]:
@@ -175,8 +176,6 @@ def _split_config(args) -> tuple[str | None, list[str]]:
 
 
 def cmd_config(args) -> int:
-    from .config import describe_keys, load_config
-
     if args.keys:
         for key, tp, default, help_ in describe_keys():
             print(f"{key:38} {tp:28} {default:22} {help_}")
@@ -187,8 +186,6 @@ def cmd_config(args) -> int:
 
 
 def cmd_validate(args) -> int:
-    from .config import load_config
-
     config, overrides = _split_config(args)
     load_config(config, overrides)
     print("config OK")
@@ -196,12 +193,8 @@ def cmd_validate(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .config import load_config, resume_config
-
     if args.nproc and args.nproc > 1 and "LOCAL_RANK" not in os.environ:
-        from .launch import relaunch
-
-        return relaunch(args.nproc)
+        return launch.relaunch(args.nproc)
     config, overrides = _split_config(args)
     cfg = resume_config(args.resume, overrides) if args.resume and config is None else load_config(config, overrides)
     if cfg.data.unlabeled:
@@ -244,7 +237,6 @@ def cmd_predict(args) -> int:
 
 def cmd_budget(args) -> int:
     from .budget import budget_report, format_report
-    from .config import load_config
 
     config, overrides = _split_config(args)
     rep = budget_report(load_config(config, overrides), num_labels=args.num_labels)
@@ -254,7 +246,6 @@ def cmd_budget(args) -> int:
 
 def cmd_augment(args) -> int:
     from .augment import augment_file
-    from .config import augment_config
 
     aug = augment_config(args.aug_config, synonym_p=args.synonym_p, insert_p=args.insert_p, swap_p=args.swap_p,
                            delete_p=args.delete_p, num_copies=args.num_copies)
