@@ -24,9 +24,12 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
 from tqdm.auto import tqdm
 
-from .config import AugmentConfig
+from . import runs
+from .config import AugmentConfig, DataConfig
+from .data import read as data_read
 from .errors import ConfigError, DataError, LoraclfError, did_you_mean
 
 WORDNET_ENV = "LORACLF_WORDNET_DIR"
@@ -350,7 +353,7 @@ def augment_dataset(texts: list[str], labels: list, cfg: AugmentConfig, seed: in
 # ---------------------------------------------------------------------------------------------- files
 
 _FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "json", ".parquet": "parquet",
-            ".pkl": "pickle", ".pickle": "pickle"}  # output formats; inputs are whatever loraclf.data reads
+            ".pkl": "pickle", ".pickle": "pickle"}  # output formats; inputs are whatever data.read reads
 
 
 def _format(path: Path, role: str, formats: dict) -> str:
@@ -361,17 +364,6 @@ def _format(path: Path, role: str, formats: dict) -> str:
             f"for {path}; use one of {', '.join(formats)}"
         )
     return fmt
-
-
-def _check_input(path: Path, allow_pickle: bool) -> None:
-    # Checked here as well as in data.read_table, for messages that name the input and augment_file's argument.
-    from .data import READERS
-
-    if not path.is_file():
-        raise DataError(f"input file not found: {path}")
-    if _format(path, "input", READERS) == "pickle" and not allow_pickle:
-        raise DataError(f"{path} is a pickle file, and unpickling runs code from it; read it only if you trust it, "
-                        "with allow_pickle=True (data.allow_pickle)")
 
 
 def _table_bytes(df, fmt: str) -> bytes:
@@ -395,16 +387,11 @@ def augment_file(input_path, output_path, cfg: AugmentConfig, seed: int, text_co
     {"rows_in", "rows_out", "label_column", "examples": [(before, after), ...]} with up to `show` examples;
     label_column is None when the file has no such column (its rows are copied all the same).
     """
-    import pandas as pd
-
-    from .config import DataConfig
-    from .data import read_table
-    from .runs import atomic_write_bytes
-
     src, dst = Path(input_path), Path(output_path)
-    _check_input(src, allow_pickle)
+    max_file_mb = DataConfig().max_file_mb if max_file_mb is None else max_file_mb
+    data_read.check_file(src, "input", allow_pickle, contents=False)
     out_fmt = _format(dst, "output", _FORMATS)  # before reading, which may take a while
-    df = read_table(src, allow_pickle, DataConfig().max_file_mb if max_file_mb is None else max_file_mb)
+    df = data_read.read_table(src, allow_pickle, max_file_mb, role="input")
     if text_column not in df.columns:
         columns = ", ".join(map(str, df.columns))
         raise DataError(f"{src} has no text column '{text_column}'{did_you_mean(text_column, df.columns)}; "
@@ -419,7 +406,7 @@ def augment_file(input_path, output_path, cfg: AugmentConfig, seed: int, text_co
         copy[text_column] = out_texts[k * len(df):(k + 1) * len(df)]
         copies.append(copy)
     out = pd.concat([df, *copies], ignore_index=True)
-    atomic_write_bytes(dst, _table_bytes(out, out_fmt))
+    runs.atomic_write_bytes(dst, _table_bytes(out, out_fmt))
     examples = [(texts[i], out_texts[len(df) + i]) for i in range(min(show, len(df)))]
     return {"rows_in": len(df), "rows_out": len(out), "label_column": label_column if has_labels else None,
             "examples": examples}
