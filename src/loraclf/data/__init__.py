@@ -1,0 +1,24 @@
+"""Data: sources -> columns -> label map -> split -> tokenize -> batches, one module per stage.
+
+read      the one table reader (files through pandas, Arrow or a stream; hub datasets)
+clean     the one cleaning path (text columns joined, empty rows dropped or refused, long texts cut)
+labels    the label map and label encoding
+splits    train/validation/test with the label map (load_splits; load_stream_splits with data.streaming)
+batches   tokenize (cached as Arrow), padding, the length-grouped order, the loaders
+stream    one pass over a training stream, tokenized as it is read (data.streaming)
+"""
+
+from .batches import (EVAL_COLUMNS, TRAIN_COLUMNS, LengthGroupedSampler, cache_dir, collator, eval_loader,
+                      steps_per_epoch, tokenize, train_loader)
+from .clean import (ID_COLUMNS, check_columns, clean_arrow, clean_batch, clean_frame, is_missing, join_text,
+                    read_texts, select_text, text_columns)
+from .labels import build_label_map, encode_arrow, encode_labels, normalise_label
+from .read import (ARROW_BUILDERS, READERS, STREAM_BUILDERS, check_file, column, read_hub, read_split, read_table,
+                   stream_head)
+from .splits import Splits, load_splits, load_stream_splits, stratified_split
+from .stream import STREAM_MAP_BATCH, stream_loader, stream_where, train_stream
+
+# the names callers used before the package had public ones (predict/adapt: _clean; tests: the other two)
+_clean = clean_frame
+_normalise_label = normalise_label
+_LengthGroupedSampler = LengthGroupedSampler

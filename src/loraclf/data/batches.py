@@ -1,0 +1,155 @@
+"""Tokenize (no padding, cached on disk as Arrow) and batch: dynamic padding, length-grouped training order.
+
+Tokenized splits keep `label`, add `input_ids`, `attention_mask`, `length`, and an `index` column so predictions
+can be put back in input order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+
+from .. import sources
+from ..config import DataConfig
+from .read import column
+
+# per-row columns a training batch carries besides the tokens (weight, soft_labels: self-training's pseudo-labels)
+TRAIN_COLUMNS = ("input_ids", "attention_mask", "token_type_ids", "label", "weight", "soft_labels")
+EVAL_COLUMNS = ("input_ids", "attention_mask", "token_type_ids", "label", "index")
+
+
+def cache_dir(cfg: DataConfig) -> Path:
+    return Path(cfg.cache_dir) if cfg.cache_dir else sources.cache_root() / "tokenized"
+
+
+def _fingerprint(ds, tokenizer, max_length: int) -> str:
+    h = hashlib.sha256()
+    h.update(type(tokenizer).__name__.encode())
+    h.update(str(getattr(tokenizer, "name_or_path", "")).encode())
+    h.update(str(len(tokenizer)).encode())
+    h.update(str(max_length).encode())
+    h.update(str(getattr(ds, "_fingerprint", "")).encode())
+    if ds.cache_files:
+        # memory-mapped: datasets' fingerprint already follows the file (path, mtime) and every transform since,
+        # and reading the text here would pull the whole file into memory
+        return h.hexdigest()[:24]
+    table = ds.data.table if hasattr(ds.data, "table") else ds.data
+    for col in ("text", "label"):
+        if col in ds.column_names:
+            arr = table.column(col)
+            h.update(pd.util.hash_pandas_object(arr.to_pandas(), index=False).values.tobytes())
+    return h.hexdigest()[:24]
+
+
+def tokenize(ds, tokenizer, cfg: DataConfig, cache: bool = True):
+    """Tokenize without padding, adding `length` and `index`; cached on disk as Arrow when cache is set."""
+    max_length = cfg.max_length
+
+    def fn(batch, idx):
+        enc = tokenizer(batch["text"], truncation=True, max_length=max_length)
+        enc["length"] = [len(x) for x in enc["input_ids"]]
+        enc["index"] = idx
+        return enc
+
+    keep = [c for c in ds.column_names if c == "label"]
+    remove = [c for c in ds.column_names if c not in keep]
+    num_proc = cfg.num_proc
+    if num_proc is None:
+        num_proc = min(os.cpu_count() or 1, 8) if len(ds) >= 50_000 else None
+    kwargs = dict(batched=True, with_indices=True, remove_columns=remove, desc="Tokenizing", num_proc=num_proc)
+    if cache:
+        d = cache_dir(cfg)
+        d.mkdir(parents=True, exist_ok=True)
+        key = _fingerprint(ds, tokenizer, max_length)
+        kwargs["cache_file_name"] = str(d / f"{key}.arrow")
+        kwargs["load_from_cache_file"] = True
+        # our key already names tokenizer, max_length and data; without it datasets pickles `fn` (the whole
+        # tokenizer) to make one, which is most of a cached re-run's time
+        kwargs["new_fingerprint"] = key
+    return ds.map(fn, **kwargs)
+
+
+def collator(tokenizer):
+    """Dynamic padding to the longest row of the batch; `label` renamed to `labels` as models expect. Other
+    per-row columns (index, weight, soft_labels) come through as tensors."""
+    from transformers import DataCollatorWithPadding
+
+    return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=None)
+
+
+def train_loader(ds, tokenizer, batch_size: int, group_by_length: bool, seed: int, epoch: int,
+                 group_size: Optional[int] = None):
+    """Shuffled (seed + epoch) batches; length-grouped when asked, so each batch pads little.
+
+    group_size is the global batch (per-device batch x processes): grouping by it gives every process count the
+    same sample order, so N processes see exactly the samples one process would.
+    """
+    import torch
+    from torch.utils.data import DataLoader, RandomSampler
+
+    g = torch.Generator()
+    g.manual_seed(seed + epoch)
+    data = ds.select_columns([c for c in TRAIN_COLUMNS if c in ds.column_names])
+    if group_by_length:
+        sampler = LengthGroupedSampler(column(ds, "length").to_numpy(), group_size or batch_size, g)
+    else:
+        sampler = RandomSampler(data, generator=g)
+    # the loader's own generator: without one, every new iterator draws its base seed from the global RNG,
+    # which a resumed run would draw once more than an uninterrupted one (and so change its dropout masks)
+    loader_g = torch.Generator()
+    loader_g.manual_seed(seed + epoch)
+    return DataLoader(data, batch_size=batch_size, sampler=sampler, collate_fn=collator(tokenizer), drop_last=False,
+                      generator=loader_g)
+
+
+def eval_loader(ds, tokenizer, batch_size: int):
+    """Batches sorted by length (least padding); the `index` column restores input order."""
+    from torch.utils.data import DataLoader
+
+    order = np.argsort(column(ds, "length").to_numpy(), kind="stable")
+    data = ds.select(order.tolist()).select_columns([c for c in EVAL_COLUMNS if c in ds.column_names])
+    return DataLoader(data, batch_size=batch_size, shuffle=False, collate_fn=collator(tokenizer))
+
+
+class LengthGroupedSampler:
+    """transformers' LengthGroupedSampler order (same draws, same result) computed in numpy.
+
+    The original sorts Python lists of every index, which at a million rows costs hundreds of MB; this keeps one
+    int64 array.
+    """
+
+    def __init__(self, lengths: np.ndarray, batch_size: int, generator):
+        self.lengths = np.asarray(lengths)
+        self.batch_size = batch_size
+        self.generator = generator
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def order(self) -> np.ndarray:
+        import torch
+
+        n = len(self.lengths)
+        mult = min(n // (self.batch_size * 4), 50) or 1
+        indices = torch.randperm(n, generator=self.generator).numpy()
+        size = mult * self.batch_size
+        # a stable sort on the negated length = Python's sorted(..., reverse=True), which keeps ties in order
+        mbs = [mb[np.argsort(-self.lengths[mb], kind="stable")] for mb in
+               (indices[i: i + size] for i in range(0, n, size))]
+        top = int(np.argmax([self.lengths[mb[0]] for mb in mbs]))  # first maximum, as torch.argmax
+        mbs[0][0], mbs[top][0] = mbs[top][0], mbs[0][0]
+        return np.concatenate(mbs)
+
+    def __iter__(self):
+        return (int(i) for i in self.order())
+
+
+def steps_per_epoch(n_rows: int, batch_size: int, accumulation: int, num_processes: int = 1) -> int:
+    batches = math.ceil(n_rows / (batch_size * num_processes))
+    return max(1, math.ceil(batches / accumulation))

@@ -1,0 +1,155 @@
+"""The one cleaning path: text column(s) selected and joined, rows with an empty or NaN text/label dropped with a
+count or refused (data.empty_text), long texts cut to data.max_text_chars.
+
+clean_batch holds the rules for a batch of raw rows; DataFrames (clean_frame), memory-mapped Datasets (clean_arrow)
+and the training stream (stream.train_stream) all go through it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+
+from .. import logs
+from ..config import DataConfig
+from ..errors import DataError, did_you_mean
+from .read import column, read_table
+
+logger = logs.get(__name__)
+
+ID_COLUMNS = ("ID", "Id", "id")
+
+
+def text_columns(cfg: DataConfig) -> list[str]:
+    return [cfg.text_column] if isinstance(cfg.text_column, str) else list(cfg.text_column)
+
+
+def is_missing(v) -> bool:
+    try:
+        return v is None or bool(pd.isna(v))
+    except (TypeError, ValueError):  # lists/arrays in a cell are not "missing"
+        return False
+
+
+def check_columns(columns, cfg: DataConfig, where: str, need_label: bool) -> None:
+    """The missing-text-column and missing-label-column errors, in that order."""
+    columns = [str(c) for c in columns]
+    missing = [c for c in text_columns(cfg) if c not in columns]
+    if missing:
+        raise DataError(f"{where} has no text column '{missing[0]}'{did_you_mean(missing[0], columns)}; columns are: "
+                        f"{', '.join(columns)} (set data.text_column)")
+    if need_label and cfg.label_column not in columns:
+        raise DataError(f"{where} has no label column '{cfg.label_column}'{did_you_mean(cfg.label_column, columns)}; "
+                        f"columns are: {', '.join(columns)} (set data.label_column)")
+
+
+def join_text(parts: list[list]) -> list[Optional[str]]:
+    """Row by row, the non-blank values of the text columns joined by a space; None where nothing is left."""
+    # element-wise on Python objects: pandas' string dtypes turn None back into NaN (and NaN into "nan")
+    parts = [[None if is_missing(v) else str(v) for v in values] for values in parts]
+    joined = [" ".join(x for x in row if x and x.strip()) for row in zip(*parts)]
+    return [t.strip() or None for t in joined]
+
+
+def select_text(df: pd.DataFrame, cfg: DataConfig, where: str) -> pd.Series:
+    """The text column(s) joined by a space; None where every part is missing."""
+    check_columns(df.columns, cfg, where, need_label=False)
+    return pd.Series(join_text([df[c].tolist() for c in text_columns(cfg)]), index=df.index, dtype=object)
+
+
+def clean_batch(batch, text_cols: list[str], label_col: Optional[str], max_chars: int) -> dict:
+    """The rules for one batch of raw rows (column -> values).
+
+    Returns `text` (joined and cut to max_chars; None when empty), `keep` (False where the text or, with label_col,
+    the label is empty or NaN) and `cut` (True where a text was cut). Only plain arguments, no config: a cached
+    map's key follows what its function captures.
+    """
+    text = join_text([list(batch[c]) for c in text_cols])
+    keep = np.array([t is not None for t in text], dtype=bool)
+    if label_col is not None:
+        lab = pd.Series(list(batch[label_col]), dtype=object)
+        keep &= ~(lab.isna() | lab.map(lambda v: isinstance(v, str) and not v.strip())).to_numpy(dtype=bool)
+    cut = np.array([t is not None and len(t) > max_chars for t in text], dtype=bool)
+    return {"text": [t if t is None else t[:max_chars] for t in text], "keep": keep, "cut": cut}
+
+
+def account(keep: np.ndarray, cut: np.ndarray, cfg: DataConfig, where: str, say) -> None:
+    """Refuse or count the rows clean_batch would not keep (data.empty_text), then count the texts it cut."""
+    n_empty = int((~keep).sum())
+    if n_empty:
+        if cfg.empty_text == "error":
+            raise DataError(f"{where} has {n_empty} empty or NaN texts/labels (first at row {int(np.flatnonzero(~keep)[0])}); "
+                            f"set data.empty_text=drop to skip them")
+        say(f"{where}: dropped {n_empty} rows with empty or NaN text/label")
+    if not keep.any():
+        raise DataError(f"{where} has no usable rows (all texts empty)")
+    n_cut = int(cut[keep].sum())
+    if n_cut:
+        say(f"{where}: cut {n_cut} texts to data.max_text_chars={cfg.max_text_chars} characters")
+
+
+def clean_frame(df: pd.DataFrame, cfg: DataConfig, where: str, need_label: bool = True, log=None) -> pd.DataFrame:
+    """A DataFrame's usable rows as columns `text` (and the raw `label` with need_label)."""
+    check_columns(df.columns, cfg, where, need_label)
+    label_col = cfg.label_column if need_label else None
+    cols = list(dict.fromkeys(text_columns(cfg) + ([label_col] if label_col else [])))
+    b = clean_batch({c: df[c].tolist() for c in cols}, text_columns(cfg), label_col, cfg.max_text_chars)
+    account(b["keep"], b["cut"], cfg, where, logs.sink(log, logger))
+    out = pd.DataFrame({"text": pd.Series(b["text"], dtype=object)})
+    if need_label:
+        out["label"] = df[label_col].values
+    return out[b["keep"]].reset_index(drop=True)
+
+
+def clean_arrow(ds, cfg: DataConfig, where: str, need_label: bool = True, log=None):
+    """clean_frame for a memory-mapped Dataset, in a cached batched map."""
+    import datasets
+
+    check_columns(ds.column_names, cfg, where, need_label)
+    cols, max_chars = text_columns(cfg), cfg.max_text_chars
+    label_col = cfg.label_column if need_label else None
+
+    def fn(batch):
+        b = clean_batch(batch, cols, label_col, max_chars)
+        out = {"text": b["text"], "_cut": b["cut"]}
+        if label_col is not None:
+            out["label"] = batch[label_col]
+        out["_keep"] = b["keep"]
+        return out
+
+    feats = {"text": datasets.Value("string"), "_cut": datasets.Value("bool")}
+    if need_label:
+        feats["label"] = ds.features[label_col]
+    feats["_keep"] = datasets.Value("bool")
+    ds = ds.map(fn, batched=True, batch_size=10_000, remove_columns=ds.column_names,
+                features=datasets.Features(feats), desc=f"Cleaning {Path(where).name}")
+    keep = np.asarray(column(ds, "_keep").to_numpy(zero_copy_only=False), dtype=bool)
+    cut = np.asarray(column(ds, "_cut").to_numpy(zero_copy_only=False), dtype=bool)
+    account(keep, cut, cfg, where, logs.sink(log, logger))
+    if not keep.all():
+        ds = ds.select(np.flatnonzero(keep))
+    return ds.remove_columns(["_cut", "_keep"])
+
+
+def read_texts(path: str | Path, cfg: DataConfig, allow_pickle: Optional[bool] = None) -> tuple[list[str], Optional[list], pd.DataFrame]:
+    """Texts (and IDs when present) of an input file for predict/evaluate; empty texts are kept as ''."""
+    df = read_table(path, cfg.allow_pickle if allow_pickle is None else allow_pickle, cfg.max_file_mb)
+    if isinstance(cfg.text_column, str) and cfg.text_column not in df.columns and len(df.columns) == 1:
+        text = select_text(df.rename(columns={df.columns[0]: cfg.text_column}), cfg, str(path))
+    elif isinstance(cfg.text_column, str) and cfg.text_column not in df.columns and "text" in df.columns:
+        text = select_text(df.rename(columns={"text": cfg.text_column}), cfg, str(path))
+    else:
+        text = select_text(df, cfg, str(path))
+    texts = [("" if t is None else t[: cfg.max_text_chars]) for t in text]
+    id_col = cfg.id_column or next((c for c in ID_COLUMNS if c in df.columns), None)
+    if cfg.id_column and cfg.id_column not in df.columns:
+        raise DataError(f"{path} has no ID column '{cfg.id_column}'; columns are: {', '.join(df.columns)}")
+    ids = df[id_col].tolist() if id_col else None
+    if ids is None and Path(path).suffix.lower() == ".txt":
+        # read_table skips blank lines; the IDs stay the (0-based) line numbers, so an ID always points at its line
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        ids = [i for i, line in enumerate(lines) if line.strip()]
+    return texts, ids, df

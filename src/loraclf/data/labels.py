@@ -1,0 +1,90 @@
+"""The label map (id2label) built from the training labels, and labels encoded as class ids through it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+
+from ..errors import DataError
+
+
+def normalise_label(v):
+    """A raw label as the label map knows it: integral numbers as int, anything else as a stripped string."""
+    if isinstance(v, (bool, np.bool_)):
+        return str(v)
+    if isinstance(v, (int, np.integer)):
+        return int(v)
+    if isinstance(v, (float, np.floating)) and float(v).is_integer():
+        return int(v)
+    return str(v).strip()
+
+
+def build_label_map(labels, label_names: Optional[list[str]], max_labels: int) -> dict[int, str]:
+    """id2label from the training labels: ints keep their values, strings are sorted."""
+    values = sorted({normalise_label(v) for v in labels}, key=lambda v: (isinstance(v, str), v))
+    if len(values) > max_labels:
+        raise DataError(f"the label column has {len(values):,} distinct values, over data.max_labels={max_labels}; is it the right column?")
+    if len(values) < 2:
+        raise DataError(
+            f"the training data has only one class ({values[0]!r}); a classifier needs at least two"
+            if values else "the training data has no labels"
+        )
+    if all(isinstance(v, int) for v in values):
+        if values[0] < 0:
+            raise DataError(f"integer labels must be >= 0, found {values[0]}; number the classes 0..K-1 or use label names")
+        k = max(values) + 1
+        if k > max_labels:
+            raise DataError(f"integer labels reach {max(values)}, over data.max_labels={max_labels}")
+        if label_names:
+            if len(label_names) < k:
+                raise DataError(f"data.label_names has {len(label_names)} names but labels go up to {k - 1}; "
+                                f"give one name per label 0..{k - 1}")
+            return {i: str(label_names[i]) for i in range(k)}
+        return {i: str(i) for i in range(k)}
+    if label_names:
+        raise DataError("data.label_names is only for integer labels; these labels are already names")
+    return {i: str(v) for i, v in enumerate(values)}
+
+
+def encode_labels(labels, id2label: dict[int, str], where: str, streamed: bool = False) -> np.ndarray:
+    """Class ids of raw labels; a label outside id2label is a one-line error naming up to five of them."""
+    label2id = {name: i for i, name in id2label.items()}
+    ints = {i for i in id2label}
+    out = np.empty(len(labels), dtype=np.int64)
+    unseen = set()
+    for j, v in enumerate(labels):
+        v = normalise_label(v)
+        if str(v) in label2id:
+            out[j] = label2id[str(v)]
+        elif isinstance(v, int) and v in ints:  # integer labels named by data.label_names
+            out[j] = v
+        else:
+            unseen.add(v)
+    if unseen and streamed:
+        shown = ", ".join(repr(u) for u in sorted(unseen, key=str)[:5])
+        raise DataError(
+            f"{where} has rows with labels outside the label set read before training: {shown}; known labels are "
+            f"{', '.join(id2label.values())} (a stream's label set comes from the validation data, data.label_names "
+            f"or the dataset's ClassLabel: add that class to one of them, or drop those rows)"
+        )
+    if unseen:
+        shown = ", ".join(repr(u) for u in sorted(unseen, key=str)[:5])
+        raise DataError(
+            f"{where} has labels never seen in training: {shown}; known labels are "
+            f"{', '.join(id2label.values())} (add examples of them to the training data, or drop those rows)"
+        )
+    return out
+
+
+def encode_arrow(ds, id2label: dict[int, str], where: str):
+    """Replace a Dataset's raw label column by class ids, in a cached batched map (this also flattens any select)."""
+    import datasets
+
+    def fn(batch):
+        return {"label": encode_labels(pd.Series(batch["label"], dtype=object), id2label, where)}
+
+    feats = datasets.Features({"text": datasets.Value("string"), "label": datasets.Value("int64")})
+    return ds.map(fn, batched=True, batch_size=10_000, features=feats, desc=f"Encoding labels of {Path(where).name}")
