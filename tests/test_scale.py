@@ -17,7 +17,7 @@ from loraclf.errors import DataError
 @pytest.fixture
 def arrow_always(monkeypatch, tmp_path):
     """Send every csv/tsv/jsonl/parquet file through the Arrow path, with its caches under tmp_path."""
-    monkeypatch.setattr(data, "ARROW_MIN_MB", 0.0)
+    monkeypatch.setattr(data.read, "ARROW_MIN_MB", 0.0)
     monkeypatch.setenv("LORACLF_CACHE", str(tmp_path / "cache"))
 
 
@@ -33,7 +33,7 @@ def test_arrow_path_gives_the_pandas_splits(small_ag, monkeypatch, tmp_path):
     monkeypatch.setenv("LORACLF_CACHE", str(tmp_path / "cache"))
     cfg = _cfg(f"data.train={small_ag['train']}", f"data.test={small_ag['test']}")  # validation split from train
     pandas_splits = data.load_splits(cfg, log=lambda m: None)
-    monkeypatch.setattr(data, "ARROW_MIN_MB", 0.0)
+    monkeypatch.setattr(data.read, "ARROW_MIN_MB", 0.0)
     arrow_splits = data.load_splits(cfg, log=lambda m: None)
     assert arrow_splits.train.cache_files, "the Arrow path should be memory-mapped from a file"
     for key in ("train", "validation", "test"):
@@ -76,7 +76,7 @@ def test_arrow_path_errors_match_the_pandas_path(small_ag, tmp_path, monkeypatch
     cfg = _cfg(f"data.train={tmp_path / 'train.csv'}", f"data.validation={tmp_path / 'val.csv'}", *overrides)
     with pytest.raises(DataError) as pandas_err:
         data.load_splits(cfg, log=lambda m: None)
-    monkeypatch.setattr(data, "ARROW_MIN_MB", 0.0)
+    monkeypatch.setattr(data.read, "ARROW_MIN_MB", 0.0)
     with pytest.raises(DataError) as arrow_err:
         data.load_splits(cfg, log=lambda m: None)
     assert str(arrow_err.value) == str(pandas_err.value)
