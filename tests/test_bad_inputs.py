@@ -26,14 +26,14 @@ from loraclf import cli, runs
 
 
 @pytest.fixture(scope="module")
-def trained_run(tmp_path_factory, tiny_bert, small_ag) -> Path:
+def trained_run(tmp_path_factory, tiny_bert, tiny_data) -> Path:
     """A finished tiny run folder, copied into each case's workspace by the cases that need one."""
     from loraclf.config import load_config
     from loraclf.train import train
 
     root = tmp_path_factory.mktemp("bad_inputs_run")
     cfg = load_config(None, [
-        f"model.name_or_path={tiny_bert}", f"data.train={small_ag['train']}", f"data.validation={small_ag['val']}",
+        f"model.name_or_path={tiny_bert}", f"data.train={tiny_data['train']}", f"data.validation={tiny_data['val']}",
         "data.max_length=32", "train.max_steps=2", "train.mixed_precision=fp32", "output.report=false",
         f"output.dir={root}", "output.run_name=run", f"data.cache_dir={root / 'cache'}",
     ])
@@ -43,8 +43,8 @@ def trained_run(tmp_path_factory, tiny_bert, small_ag) -> Path:
 class WS:
     """One case's workspace: every path a case may read or (wrongly) write is inside it."""
 
-    def __init__(self, root: Path, tiny_bert: Path, small_ag: dict, trained_run: Path):
-        self.root, self.tiny_bert, self.small_ag, self._trained = root, tiny_bert, small_ag, trained_run
+    def __init__(self, root: Path, tiny_bert: Path, tiny_data: dict, trained_run: Path):
+        self.root, self.tiny_bert, self.tiny_data, self._trained = root, tiny_bert, tiny_data, trained_run
 
     def p(self, name: str) -> Path:
         return self.root / name
@@ -64,13 +64,13 @@ class WS:
         return dst
 
     def train(self, *extra: str, train: Path | None = None) -> list[str]:
-        return ["train", f"model.name_or_path={self.tiny_bert}", f"data.train={train or self.small_ag['train']}",
-                f"data.validation={self.small_ag['val']}", "data.max_length=32", "train.max_steps=2",
+        return ["train", f"model.name_or_path={self.tiny_bert}", f"data.train={train or self.tiny_data['train']}",
+                f"data.validation={self.tiny_data['val']}", "data.max_length=32", "train.max_steps=2",
                 "train.mixed_precision=fp32", "output.report=false", f"output.dir={self.p('runs')}",
                 "output.run_name=new", f"data.cache_dir={self.p('cache')}", *extra, "--quiet"]
 
     def predict(self, run: Path, *extra: str, input: Path | None = None, output: str = "out.csv") -> list[str]:
-        return ["predict", str(run), "--input", str(input or self.small_ag["test"]), "--output", str(self.p(output)),
+        return ["predict", str(run), "--input", str(input or self.tiny_data["test"]), "--output", str(self.p(output)),
                 "--quiet", *extra]
 
 
@@ -228,9 +228,9 @@ def test_the_matrix_is_big_enough():
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_bad_input(case, tmp_path, tiny_bert, small_ag, trained_run, capfd, monkeypatch):
+def test_bad_input(case, tmp_path, tiny_bert, tiny_data, trained_run, capfd, monkeypatch):
     build, problem, fix = CASES[case]
-    ws = WS(tmp_path, tiny_bert, small_ag, trained_run)
+    ws = WS(tmp_path, tiny_bert, tiny_data, trained_run)
     argv = build(ws)
     monkeypatch.chdir(tmp_path)  # anything written to the current folder would show up in the snapshot
     monkeypatch.setenv("LORACLF_CACHE", str(tmp_path / "lcache"))
@@ -253,10 +253,10 @@ def test_bad_input(case, tmp_path, tiny_bert, small_ag, trained_run, capfd, monk
 
 
 @pytest.mark.parametrize("case", ["wrong-typed key", "pickle without opt-in", "missing run folder", "unknown flag"])
-def test_bad_input_real_process(case, tmp_path, tiny_bert, small_ag, trained_run):
+def test_bad_input_real_process(case, tmp_path, tiny_bert, tiny_data, trained_run):
     """The same cases through the installed entry point in a fresh interpreter."""
     build, problem, fix = CASES[case]
-    ws = WS(tmp_path, tiny_bert, small_ag, trained_run)
+    ws = WS(tmp_path, tiny_bert, tiny_data, trained_run)
     argv = build(ws)
     before = _snapshot(tmp_path)
     p = subprocess.run([sys.executable, "-m", "loraclf", *argv], capture_output=True, text=True, cwd=tmp_path,
@@ -268,9 +268,9 @@ def test_bad_input_real_process(case, tmp_path, tiny_bert, small_ag, trained_run
     assert _snapshot(tmp_path) == before
 
 
-def test_a_10_mb_text_is_cut_by_max_text_chars_not_a_memory_blowup(tmp_path, tiny_bert, small_ag, trained_run, capfd):
+def test_a_10_mb_text_is_cut_by_max_text_chars_not_a_memory_blowup(tmp_path, tiny_bert, tiny_data, trained_run, capfd):
     """Clear limits: one 10 MB text is cut to data.max_text_chars and predicted like any other."""
-    ws = WS(tmp_path, tiny_bert, small_ag, trained_run)
+    ws = WS(tmp_path, tiny_bert, tiny_data, trained_run)
     big = ws.csv("big.csv", [("word " * 2_000_000, 0), ("short text", 1)])
     assert big.stat().st_size > 10_000_000
     from loraclf.config import DataConfig
@@ -283,13 +283,13 @@ def test_a_10_mb_text_is_cut_by_max_text_chars_not_a_memory_blowup(tmp_path, tin
     assert len(pd.read_csv(tmp_path / "pred.csv")) == 2
 
 
-def test_paths_in_a_config_file_are_resolved_and_outputs_stay_in_the_run_folder(tmp_path, tiny_bert, small_ag):
+def test_paths_in_a_config_file_are_resolved_and_outputs_stay_in_the_run_folder(tmp_path, tiny_bert, tiny_data):
     """Relative data paths in a YAML file resolve against the file's folder; `config` prints them absolute."""
     from loraclf.config import load_config
 
     sub = tmp_path / "cfg"
     sub.mkdir()
-    shutil.copy(small_ag["train"], sub / "train.csv")
+    shutil.copy(tiny_data["train"], sub / "train.csv")
     (sub / "c.yaml").write_text("data:\n  train: train.csv\n")
     cfg = load_config(sub / "c.yaml")
     assert Path(cfg.data.train) == sub / "train.csv" and Path(cfg.data.train).is_absolute()

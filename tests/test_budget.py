@@ -204,8 +204,8 @@ def test_budget_command_text_and_json(capsys):
     assert rep["fits"] is False and rep["largest_fitting_r"] == 11 and rep["trainable"] == 999_172 + 36_864
 
 
-def test_budget_counts_labels_from_the_data(tiny_bert, small_ag, capsys):
-    cfg = load_config(None, [f"model.name_or_path={tiny_bert}", f"data.train={small_ag['train']}"])
+def test_budget_counts_labels_from_the_data(tiny_bert, tiny_data, capsys):
+    cfg = load_config(None, [f"model.name_or_path={tiny_bert}", f"data.train={tiny_data['train']}"])
     rep = budget.budget_report(cfg)
     assert rep["num_labels"] == 4 and rep["num_labels_from"] == "the training labels"
     assert budget.budget_report(cfg, num_labels=7)["head_params"] == (H * H + H) + (H * 7 + 7)

@@ -1,4 +1,5 @@
-"""The core pipeline: config -> data -> model -> train -> run folder -> predict/evaluate, on real data."""
+"""The core pipeline: config -> data -> model -> train -> run folder -> predict/evaluate, on small AG-News-shaped
+files written by the tests (the competition pickles are the real ones, from ../shared)."""
 
 from __future__ import annotations
 
@@ -91,12 +92,12 @@ def test_roberta_base_seed_recipe_has_999172_trainable_params():
 # ------------------------------------------------------------------------------------------ data
 
 
-def test_readers_agree_across_formats(tmp_path, small_ag):
+def test_readers_agree_across_formats(tmp_path, tiny_data):
     from loraclf.data import read_table
 
-    df = pd.read_csv(small_ag["val"])
+    df = pd.read_csv(tiny_data["val"])
     paths = {
-        "csv": small_ag["val"],
+        "csv": tiny_data["val"],
         "tsv": tmp_path / "v.tsv", "jsonl": tmp_path / "v.jsonl", "json": tmp_path / "v.json",
         "parquet": tmp_path / "v.parquet",
     }
@@ -121,10 +122,10 @@ def test_pickle_needs_opt_in_and_reads_the_competition_files(ag_news):
         assert len(df) == 2000 and "text" in df.columns
 
 
-def test_joined_text_columns_string_labels_and_stratified_split(tmp_path, small_ag):
+def test_joined_text_columns_string_labels_and_stratified_split(tmp_path, tiny_data):
     from loraclf.data import load_splits
 
-    df = pd.read_csv(small_ag["train"])
+    df = pd.read_csv(tiny_data["train"])
     names = {0: "World", 1: "Sports", 2: "Business", 3: "Sci/Tech"}
     df["topic"] = df["label"].map(names)
     f = tmp_path / "t.csv"
@@ -148,12 +149,12 @@ def s_index(df, text):
     return int(np.flatnonzero(joined.values == text)[0])
 
 
-def test_tokenize_without_padding_then_pad_per_batch_and_group_by_length(tmp_path, ag_news, small_ag, minilm_path):
+def test_tokenize_without_padding_then_pad_per_batch_and_group_by_length(tmp_path, tiny_data, minilm_path):
     from transformers import AutoTokenizer
 
     from loraclf.data import eval_loader, load_splits, tokenize, train_loader
 
-    cfg = load_config(None, [f"data.train={ag_news / 'train.csv'}", f"data.validation={small_ag['val']}",
+    cfg = load_config(None, [f"data.train={tiny_data['train_2000']}", f"data.validation={tiny_data['val']}",
                              "data.max_length=128", f"data.cache_dir={tmp_path}"])
     s = load_splits(cfg.data, log=lambda m: None)
     tok = AutoTokenizer.from_pretrained(str(minilm_path))
@@ -283,17 +284,17 @@ def test_resume_continues_from_the_last_checkpoint(tiny_overrides):
 # ------------------------------------------------------------------------------------------ predict / evaluate / stock PEFT
 
 
-def test_predict_and_evaluate_commands(trained, small_ag, ag_news, tmp_path, capsys):
+def test_predict_and_evaluate_commands(trained, tiny_data, tmp_path, capsys):
     run = str(trained.run_dir)
     out = tmp_path / "sub.csv"
-    assert cli.main(["predict", run, "--input", str(ag_news / "test_unlabeled.csv"), "--output", str(out), "--quiet"]) == 0
+    assert cli.main(["predict", run, "--input", str(tiny_data["test_unlabeled"]), "--output", str(out), "--quiet"]) == 0
     sub = pd.read_csv(out)
     assert list(sub.columns) == ["ID", "Label"] and len(sub) == 2000
-    assert sub["ID"].tolist() == pd.read_csv(ag_news / "test_unlabeled.csv")["ID"].tolist()
+    assert sub["ID"].tolist() == pd.read_csv(tiny_data["test_unlabeled"])["ID"].tolist()
     assert set(sub["Label"]) <= {0, 1, 2, 3}
 
     plain = tmp_path / "texts.csv"
-    pd.read_csv(small_ag["test"])[["text"]].to_csv(plain, index=False)
+    pd.read_csv(tiny_data["test"])[["text"]].to_csv(plain, index=False)
     full = tmp_path / "full.csv"
     assert cli.main(["predict", run, "--input", str(plain), "--output", str(full), "--format", "full", "--quiet"]) == 0
     f = pd.read_csv(full)
@@ -302,13 +303,13 @@ def test_predict_and_evaluate_commands(trained, small_ag, ag_news, tmp_path, cap
     assert np.allclose(probs.sum(1), 1, atol=1e-4) and (probs.argmax(1) == f["label_id"]).all()
 
     capsys.readouterr()
-    assert cli.main(["evaluate", run, "--data", str(small_ag["test"]), "--quiet"]) == 0
+    assert cli.main(["evaluate", run, "--data", str(tiny_data["test"]), "--quiet"]) == 0
     line = capsys.readouterr().out.splitlines()[0]
     acc = float(line.split("accuracy ")[1].split()[0])
     assert abs(acc - trained.metrics["test"]["accuracy"]) < 1e-4
 
 
-def test_stock_peft_reload_matches_loraclf_predict(trained, small_ag):
+def test_stock_peft_reload_matches_loraclf_predict(trained, tiny_data):
     """No loraclf import in the reload: PeftModel over AutoModelForSequenceClassification gives the same outputs."""
     code = f"""
 import json, sys, torch, pandas as pd
@@ -319,7 +320,7 @@ cfg = json.load(open(run + '/adapter/adapter_config.json'))
 base = AutoModelForSequenceClassification.from_pretrained(cfg['base_model_name_or_path'], num_labels=4)
 model = PeftModel.from_pretrained(base, run + '/adapter').eval()
 tok = AutoTokenizer.from_pretrained(run + '/tokenizer')
-texts = pd.read_csv({str(small_ag['test'])!r})['text'].tolist()
+texts = pd.read_csv({str(tiny_data['test'])!r})['text'].tolist()
 with torch.no_grad():
     enc = tok(texts, truncation=True, max_length=32, padding=True, return_tensors='pt')
     probs = torch.softmax(model(**enc).logits, -1)
@@ -333,7 +334,7 @@ print(json.dumps(probs.tolist()))
     from loraclf.predict import predict_texts
 
     model, tok, _, _ = load_run_model(trained.run_dir)
-    ours = predict_texts(model, tok, pd.read_csv(small_ag["test"])["text"].tolist(), max_length=32)
+    ours = predict_texts(model, tok, pd.read_csv(tiny_data["test"])["text"].tolist(), max_length=32)
     assert (stock.argmax(1) == ours.argmax(1)).all()
     assert np.abs(stock - ours).max() < 1e-4
 
@@ -346,45 +347,45 @@ def _cli(args, tmp_path):
     return r.returncode, r.stderr.strip().splitlines()
 
 
-def _bad_cases(tiny_overrides, small_ag, tmp_path, ag_news):
+def _bad_cases(tiny_overrides, tiny_data, tmp_path):
     base = [o for o in tiny_overrides if not o.startswith(("data.train", "data.validation", "data.test"))]
-    val, test = f"data.validation={small_ag['val']}", f"data.test={small_ag['test']}"
+    val, test = f"data.validation={tiny_data['val']}", f"data.test={tiny_data['test']}"
     one_class = tmp_path / "one.csv"
-    pd.read_csv(small_ag["train"]).assign(label=2).to_csv(one_class, index=False)
+    pd.read_csv(tiny_data["train"]).assign(label=2).to_csv(one_class, index=False)
     unseen = tmp_path / "unseen.csv"
-    pd.read_csv(small_ag["val"]).assign(label=7).to_csv(unseen, index=False)
+    pd.read_csv(tiny_data["val"]).assign(label=7).to_csv(unseen, index=False)
     nan = tmp_path / "nan.csv"
-    df = pd.read_csv(small_ag["train"])
+    df = pd.read_csv(tiny_data["train"])
     df.loc[3, "text"] = None
     df.to_csv(nan, index=False)
     pkl = tmp_path / "train.pkl"
     with open(pkl, "wb") as f:
-        pickle.dump(pd.read_csv(small_ag["train"]), f)
+        pickle.dump(pd.read_csv(tiny_data["train"]), f)
     notmodel = tmp_path / "notmodel"
     notmodel.mkdir()
     (tmp_path / "data.xlsx").write_text("x")
     return {
         "missing file": (base + ["data.train=nope.csv", val], "data file not found: nope.csv"),
         "unknown format": (base + [f"data.train={tmp_path / 'data.xlsx'}", val], "unknown data format '.xlsx'"),
-        "missing text column": (base + [f"data.train={small_ag['train']}", "data.text_column=body", val],
+        "missing text column": (base + [f"data.train={tiny_data['train']}", "data.text_column=body", val],
                                 "no text column 'body'; columns are: text, label, title, description"),
-        "missing label column": (base + [f"data.train={small_ag['train']}", "data.label_column=topic", val],
+        "missing label column": (base + [f"data.train={tiny_data['train']}", "data.label_column=topic", val],
                                  "no label column 'topic'; columns are:"),
         "NaN text with empty_text=error": (base + [f"data.train={nan}", val, "data.empty_text=error"],
                                            "1 empty or NaN texts/labels (first at row 3)"),
-        "labels unseen in train": (base + [f"data.train={small_ag['train']}", f"data.validation={unseen}"],
+        "labels unseen in train": (base + [f"data.train={tiny_data['train']}", f"data.validation={unseen}"],
                                    "labels never seen in training: 7"),
         "one class": (base + [f"data.train={one_class}", val], "only one class"),
         "pickle without opt-in": (base + [f"data.train={pkl}", val], "data.allow_pickle=true"),
-        "not a model": (base + [f"data.train={small_ag['train']}", val, f"model.name_or_path={notmodel}"],
+        "not a model": (base + [f"data.train={tiny_data['train']}", val, f"model.name_or_path={notmodel}"],
                         "is not a model folder (no config.json)"),
-        "missing target modules": (base + [f"data.train={small_ag['train']}", val, "adapter.target_modules=[q_proj]"],
+        "missing target modules": (base + [f"data.train={tiny_data['train']}", val, "adapter.target_modules=[q_proj]"],
                                    "target module(s) q_proj not found"),
     }
 
 
-def test_bad_input_gives_one_line_exit_2_and_no_run_folder(tiny_overrides, small_ag, tmp_path, ag_news):
-    cases = _bad_cases(tiny_overrides, small_ag, tmp_path, ag_news)
+def test_bad_input_gives_one_line_exit_2_and_no_run_folder(tiny_overrides, tiny_data, tmp_path):
+    cases = _bad_cases(tiny_overrides, tiny_data, tmp_path)
     for name, (overrides, expected) in cases.items():
         code, err = _cli(["train", *overrides], tmp_path)
         assert code == 2, (name, err)
@@ -393,15 +394,15 @@ def test_bad_input_gives_one_line_exit_2_and_no_run_folder(tiny_overrides, small
         assert not (tmp_path / "runs").exists(), name  # nothing half-written
 
 
-def test_empty_texts_are_dropped_with_a_count(tiny_overrides, small_ag, tmp_path, capsys):
+def test_empty_texts_are_dropped_with_a_count(tiny_overrides, tiny_data, tmp_path, capsys):
     from loraclf.data import load_splits
 
-    df = pd.read_csv(small_ag["train"])
+    df = pd.read_csv(tiny_data["train"])
     df.loc[[1, 5], "text"] = None
     f = tmp_path / "nan.csv"
     df.to_csv(f, index=False)
     msgs = []
-    s = load_splits(load_config(None, [f"data.train={f}", f"data.validation={small_ag['val']}"]).data, log=msgs.append)
+    s = load_splits(load_config(None, [f"data.train={f}", f"data.validation={tiny_data['val']}"]).data, log=msgs.append)
     assert len(s.train) == len(df) - 2
     assert any("dropped 2 rows" in m for m in msgs)
 

@@ -38,10 +38,10 @@ BLOCKED_PYTHON = textwrap.dedent("""
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory, tiny_bert, small_ag) -> Path:
+def tiny_run(tmp_path_factory, tiny_bert, tiny_data) -> Path:
     root = tmp_path_factory.mktemp("export_tiny")
     # lora_alpha large so the merged delta visibly moves the weights: a merge that dropped it would be caught.
-    cfg = load_config(None, tiny_run_overrides(tiny_bert, small_ag, root, "tiny") + ["adapter.lora_alpha=64"])
+    cfg = load_config(None, tiny_run_overrides(tiny_bert, tiny_data, root, "tiny") + ["adapter.lora_alpha=64"])
     res = train(cfg, quiet=True)
     return Path(res.run_dir)
 
@@ -77,9 +77,9 @@ def test_token_batches_cover_every_index_once_and_respect_the_caps():
     assert len(batches[0]) == 16
 
 
-def test_predict_texts_returns_input_order_and_matches_one_by_one(tiny_run, small_ag):
+def test_predict_texts_returns_input_order_and_matches_one_by_one(tiny_run, tiny_data):
     im = load_inference_model(tiny_run)
-    texts = pd.read_csv(small_ag["test"])["text"].tolist()[:20]
+    texts = pd.read_csv(tiny_data["test"])["text"].tolist()[:20]
     texts[5] = ""  # an empty text is predicted, not dropped
     texts[7] = "word " * 500  # truncated at max_length
     batched = im.predict(texts, batch_size=8)
@@ -90,9 +90,9 @@ def test_predict_texts_returns_input_order_and_matches_one_by_one(tiny_run, smal
     np.testing.assert_allclose(batched.sum(-1), 1.0, atol=1e-5)
 
 
-def test_bf16_precision_stays_close_to_fp32(tiny_run, small_ag):
+def test_bf16_precision_stays_close_to_fp32(tiny_run, tiny_data):
     im = load_inference_model(tiny_run)
-    texts = pd.read_csv(small_ag["test"])["text"].tolist()
+    texts = pd.read_csv(tiny_data["test"])["text"].tolist()
     p32 = im.predict(texts, precision="fp32")
     p16 = im.predict(texts, precision="bf16")
     assert np.abs(p32 - p16).max() < 0.05
@@ -121,16 +121,16 @@ def test_export_writes_a_standalone_fp32_folder(tiny_export, tiny_run):
     assert info["max_length"] == 32 and info["onnx"]["max_abs_diff"] <= 1e-4
 
 
-def test_export_loads_with_stock_transformers_and_predicts_like_loraclf(tiny_export, tiny_run, small_ag, tmp_path):
-    texts = pd.read_csv(small_ag["test"])["text"].tolist()
+def test_export_loads_with_stock_transformers_and_predicts_like_loraclf(tiny_export, tiny_run, tiny_data, tmp_path):
+    texts = pd.read_csv(tiny_data["test"])["text"].tolist()
     ours = tmp_path / "ours.csv"
-    predict_file(tiny_run, small_ag["test"], ours, fmt="full", precision="fp32", quiet=True)
+    predict_file(tiny_run, tiny_data["test"], ours, fmt="full", precision="fp32", quiet=True)
     ours_df = pd.read_csv(ours)
     out = run_blocked(f"""
         import json, sys, torch
         import pandas as pd
         from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
-        texts = pd.read_csv({str(small_ag['test'])!r})["text"].tolist()
+        texts = pd.read_csv({str(tiny_data['test'])!r})["text"].tolist()
         model = AutoModelForSequenceClassification.from_pretrained({str(tiny_export)!r}).eval()
         tok = AutoTokenizer.from_pretrained({str(tiny_export)!r})
         with torch.inference_mode():
@@ -148,10 +148,10 @@ def test_export_loads_with_stock_transformers_and_predicts_like_loraclf(tiny_exp
     assert len(texts) == 80
 
 
-def test_predict_reads_an_export_folder_too(tiny_export, tiny_run, small_ag, tmp_path):
+def test_predict_reads_an_export_folder_too(tiny_export, tiny_run, tiny_data, tmp_path):
     a, b = tmp_path / "a.csv", tmp_path / "b.csv"
-    predict_file(tiny_run, small_ag["test"], a, quiet=True)
-    predict_file(tiny_export, small_ag["test"], b, quiet=True)
+    predict_file(tiny_run, tiny_data["test"], a, quiet=True)
+    predict_file(tiny_export, tiny_data["test"], b, quiet=True)
     assert pd.read_csv(a).equals(pd.read_csv(b))
     assert list(pd.read_csv(a).columns) == ["ID", "Label"]
 
@@ -175,14 +175,14 @@ def test_export_of_a_missing_run_is_one_line(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-def test_onnx_graph_runs_at_other_batch_and_sequence_sizes(tiny_export, small_ag):
+def test_onnx_graph_runs_at_other_batch_and_sequence_sizes(tiny_export, tiny_data):
     import onnxruntime as ort
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(tiny_export))
     model = load_inference_model(tiny_export).model
     sess = ort.InferenceSession(str(tiny_export / "model.onnx"), providers=["CPUExecutionProvider"])
-    texts = pd.read_csv(small_ag["test"])["text"].tolist()[:11]
+    texts = pd.read_csv(tiny_data["test"])["text"].tolist()[:11]
     enc = tok(texts, padding=True, truncation=True, max_length=32, return_tensors="np")
     names = [i.name for i in sess.get_inputs()]
     got = sess.run(None, {n: enc[n].astype(np.int64) for n in names})[0]
@@ -194,16 +194,16 @@ def test_onnx_graph_runs_at_other_batch_and_sequence_sizes(tiny_export, small_ag
 # ------------------------------------------------------------------------------------------ predict input formats
 
 
-def test_predict_txt_ids_are_line_numbers_when_lines_are_blank(tiny_run, small_ag, tmp_path):
-    texts = pd.read_csv(small_ag["test"])["text"].head(3).tolist()
+def test_predict_txt_ids_are_line_numbers_when_lines_are_blank(tiny_run, tiny_data, tmp_path):
+    texts = pd.read_csv(tiny_data["test"])["text"].head(3).tolist()
     (tmp_path / "in.txt").write_text(f"{texts[0]}\n\n{texts[1]}\n   \n{texts[2]}\n")
     assert main(["predict", str(tiny_run), "--input", str(tmp_path / "in.txt"), "--output",
                  str(tmp_path / "out.csv"), "--quiet"]) == 0
     assert pd.read_csv(tmp_path / "out.csv")["ID"].tolist() == [0, 2, 4]
 
 
-def test_predict_reads_every_input_format_and_writes_both_output_formats(tiny_run, small_ag, tmp_path, capsys):
-    df = pd.read_csv(small_ag["test"])[["text"]].head(12)
+def test_predict_reads_every_input_format_and_writes_both_output_formats(tiny_run, tiny_data, tmp_path, capsys):
+    df = pd.read_csv(tiny_data["test"])[["text"]].head(12)
     df.to_json(tmp_path / "in.jsonl", orient="records", lines=True)
     df.to_parquet(tmp_path / "in.parquet")
     (tmp_path / "in.txt").write_text("\n".join(df["text"]) + "\n")
@@ -232,10 +232,10 @@ def test_predict_reads_every_input_format_and_writes_both_output_formats(tiny_ru
 
 
 @pytest.mark.pretrained
-def test_real_minilm_export_predicts_like_loraclf_predict(minilm_path, small_ag, tmp_path):
+def test_real_minilm_export_predicts_like_loraclf_predict(minilm_path, tiny_data, tmp_path):
     cfg = load_config(None, [
-        "model.name_or_path=packaged:minilm-l6", f"data.train={small_ag['train']}",
-        f"data.validation={small_ag['val']}", f"data.test={small_ag['test']}", "data.max_length=64",
+        "model.name_or_path=packaged:minilm-l6", f"data.train={tiny_data['train']}",
+        f"data.validation={tiny_data['val']}", f"data.test={tiny_data['test']}", "data.max_length=64",
         "train.max_steps=15", "train.per_device_train_batch_size=16", "train.mixed_precision=fp32",
         "eval.eval_steps=15", "output.report=false", f"output.dir={tmp_path / 'runs'}", "output.run_name=minilm",
         f"data.cache_dir={tmp_path / 'cache'}",
@@ -243,13 +243,13 @@ def test_real_minilm_export_predicts_like_loraclf_predict(minilm_path, small_ag,
     run = Path(train(cfg, quiet=True).run_dir)
     export_run(run, tmp_path / "export")
     ours = tmp_path / "ours.csv"
-    predict_file(run, small_ag["test"], ours, fmt="full", precision="fp32", quiet=True)
+    predict_file(run, tiny_data["test"], ours, fmt="full", precision="fp32", quiet=True)
     ours_df = pd.read_csv(ours)
     out = run_blocked(f"""
         import json
         import pandas as pd
         from transformers import pipeline
-        texts = pd.read_csv({str(small_ag['test'])!r})["text"].tolist()
+        texts = pd.read_csv({str(tiny_data['test'])!r})["text"].tolist()
         clf = pipeline("text-classification", model={str(tmp_path / 'export')!r}, device="cpu", top_k=None)
         res = clf(texts, truncation=True, batch_size=16)
         print(json.dumps([{{d["label"]: d["score"] for d in r}} for r in res]))
@@ -274,16 +274,16 @@ def test_predict_the_kaggle_pickle_matches_the_csv_of_the_same_texts(tiny_run, a
     assert a.equals(b)
 
 
-def test_an_ia3_run_exports_merged_and_loads_without_peft(tiny_bert, small_ag, tmp_path):
-    cfg = load_config(None, tiny_run_overrides(tiny_bert, small_ag, tmp_path, "ia3") + ["adapter.method=ia3"])
+def test_an_ia3_run_exports_merged_and_loads_without_peft(tiny_bert, tiny_data, tmp_path):
+    cfg = load_config(None, tiny_run_overrides(tiny_bert, tiny_data, tmp_path, "ia3") + ["adapter.method=ia3"])
     run = Path(train(cfg, quiet=True).run_dir)
     export_run(run, tmp_path / "export")
-    ours = load_inference_model(run).predict(pd.read_csv(small_ag["test"])["text"].tolist()[:16])
+    ours = load_inference_model(run).predict(pd.read_csv(tiny_data["test"])["text"].tolist()[:16])
     out = run_blocked(f"""
         import json, torch
         import pandas as pd
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
-        texts = pd.read_csv({str(small_ag['test'])!r})["text"].tolist()[:16]
+        texts = pd.read_csv({str(tiny_data['test'])!r})["text"].tolist()[:16]
         model = AutoModelForSequenceClassification.from_pretrained({str(tmp_path / 'export')!r}).eval()
         tok = AutoTokenizer.from_pretrained({str(tmp_path / 'export')!r})
         with torch.inference_mode():

@@ -18,7 +18,7 @@ from loraclf.config import load_config
 from loraclf.errors import ConfigError, ModelError
 from loraclf.train import build_optimizer, set_seed, train
 
-H, LAYERS, LABELS = 32, 2, 4  # the tiny_bert fixture: hidden 32, 2 layers; small_ag: 4 AG News classes
+H, LAYERS, LABELS = 32, 2, 4  # the tiny_bert fixture: hidden 32, 2 layers; tiny_data: 4 AG-News-shaped classes
 HEAD = (H * H + H) + (H * LABELS + LABELS)  # pooler.dense + classifier, trained in full (modules_to_save)
 N = LAYERS * 2  # adapted modules: query and value in each layer
 
@@ -56,7 +56,7 @@ def _logits(model, tokenizer, texts) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_method_trains_counts_exactly_and_reloads_identically(case, tiny_overrides, tiny_bert, small_ag, monkeypatch, tmp_path):
+def test_method_trains_counts_exactly_and_reloads_identically(case, tiny_overrides, tiny_bert, tiny_data, monkeypatch, tmp_path):
     cfg = load_config(None, _overrides(tiny_overrides, case))
     captured = {}
     real_save = model_mod.save_adapter
@@ -85,7 +85,7 @@ def test_method_trains_counts_exactly_and_reloads_identically(case, tiny_overrid
     assert init and any(not torch.allclose(p, now[n]) for n, p in init.items())
 
     # save -> reload: identical logits merged, unmerged, and in stock PEFT on a fresh base model
-    texts = pd.read_csv(small_ag["val"])["text"].tolist()[:12]
+    texts = pd.read_csv(tiny_data["val"])["text"].tolist()[:12]
     want = _logits(trained, captured["tokenizer"], texts)
     merged, tok, _, _ = model_mod.load_run_model(run, merge=True)
     unmerged, _, _, _ = model_mod.load_run_model(run, merge=False)
@@ -102,10 +102,10 @@ def test_method_trains_counts_exactly_and_reloads_identically(case, tiny_overrid
     # evaluate and predict go through the reloaded (merged) model and agree with the in-training test metrics
     from loraclf.predict import evaluate_file, predict_file
 
-    ev = evaluate_file(run, small_ag["test"], quiet=True)
+    ev = evaluate_file(run, tiny_data["test"], quiet=True)
     assert ev["accuracy"] == pytest.approx(result.metrics["test"]["accuracy"], abs=1e-9)
     assert ev["loss"] == pytest.approx(result.metrics["test"]["loss"], abs=1e-4)
-    out = predict_file(run, small_ag["test"], tmp_path / "pred.csv", quiet=True)
+    out = predict_file(run, tiny_data["test"], tmp_path / "pred.csv", quiet=True)
     assert out["rows"] == 80 and len(pd.read_csv(tmp_path / "pred.csv")) == 80
 
     if case == "adalora":

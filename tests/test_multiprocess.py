@@ -20,18 +20,18 @@ def _train(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     return r
 
 
-def _base(model: Path, small_ag: dict, tmp_path: Path, val: Path) -> list[str]:
-    return [f"model.name_or_path={model}", f"data.train={small_ag['train']}", f"data.validation={val}",
+def _base(model: Path, tiny_data: dict, tmp_path: Path, val: Path) -> list[str]:
+    return [f"model.name_or_path={model}", f"data.train={tiny_data['train']}", f"data.validation={val}",
             "data.max_length=32", "train.max_steps=6", "train.mixed_precision=fp32", "train.logging_steps=1",
             "train.learning_rate=5e-3", "adapter.lora_dropout=0", "eval.eval_steps=3", "output.report=false",
             f"output.dir={tmp_path / 'runs'}", f"data.cache_dir={tmp_path / 'cache'}", "--quiet"]
 
 
 @pytest.mark.slow
-def test_two_processes_match_one_process_at_the_same_effective_batch(no_dropout_bert, small_ag, tmp_path):
+def test_two_processes_match_one_process_at_the_same_effective_batch(no_dropout_bert, tiny_data, tmp_path):
     val = tmp_path / "val79.csv"  # an odd size, so the last evaluation batch is padded across processes
-    pd.read_csv(small_ag["val"]).head(79).to_csv(val, index=False)
-    base = _base(no_dropout_bert, small_ag, tmp_path, val)
+    pd.read_csv(tiny_data["val"]).head(79).to_csv(val, index=False)
+    base = _base(no_dropout_bert, tiny_data, tmp_path, val)
     _train(base + ["output.run_name=one", "train.per_device_train_batch_size=16"], tmp_path)
     _train(base + ["output.run_name=two", "train.per_device_train_batch_size=8", "--nproc", "2"], tmp_path)
     one, two = tmp_path / "runs" / "one", tmp_path / "runs" / "two"
@@ -58,8 +58,8 @@ def test_two_processes_match_one_process_at_the_same_effective_batch(no_dropout_
 
 
 @pytest.mark.slow
-def test_checkpoint_from_two_processes_resumes_in_one(no_dropout_bert, small_ag, tmp_path):
-    base = _base(no_dropout_bert, small_ag, tmp_path, small_ag["val"])
+def test_checkpoint_from_two_processes_resumes_in_one(no_dropout_bert, tiny_data, tmp_path):
+    base = _base(no_dropout_bert, tiny_data, tmp_path, tiny_data["val"])
     _train(base + ["output.run_name=r", "train.per_device_train_batch_size=8", "train.max_steps=3", "--nproc", "2"], tmp_path)
     run = tmp_path / "runs" / "r"
     assert runs.checkpoint_dirs(run)[-1].name == "step-3"

@@ -165,13 +165,13 @@ def _assert_same_result(run: Path, ref: Path, server: ForkServer, test_csv: Path
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory, tiny_bert, ag_news):
+def setup(tmp_path_factory, tiny_bert, tiny_data):
     import pandas as pd
 
     root = tmp_path_factory.mktemp("kill")
     data = {"train": root / "train.csv", "test": root / "test.csv"}
-    pd.read_csv(ag_news / "train.csv").head(200).to_csv(data["train"], index=False)
-    pd.read_csv(ag_news / "test.csv").head(100).to_csv(data["test"], index=False)
+    pd.read_csv(tiny_data["train"]).head(200).to_csv(data["train"], index=False)
+    pd.concat([pd.read_csv(tiny_data["val"]), pd.read_csv(tiny_data["test"])]).head(100).to_csv(data["test"], index=False)
     logdir = root / "logs"
     logdir.mkdir()
     # CUDA_VISIBLE_DEVICES="": the promise (and so the test) is bit-exact resume on CPU; GPU kernels such as the
@@ -351,14 +351,14 @@ def test_a_checkpoint_pickle_that_would_run_code_is_refused(tiny_overrides, tmp_
     assert marker.exists()
 
 
-def test_sigterm_to_one_of_two_processes_checkpoints_all_of_them(tiny_bert, small_ag, tmp_path):
+def test_sigterm_to_one_of_two_processes_checkpoints_all_of_them(tiny_bert, tiny_data, tmp_path):
     """--nproc 2: a signal that reaches only rank 1 (mid-collective, say) still stops both ranks at the same
     step, after one complete checkpoint; without agreeing on the step, the ranks would deadlock or diverge."""
     import psutil
 
     out = tmp_path / "runs"
-    cmd = [sys.executable, "-m", "loraclf", "train", f"model.name_or_path={tiny_bert}", f"data.train={small_ag['train']}",
-           f"data.validation={small_ag['val']}", "data.max_length=32", "train.max_steps=2000", "train.mixed_precision=fp32",
+    cmd = [sys.executable, "-m", "loraclf", "train", f"model.name_or_path={tiny_bert}", f"data.train={tiny_data['train']}",
+           f"data.validation={tiny_data['val']}", "data.max_length=32", "train.max_steps=2000", "train.mixed_precision=fp32",
            "train.per_device_train_batch_size=8", "output.save_steps=20", "eval.eval_steps=1000", "output.report=false",
            f"output.dir={out}", "output.run_name=mp", f"data.cache_dir={tmp_path / 'cache'}", "--nproc", "2"]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONWARNINGS": "ignore"}

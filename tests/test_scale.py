@@ -29,9 +29,9 @@ def _rows(ds):
     return list(ds["text"][:]), [int(x) for x in ds["label"][:]]
 
 
-def test_arrow_path_gives_the_pandas_splits(small_ag, monkeypatch, tmp_path):
+def test_arrow_path_gives_the_pandas_splits(tiny_data, monkeypatch, tmp_path):
     monkeypatch.setenv("LORACLF_CACHE", str(tmp_path / "cache"))
-    cfg = _cfg(f"data.train={small_ag['train']}", f"data.test={small_ag['test']}")  # validation split from train
+    cfg = _cfg(f"data.train={tiny_data['train']}", f"data.test={tiny_data['test']}")  # validation split from train
     pandas_splits = data.load_splits(cfg, log=lambda m: None)
     monkeypatch.setattr(data.read, "ARROW_MIN_MB", 0.0)
     arrow_splits = data.load_splits(cfg, log=lambda m: None)
@@ -63,10 +63,10 @@ def test_arrow_path_string_labels_empty_rows_and_long_texts(tmp_path, arrow_alwa
     (["data.empty_text=error"], "empty"),
     ([], "unseen"),
 ])
-def test_arrow_path_errors_match_the_pandas_path(small_ag, tmp_path, monkeypatch, overrides, bad):
+def test_arrow_path_errors_match_the_pandas_path(tiny_data, tmp_path, monkeypatch, overrides, bad):
     monkeypatch.setenv("LORACLF_CACHE", str(tmp_path / "cache"))
-    train = pd.read_csv(small_ag["train"])
-    val = pd.read_csv(small_ag["val"])
+    train = pd.read_csv(tiny_data["train"])
+    val = pd.read_csv(tiny_data["val"])
     if bad == "empty":
         train.loc[7, "text"] = "   "
     if bad == "unseen":
@@ -83,11 +83,11 @@ def test_arrow_path_errors_match_the_pandas_path(small_ag, tmp_path, monkeypatch
     assert "\n" not in str(arrow_err.value)
 
 
-def test_tokenization_cache_is_reused_by_a_new_load(small_ag, tiny_bert, tmp_path, arrow_always):
+def test_tokenization_cache_is_reused_by_a_new_load(tiny_data, tiny_bert, tmp_path, arrow_always):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_bert)
-    cfg = _cfg(f"data.train={small_ag['train']}", f"data.validation={small_ag['val']}",
+    cfg = _cfg(f"data.train={tiny_data['train']}", f"data.validation={tiny_data['val']}",
                f"data.cache_dir={tmp_path / 'tok'}", "data.max_length=32")
     first = data.tokenize(data.load_splits(cfg, log=lambda m: None).train, tok, cfg)
     files = sorted((tmp_path / "tok").glob("*.arrow"))
@@ -98,7 +98,7 @@ def test_tokenization_cache_is_reused_by_a_new_load(small_ag, tiny_bert, tmp_pat
     assert again["input_ids"][:] == first["input_ids"][:]
     # a different max_length is a different cache entry
     data.tokenize(data.load_splits(cfg, log=lambda m: None).train, tok, _cfg(*[f"data.{k}" for k in (
-        f"train={small_ag['train']}", f"validation={small_ag['val']}", f"cache_dir={tmp_path / 'tok'}", "max_length=16")]))
+        f"train={tiny_data['train']}", f"validation={tiny_data['val']}", f"cache_dir={tmp_path / 'tok'}", "max_length=16")]))
     assert len(list((tmp_path / "tok").glob("*.arrow"))) == 2
     # the raw split is read from the file, and the batches too: lengths come out as numpy, not a Python list
     assert isinstance(data.column(first, "length").to_numpy(), np.ndarray)

@@ -28,14 +28,14 @@ MAX_CHARS = 300
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory, tiny_bert, small_ag) -> Path:
+def tiny_run(tmp_path_factory, tiny_bert, tiny_data) -> Path:
     root = tmp_path_factory.mktemp("serve_tiny")
-    return Path(train(load_config(None, tiny_run_overrides(tiny_bert, small_ag, root, "tiny")), quiet=True).run_dir)
+    return Path(train(load_config(None, tiny_run_overrides(tiny_bert, tiny_data, root, "tiny")), quiet=True).run_dir)
 
 
 @pytest.fixture(scope="module")
-def texts(small_ag) -> list[str]:
-    return pd.read_csv(small_ag["test"])["text"].tolist()
+def texts(tiny_data) -> list[str]:
+    return pd.read_csv(tiny_data["test"])["text"].tolist()
 
 
 @pytest.fixture(scope="module")

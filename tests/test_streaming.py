@@ -55,27 +55,27 @@ def tok(tiny_bert):
 
 
 @pytest.fixture
-def hub_folder(tmp_path, small_ag) -> Path:
+def hub_folder(tmp_path, tiny_data) -> Path:
     """A dataset folder read the way a hub dataset is (data.name): the train split in 3 files (3 shards), and a
     validation split."""
     folder = tmp_path / "ag_hub"
     folder.mkdir()
-    train = pd.read_csv(small_ag["train"])
+    train = pd.read_csv(tiny_data["train"])
     for i in range(3):
         train.iloc[i * 80:(i + 1) * 80].to_csv(folder / f"train-0000{i}-of-00003.csv", index=False)
-    pd.read_csv(small_ag["val"]).to_csv(folder / "validation.csv", index=False)
+    pd.read_csv(tiny_data["val"]).to_csv(folder / "validation.csv", index=False)
     return folder
 
 
 # ------------------------------------------------------------------------------------------ the stream itself
 
 
-def test_a_pass_reads_every_row_once_and_the_next_pass_reshuffles(small_ag, tok):
-    cfg = _stream_cfg(f"data.train={small_ag['train']}", f"data.validation={small_ag['val']}", "data.max_length=32")
+def test_a_pass_reads_every_row_once_and_the_next_pass_reshuffles(tiny_data, tok):
+    cfg = _stream_cfg(f"data.train={tiny_data['train']}", f"data.validation={tiny_data['val']}", "data.max_length=32")
     splits = data.load_splits(cfg.data, log=lambda m: None)
     assert splits.id2label == {0: "0", 1: "1", 2: "2", 3: "3"} and splits.int_labels
     assert len(splits.validation) == 80
-    df = pd.read_csv(small_ag["train"])
+    df = pd.read_csv(tiny_data["train"])
     enc = tok(df["text"].tolist(), truncation=True, max_length=32)["input_ids"]
     file_rows = list(zip(map(tuple, enc), df["label"].tolist()))
 
@@ -98,11 +98,11 @@ def test_a_resumed_pass_continues_where_the_uninterrupted_one_was(hub_folder, to
     assert _pass(splits, tok, cfg, epoch, skip=48, batch=32) == full[48:48 + 6 * 32]  # a new global batch
 
 
-def test_validation_held_out_from_the_head_of_the_stream(small_ag, tok):
+def test_validation_held_out_from_the_head_of_the_stream(tiny_data, tok):
     notes = []
-    cfg = _stream_cfg(f"data.train={small_ag['train']}", "data.validation_split=40", "data.max_length=32")
+    cfg = _stream_cfg(f"data.train={tiny_data['train']}", "data.validation_split=40", "data.max_length=32")
     splits = data.load_splits(cfg.data, log=notes.append)
-    head = pd.read_csv(small_ag["train"]).head(40)
+    head = pd.read_csv(tiny_data["train"]).head(40)
     assert list(splits.validation["text"]) == head["text"].str.strip().tolist()  # cleaned as every path cleans
     held_out = set(map(tuple, tok(head["text"].tolist(), truncation=True, max_length=32)["input_ids"]))
     for epoch in (0, 1):
@@ -111,15 +111,15 @@ def test_validation_held_out_from_the_head_of_the_stream(small_ag, tok):
     assert any("first 40 rows" in n for n in notes)
 
 
-def test_label_names_give_classes_the_validation_data_lacks(small_ag, tmp_path):
-    val = pd.read_csv(small_ag["val"])
+def test_label_names_give_classes_the_validation_data_lacks(tiny_data, tmp_path):
+    val = pd.read_csv(tiny_data["val"])
     val[val["label"] != 3].to_csv(tmp_path / "val.csv", index=False)
     names = "data.label_names=[World,Sports,Business,Sci/Tech]"
-    splits = data.load_splits(_stream_cfg(f"data.train={small_ag['train']}", f"data.validation={tmp_path / 'val.csv'}",
+    splits = data.load_splits(_stream_cfg(f"data.train={tiny_data['train']}", f"data.validation={tmp_path / 'val.csv'}",
                                           names).data, log=lambda m: None)
     assert splits.id2label == {0: "World", 1: "Sports", 2: "Business", 3: "Sci/Tech"}
     # without names, the label set is what the validation data has
-    splits = data.load_splits(_stream_cfg(f"data.train={small_ag['train']}",
+    splits = data.load_splits(_stream_cfg(f"data.train={tiny_data['train']}",
                                           f"data.validation={tmp_path / 'val.csv'}").data, log=lambda m: None)
     assert splits.id2label == {0: "0", 1: "1", 2: "2"}
 
@@ -142,16 +142,16 @@ def test_streaming_config_problems_are_reported_together():
     ("one_class", r"label set is read from the validation data .* which has only one class"),
     ("too_few", r"has only 240 rows, none left for training after data.validation_split=300"),
 ])
-def test_bad_streaming_inputs_are_one_line_errors(small_ag, tmp_path, case, match):
-    val = pd.read_csv(small_ag["val"])
+def test_bad_streaming_inputs_are_one_line_errors(tiny_data, tmp_path, case, match):
+    val = pd.read_csv(tiny_data["val"])
     val[val["label"] == 0].to_csv(tmp_path / "one.csv", index=False)
     (tmp_path / "t.pkl").write_bytes(b"not read")
     overrides = {
-        "fraction": [f"data.train={small_ag['train']}"],
-        "pickle": [f"data.train={tmp_path / 't.pkl'}", f"data.validation={small_ag['val']}"],
-        "column": [f"data.train={small_ag['train']}", f"data.validation={small_ag['val']}", "data.text_column=body"],
-        "one_class": [f"data.train={small_ag['train']}", f"data.validation={tmp_path / 'one.csv'}"],
-        "too_few": [f"data.train={small_ag['train']}", "data.validation_split=300"],
+        "fraction": [f"data.train={tiny_data['train']}"],
+        "pickle": [f"data.train={tmp_path / 't.pkl'}", f"data.validation={tiny_data['val']}"],
+        "column": [f"data.train={tiny_data['train']}", f"data.validation={tiny_data['val']}", "data.text_column=body"],
+        "one_class": [f"data.train={tiny_data['train']}", f"data.validation={tmp_path / 'one.csv'}"],
+        "too_few": [f"data.train={tiny_data['train']}", "data.validation_split=300"],
     }[case]
     with pytest.raises(DataError, match=match) as e:
         data.load_splits(_stream_cfg(*overrides).data, log=lambda m: None)
@@ -222,8 +222,8 @@ def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
                           cwd=cwd, timeout=300)
 
 
-def test_streaming_without_step_counts_is_a_clear_error(small_ag, tmp_path):
-    r = _cli(["data.streaming=true", f"data.train={small_ag['train']}", f"output.dir={tmp_path / 'runs'}"], tmp_path)
+def test_streaming_without_step_counts_is_a_clear_error(tiny_data, tmp_path):
+    r = _cli(["data.streaming=true", f"data.train={tiny_data['train']}", f"output.dir={tmp_path / 'runs'}"], tmp_path)
     assert r.returncode == 2, r.stderr
     line = r.stderr.strip()
     assert line.count("\n") == 0 and "Traceback" not in line
@@ -232,9 +232,9 @@ def test_streaming_without_step_counts_is_a_clear_error(small_ag, tmp_path):
 
 
 @pytest.fixture
-def bad_label_train(small_ag, tmp_path) -> Path:
-    """The real training rows with an unknown label (9) on the last one, which a buffer of 16 yields late."""
-    df = pd.read_csv(small_ag["train"])
+def bad_label_train(tiny_data, tmp_path) -> Path:
+    """The tiny_data training rows with an unknown label (9) on the last one, which a buffer of 16 yields late."""
+    df = pd.read_csv(tiny_data["train"])
     df.loc[len(df) - 1, "label"] = 9
     path = tmp_path / "bad_label.csv"
     df.to_csv(path, index=False)
@@ -254,12 +254,12 @@ def test_an_unknown_label_mid_stream_is_a_clear_error_and_leaves_no_run_folder(t
     assert not (tmp_path / "runs" / "tiny").exists()
 
 
-def test_an_unknown_label_after_a_checkpoint_keeps_the_run_to_resume(tiny_overrides, ag_news, tmp_path):
+def test_an_unknown_label_after_a_checkpoint_keeps_the_run_to_resume(tiny_overrides, tiny_data, tmp_path):
     from loraclf.train import train
 
-    # 2,000 real rows, the last one with label 9: the stream cleans STREAM_MAP_BATCH rows at a time, so the bad row
+    # 2,000 rows, the last one with label 9: the stream cleans STREAM_MAP_BATCH rows at a time, so the bad row
     # is met after ~1,000 rows (step ~16 at batch 64), past the checkpoints of steps 5, 10 and 15
-    df = pd.read_csv(ag_news / "train.csv").head(2 * data.STREAM_MAP_BATCH)
+    df = pd.read_csv(tiny_data["train_2000"]).head(2 * data.STREAM_MAP_BATCH)
     df.loc[len(df) - 1, "label"] = 9
     df.to_csv(tmp_path / "bad_late.csv", index=False)
     overrides = [a for a in tiny_overrides if not a.startswith("data.train=")]
@@ -277,10 +277,10 @@ def test_an_unknown_label_after_a_checkpoint_keeps_the_run_to_resume(tiny_overri
 
 
 @pytest.mark.slow
-def test_two_processes_stream_like_one_and_their_checkpoint_resumes_in_one(no_dropout_bert, small_ag, tmp_path):
+def test_two_processes_stream_like_one_and_their_checkpoint_resumes_in_one(no_dropout_bert, tiny_data, tmp_path):
     # a constant schedule, so that a run stopped at step 4 and continued to 8 follows an 8-step run exactly
-    base = [f"model.name_or_path={no_dropout_bert}", f"data.train={small_ag['train']}",
-            f"data.validation={small_ag['val']}", "data.max_length=32", *STREAM, "train.mixed_precision=fp32",
+    base = [f"model.name_or_path={no_dropout_bert}", f"data.train={tiny_data['train']}",
+            f"data.validation={tiny_data['val']}", "data.max_length=32", *STREAM, "train.mixed_precision=fp32",
             "train.logging_steps=1", "train.learning_rate=5e-3", "train.lr_scheduler_type=constant_with_warmup",
             "train.warmup_steps=0", "adapter.lora_dropout=0", "eval.eval_steps=4", "output.report=false",
             f"output.dir={tmp_path / 'runs'}", f"data.cache_dir={tmp_path / 'cache'}", "--quiet"]
