@@ -10,9 +10,10 @@ import pandas as pd
 import pytest
 
 from loraclf import cli, runs
-from loraclf.adapt import ADAPT, PSEUDO_LABELS, agreement, select_pseudo_labels, self_train, student_train_set
+from loraclf.adapt import agreement, select_pseudo_labels, self_train, student_train_set
 from loraclf.config import load_config
 from loraclf.errors import ConfigError, DataError, LoraclfError
+from loraclf.runs import ADAPT, PSEUDO_LABELS
 
 # ------------------------------------------------------------------------------------------ selection (exact)
 
@@ -187,17 +188,17 @@ def _target_with_labels(src: Path, dst: Path, label) -> Path:
 
 def test_unlabeled_and_target_data_never_select_the_model(base_overrides, tiny_data, tmp_path, monkeypatch):
     """Validation is always the labelled val split; changing the target labels changes no weight and no choice."""
-    import loraclf.train as train_mod
+    import loraclf.adapt as adapt_mod  # self_train calls the train() it imported
     from safetensors.torch import load_file
 
     seen = []
-    real_train = train_mod.train
+    real_train = adapt_mod.train
 
     def spy(cfg, **kw):
         seen.append((list(kw["splits"].validation["text"]), list(kw["splits"].train["text"])))
         return real_train(cfg, **kw)
 
-    monkeypatch.setattr(train_mod, "train", spy)
+    monkeypatch.setattr(adapt_mod, "train", spy)
     val_texts = pd.read_csv(tiny_data["val"])["text"].str.strip().tolist()
     titles = set(pd.read_csv(tiny_data["test"])["title"])
     results = []
@@ -277,3 +278,38 @@ def test_target_eval_labels_must_be_known(base_overrides, tiny_data, tmp_path):
     cfg = load_config(None, [*base_overrides, f"output.dir={tmp_path}", f"data.target_eval={target}"])
     with pytest.raises(DataError, match="never seen in training"):
         self_train(cfg, quiet=True)
+
+
+def test_fp16_training_precision_also_serves_the_teachers_predictions(tiny_bert, tmp_path):
+    """train.mixed_precision=fp16 is one precision for training and for pseudo-labelling (it failed after the
+    teacher had trained, when predict knew only fp32/bf16)."""
+    import torch
+
+    from loraclf.model import load_run_model
+    from loraclf.predict import predict_texts
+
+    topics = {"sports": "the team won the match in the final minute", "business": "shares fell as the bank cut rates"}
+    rows = [{"text": f"{t} number {i}", "label": name} for i in range(12) for name, t in topics.items()]
+    pd.DataFrame(rows[:16]).to_csv(tmp_path / "train.csv", index=False)
+    pd.DataFrame(rows[16:]).to_csv(tmp_path / "val.csv", index=False)
+    pd.DataFrame({"text": [r["text"] + " today" for r in rows[:10]]}).to_csv(tmp_path / "unlabeled.csv", index=False)
+    cfg = load_config(None, [
+        f"model.name_or_path={tiny_bert}", f"data.train={tmp_path / 'train.csv'}",
+        f"data.validation={tmp_path / 'val.csv'}", f"data.unlabeled={tmp_path / 'unlabeled.csv'}",
+        "data.max_length=16", "train.max_steps=2", "train.per_device_train_batch_size=8", "eval.eval_steps=2",
+        "train.mixed_precision=fp16", "adapt.rounds=1", "adapt.threshold=0.0", "output.report=false",
+        f"output.dir={tmp_path / 'runs'}", "output.run_name=fp16", f"data.cache_dir={tmp_path / 'cache'}"])
+    result = self_train(cfg, quiet=True)
+    teacher = result.run_dir / runs.ROUNDS / "round-0"
+    pl = pd.read_csv(teacher / PSEUDO_LABELS)
+    assert len(pl) == 10 and pl["kept"].all()
+    assert [r["pseudo_labels"]["kept"] for r in result.rounds] == [10, 10]
+    # the pseudo-labels are the teacher's fp16 predictions: close to fp32, but really computed in half precision
+    model, tok, _, _ = load_run_model(teacher)
+    texts = pl["text"].tolist()
+    p16 = predict_texts(model, tok, texts, max_length=16, precision="fp16")
+    p32 = predict_texts(model, tok, texts, max_length=16, precision="fp32")
+    probs = pl[[c for c in pl.columns if c.startswith("prob_")]].to_numpy(np.float32)
+    np.testing.assert_allclose(probs, p16, atol=1e-6)
+    assert np.abs(p16 - p32).max() < 0.01 and not np.array_equal(p16, p32)
+    assert next(model.parameters()).dtype == torch.float32

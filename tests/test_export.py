@@ -16,7 +16,8 @@ import torch
 from loraclf.cli import main
 from loraclf.config import load_config
 from loraclf.errors import LoraclfError
-from loraclf.export import EXPORT_INFO, export_run
+from loraclf.export import export_run
+from loraclf.runs import EXPORT_INFO
 from loraclf.predict import load_inference_model, predict_file, predict_texts, token_batches
 from loraclf.train import train
 

@@ -28,13 +28,17 @@ from typing import Optional
 
 import numpy as np
 
+from . import augment, logs, runs
 from . import data as data_mod
-from . import runs
+from . import model as model_mod
 from .config import Config
+from .data import Splits
 from .errors import DataError, LoraclfError
+from .evaluate import compute_metrics
+from .predict import predict_texts
+from .train import default_run_name, train
 
-ADAPT = "adapt.json"
-PSEUDO_LABELS = "pseudo_labels.csv"
+logger = logs.get(__name__)
 
 
 @dataclass
@@ -59,8 +63,9 @@ def _read(path, dcfg, key: str):
         raise DataError(f"{key}: {e}") from None
 
 
-def read_unlabeled(path: str | Path, cfg: Config, log=print) -> list[str]:
+def read_unlabeled(path: str | Path, cfg: Config, log=None) -> list[str]:
     """The non-empty texts of an unlabeled file; a file with no usable text is an error."""
+    say = logs.sink(log, logger)
     dcfg = _target_data_cfg(cfg)
     df = _read(path, dcfg, "data.unlabeled")
     if len(df) == 0:
@@ -76,16 +81,16 @@ def read_unlabeled(path: str | Path, cfg: Config, log=print) -> list[str]:
     if not texts:
         raise DataError(f"{where} has no usable texts (all {len(df)} are empty)")
     if len(texts) < len(df):
-        log(f"{where}: dropped {len(df) - len(texts)} empty texts")
+        say(f"{where}: dropped {len(df) - len(texts)} empty texts")
     return texts
 
 
-def read_target_eval(path: str | Path, cfg: Config, id2label: dict[int, str], log=print) -> tuple[list[str], np.ndarray]:
+def read_target_eval(path: str | Path, cfg: Config, id2label: dict[int, str], log=None) -> tuple[list[str], np.ndarray]:
     """Texts and label ids of the labelled target file (used for reporting only)."""
     dcfg = _target_data_cfg(cfg)
     df = _read(path, dcfg, "data.target_eval")
     where = f"data.target_eval {path}"
-    clean = data_mod._clean(df, dcfg, where, True, log)
+    clean = data_mod.clean_frame(df, dcfg, where, True, log)
     return clean["text"].tolist(), data_mod.encode_labels(clean["label"], id2label, where)
 
 
@@ -98,9 +103,7 @@ def _check(cfg: Config) -> None:
         raise LoraclfError("adapt.threshold and adapt.top_fraction_per_class are both null, which would keep every "
                            "pseudo-label; set one (e.g. adapt.threshold=0.9)")
     if cfg.adapt.consistency:
-        from .augment import Augmenter
-
-        Augmenter(cfg.augment)  # fails now, not after the teacher, on all-zero rates or a missing WordNet
+        augment.Augmenter(cfg.augment)  # fails now, not after the teacher, on all-zero rates or a missing WordNet
 
 
 # ------------------------------------------------------------------------------------------ pseudo-labels
@@ -160,9 +163,7 @@ def student_train_set(labelled, texts: list[str], probs: np.ndarray, kept: np.nd
     rows = list(range(len(kept)))
     n_aug = 0
     if cfg.adapt.consistency and len(kept):
-        from .augment import augment_dataset
-
-        p_texts, rows = augment_dataset(p_texts, rows, cfg.augment, seed)
+        p_texts, rows = augment.augment_dataset(p_texts, rows, cfg.augment, seed)
         n_aug = len(p_texts) - len(kept)
     lab_labels = [int(x) for x in labelled["label"]]
     out = {"text": list(labelled["text"]) + p_texts,
@@ -184,13 +185,15 @@ def _metrics_brief(m: Optional[dict]) -> Optional[dict]:
     return {k: m[k] for k in ("accuracy", "macro_f1", "loss", "n") if k in m}
 
 
-def _write_pseudo_labels(path: Path, texts, probs, kept_mask, id2label) -> None:
+def _write_pseudo_labels(path: Path, texts, probs, kept, id2label) -> None:
     import pandas as pd
 
     pred = probs.argmax(-1)
+    mask = np.zeros(len(texts), dtype=bool)
+    mask[kept] = True
     df = pd.DataFrame({"index": np.arange(len(texts)), "text": texts,
                        "pseudo_label": [id2label[int(i)] for i in pred], "label_id": pred,
-                       "confidence": probs.max(-1).round(6), "kept": kept_mask})
+                       "confidence": probs.max(-1).round(6), "kept": mask})
     for i in range(len(id2label)):
         df[f"prob_{id2label[i]}"] = probs[:, i]
     runs.atomic_write_text(path, df.to_csv(index=False))
@@ -199,7 +202,7 @@ def _write_pseudo_labels(path: Path, texts, probs, kept_mask, id2label) -> None:
 def _publish_final(round_dir: Path, run: Path) -> None:
     """Copy the last student's run folder (without its checkpoints) to the top of RUN."""
     for p in round_dir.iterdir():
-        if p.name in (runs.CHECKPOINTS, PSEUDO_LABELS) or p.name.startswith("."):
+        if p.name in (runs.CHECKPOINTS, runs.PSEUDO_LABELS) or p.name.startswith("."):
             continue
         if p.is_dir():
             shutil.copytree(p, run / p.name)
@@ -207,98 +210,145 @@ def _publish_final(round_dir: Path, run: Path) -> None:
             shutil.copy2(p, run / p.name)
 
 
-def self_train(cfg: Config, quiet: bool = False) -> AdaptResult:
-    """Train a teacher, then adapt.rounds students on labelled + pseudo-labelled data; write one run folder."""
-    from .evaluate import compute_metrics
-    from .model import load_run_model
-    from .predict import predict_texts
-    from .train import default_run_name, log_line, train
+@dataclass
+class _Inputs:
+    """Everything self-training reads, checked before anything is written."""
 
-    say = lambda m: log_line(m, quiet)  # noqa: E731
-    started = time.time()
-    # ------------------------------------------------ setup: every input is checked before anything is written
+    run: Path
+    splits: Splits
+    unlabeled: list[str]
+    target: Optional[tuple[list[str], np.ndarray]]  # data.target_eval: texts and label ids
+
+
+@dataclass
+class _Round:
+    """What one round leaves: its pseudo-labels (for the next student) and its metrics (for the last round's)."""
+
+    probs: np.ndarray
+    kept: np.ndarray
+    metrics: dict  # the round's metrics.json, plus "target"
+
+
+def _setup(cfg: Config) -> _Inputs:
     _check(cfg)
     run = runs.new_run_dir(cfg.output.dir, cfg.output.run_name or default_run_name(cfg), cfg.output.overwrite)
-    splits = data_mod.load_splits(cfg.data, log=say)
-    unlabeled = read_unlabeled(cfg.data.unlabeled, cfg, log=say)
-    target = read_target_eval(cfg.data.target_eval, cfg, splits.id2label, log=say) if cfg.data.target_eval else None
-    id2label = splits.id2label
-    say(f"self-training: {len(splits.train):,} labelled + {len(unlabeled):,} unlabeled texts, {cfg.adapt.rounds} round(s)")
+    splits = data_mod.load_splits(cfg.data, log=logger.info)
+    unlabeled = read_unlabeled(cfg.data.unlabeled, cfg)
+    target = read_target_eval(cfg.data.target_eval, cfg, splits.id2label) if cfg.data.target_eval else None
+    logger.info(f"self-training: {len(splits.train):,} labelled + {len(unlabeled):,} unlabeled texts, "
+                f"{cfg.adapt.rounds} round(s)")
+    return _Inputs(run, splits, unlabeled, target)
 
-    # ------------------------------------------------ rounds, built in a temp folder published at the end
-    records: list[dict] = []
-    summary = {"settings": dataclasses.asdict(cfg.adapt), "unlabeled": {"file": str(cfg.data.unlabeled), "rows": len(unlabeled)},
-               "target_eval": ({"file": str(cfg.data.target_eval), "rows": len(target[0])} if target else None),
-               "selection": "best checkpoint of each round by labelled val "
-                            f"{cfg.eval.metric_for_best_model}; final model = last round's student",
-               "final_round": cfg.adapt.rounds, "rounds": records}
-    with runs.atomic_dir(run) as tmp:  # replaces an old RUN (output.overwrite) only once everything succeeded
-        prev_probs = prev_kept = None
-        train_set = splits.train
-        final_metrics = None
-        for r in range(cfg.adapt.rounds + 1):
-            role = "teacher" if r == 0 else "student"
-            say(f"round {r} ({role}): training on {len(train_set):,} rows")
-            round_cfg = dataclasses.replace(cfg, output=dataclasses.replace(cfg.output, overwrite=False))
-            round_splits = dataclasses.replace(splits, train=train_set)
-            round_dir = tmp / runs.ROUNDS / f"round-{r}"
-            result = train(round_cfg, quiet=quiet, splits=round_splits, run_dir=round_dir)
 
-            model, tokenizer, _, _ = load_run_model(round_dir)
-            predict = lambda texts: predict_texts(model, tokenizer, texts, cfg.eval.per_device_eval_batch_size,  # noqa: E731
-                                                  cfg.data.max_length, cfg.train.mixed_precision)
-            probs = predict(unlabeled)
-            if target is not None:
-                same = target[0] == unlabeled  # e.g. the unlabeled texts with their held-back labels
-                target_metrics = compute_metrics(target[1], probs if same else predict(target[0]), id2label)
-            else:
-                target_metrics = None
-            del model
-            kept = select_pseudo_labels(probs, cfg.adapt.threshold, cfg.adapt.top_fraction_per_class)
-            mask = np.zeros(len(unlabeled), dtype=bool)
-            mask[kept] = True
-            _write_pseudo_labels(round_dir / PSEUDO_LABELS, unlabeled, probs, mask, id2label)
+def _summary(cfg: Config, inputs: _Inputs) -> dict:
+    """adapt.json, without its rounds yet."""
+    target = inputs.target
+    return {"settings": dataclasses.asdict(cfg.adapt),
+            "unlabeled": {"file": str(cfg.data.unlabeled), "rows": len(inputs.unlabeled)},
+            "target_eval": ({"file": str(cfg.data.target_eval), "rows": len(target[0])} if target else None),
+            "selection": "best checkpoint of each round by labelled val "
+                         f"{cfg.eval.metric_for_best_model}; final model = last round's student",
+            "final_round": cfg.adapt.rounds, "rounds": []}
 
-            rec = {
-                "round": r, "role": role, "run": f"{runs.ROUNDS}/round-{r}",
-                "train_rows": {"total": len(train_set), "labelled": len(splits.train),
-                               "pseudo": records[-1]["pseudo_labels"]["kept"] if r else 0,
-                               "augmented": n_aug if r else 0},
-                "best_step": result.metrics["best_step"],
-                "val": _metrics_brief(result.metrics["val"]),
-                "target": _metrics_brief(target_metrics),
-                "test": _metrics_brief(result.metrics.get("test")),
-                "pseudo_labels": {
-                    "predicted_per_class": _per_class(probs.argmax(-1), id2label),
-                    "kept": int(len(kept)),
-                    "kept_per_class": _per_class(probs.argmax(-1)[kept], id2label),
-                    "mean_confidence_kept": float(probs.max(-1)[kept].mean()) if len(kept) else None,
-                    "used_by_next_round": r < cfg.adapt.rounds,
-                    "agreement_with_previous": agreement(prev_probs, prev_kept, probs, kept) if r else None,
-                },
-                "train_runtime_s": result.metrics.get("train_runtime_s"),
-            }
-            records.append(rec)
-            runs.write_json(tmp / ADAPT, summary)
-            tgt = f", target accuracy {target_metrics['accuracy']:.4f}" if target_metrics else ""
-            say(f"round {r}: val accuracy {rec['val']['accuracy']:.4f}{tgt}; kept {len(kept):,}/{len(unlabeled):,} "
-                f"pseudo-labels {rec['pseudo_labels']['kept_per_class']}")
-            if len(kept) == 0 and r < cfg.adapt.rounds:
-                say("no pseudo-label passed the selection; the next student trains on the labelled data alone "
+
+def _label_texts(cfg: Config, round_dir: Path, inputs: _Inputs) -> tuple[np.ndarray, Optional[dict]]:
+    """The round's model over the unlabeled texts: their probabilities, and the target metrics if any."""
+    model, tokenizer, _, _ = model_mod.load_run_model(round_dir)
+
+    def predict(texts: list[str]) -> np.ndarray:
+        return predict_texts(model, tokenizer, texts, cfg.eval.per_device_eval_batch_size, cfg.data.max_length,
+                             cfg.train.mixed_precision)
+
+    probs = predict(inputs.unlabeled)
+    if inputs.target is None:
+        return probs, None
+    texts, labels = inputs.target
+    same = texts == inputs.unlabeled  # e.g. the unlabeled texts with their held-back labels
+    return probs, compute_metrics(labels, probs if same else predict(texts), inputs.splits.id2label)
+
+
+def _pseudo_label_stats(cfg: Config, r: int, probs, kept, prev: Optional[_Round], id2label) -> dict:
+    pred = probs.argmax(-1)
+    return {
+        "predicted_per_class": _per_class(pred, id2label),
+        "kept": int(len(kept)),
+        "kept_per_class": _per_class(pred[kept], id2label),
+        "mean_confidence_kept": float(probs.max(-1)[kept].mean()) if len(kept) else None,
+        "used_by_next_round": r < cfg.adapt.rounds,
+        "agreement_with_previous": agreement(prev.probs, prev.kept, probs, kept) if prev else None,
+    }
+
+
+def _round_record(cfg: Config, r: int, result, rows: dict, stats: dict, target_metrics: Optional[dict]) -> dict:
+    """One round's entry in adapt.json."""
+    return {
+        "round": r, "role": "teacher" if r == 0 else "student", "run": f"{runs.ROUNDS}/round-{r}",
+        "train_rows": rows,
+        "best_step": result.metrics["best_step"],
+        "val": _metrics_brief(result.metrics["val"]),
+        "target": _metrics_brief(target_metrics),
+        "test": _metrics_brief(result.metrics.get("test")),
+        "pseudo_labels": stats,
+        "train_runtime_s": result.metrics.get("train_runtime_s"),
+    }
+
+
+def _one_round(cfg: Config, r: int, inputs: _Inputs, train_set, rows: dict, prev: Optional[_Round],
+               tmp: Path, quiet: bool) -> tuple[_Round, dict]:
+    """Train round r on train_set, pseudo-label the unlabeled texts with it; returns the round and its record."""
+    logger.info(f"round {r} ({'teacher' if r == 0 else 'student'}): training on {len(train_set):,} rows")
+    round_cfg = dataclasses.replace(cfg, output=dataclasses.replace(cfg.output, overwrite=False))
+    round_dir = tmp / runs.ROUNDS / f"round-{r}"
+    result = train(round_cfg, quiet=quiet, splits=dataclasses.replace(inputs.splits, train=train_set),
+                   run_dir=round_dir)
+    probs, target_metrics = _label_texts(cfg, round_dir, inputs)
+    kept = select_pseudo_labels(probs, cfg.adapt.threshold, cfg.adapt.top_fraction_per_class)
+    _write_pseudo_labels(round_dir / runs.PSEUDO_LABELS, inputs.unlabeled, probs, kept, inputs.splits.id2label)
+    stats = _pseudo_label_stats(cfg, r, probs, kept, prev, inputs.splits.id2label)
+    rec = _round_record(cfg, r, result, rows, stats, target_metrics)
+    tgt = f", target accuracy {target_metrics['accuracy']:.4f}" if target_metrics else ""
+    logger.info(f"round {r}: val accuracy {rec['val']['accuracy']:.4f}{tgt}; kept {len(kept):,}/"
+                f"{len(inputs.unlabeled):,} pseudo-labels {stats['kept_per_class']}")
+    if len(kept) == 0 and r < cfg.adapt.rounds:
+        logger.info("no pseudo-label passed the selection; the next student trains on the labelled data alone "
                     "(lower adapt.threshold to keep some)")
+    metrics = dict(result.metrics)
+    if target_metrics is not None:
+        metrics["target"] = target_metrics
+    return _Round(probs, kept, metrics), rec
 
-            prev_probs, prev_kept = probs, kept
-            final_metrics = dict(result.metrics)
-            if target_metrics is not None:
-                final_metrics["target"] = target_metrics
-            if r < cfg.adapt.rounds:
-                train_set, n_aug = student_train_set(splits.train, unlabeled, probs, kept, cfg, cfg.train.seed + r)
 
-        _publish_final(tmp / runs.ROUNDS / f"round-{cfg.adapt.rounds}", tmp)
-        final_metrics["adapt"] = {"rounds": cfg.adapt.rounds, "summary": ADAPT,
-                                  "wall_time_s": round(time.time() - started, 2)}
-        runs.write_json(tmp / runs.METRICS, final_metrics)
-        summary["wall_time_s"] = round(time.time() - started, 2)
-        runs.write_json(tmp / ADAPT, summary)
-    say(f"self-training done: final student in {run}, per-round records in {run / ADAPT}")
-    return AdaptResult(run, final_metrics, records)
+def _rounds(cfg: Config, inputs: _Inputs, summary: dict, tmp: Path, quiet: bool) -> dict:
+    """Teacher, then adapt.rounds students, each recorded in tmp/adapt.json; returns the last round's metrics."""
+    labelled = inputs.splits.train
+    train_set, prev = labelled, None
+    rows = {"total": len(labelled), "labelled": len(labelled), "pseudo": 0, "augmented": 0}
+    for r in range(cfg.adapt.rounds + 1):
+        prev, rec = _one_round(cfg, r, inputs, train_set, rows, prev, tmp, quiet)
+        summary["rounds"].append(rec)
+        runs.write_json(tmp / runs.ADAPT, summary)
+        if r < cfg.adapt.rounds:
+            train_set, n_aug = student_train_set(labelled, inputs.unlabeled, prev.probs, prev.kept, cfg,
+                                                 cfg.train.seed + r)
+            rows = {"total": len(train_set), "labelled": len(labelled), "pseudo": int(len(prev.kept)),
+                    "augmented": n_aug}
+    return prev.metrics
+
+
+def self_train(cfg: Config, quiet: bool = False) -> AdaptResult:
+    """Train a teacher, then adapt.rounds students on labelled + pseudo-labelled data; write one run folder."""
+    started = time.time()
+    with logs.quiet(quiet):
+        inputs = _setup(cfg)  # every input is checked before anything is written
+        summary = _summary(cfg, inputs)
+        with runs.atomic_dir(inputs.run) as tmp:  # replaces an old RUN (output.overwrite) only once all succeeded
+            metrics = _rounds(cfg, inputs, summary, tmp, quiet)
+            _publish_final(tmp / runs.ROUNDS / f"round-{cfg.adapt.rounds}", tmp)
+            metrics["adapt"] = {"rounds": cfg.adapt.rounds, "summary": runs.ADAPT,
+                                "wall_time_s": round(time.time() - started, 2)}
+            runs.write_json(tmp / runs.METRICS, metrics)
+            summary["wall_time_s"] = round(time.time() - started, 2)
+            runs.write_json(tmp / runs.ADAPT, summary)
+        logger.info(f"self-training done: final student in {inputs.run}, per-round records in "
+                    f"{inputs.run / runs.ADAPT}")
+    return AdaptResult(inputs.run, metrics, summary["rounds"])

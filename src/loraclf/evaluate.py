@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Optional
 
 import numpy as np
@@ -37,22 +38,23 @@ def compute_metrics(labels: np.ndarray, probs: np.ndarray, id2label: dict[int, s
 
 @torch.inference_mode()
 def predict_probs(model, loader, accelerator=None, autocast_dtype=None, progress=None) -> tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
-    """Run the model over a loader whose batches carry `index`; returns (indices, probs, labels) in index order.
+    """The one inference pass: class probabilities for every batch; returns (indices, probs, labels) in index order.
 
-    Under Accelerate, predictions from all processes are gathered without the padded duplicates of the last
-    batch (gather_for_metrics), so metrics equal those of a single process.
+    loader yields dicts of model inputs plus `index` (and `labels` where known): a DataLoader in training, the
+    token-budget batches of `predict.predict_texts` otherwise. autocast_dtype runs the model under autocast. Under
+    Accelerate, predictions from all processes are gathered without the padded duplicates of the last batch
+    (gather_for_metrics), so metrics equal those of a single process.
     """
     model.eval()
     all_idx, all_probs, all_labels = [], [], []
     device = accelerator.device if accelerator is not None else next(model.parameters()).device
+    autocast = (torch.autocast(device_type=device.type, dtype=autocast_dtype) if autocast_dtype is not None
+                else contextlib.nullcontext())
     for batch in loader:
         idx = batch.pop("index")
         labels = batch.pop("labels", None)
-        batch = {k: v.to(device) for k, v in batch.items()}
-        if autocast_dtype is not None:
-            with torch.autocast(device_type=device.type, dtype=autocast_dtype):
-                logits = model(**batch).logits
-        else:
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        with autocast:
             logits = model(**batch).logits
         probs = torch.softmax(logits.float(), dim=-1)
         if accelerator is not None:

@@ -7,26 +7,19 @@ checked against PyTorch with onnxruntime on real texts before the folder is publ
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
 
-from . import runs
+from . import __version__, runs
+from . import model as model_mod
 from .errors import ModelError, RunError
 
-EXPORT_INFO = "loraclf_export.json"  # how the folder was made; loraclf serve/predict read max_length from it
-ONNX_FILE = "model.onnx"
 ONNX_ATOL = 1e-4
 ONNX_RTOL = 1e-3
 ADAPTER_TAGS = ("lora_", "ia3_", "vera_", "hada_", "lokr_", "modules_to_save")  # left in the weights = not merged
-
-
-def is_export_dir(path: str | Path) -> bool:
-    """A model folder (config.json) that is not a run folder."""
-    p = Path(path)
-    return (p / "config.json").is_file() and not (p / runs.CONFIG).is_file()
 
 
 def _check_output(run: Path, output: Path, overwrite: bool) -> None:
@@ -75,13 +68,11 @@ def export_onnx(model, tokenizer, folder: Path, texts: list[str], max_length: in
         import onnxruntime as ort
     except ImportError:
         raise ModelError("--onnx needs onnx and onnxruntime: pip install 'loraclf[export]'") from None
-    import inspect
-
     accepted = inspect.signature(model.forward).parameters
     names = [k for k in tokenizer.model_input_names if k in accepted]
     example = tokenizer(texts[:2], padding=True, truncation=True, max_length=max_length, return_tensors="pt")
     wrapper = _Logits(model, names).eval()
-    path = folder / ONNX_FILE
+    path = folder / runs.ONNX_FILE
     axes = {n: {0: "batch", 1: "sequence"} for n in names}
     axes["logits"] = {0: "batch"}
     try:
@@ -105,40 +96,17 @@ def export_onnx(model, tokenizer, folder: Path, texts: list[str], max_length: in
                              f"export without --onnx, or report this model type")
         worst = max(worst, float(np.abs(got - ref).max()))
         agree += int((got.argmax(-1) == ref.argmax(-1)).sum())
-    return {"file": ONNX_FILE, "checked_texts": len(texts) + len(texts[:3]), "max_abs_diff": worst,
+    return {"file": runs.ONNX_FILE, "checked_texts": len(texts) + len(texts[:3]), "max_abs_diff": worst,
             "argmax_agree": agree, "atol": ONNX_ATOL, "rtol": ONNX_RTOL, "opset": 17}
-
-
-def merge_adapter(model):
-    """The plain transformers model with the adapter folded into its weights; the PEFT model itself if it cannot be.
-
-    The trained head copies (PEFT modules_to_save) are put in place first: PEFT's own unload trips over a saved
-    module without a `weight` (BERT's pooler) when merging IA3.
-    """
-    from peft.utils import ModulesToSaveWrapper
-
-    if not hasattr(model, "merge_and_unload"):
-        return model
-    for name, mod in list(model.named_modules()):
-        if isinstance(mod, ModulesToSaveWrapper):
-            parent, _, attr = name.rpartition(".")
-            setattr(model.get_submodule(parent), attr, mod.modules_to_save[mod.active_adapters[0]])
-    try:
-        return model.merge_and_unload()
-    except Exception:  # methods that cannot merge still predict correctly unmerged
-        return model
 
 
 def export_run(run: str | Path, output: str | Path, onnx: bool = False, overwrite: bool = False) -> str:
     """Merge the run's adapter into the base weights and write a standalone model folder. Returns its path."""
-    from .model import load_run_model
-    from .predict import _int_labels
-
     run = runs.open_run(run)
     output = Path(output)
     _check_output(run, output, overwrite)
-    model, tokenizer, id2label, cfg = load_run_model(run, merge=False)
-    model = merge_adapter(model)
+    model, tokenizer, id2label, cfg = model_mod.load_run_model(run, merge=False)
+    model = model_mod.merge_adapter(model)
     if hasattr(model, "peft_config") or any(tag in n for n, _ in model.named_parameters() for tag in ADAPTER_TAGS):
         raise ModelError(f"adapter.method '{cfg.adapter.method}' cannot be merged into the base weights, so there "
                          f"is no standalone model to export; predict from the run folder instead")
@@ -153,19 +121,14 @@ def export_run(run: str | Path, output: str | Path, onnx: bool = False, overwrit
         "base_model": cfg.model.name_or_path,
         "adapter_method": cfg.adapter.method,
         "max_length": cfg.data.max_length,
-        "int_labels": _int_labels(run),
+        "int_labels": runs.read_label_map(run).int_labels,
         "dtype": "float32",
-        "loraclf_version": __import__("loraclf").__version__,
+        "loraclf_version": __version__,
     }
     with runs.atomic_dir(output) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         if onnx:
             info["onnx"] = export_onnx(model, tokenizer, tmp, _sample_texts(run), cfg.data.max_length)
-        runs.write_json(tmp / EXPORT_INFO, info)
+        runs.write_json(tmp / runs.EXPORT_INFO, info)
     return str(output)
-
-
-def read_export_info(folder: str | Path) -> Optional[dict]:
-    p = Path(folder) / EXPORT_INFO
-    return runs.read_json(p) if p.is_file() else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,26 +10,19 @@ from typing import Optional
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
+from . import data as data_mod
+from . import device as device_mod
+from . import model as model_mod
 from . import runs
-from .data import read_texts
 from .config import Config, DataConfig
+from .data import read_texts
 from .errors import DataError, ModelError
-from .evaluate import compute_metrics
+from .evaluate import compute_metrics, predict_probs
 
 FORMATS = ("competition", "full")
-PRECISIONS = ("fp32", "bf16", "auto")
-
-
-def resolve_precision(precision: str) -> str:
-    """fp32 or bf16: 'auto' is bf16 where the hardware computes it natively (CUDA bf16, CPU avx512_bf16/AMX)."""
-    from .train import bf16_supported
-
-    if precision not in PRECISIONS:
-        raise DataError(f"unknown precision '{precision}'; choose {', '.join(PRECISIONS)}")
-    if precision == "auto":
-        return "bf16" if bf16_supported() else "fp32"
-    return precision
+OUTPUT_SUFFIXES = (".csv", ".tsv", ".jsonl", ".parquet", ".txt", "")
 
 
 def token_batches(lengths: np.ndarray, batch_size: int, max_tokens: int) -> list[np.ndarray]:
@@ -61,37 +55,37 @@ def _pad(enc, idx: np.ndarray, keys: list[str], pad_id: int, left: bool) -> dict
     return {k: torch.from_numpy(v) for k, v in arrays.items()}
 
 
-@torch.inference_mode()
+def _batches(enc, order: list[np.ndarray], keys: list[str], pad_id: int, left: bool):
+    for idx in order:
+        yield {"index": torch.from_numpy(idx), **_pad(enc, idx, keys, pad_id, left)}
+
+
+def _autocast_dtype(model, precision: str):
+    """The autocast dtype for precision (bf16/fp16; auto resolved here); None for fp32 or a model already in half."""
+    dtype = device_mod.AUTOCAST_DTYPES.get(device_mod.resolve(precision))
+    return dtype if next(model.parameters()).dtype == torch.float32 else None
+
+
 def predict_texts(model, tokenizer, texts: list[str], batch_size: int = 64, max_length: int = 128,
                   precision: str = "fp32", progress: bool = False, max_tokens: Optional[int] = None) -> np.ndarray:
     """Class probabilities for texts, in input order.
 
-    Texts are tokenized once, sorted by length and cut into batches (see token_batches); results go back to
-    input order. precision bf16 runs a bf16 model as is and an fp32 model under bf16 autocast.
+    Texts are tokenized once, sorted by length and cut into batches (see token_batches), then run through
+    evaluate.predict_probs. bf16/fp16 run a half-precision model as is and an fp32 model under autocast.
     """
-    from tqdm.auto import tqdm
-
+    dtype = _autocast_dtype(model, precision)
     if not texts:
         return np.zeros((0, model.config.num_labels), dtype=np.float32)
-    device = next(model.parameters()).device
-    model_dtype = next(model.parameters()).dtype
-    autocast = resolve_precision(precision) == "bf16" and model_dtype == torch.float32
     enc = tokenizer(list(texts), truncation=True, max_length=max_length)
     lengths = np.fromiter((len(x) for x in enc["input_ids"]), dtype=np.int64, count=len(texts))
     keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     left = getattr(tokenizer, "padding_side", "right") == "left"
-    out = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
-    bar = tqdm(total=len(texts), desc="predict", unit="text", disable=not (progress and sys.stderr.isatty()), leave=False)
-    model.eval()
-    for idx in token_batches(lengths, batch_size, max_tokens or batch_size * max_length):
-        batch = {k: v.to(device, non_blocking=True) for k, v in _pad(enc, idx, keys, pad_id, left).items()}
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
-            logits = model(**batch).logits
-        out[idx] = torch.softmax(logits.float(), -1).cpu().numpy()
-        bar.update(len(idx))
-    bar.close()
-    return out
+    order = token_batches(lengths, batch_size, max_tokens or batch_size * max_length)
+    with tqdm(total=len(texts), desc="predict", unit="text", leave=False,
+              disable=not (progress and sys.stderr.isatty())) as bar:
+        _, probs, _ = predict_probs(model, _batches(enc, order, keys, pad_id, left), autocast_dtype=dtype, progress=bar)
+    return probs
 
 
 def label_values(id2label: dict[int, str], int_labels: bool) -> list:
@@ -115,25 +109,20 @@ def write_predictions(path: str | Path, probs: np.ndarray, id2label: dict[int, s
         for i in range(len(id2label)):
             df[f"prob_{id2label[i]}"] = probs[:, i] if len(probs) else []
     suffix = path.suffix.lower()
+    _check_suffix(path)
     if suffix == ".jsonl":
         runs.atomic_write_text(path, df.to_json(orient="records", lines=True))
     elif suffix == ".parquet":
-        import io
-
         buf = io.BytesIO()
         df.to_parquet(buf, index=False)
         runs.atomic_write_bytes(path, buf.getvalue())
-    elif suffix in (".csv", ".tsv", ".txt", ""):
-        runs.atomic_write_text(path, df.to_csv(index=False, sep="\t" if suffix == ".tsv" else ","))
     else:
-        raise DataError(f"unknown output format '{suffix}' for {path}; use .csv, .tsv, .jsonl or .parquet")
+        runs.atomic_write_text(path, df.to_csv(index=False, sep="\t" if suffix == ".tsv" else ","))
 
 
-def _int_labels(run: Path) -> bool:
-    labels = runs.read_json(run / runs.LABEL_MAP)
-    if "int_labels" in labels:
-        return bool(labels["int_labels"])
-    return all(str(v).isdigit() and int(v) == int(k) for k, v in labels["id2label"].items())
+def _check_suffix(path: Path) -> None:
+    if path.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise DataError(f"unknown output format '{path.suffix}' for {path}; use .csv, .tsv, .jsonl or .parquet")
 
 
 @dataclass
@@ -152,38 +141,38 @@ class InferenceModel:
         return predict_texts(self.model, self.tokenizer, texts, batch_size, self.max_length, precision, progress)
 
 
+def _load_export(p: Path) -> InferenceModel:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model_mod.quiet_transformers()
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(str(p))
+        tokenizer = AutoTokenizer.from_pretrained(str(p))
+    except (OSError, ValueError) as e:
+        raise ModelError(f"cannot load the model folder {p}: {str(e).strip().splitlines()[0][:300]}") from None
+    info = runs.read_export_info(p) or {}
+    id2label = {int(k): str(v) for k, v in model.config.id2label.items()}
+    int_labels = info.get("int_labels", all(v.isdigit() and int(v) == k for k, v in id2label.items()))
+    max_length = int(info.get("max_length") or min(tokenizer.model_max_length, 512))
+    return InferenceModel(model, tokenizer, id2label, max_length, bool(int_labels), Config().data, "export")
+
+
 def load_inference_model(path: str | Path, device: Optional[str] = None) -> InferenceModel:
     """Load a run folder (adapter merged into the base) or a folder written by `loraclf export`.
 
     device: default the first CUDA GPU when there is one, else the CPU.
     """
-    from .export import is_export_dir, merge_adapter, read_export_info
-
     p = Path(path)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if is_export_dir(p):
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-        from .model import quiet_transformers
-
-        quiet_transformers()
-        try:
-            model = AutoModelForSequenceClassification.from_pretrained(str(p))
-            tokenizer = AutoTokenizer.from_pretrained(str(p))
-        except (OSError, ValueError) as e:
-            raise ModelError(f"cannot load the model folder {p}: {str(e).strip().splitlines()[0][:300]}") from None
-        info = read_export_info(p) or {}
-        id2label = {int(k): str(v) for k, v in model.config.id2label.items()}
-        int_labels = info.get("int_labels", all(v.isdigit() and int(v) == k for k, v in id2label.items()))
-        max_length = int(info.get("max_length") or min(tokenizer.model_max_length, 512))
-        model.eval().to(device)
-        return InferenceModel(model, tokenizer, id2label, max_length, bool(int_labels), Config().data, "export")
-    from .model import load_run_model
-
+    if runs.is_export_dir(p):
+        im = _load_export(p)
+        im.model.eval().to(device)
+        return im
     run = runs.open_run(p)
-    model, tokenizer, id2label, cfg = load_run_model(run, merge=False)
-    model = merge_adapter(model).eval().to(device)
-    return InferenceModel(model, tokenizer, id2label, cfg.data.max_length, _int_labels(run), cfg.data, "run")
+    model, tokenizer, id2label, cfg = model_mod.load_run_model(run, merge=False)
+    model = model_mod.merge_adapter(model).eval().to(device)
+    int_labels = runs.read_label_map(run).int_labels
+    return InferenceModel(model, tokenizer, id2label, cfg.data.max_length, int_labels, cfg.data, "run")
 
 
 def predict_file(run: str | Path, input_path: str | Path, output_path: str | Path, fmt: str = "competition",
@@ -195,10 +184,9 @@ def predict_file(run: str | Path, input_path: str | Path, output_path: str | Pat
     """
     if fmt not in FORMATS:
         raise DataError(f"unknown --format '{fmt}'; choose competition or full")
-    resolve_precision(precision)
+    device_mod.resolve(precision, "--precision")
     out = Path(output_path)
-    if out.suffix.lower() not in (".csv", ".tsv", ".jsonl", ".parquet", ".txt", ""):
-        raise DataError(f"unknown output format '{out.suffix}' for {out}; use .csv, .tsv, .jsonl or .parquet")
+    _check_suffix(out)
     if not Path(input_path).is_file():
         raise DataError(f"input file not found: {input_path}")
     im = load_inference_model(run)
@@ -215,15 +203,13 @@ def predict_file(run: str | Path, input_path: str | Path, output_path: str | Pat
 def evaluate_file(run: str | Path, data_path: str | Path, batch_size: int = 64, allow_pickle: bool = False,
                   precision: str = "fp32", quiet: bool = False, output: Optional[str | Path] = None) -> dict:
     """Metrics of a run on a labelled file (labels mapped through the run's label map)."""
-    from .data import _clean, encode_labels, read_table
-    from .model import load_run_model
-
+    device_mod.resolve(precision, "--precision")
     run = runs.open_run(run)
-    model, tokenizer, id2label, cfg = load_run_model(run)
-    df = read_table(data_path, allow_pickle or cfg.data.allow_pickle, cfg.data.max_file_mb)
+    model, tokenizer, id2label, cfg = model_mod.load_run_model(run)
+    df = data_mod.read_table(data_path, allow_pickle or cfg.data.allow_pickle, cfg.data.max_file_mb)
     notes = []
-    clean = _clean(df, cfg.data, str(data_path), True, notes.append)
-    labels = encode_labels(clean["label"], id2label, str(data_path))
+    clean = data_mod.clean_frame(df, cfg.data, str(data_path), True, notes.append)
+    labels = data_mod.encode_labels(clean["label"], id2label, str(data_path))
     probs = predict_texts(model, tokenizer, clean["text"].tolist(), batch_size, cfg.data.max_length, precision,
                           progress=not quiet)
     metrics = compute_metrics(labels, probs, id2label)
