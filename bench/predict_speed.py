@@ -77,7 +77,7 @@ def main() -> None:
 
     from loraclf.export import export_run
     from loraclf.predict import load_inference_model, predict_file, predict_texts
-    from loraclf.train import bf16_supported
+    from loraclf.device import bf16_supported
 
     work = Path(args.work)
     t0 = time.perf_counter()
