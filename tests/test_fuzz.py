@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from loraclf import config as config_mod
 from loraclf.config import Config, DataConfig, from_dict, load_config
-from loraclf.data import _normalise_label, build_label_map, encode_labels, load_splits, read_table
+from loraclf.data import normalise_label, build_label_map, encode_labels, load_splits, read_table
 from loraclf.errors import ConfigError, DataError, LoraclfError
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
@@ -111,7 +111,7 @@ def test_label_mapping_is_total_or_a_data_error(labels, names, max_labels, other
     assert sorted(id2label) == list(range(len(id2label)))
     ids = encode_labels(pd.Series(labels, dtype=object), id2label, "train")
     assert ids.dtype == np.int64 and ((ids >= 0) & (ids < len(id2label))).all()
-    normalised = [_normalise_label(v) for v in labels]
+    normalised = [normalise_label(v) for v in labels]
     if all(isinstance(v, int) for v in normalised):
         assert ids.tolist() == normalised  # integer labels keep their values (0..K-1, gaps allowed)
     else:

@@ -113,7 +113,7 @@ def test_length_grouped_order_matches_transformers(n, batch):
     ga.manual_seed(5)
     gb.manual_seed(5)
     theirs = LengthGroupedSampler(batch, lengths=lengths.tolist(), generator=ga)
-    ours = data._LengthGroupedSampler(lengths, batch, gb)
+    ours = data.LengthGroupedSampler(lengths, batch, gb)
     for _ in range(2):  # the generator advances the same way epoch after epoch
         assert list(ours) == list(theirs)
 

@@ -8,8 +8,8 @@ import os
 import sys
 from pathlib import Path
 
-from . import __version__, device, launch
-from .config import augment_config, describe_keys, load_config, resume_config
+from . import __version__, launch
+from .config import PRECISIONS, augment_config, describe_keys, load_config, resume_config
 from .errors import LoraclfError
 
 EPILOG = """examples:
@@ -75,7 +75,7 @@ COMMANDS: dict[str, dict] = {  # name -> add_parser keywords and "args", the com
         arg("--output", help="also write the metrics as JSON here"),
         arg("--batch-size", type=_positive_int, default=64),
         arg("--allow-pickle", action="store_true", help=PICKLE),
-        arg("--precision", choices=device.PRECISIONS, default="fp32"),
+        arg("--precision", choices=PRECISIONS, default="fp32"),
         arg("--quiet", action="store_true"),
     ]),
     "predict": dict(help="predict labels for a file of texts", args=[
@@ -88,7 +88,7 @@ COMMANDS: dict[str, dict] = {  # name -> add_parser keywords and "args", the com
         arg("--text-column", help="text column of the input (default: the run's data.text_column, else 'text')"),
         arg("--batch-size", type=_positive_int, default=64),
         arg("--allow-pickle", action="store_true", help=PICKLE),
-        arg("--precision", choices=device.PRECISIONS, default="auto",
+        arg("--precision", choices=PRECISIONS, default="auto",
             help="auto (default): bf16 where the hardware computes it natively, else fp32; fp32 for exact outputs"),
         arg("--quiet", action="store_true"),
     ]),
@@ -138,7 +138,7 @@ COMMANDS: dict[str, dict] = {  # name -> add_parser keywords and "args", the com
         arg("--max-wait-ms", type=float, default=5.0),
         arg("--max-texts", type=_positive_int, default=256),
         arg("--max-text-chars", type=_positive_int, default=20_000),
-        arg("--precision", choices=device.PRECISIONS, default="fp32",
+        arg("--precision", choices=PRECISIONS, default="fp32",
             help="auto: bf16 where the hardware computes it natively"),
     ]),
 }

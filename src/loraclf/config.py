@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
@@ -18,7 +16,13 @@ from typing import Any, Literal, Optional, Union
 import yaml
 
 from . import runs, sources
+from .coerce import build, hints_of, type_name
 from .errors import ConfigError, RunError, did_you_mean
+
+
+# the one precision vocabulary (train.mixed_precision, and --precision of predict, evaluate and serve);
+# device.py resolves it against the hardware
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 def _f(default, help: str, *, ge=None, gt=None, le=None, lt=None):
@@ -135,7 +139,7 @@ class TrainConfig:
     per_device_train_batch_size: int = _f(32, "Training batch size per process.", ge=1)
     gradient_accumulation_steps: int = _f(1, "Batches accumulated into one optimizer step.", ge=1)
     max_grad_norm: Optional[float] = _f(1.0, "Gradient clipping norm (null = off).", gt=0)
-    mixed_precision: Literal["auto", "fp32", "bf16", "fp16"] = _f(
+    mixed_precision: Literal[PRECISIONS] = _f(
         "auto", "auto = bf16 where the hardware runs it natively (CPUs with AVX512-BF16/AMX, Ampere+ GPUs), else fp32."
     )
     seed: int = _f(42, "Seed for weights, dropout, shuffling and augmentation.")
@@ -217,117 +221,6 @@ TRACKERS = ("tensorboard", "mlflow")
 # ---------------------------------------------------------------------------------------------- parsing
 
 
-def _type_name(tp) -> str:
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return " | ".join(repr(a) for a in typing.get_args(tp))
-    if origin in (Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp) if a is not type(None))
-    if origin is list:
-        return f"list of {_type_name(typing.get_args(tp)[0])}"
-    return getattr(tp, "__name__", str(tp))
-
-
-def _coerce(value, tp):
-    """Return value as type tp, or raise TypeError/ValueError. Ints are accepted for floats, never the reverse."""
-    origin = typing.get_origin(tp)
-    if origin in (Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _coerce(value, a)
-            except (TypeError, ValueError) as e:
-                errors.append(e)
-        raise TypeError(f"expected {_type_name(tp)}, got {value!r}")
-    if origin is Literal:
-        choices = typing.get_args(tp)
-        if value in choices:
-            return value
-        hint = did_you_mean(value, choices) if isinstance(value, str) else ""
-        raise ValueError(f"must be one of {', '.join(map(str, choices))}, got {value!r}{hint}")
-    if origin is list:
-        (inner,) = typing.get_args(tp)
-        if not isinstance(value, list):
-            raise TypeError(f"expected {_type_name(tp)}, got {value!r}")
-        return [_coerce(v, inner) for v in value]
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise TypeError(f"expected true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
-            return int(value)
-        raise TypeError(f"expected an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            value = float(value)
-            if value != value or value in (float("inf"), float("-inf")):
-                raise ValueError(f"must be a finite number, got {value!r}")
-            return value
-        if isinstance(value, str):  # yaml reads 1e-4 (no dot) as a string
-            try:
-                return _coerce(float(value), float)
-            except ValueError:
-                pass
-        raise TypeError(f"expected a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise TypeError(f"expected a string, got {value!r}")
-    raise TypeError(f"unsupported type {tp}")
-
-
-def _check_range(value, meta) -> Optional[str]:
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        return None
-    for key, op, word in (("ge", lambda v, b: v >= b, ">="), ("gt", lambda v, b: v > b, ">"),
-                          ("le", lambda v, b: v <= b, "<="), ("lt", lambda v, b: v < b, "<")):
-        bound = meta.get(key)
-        if bound is not None and not op(value, bound):
-            return f"must be {word} {bound}, got {value}"
-    return None
-
-
-def _hints(cls) -> dict:
-    return typing.get_type_hints(cls)
-
-
-def _build(cls, data: dict, prefix: str, problems: list[str]):
-    hints = _hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for key, value in data.items():
-        path = f"{prefix}{key}"
-        if key not in fields:
-            problems.append(f"unknown key '{path}'{did_you_mean(key, fields)}")
-            continue
-        tp = hints[key]
-        if dataclasses.is_dataclass(tp):
-            if not isinstance(value, dict):
-                problems.append(f"'{path}' must be a section (a mapping), got {value!r}")
-                continue
-            kwargs[key] = _build(tp, value, path + ".", problems)
-            continue
-        try:
-            coerced = _coerce(value, tp)
-        except (TypeError, ValueError) as e:
-            problems.append(f"'{path}' {e}")
-            continue
-        bad = _check_range(coerced, fields[key].metadata)
-        if bad:
-            problems.append(f"'{path}' {bad}")
-            continue
-        kwargs[key] = coerced
-    return cls(**kwargs)
-
-
 def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise ConfigError([f"override '{text}' must look like section.key=value (e.g. train.learning_rate=3e-4)"])
@@ -369,7 +262,7 @@ def read_yaml(path: str | Path) -> dict:
 def from_dict(data: dict) -> Config:
     """Build and validate a Config; raises ConfigError listing every problem."""
     problems: list[str] = []
-    cfg = _build(Config, data, "", problems)
+    cfg = build(Config, data, "", problems)
     problems += _cross_checks(cfg)
     if problems:
         raise ConfigError(problems)
@@ -512,15 +405,15 @@ def describe_keys() -> list[tuple[str, str, str, str]]:
     """(key, type, default, help) for every config key, for `loraclf config --keys`."""
     rows = []
     for top in dataclasses.fields(Config):
-        hints = _hints(Config)
+        hints = hints_of(Config)
         tp = hints[top.name]
         if dataclasses.is_dataclass(tp):
-            sub_hints = _hints(tp)
+            sub_hints = hints_of(tp)
             for f in dataclasses.fields(tp):
                 default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-                rows.append((f"{top.name}.{f.name}", _type_name(sub_hints[f.name]), repr(default), f.metadata.get("help", "")))
+                rows.append((f"{top.name}.{f.name}", type_name(sub_hints[f.name]), repr(default), f.metadata.get("help", "")))
         else:
-            rows.append((top.name, _type_name(tp), "[]", top.metadata.get("help", "")))
+            rows.append((top.name, type_name(tp), "[]", top.metadata.get("help", "")))
     return rows
 
 

@@ -11,9 +11,10 @@ import platform
 
 import torch
 
+from .config import PRECISIONS
 from .errors import ConfigError
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+__all__ = ["PRECISIONS", "AUTOCAST_DTYPES", "resolve", "check", "accelerate_name", "bf16_supported", "hardware"]
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 

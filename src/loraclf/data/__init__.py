@@ -17,8 +17,3 @@ from .read import (ARROW_BUILDERS, READERS, STREAM_BUILDERS, check_file, column,
                    stream_head)
 from .splits import Splits, load_splits, load_stream_splits, stratified_split
 from .stream import STREAM_MAP_BATCH, stream_loader, stream_where, train_stream
-
-# the names callers used before the package had public ones (predict/adapt: _clean; tests: the other two)
-_clean = clean_frame
-_normalise_label = normalise_label
-_LengthGroupedSampler = LengthGroupedSampler
