@@ -11,7 +11,6 @@ single worker runs the model in a thread, so the event loop keeps accepting requ
 import asyncio
 import ipaddress
 import socket
-import sys
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -23,9 +22,11 @@ from typing import Annotated, Callable, Optional
 
 import numpy as np
 
-from . import __version__, device
+from . import __version__, device, logs
 from .errors import LoraclfError
 from .predict import load_inference_model
+
+logger = logs.get(__name__)
 
 
 @dataclass
@@ -331,8 +332,8 @@ def _check_bind(host: str, port: int) -> None:
     except ValueError:
         loopback = False
     if not loopback:
-        print(f"loraclf serve: warning: listening on {host}, reachable from other machines; the service has no "
-              f"authentication", file=sys.stderr)
+        logger.warning(f"serve: warning: listening on {host}, reachable from other machines; the service has no "
+                       f"authentication")
 
 
 def serve(model: str | Path, host: str = "127.0.0.1", port: int = 8000, max_batch_size: int = 32,
