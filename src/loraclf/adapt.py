@@ -232,7 +232,7 @@ class _Round:
 def _setup(cfg: Config) -> _Inputs:
     _check(cfg)
     run = runs.new_run_dir(cfg.output.dir, cfg.output.run_name or default_run_name(cfg), cfg.output.overwrite)
-    splits = data_mod.load_splits(cfg.data, log=logger.info)
+    splits = data_mod.load_splits(cfg.data)
     unlabeled = read_unlabeled(cfg.data.unlabeled, cfg)
     target = read_target_eval(cfg.data.target_eval, cfg, splits.id2label) if cfg.data.target_eval else None
     logger.info(f"self-training: {len(splits.train):,} labelled + {len(unlabeled):,} unlabeled texts, "
