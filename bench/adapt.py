@@ -55,7 +55,7 @@ def mean_sd(xs: list[float]) -> str:
 
 
 def write_table(args, per_seed: list, started: float, final: bool) -> None:
-    from loraclf.train import hardware
+    from loraclf.device import hardware
 
     total = time.time() - started
 

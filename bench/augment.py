@@ -103,7 +103,7 @@ def write(args, runs: list[dict], total: float) -> None:
 
     from loraclf.augment import augment_dataset
     from loraclf.config import AugmentConfig
-    from loraclf.train import hardware
+    from loraclf.device import hardware
 
     def pick(arm: str, key: str) -> list[float]:
         return [r[key] for r in runs if r["arm"] == arm and r["seed"] in done]

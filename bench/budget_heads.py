@@ -35,7 +35,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from loraclf.runs import atomic_write_text
-from loraclf.train import cpu_name
+from loraclf.device import cpu_name
 
 ROOT = Path(__file__).resolve().parents[1]
 AG = ROOT.parent / "shared" / "data" / "ag_news"

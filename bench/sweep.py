@@ -35,7 +35,7 @@ def main() -> int:
     from loraclf.predict import evaluate_file
     from loraclf.runs import SWEEP_SUMMARY as SUMMARY
     from loraclf.sweep import load_sweep, run_sweep
-    from loraclf.train import hardware
+    from loraclf.device import hardware
 
     if not TEST.is_file():
         sys.exit(f"AG News test split not found at {TEST} (../shared beside the checkout)")

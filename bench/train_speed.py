@@ -308,7 +308,7 @@ def write_table(args, rows: list, floor: dict, started: float, final: bool) -> N
     import torch
 
     from loraclf.runs import atomic_write_text
-    from loraclf.train import cpu_name
+    from loraclf.device import cpu_name
 
     # each repetition's reference: stock bf16's final val accuracy in that repetition (the seed recipe and the
     # levers, run once, are measured against the median reference)

@@ -202,6 +202,17 @@ def _describe(ctx: Setup) -> None:
               f"{plan.accumulation} accumulation), precision {ctx.precision}")
 
 
+def _training_precision(cfg: Config) -> str:
+    """Accelerate's name for the precision the run really computes in (metrics.json records it)."""
+    precision = device.resolve(cfg.train.mixed_precision, "train.mixed_precision")
+    if precision == "fp16" and device.on_cpu_only():
+        # Accelerate turns fp16 autocast on only on accelerators: on a CPU the run would compute in fp32 anyway
+        logger.warning("train.mixed_precision=fp16 has no effect on a CPU (Accelerate autocasts fp16 only on a GPU); "
+                       "training in fp32. Use bf16 or auto for mixed precision on this machine.")
+        precision = "fp32"
+    return device.accelerate_name(precision)
+
+
 def _run_path(cfg: Config, resume: Optional[Path], run_dir: Optional[Path]) -> Path:
     if resume is not None and not resume.is_dir():
         raise RunError(f"cannot resume: run folder {resume} not found")
@@ -213,7 +224,7 @@ def _run_path(cfg: Config, resume: Optional[Path], run_dir: Optional[Path]) -> P
 def setup(cfg: Config, resume: Optional[str | Path], splits, run_dir: Optional[Path]) -> Setup:
     """Everything before the first step; the run folder exists (whole) when this returns."""
     started = time.time()
-    precision = device.accelerate_name(device.resolve(cfg.train.mixed_precision, "train.mixed_precision"))
+    precision = _training_precision(cfg)
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
     resume_dir = Path(resume) if resume else None
