@@ -1,3 +1,35 @@
-"""loraclf: fine-tune pretrained encoders with PEFT adapters for text classification, under a parameter budget."""
+"""loraclf: fine-tune pretrained encoders with PEFT adapters for text classification, under a parameter budget.
 
-__version__ = "0.1.0"
+The Python API (see api.py and the README's "Python API"):
+
+    import loraclf
+    result = loraclf.train(train_df=df, **{"train.max_steps": 60})
+    clf = loraclf.Classifier.from_run(result.run_dir)
+    clf.predict(["Who wrote Hamlet?"])
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .version import __version__
+
+if TYPE_CHECKING:
+    from .api import Classifier, TrainResult, train
+
+__all__ = ["train", "Classifier", "TrainResult", "__version__"]
+API_NAMES = ("train", "Classifier", "TrainResult")
+
+
+def __getattr__(name: str) -> Any:
+    # PEP 562: the API pulls in torch (~3 s), which `loraclf --help`, `config` and `validate` must not pay for, so
+    # loraclf.api is imported on first use of one of its names (nothing in the package imports loraclf itself).
+    if name in API_NAMES:
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'loraclf' has no attribute '{name}'")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

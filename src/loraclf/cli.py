@@ -8,9 +8,10 @@ import os
 import sys
 from pathlib import Path
 
-from . import __version__, launch
+from . import launch
 from .config import PRECISIONS, augment_config, describe_keys, load_config, resume_config
 from .errors import LoraclfError
+from .version import __version__
 
 EPILOG = """examples:
   loraclf train                                   # MiniLM-L6 + LoRA on TREC-6, offline, a few minutes on CPU

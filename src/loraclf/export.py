@@ -13,9 +13,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import __version__, runs
+from . import card, runs
 from . import model as model_mod
 from .errors import ModelError, RunError
+from .version import __version__
 
 ONNX_ATOL = 1e-4
 ONNX_RTOL = 1e-3
@@ -131,4 +132,5 @@ def export_run(run: str | Path, output: str | Path, onnx: bool = False, overwrit
         if onnx:
             info["onnx"] = export_onnx(model, tokenizer, tmp, _sample_texts(run), cfg.data.max_length)
         runs.write_json(tmp / runs.EXPORT_INFO, info)
+        card.write(run, tmp, "export")
     return str(output)

@@ -99,3 +99,11 @@ def held(drop_on: type[BaseException] | tuple = Exception) -> Iterator[None]:
 def sink(log: Callable[[str], None] | None, logger: logging.Logger) -> Callable[[str], None]:
     """A caller's own message sink (tests, the sweep's prefix), else the module's logger."""
     return log if log is not None else logger.info
+
+
+def show_progress(wanted: bool = True) -> bool:
+    """Whether to draw a progress bar: wanted, not inside `quiet()`, and stderr a terminal or a Jupyter kernel
+    (tqdm.auto draws a widget there; a pipe or a log file gets no bar)."""
+    if not wanted or logging.getLogger(ROOT).level > logging.INFO:
+        return False
+    return sys.stderr.isatty() or "ipykernel" in sys.modules

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -14,6 +13,7 @@ from tqdm.auto import tqdm
 
 from . import data as data_mod
 from . import device as device_mod
+from . import logs
 from . import model as model_mod
 from . import runs
 from .config import Config, DataConfig
@@ -83,7 +83,7 @@ def predict_texts(model, tokenizer, texts: list[str], batch_size: int = 64, max_
     left = getattr(tokenizer, "padding_side", "right") == "left"
     order = token_batches(lengths, batch_size, max_tokens or batch_size * max_length)
     with tqdm(total=len(texts), desc="predict", unit="text", leave=False,
-              disable=not (progress and sys.stderr.isatty())) as bar:
+              disable=not logs.show_progress(progress)) as bar:
         _, probs, _ = predict_probs(model, _batches(enc, order, keys, pad_id, left), autocast_dtype=dtype, progress=bar)
     return probs
 
@@ -200,6 +200,23 @@ def predict_file(run: str | Path, input_path: str | Path, output_path: str | Pat
     return {"rows": len(texts), "output": str(out), "counts": {id2label[i]: int(c) for i, c in enumerate(counts)}}
 
 
+def frame_texts(df, data: DataConfig, where: str) -> list[str]:
+    """A DataFrame's texts for predict, in row order: its text column(s) joined as data says, empty ones kept as ''."""
+    return [("" if t is None else t[: data.max_text_chars]) for t in data_mod.select_text(df, data, where)]
+
+
+def evaluate_frame(model, tokenizer, id2label: dict[int, str], data: DataConfig, max_length: int, df, where: str,
+                   batch_size: int = 64, precision: str = "fp32", progress: bool = False) -> dict:
+    """Metrics on a labelled DataFrame, cleaned as training cleans it and labels mapped through id2label."""
+    notes: list[str] = []
+    clean = data_mod.clean_frame(df, data, where, True, notes.append)
+    labels = data_mod.encode_labels(clean["label"], id2label, where)
+    probs = predict_texts(model, tokenizer, clean["text"].tolist(), batch_size, max_length, precision, progress)
+    metrics = compute_metrics(labels, probs, id2label)
+    metrics["notes"] = notes
+    return metrics
+
+
 def evaluate_file(run: str | Path, data_path: str | Path, batch_size: int = 64, allow_pickle: bool = False,
                   precision: str = "fp32", quiet: bool = False, output: Optional[str | Path] = None) -> dict:
     """Metrics of a run on a labelled file (labels mapped through the run's label map)."""
@@ -207,12 +224,9 @@ def evaluate_file(run: str | Path, data_path: str | Path, batch_size: int = 64, 
     run = runs.open_run(run)
     model, tokenizer, id2label, cfg = model_mod.load_run_model(run)
     df = data_mod.read_table(data_path, allow_pickle or cfg.data.allow_pickle, cfg.data.max_file_mb)
-    notes = []
-    clean = data_mod.clean_frame(df, cfg.data, str(data_path), True, notes.append)
-    labels = data_mod.encode_labels(clean["label"], id2label, str(data_path))
-    probs = predict_texts(model, tokenizer, clean["text"].tolist(), batch_size, cfg.data.max_length, precision,
-                          progress=not quiet)
-    metrics = compute_metrics(labels, probs, id2label)
+    metrics = evaluate_frame(model, tokenizer, id2label, cfg.data, cfg.data.max_length, df, str(data_path),
+                             batch_size, precision, progress=not quiet)
+    notes = metrics.pop("notes")  # the key order of metrics JSON stays: ..., file, notes
     metrics["file"] = str(data_path)
     metrics["notes"] = notes
     if output:

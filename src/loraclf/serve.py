@@ -22,7 +22,8 @@ from typing import Annotated, Callable, Optional
 
 import numpy as np
 
-from . import __version__, device, logs
+from . import device, logs
+from .version import __version__
 from .errors import LoraclfError
 from .predict import load_inference_model
 

@@ -8,14 +8,13 @@ history.jsonl records written here:
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import torch
 
-from .. import checkpoint, runs
+from .. import checkpoint, logs, runs
 from ..errors import DataError
 from ..evaluate import compute_metrics, predict_probs
 from . import inputs as inputs_mod
@@ -56,7 +55,7 @@ def _progress(total: int, initial: int, disable: bool):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True,
-                disable=disable or not sys.stderr.isatty(), leave=False)
+                disable=not logs.show_progress(not disable), leave=False)
 
 
 def evaluate_val(ctx: Setup, state: LoopState, step: int, epoch: float) -> dict:

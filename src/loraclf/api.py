@@ -1,0 +1,226 @@
+"""The Python face of loraclf, for notebooks and scripts: `train` from DataFrames, and a `Classifier` to predict,
+evaluate and export.
+
+It calls the same library functions as the CLI (config.from_dict, train.train, predict.*, export.export_run), so a
+run trained here is the run `loraclf train` would write, with the same checks. Bad input raises a
+`loraclf.errors.LoraclfError` subclass whose message is the CLI's one line; nothing here exits the process.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import io
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import numpy as np
+import pandas as pd
+
+from . import adapt, logs, runs
+from . import device as device_mod
+from . import config as config_mod
+from . import data as data_mod
+from . import export as export_mod
+from . import predict as predict_mod
+from .config import Config
+from .errors import ConfigError, DataError, RunError
+from .train import train as train_run
+
+__all__ = ["train", "Classifier", "TrainResult", "ConfigLike", "FrameLike", "TextsLike"]
+
+ConfigLike = Union[str, Path, dict, Config, None]
+FrameLike = Any  # a pandas DataFrame or a datasets.Dataset
+TextsLike = Union[str, Sequence[str], pd.DataFrame]
+FRAME_KEYS = (("train_df", "train"), ("val_df", "validation"), ("test_df", "test"))
+FRAMES_FOLDER = "frames"  # under data.cache_dir: the Parquet copies of DataFrames given to train()
+
+
+class TrainResult:
+    """What `train` returns: the run folder, its final metrics, and the trained classifier (loaded when first used)."""
+
+    def __init__(self, run_dir: Path, metrics: dict):
+        self.run_dir = Path(run_dir)
+        self.metrics = metrics
+
+    @cached_property
+    def classifier(self) -> "Classifier":
+        return Classifier.from_run(self.run_dir)
+
+    def __repr__(self) -> str:
+        return f"TrainResult(run_dir={str(self.run_dir)!r})"
+
+
+def train(config: ConfigLike = None, /, train_df: FrameLike = None, val_df: FrameLike = None,
+          test_df: FrameLike = None, *, quiet: bool = False, **overrides: Any) -> TrainResult:
+    """Fine-tune as configured and write a run folder, as `loraclf train` does.
+
+    config: a YAML path, a dict of sections, or a Config (none: the defaults).
+    train_df / val_df / test_df: pandas DataFrames or datasets.Dataset objects standing in for data.train /
+    data.validation / data.test. Each is written once to a content-hashed Parquet file under data.cache_dir
+    (default ~/.cache/loraclf/tokenized/frames/), and the config names that file, so the run's config.yaml points
+    at real data and `loraclf train --resume RUN` works.
+    overrides: the CLI's dotted keys, `train(**{"train.learning_rate": 2e-3})`, or sections as dicts,
+    `train(train={"learning_rate": 2e-3})`.
+    quiet: no progress bars or log lines.
+    """
+    tree = config_tree(config)
+    apply_overrides(tree, overrides)
+    given = dict(zip(FRAME_KEYS, (train_df, val_df, test_df)))
+    frames = {key: as_frame(df, arg) for (arg, key), df in given.items() if df is not None}
+    cfg = config_mod.from_dict(tree)
+    if frames:
+        folder = data_mod.cache_dir(cfg.data) / FRAMES_FOLDER
+        for key, df in frames.items():
+            config_mod.set_path(tree, ["data", key], str(write_frame(df, folder, key)))
+        cfg = config_mod.from_dict(tree)
+    if cfg.data.unlabeled:
+        result = adapt.self_train(cfg, quiet=quiet)
+    else:
+        result = train_run(cfg, quiet=quiet)
+    return TrainResult(result.run_dir, result.metrics)
+
+
+def config_tree(config: ConfigLike) -> dict:
+    """The config as a plain dict of sections, paths made absolute as `load_config` makes them."""
+    if config is None:
+        return {}
+    if isinstance(config, Config):
+        return config.to_dict()
+    if isinstance(config, dict):
+        tree = copy.deepcopy(config)
+        config_mod.resolve_paths(tree, None)
+        return tree
+    if isinstance(config, (str, Path)):
+        tree = config_mod.read_yaml(config)
+        config_mod.resolve_paths(tree, Path(config).resolve().parent)
+        return tree
+    raise ConfigError([f"config must be a YAML path, a dict or a loraclf Config, got {type(config).__name__}"])
+
+
+def apply_overrides(tree: dict, overrides: dict) -> None:
+    """Dotted keys set one value; a section given as a dict is merged into that section."""
+    for key, value in overrides.items():
+        if "." not in key and isinstance(value, dict):
+            section = tree.get(key)
+            tree[key] = merge(section if isinstance(section, dict) else {}, value)
+        else:
+            config_mod.set_path(tree, key.split("."), value)
+    config_mod.resolve_paths(tree, None)
+
+
+def merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def as_frame(obj: FrameLike, what: str) -> pd.DataFrame:
+    """A pandas DataFrame from a DataFrame or a datasets.Dataset; anything else is refused with the fix."""
+    if isinstance(obj, pd.DataFrame):
+        return obj
+    kind = type(obj).__name__
+    if kind in ("DatasetDict", "IterableDatasetDict"):
+        splits = list(obj.keys())
+        raise DataError(f"{what} must be one split, but got a {kind} with splits {splits}; "
+                        f"did you mean {what}=dataset[{splits[0]!r}]?")
+    if kind == "Dataset" and type(obj).__module__.startswith("datasets"):
+        return obj.to_pandas()
+    raise DataError(f"{what} must be a pandas DataFrame or a datasets.Dataset, got {kind}")
+
+
+def write_frame(df: pd.DataFrame, folder: Path, name: str) -> Path:
+    """df as FOLDER/NAME-<sha256 of its Parquet bytes>.parquet, written once (the same rows give the same file)."""
+    buf = io.BytesIO()
+    try:
+        df.reset_index(drop=True).to_parquet(buf, index=False)
+    except (ValueError, TypeError, ImportError) as e:  # pyarrow's type errors subclass these
+        raise DataError(f"the {name} DataFrame cannot be stored as Parquet: {str(e).strip().splitlines()[0][:200]}"
+                        f" (give each column one type, e.g. df['text'] = df['text'].astype(str))") from None
+    digest = hashlib.sha256(buf.getvalue()).hexdigest()[:16]
+    path = runs.check_output_dir(folder, "data.cache_dir") / f"{name}-{digest}.parquet"
+    if not path.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        runs.atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+class Classifier:
+    """A trained classifier, from a run folder (`from_run`) or an exported model folder (`from_export`)."""
+
+    def __init__(self, model: predict_mod.InferenceModel, path: Path):
+        self.model = model
+        self.path = Path(path)
+
+    @classmethod
+    def from_run(cls, path: str | Path, device: Optional[str] = None) -> "Classifier":
+        """Load the run folder that `train` (or `loraclf train`) wrote; device: default CUDA when there is one."""
+        run = runs.open_run(path)
+        return cls(predict_mod.load_inference_model(run, device), run)
+
+    @classmethod
+    def from_export(cls, path: str | Path, device: Optional[str] = None) -> "Classifier":
+        """Load a folder written by `export` (or `loraclf export`)."""
+        p = Path(path)
+        if not runs.is_export_dir(p):
+            hint = "; for a run folder use Classifier.from_run" if (p / runs.CONFIG).is_file() else ""
+            raise RunError(f"{p} is not an exported model folder ({runs.HF_CONFIG} is missing){hint}")
+        return cls(predict_mod.load_inference_model(p, device), p)
+
+    @property
+    def labels(self) -> list[str]:
+        """Class names in id order: the columns of predict_proba."""
+        return [self.model.id2label[i] for i in range(len(self.model.id2label))]
+
+    def predict_proba(self, texts: TextsLike, *, batch_size: int = 64, precision: str = "auto",
+                      quiet: bool = False) -> np.ndarray:
+        """Class probabilities, one row per text in input order, columns in `labels` order (1-D for one string)."""
+        items = self._texts(texts)
+        device_mod.resolve(precision)
+        with logs.quiet(quiet):
+            probs = self.model.predict(items, batch_size, precision, progress=not quiet)
+        return probs[0] if isinstance(texts, str) else probs
+
+    def predict(self, texts: TextsLike, *, batch_size: int = 64, precision: str = "auto", quiet: bool = False):
+        """Labels in input order, as `loraclf predict` writes them (class ids for integer labels, else names).
+
+        texts: a list of strings, one string (one label back), or a DataFrame (its text column(s) as the run reads
+        them). precision: as `loraclf predict --precision`; fp32 for exact outputs.
+        """
+        probs = self.predict_proba(texts, batch_size=batch_size, precision=precision, quiet=quiet)
+        values = predict_mod.label_values(self.model.id2label, self.model.int_labels)
+        if isinstance(texts, str):
+            return values[int(probs.argmax())]
+        return [values[int(i)] for i in probs.argmax(-1)]
+
+    def evaluate(self, df: FrameLike, *, batch_size: int = 64, precision: str = "fp32",
+                 quiet: bool = False) -> dict:
+        """The metrics `loraclf evaluate` computes, on a labelled DataFrame (or datasets.Dataset)."""
+        frame = as_frame(df, "df")
+        device_mod.resolve(precision)
+        with logs.quiet(quiet):
+            return predict_mod.evaluate_frame(self.model.model, self.model.tokenizer, self.model.id2label,
+                                              self.model.data, self.model.max_length, frame, "the DataFrame",
+                                              batch_size, precision, progress=not quiet)
+
+    def export(self, path: str | Path, *, onnx: bool = False, overwrite: bool = False) -> Path:
+        """Write a standalone model folder (merged weights, tokenizer, model card), as `loraclf export` does."""
+        if self.model.source != "run":
+            raise RunError(f"this classifier was loaded from the export folder {self.path}, which is already a "
+                           f"standalone model; copy that folder, or export from its run folder")
+        return Path(export_mod.export_run(self.path, path, onnx=onnx, overwrite=overwrite))
+
+    def _texts(self, texts: TextsLike) -> list[str]:
+        if isinstance(texts, str):
+            return [texts]
+        if isinstance(texts, pd.DataFrame) or type(texts).__name__ == "Dataset":
+            return predict_mod.frame_texts(as_frame(texts, "texts"), self.model.data, "the DataFrame")
+        if isinstance(texts, (list, tuple, pd.Series, np.ndarray)) and all(isinstance(t, str) for t in texts):
+            return list(texts)
+        raise DataError(f"texts must be a list of strings, one string or a DataFrame, got {type(texts).__name__}"
+                        + (" holding non-strings" if isinstance(texts, (list, tuple)) else ""))
+
+    def __repr__(self) -> str:
+        return f"Classifier({str(self.path)!r}, labels={self.labels})"
