@@ -329,7 +329,7 @@ def test_augment_file_bad_inputs(tmp_path):
 @pytest.fixture
 def recorded_augmentations(monkeypatch) -> list[dict]:
     """Every call of train._augmented (the real one), with the rows it got and the rows it returned."""
-    from loraclf import train as train_mod
+    from loraclf.train import inputs as train_mod
 
     calls = []
     real = train_mod._augmented

@@ -74,6 +74,7 @@ def test_roberta_base_seed_recipe_has_999172_trainable_params():
     from peft import get_peft_model
     from transformers import AutoModelForSequenceClassification, RobertaConfig
 
+    from loraclf import budget
     from loraclf import model as model_mod
 
     cfg = load_config(ROOT / "configs" / "agnews_roberta_seed.yaml")
@@ -82,7 +83,7 @@ def test_roberta_base_seed_recipe_has_999172_trainable_params():
     targets = model_mod.resolve_targets(base, "roberta", cfg.adapter.target_modules)
     assert targets == ["query", "value"]
     peft_model = get_peft_model(base, model_mod.peft_config(cfg, base, targets))
-    b = model_mod.param_breakdown(peft_model)
+    b = budget.param_breakdown(peft_model)
     assert b["trainable"] == 999_172
     assert b["head"] == 593_668  # RoBERTa's dense 768x768 + out_proj, as in the report
     assert b["trainable"] == sum(p.numel() for p in peft_model.parameters() if p.requires_grad)

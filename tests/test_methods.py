@@ -72,7 +72,7 @@ def test_method_trains_counts_exactly_and_reloads_identically(case, tiny_overrid
 
     # budget accounting is exact: hand count == budget's meta-device count == the trained model == params.json
     expected = HEAD + N * CASES[case][1]
-    assert model_mod.param_breakdown(trained)["trainable"] == expected
+    assert budget.param_breakdown(trained)["trainable"] == expected
     assert budget.count_trainable(cfg, LABELS) == expected
     assert json.loads((run / runs.PARAMS).read_text())["trainable"] == expected
     assert result.metrics["trainable_params"] == expected

@@ -223,7 +223,7 @@ def test_sigkill_at_10_random_points_then_resume_matches_uninterrupted(setup):
                                       f"{Path(f'{log}.err').read_text()[-2000:]}"
         newest = newest_valid = None
         if (run / runs.CONFIG).exists():
-            from loraclf.train import newest_valid_checkpoint
+            from loraclf.checkpoint import newest_valid_checkpoint
 
             newest = _newest_step(run)
             newest_valid = newest_valid_checkpoint(run, log=lambda m: None)
@@ -272,7 +272,8 @@ def test_sigint_and_sigterm_save_a_checkpoint_and_exit_conventionally(setup, fir
 
 def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(tiny_overrides, capsys):
     from loraclf.config import load_config
-    from loraclf.train import newest_valid_checkpoint, train
+    from loraclf.checkpoint import newest_valid_checkpoint
+    from loraclf.train import train
 
     over = tiny_overrides + ["output.save_steps=1", "output.save_total_limit=10", "train.num_threads=1"]
     ref = train(load_config(None, over + ["output.run_name=ref"]), quiet=True)
@@ -379,7 +380,7 @@ def test_sigterm_to_one_of_two_processes_checkpoints_all_of_them(tiny_bert, tiny
     finally:
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGKILL)
-    from loraclf.train import verify_checkpoint
+    from loraclf.checkpoint import verify_checkpoint
 
     assert "SIGTERM received: saved checkpoint step-" in err, err[-3000:]
     newest = runs.latest_checkpoint(run)
