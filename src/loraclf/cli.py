@@ -132,7 +132,9 @@ COMMANDS: dict[str, dict] = {  # name -> add_parser keywords and "args", the com
         arg("--overwrite", action="store_true", help="replace a non-empty --output folder"),
     ]),
     "serve": dict(help="HTTP prediction service", args=[
-        arg("model", help="a run folder or an exported model folder"),
+        arg("model", nargs="+", metavar="RUN",
+            help="a run folder or an exported model folder; several runs (or a folder of runs) are served as adapters "
+                 "on one shared base, at /v1/models/{name}/predict"),
         arg("--host", default="127.0.0.1"),
         arg("--port", type=int, default=8000),
         arg("--max-batch-size", type=_positive_int, default=32),
@@ -141,6 +143,13 @@ COMMANDS: dict[str, dict] = {  # name -> add_parser keywords and "args", the com
         arg("--max-text-chars", type=_positive_int, default=20_000),
         arg("--precision", choices=PRECISIONS, default="fp32",
             help="auto: bf16 where the hardware computes it natively"),
+    ]),
+    "push": dict(help="upload a run's adapter (or its merged export) to the Hugging Face Hub", args=[
+        arg("run", help=RUN),
+        arg("repo_id", metavar="REPO_ID", help="user/name or org/name; created if it does not exist"),
+        arg("--what", choices=["adapter", "export"], default="adapter",
+            help="adapter: the PEFT files, tokenizer and model card; export: the merged standalone model"),
+        arg("--private", action="store_true", help="create the repo as private"),
     ]),
 }
 
@@ -290,15 +299,22 @@ def cmd_export(args) -> int:
 def cmd_serve(args) -> int:
     from .serve import serve
 
-    serve(args.model, host=args.host, port=args.port, max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
+    serve(list(args.model), host=args.host, port=args.port, max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
           max_texts=args.max_texts, max_text_chars=args.max_text_chars, precision=args.precision)
+    return 0
+
+
+def cmd_push(args) -> int:
+    from .push import push
+
+    print(push(args.run, args.repo_id, what=args.what, private=args.private))
     return 0
 
 
 HANDLERS = {
     "train": cmd_train, "config": cmd_config, "validate": cmd_validate, "evaluate": cmd_evaluate,
     "predict": cmd_predict, "budget": cmd_budget, "augment": cmd_augment, "report": cmd_report,
-    "compare": cmd_compare, "sweep": cmd_sweep, "export": cmd_export, "serve": cmd_serve,
+    "compare": cmd_compare, "sweep": cmd_sweep, "export": cmd_export, "serve": cmd_serve, "push": cmd_push,
 }
 
 

@@ -1,8 +1,10 @@
 """The HTTP service: FastAPI + uvicorn, with dynamic micro-batching of concurrent requests.
 
-POST /predict {"texts": [...]} -> labels and probabilities; GET /health, /labels, /stats; OpenAPI at /openapi.json
-(and /docs). Requests wait at most max_wait_ms in a queue so that concurrent ones share one forward pass; a
-single worker runs the model in a thread, so the event loop keeps accepting requests meanwhile.
+One run or export: POST /predict {"texts": [...]} -> labels and probabilities; GET /health, /labels, /stats. Several
+runs (adapters attached to one shared base, see adapters.py): POST /v1/models/{name}/predict, GET /v1/models, which a
+single model answers too. OpenAPI at /openapi.json (and /docs). Requests wait at most max_wait_ms in a queue, one
+queue per model, so that concurrent ones share one forward pass; a single worker thread runs every model, so the
+event loop keeps accepting requests meanwhile and one adapter's pass never overlaps another's.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the endpoint annotations, which name classes built per
@@ -10,7 +12,10 @@ single worker runs the model in a thread, so the event loop keeps accepting requ
 # optional `serve` extra, and serve() names the extra to install when they are missing.
 import asyncio
 import ipaddress
+import json
+import signal
 import socket
+import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -22,10 +27,10 @@ from typing import Annotated, Callable, Optional
 
 import numpy as np
 
-from . import device, logs
+from . import adapters, device, logs, runs
 from .version import __version__
-from .errors import LoraclfError
-from .predict import load_inference_model
+from .errors import LoraclfError, did_you_mean, first_line
+from .predict import load_inference_model, predict_texts
 
 logger = logs.get(__name__)
 
@@ -44,6 +49,10 @@ class ServeLimits:
         # worst case JSON: every character escaped as \uXXXX (6 bytes), plus quotes and commas
         return self.max_texts * (self.max_text_chars * 6 + 4) + 65_536
 
+    def public(self) -> dict[str, float]:
+        return {"max_batch_size": self.max_batch_size, "max_wait_ms": self.max_wait_ms, "max_texts": self.max_texts,
+                "max_text_chars": self.max_text_chars}
+
     def check(self) -> None:
         problems = [f"--{k.replace('_', '-')} must be positive, got {getattr(self, k)}"
                     for k in ("max_batch_size", "max_texts", "max_text_chars") if getattr(self, k) < 1]
@@ -56,12 +65,14 @@ class ServeLimits:
 class MicroBatcher:
     """Gathers texts of concurrent requests into batches of up to max_batch_size, waiting at most max_wait_ms."""
 
-    def __init__(self, predict: Callable[[list[str]], np.ndarray], max_batch_size: int, max_wait_ms: float):
+    def __init__(self, predict: Callable[[list[str]], np.ndarray], max_batch_size: int, max_wait_ms: float,
+                 executor: Optional[ThreadPoolExecutor] = None):
         self.predict = predict
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait_ms / 1000.0
         self.queue: asyncio.Queue = asyncio.Queue()
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="loraclf-model")
+        self.own_executor = executor is None
+        self.executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="loraclf-model")
         self.task: Optional[asyncio.Task] = None
         self.carry = None  # a request taken from the queue that did not fit into the previous batch
         self.requests = 0
@@ -81,7 +92,8 @@ class MicroBatcher:
                 await self.task
             except asyncio.CancelledError:
                 pass
-        self.executor.shutdown(wait=True)
+        if self.own_executor:
+            self.executor.shutdown(wait=True)
 
     async def submit(self, texts: list[str]) -> np.ndarray:
         fut = asyncio.get_running_loop().create_future()
@@ -205,7 +217,7 @@ def _schemas(limits: ServeLimits) -> SimpleNamespace:
 
     class Prediction(BaseModel):
         label: str = Field(description="The most probable class name.")
-        label_id: int = Field(description="Its index in /labels.")
+        label_id: int = Field(description="Its index in the model's labels.")
         score: float = Field(description="Its probability.")
         probabilities: dict[str, float] = Field(description="Probability of every class, by name.")
 
@@ -216,6 +228,14 @@ def _schemas(limits: ServeLimits) -> SimpleNamespace:
     class Labels(BaseModel):
         labels: list[str]
         id2label: dict[int, str]
+
+    class ModelInfo(BaseModel):
+        name: str = Field(description="The name requests use: the run (or export) folder name.")
+        labels: list[str]
+        source: str = Field(description="run, export, or adapter (a run attached to a shared base)")
+
+    class Models(BaseModel):
+        models: list[ModelInfo]
 
     class Health(BaseModel):
         status: str
@@ -229,90 +249,181 @@ def _schemas(limits: ServeLimits) -> SimpleNamespace:
         detail: str
 
     return SimpleNamespace(PredictRequest=PredictRequest, Prediction=Prediction, PredictResponse=PredictResponse,
-                           Labels=Labels, Health=Health, Problem=Problem)
+                           Labels=Labels, ModelInfo=ModelInfo, Models=Models, Health=Health, Problem=Problem)
+
+
+def parse_failure(body: bytes) -> str:
+    """One line for a body that FastAPI could not parse (it says only "There was an error parsing the body")."""
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return (f"the request body is not valid UTF-8 (byte 0x{body[e.start]:02x} at position {e.start}); "
+                f"send JSON encoded as UTF-8")
+    try:
+        json.loads(body)
+    except RecursionError:
+        return 'the request body nests too deeply to parse; send {"texts": ["..."]}'
+    except ValueError as e:
+        return f"the request body is not valid JSON ({first_line(e)[:200]})"
+    return "the request body could not be parsed as JSON"
 
 
 def _add_guards(app, limits: ServeLimits) -> None:
-    """An oversized body is refused before it is read; a malformed one gets one clear line."""
+    """One clear line for a malformed body, and for one over the body cap (FastAPI's max_body_size, which counts
+    the bytes while it reads them, with or without a Content-Length)."""
     from fastapi import Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
-
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):
-        size = request.headers.get("content-length")
-        if size is not None and size.isdigit() and int(size) > limits.max_body_bytes:
-            return JSONResponse({"detail": f"request body of {int(size):,} bytes is over the limit of "
-                                           f"{limits.max_body_bytes:,} bytes"}, status_code=413)
-        return await call_next(request)
+    from starlette.exceptions import HTTPException
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(request: Request, exc: RequestValidationError):
         status, detail = _messages(list(exc.errors()), limits)
         return JSONResponse({"detail": detail}, status_code=status)
 
+    @app.exception_handler(HTTPException)
+    async def http_problem(request: Request, exc: HTTPException):
+        if exc.status_code == 413:
+            size = request.headers.get("content-length", "")
+            sent = f"of {int(size):,} bytes " if size.isdigit() else ""
+            return JSONResponse({"detail": f"request body {sent}is over the limit of {limits.max_body_bytes:,} bytes "
+                                           f"(set by --max-texts and --max-text-chars)"}, status_code=413)
+        if exc.status_code == 400:  # FastAPI's parser met what json.loads raises other than JSONDecodeError
+            try:
+                body = await request.body()  # the route's Request: its body is cached
+            except RuntimeError:
+                body = b""
+            return JSONResponse({"detail": parse_failure(body)}, status_code=422)
+        return JSONResponse({"detail": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
 
-def _add_predict(app, s: SimpleNamespace, labels: list[str], model_name: str) -> None:
+
+def _check_texts(texts: list[str]) -> None:
+    """Lone surrogates pass JSON and pydantic but not the tokenizer: refuse them here, as a 422."""
+    from fastapi import HTTPException
+
+    for i, t in enumerate(texts):
+        try:
+            t.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise HTTPException(422, f"texts[{i}] holds an unpaired surrogate (\\u{ord(t[e.start]):04x} at "
+                                     f"character {e.start}); send valid Unicode") from None
+
+
+def _predictions(s: SimpleNamespace, probs: np.ndarray, labels: list[str], name: str):
+    out = []
+    for row in probs:
+        i = int(row.argmax())
+        out.append(s.Prediction(label=labels[i], label_id=i, score=float(row[i]),
+                                probabilities={labels[j]: float(p) for j, p in enumerate(row)}))
+    return s.PredictResponse(predictions=out, model=name)
+
+
+@dataclass
+class Served:
+    """One model the service answers for: its name, class names and predict function (texts -> probabilities)."""
+
+    name: str
+    labels: list[str]
+    source: str  # run, export, or adapter
+    predict: Callable[[list[str]], np.ndarray]
+
+
+def _add_v1(app, s: SimpleNamespace, models: dict[str, Served]) -> None:
+    from fastapi import HTTPException, Request
+
+    PredictRequest, PredictResponse, Models = s.PredictRequest, s.PredictResponse, s.Models  # FastAPI reads these
+
+    @app.get("/v1/models", response_model=Models)
+    async def list_models() -> Models:
+        return Models(models=[s.ModelInfo(name=m.name, labels=m.labels, source=m.source) for m in models.values()])
+
+    @app.post("/v1/models/{name}/predict", response_model=PredictResponse,
+              responses={404: {"model": s.Problem}, 413: {"model": s.Problem}, 422: {"model": s.Problem}})
+    async def model_predict(name: str, body: PredictRequest, request: Request) -> PredictResponse:
+        if name not in models:
+            raise HTTPException(404, f"unknown model '{name}'{did_you_mean(name, models)}; served: "
+                                     f"{', '.join(models)} (GET /v1/models)")
+        _check_texts(body.texts)
+        probs = await request.app.state.batchers[name].submit(body.texts)
+        return _predictions(s, probs, models[name].labels, name)
+
+
+def _add_single(app, s: SimpleNamespace, m: Served, limits: ServeLimits) -> None:
+    """Today's routes of a one-model service: /predict, /labels, /health, /stats."""
     from fastapi import Request
 
-    PredictRequest, PredictResponse = s.PredictRequest, s.PredictResponse  # FastAPI reads these annotations
+    PredictRequest, PredictResponse, Labels, Health = s.PredictRequest, s.PredictResponse, s.Labels, s.Health
 
     @app.post("/predict", response_model=PredictResponse,
               responses={413: {"model": s.Problem}, 422: {"model": s.Problem}})
     async def predict_endpoint(body: PredictRequest, request: Request) -> PredictResponse:
-        probs = await request.app.state.batcher.submit(body.texts)
-        out = []
-        for row in probs:
-            i = int(row.argmax())
-            out.append(s.Prediction(label=labels[i], label_id=i, score=float(row[i]),
-                                    probabilities={labels[j]: float(p) for j, p in enumerate(row)}))
-        return PredictResponse(predictions=out, model=model_name)
-
-
-def _add_info(app, s: SimpleNamespace, labels: list[str], limits: ServeLimits, model_name: str, source: str) -> None:
-    from fastapi import Request
-
-    Labels, Health = s.Labels, s.Health  # FastAPI reads these annotations
+        _check_texts(body.texts)
+        probs = await request.app.state.batchers[m.name].submit(body.texts)
+        return _predictions(s, probs, m.labels, m.name)
 
     @app.get("/labels", response_model=Labels)
     async def labels_endpoint() -> Labels:
-        return Labels(labels=labels, id2label=dict(enumerate(labels)))
+        return Labels(labels=m.labels, id2label=dict(enumerate(m.labels)))
 
     @app.get("/health", response_model=Health)
     async def health(request: Request) -> Health:
-        return Health(status="ok", model=model_name, source=source, num_labels=len(labels),
-                      limits={"max_batch_size": limits.max_batch_size, "max_wait_ms": limits.max_wait_ms,
-                              "max_texts": limits.max_texts, "max_text_chars": limits.max_text_chars},
-                      batching=request.app.state.batcher.stats())
+        return Health(status="ok", model=m.name, source=m.source, num_labels=len(m.labels), limits=limits.public(),
+                      batching=request.app.state.batchers[m.name].stats())
 
     @app.get("/stats")
     async def stats(request: Request) -> dict:
-        return request.app.state.batcher.stats()
+        return request.app.state.batchers[m.name].stats()
 
 
-def create_app(predict: Callable[[list[str]], np.ndarray], id2label: dict[int, str], limits: ServeLimits,
-               model_name: str = "model", source: str = "run"):
-    """The FastAPI app around a predict function (texts -> probabilities, one row per text)."""
+def _add_multi_info(app, limits: ServeLimits) -> None:
+    from fastapi import Request
+
+    @app.get("/health")
+    async def health(request: Request) -> dict:
+        batchers = request.app.state.batchers
+        return {"status": "ok", "models": list(batchers), "limits": limits.public(),
+                "batching": {name: b.stats() for name, b in batchers.items()}}
+
+    @app.get("/stats")
+    async def stats(request: Request) -> dict:
+        return {name: b.stats() for name, b in request.app.state.batchers.items()}
+
+
+def create_app(models: list[Served], limits: ServeLimits):
+    """The FastAPI app around models; one model also gets today's /predict, /labels, /health and /stats."""
     from fastapi import FastAPI
 
     limits.check()
-    labels = [id2label[i] for i in range(len(id2label))]
+    by_name = {m.name: m for m in models}
 
     @asynccontextmanager
     async def lifespan(app):
-        batcher = MicroBatcher(predict, limits.max_batch_size, limits.max_wait_ms)
-        batcher.start()
-        app.state.batcher = batcher
+        # one worker thread for all models: a forward pass runs alone, so an adapter is never switched under it
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="loraclf-model")
+        app.state.batchers = {m.name: MicroBatcher(m.predict, limits.max_batch_size, limits.max_wait_ms, executor)
+                              for m in models}
+        for b in app.state.batchers.values():
+            b.start()
         yield
         # uvicorn runs this only after in-flight requests have been answered
-        await batcher.stop()
+        for b in app.state.batchers.values():
+            await b.stop()
+        executor.shutdown(wait=True)
 
-    app = FastAPI(title="loraclf text classifier", version=__version__, lifespan=lifespan,
-                  description=f"Model {model_name}: {len(labels)} classes ({', '.join(labels[:20])}).")
+    if len(models) == 1:
+        m = models[0]
+        about = f"Model {m.name}: {len(m.labels)} classes ({', '.join(m.labels[:20])})."
+    else:
+        about = f"{len(models)} models: {', '.join(by_name)}. Name one in /v1/models/{{name}}/predict."
+    app = FastAPI(title="loraclf text classifier", version=__version__, lifespan=lifespan, description=about,
+                  max_body_size=limits.max_body_bytes)
     schemas = _schemas(limits)
     _add_guards(app, limits)
-    _add_predict(app, schemas, labels, model_name)
-    _add_info(app, schemas, labels, limits, model_name, source)
+    if len(models) == 1:
+        _add_single(app, schemas, models[0], limits)
+    else:
+        _add_multi_info(app, limits)
+    _add_v1(app, schemas, by_name)
     return app
 
 
@@ -337,12 +448,60 @@ def _check_bind(host: str, port: int) -> None:
                        f"authentication")
 
 
-def serve(model: str | Path, host: str = "127.0.0.1", port: int = 8000, max_batch_size: int = 32,
+def load_models(found: list[Path], batch_size: int = 32, precision: str = "fp32") -> list[Served]:
+    """What to serve (from adapters.collect_runs): one run or export as today (its adapter merged), or several runs
+    as adapters on shared bases. Exports among several models are served as they are, each on its own model.
+    """
+    if len(found) == 1:
+        im = load_inference_model(found[0])
+        labels = [im.id2label[i] for i in range(len(im.id2label))]
+        return [Served(found[0].resolve().name, labels, im.source,
+                       lambda texts: im.predict(texts, batch_size=batch_size, precision=precision))]
+    served = []
+    for p in (p for p in found if runs.is_export_dir(p)):
+        im = load_inference_model(p)
+        served.append(Served(p.name, [im.id2label[i] for i in range(len(im.id2label))], im.source,
+                             lambda texts, im=im: im.predict(texts, batch_size=batch_size, precision=precision)))
+    aset = adapters.load_adapters([p for p in found if not runs.is_export_dir(p)])
+
+    def adapter_predict(name: str) -> Callable[[list[str]], np.ndarray]:
+        def predict(texts: list[str]) -> np.ndarray:
+            with aset.use(name) as a:
+                return predict_texts(a.model, a.tokenizer, texts, batch_size, a.max_length, precision)
+        return predict
+
+    for name, a in aset.adapters.items():
+        served.append(Served(name, [a.id2label[i] for i in range(len(a.id2label))], "adapter", adapter_predict(name)))
+    order = {p.name: i for i, p in enumerate(found)}
+    return sorted(served, key=lambda m: order[m.name])
+
+
+def _graceful_exit(signum, frame):
+    raise SystemExit(0)
+
+
+def _run_uvicorn(app, host: str, port: int, graceful_timeout_s: float) -> None:
+    import uvicorn
+
+    # uvicorn re-raises a caught SIGTERM after its graceful shutdown, which ends the process "killed" (exit 143);
+    # the re-raised signal reaches the handler that was there before uvicorn's: this one makes it exit 0
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _graceful_exit) if main_thread else None
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=graceful_timeout_s,
+                    access_log=False)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def serve(model: str | Path | list[str | Path], host: str = "127.0.0.1", port: int = 8000, max_batch_size: int = 32,
           max_wait_ms: float = 5.0, max_texts: int = 256, max_text_chars: int = 20_000, precision: str = "fp32",
           graceful_timeout_s: float = 30.0) -> None:
-    """Load a run folder or an exported model folder and serve it over HTTP until SIGINT/SIGTERM."""
+    """Serve a run, an export, several runs or a folder of runs over HTTP until SIGINT/SIGTERM (SIGTERM: exit 0)."""
     try:
-        import uvicorn
+        import fastapi  # noqa: F401  (the optional `serve` extra)
+        import uvicorn  # noqa: F401
     except ImportError:
         raise LoraclfError("serve needs fastapi and uvicorn: pip install 'loraclf[serve]'") from None
     limits = ServeLimits(max_batch_size, max_wait_ms, max_texts, max_text_chars)
@@ -350,13 +509,9 @@ def serve(model: str | Path, host: str = "127.0.0.1", port: int = 8000, max_batc
     device.resolve(precision, "--precision")
     if not 0 < port < 65536:
         raise LoraclfError(f"--port must be between 1 and 65535, got {port}")
+    found = adapters.collect_runs([model] if isinstance(model, (str, Path)) else list(model))
     _check_bind(host, port)
-    im = load_inference_model(model)
-
-    def predict(texts: list[str]) -> np.ndarray:
-        return im.predict(texts, batch_size=max(limits.max_batch_size, 1), precision=precision)
-
-    predict(["warm up"])  # first call allocates; keep that out of the first client's latency
-    app = create_app(predict, im.id2label, limits, model_name=Path(model).resolve().name, source=im.source)
-    uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=graceful_timeout_s,
-                access_log=False)
+    models = load_models(found, max(limits.max_batch_size, 1), precision)
+    for m in models:
+        m.predict(["warm up"])  # first call allocates; keep that out of the first client's latency
+    _run_uvicorn(create_app(models, limits), host, port, graceful_timeout_s)
