@@ -174,7 +174,7 @@ class Classifier:
         """Class names in id order: the columns of predict_proba."""
         return [self.model.id2label[i] for i in range(len(self.model.id2label))]
 
-    def predict_proba(self, texts: TextsLike, *, batch_size: int = 64, precision: str = "auto",
+    def predict_proba(self, texts: TextsLike, *, batch_size: int = 64, precision: str = "fp32",
                       quiet: bool = False) -> np.ndarray:
         """Class probabilities, one row per text in input order, columns in `labels` order (1-D for one string)."""
         items = self._texts(texts)
@@ -183,11 +183,11 @@ class Classifier:
             probs = self.model.predict(items, batch_size, precision, progress=not quiet)
         return probs[0] if isinstance(texts, str) else probs
 
-    def predict(self, texts: TextsLike, *, batch_size: int = 64, precision: str = "auto", quiet: bool = False):
+    def predict(self, texts: TextsLike, *, batch_size: int = 64, precision: str = "fp32", quiet: bool = False):
         """Labels in input order, as `loraclf predict` writes them (class ids for integer labels, else names).
 
         texts: a list of strings, one string (one label back), or a DataFrame (its text column(s) as the run reads
-        them). precision: as `loraclf predict --precision`; fp32 for exact outputs.
+        them). precision: as `loraclf predict --precision` (auto: bf16 where the hardware computes it natively).
         """
         probs = self.predict_proba(texts, batch_size=batch_size, precision=precision, quiet=quiet)
         values = predict_mod.label_values(self.model.id2label, self.model.int_labels)
