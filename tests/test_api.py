@@ -227,5 +227,5 @@ def test_readme_python_api_runs_as_written(minilm_path, tmp_path, monkeypatch):
     for block in readme_blocks():
         exec(compile(block, "README.md (Python API)", "exec"), namespace)
     assert (tmp_path / "trec6-model" / runs.MODEL_CARD).is_file()
-    assert namespace["result"].run_dir.parent == tmp_path / "runs"
+    assert (tmp_path / namespace["result"].run_dir).parent == tmp_path / "runs"
     assert namespace["clf"].labels == ["ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM"]
