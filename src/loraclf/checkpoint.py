@@ -143,11 +143,28 @@ def load_checkpoint(ckpt: Path, model, optimizer, scheduler) -> dict:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise RunError(f"cannot load checkpoint {ckpt} safely ({type(e).__name__}: {first}); delete that "
                        f"step-N folder to resume from an older checkpoint, or start the run again") from None
+    state = read_state(ckpt)  # checked before anything is restored
     load_trainable_state(model, trainable, f"checkpoint {ckpt.name}")
     optimizer.load_state_dict(opt_state)
     scheduler.load_state_dict(sched_state)
     _set_rng_state(rng)
-    return json.loads((ckpt / runs.CKPT_STATE).read_text())
+    return state
+
+
+STATE_TYPES = {"step": int, "epoch": int, "batches_in_epoch": int, "samples_in_epoch": int,
+               "best_metric": (int, float, type(None)), "best_step": (int, type(None)), "bad_evals": int,
+               "train_time": (int, float), "stopped_early": bool, "window_loss": (int, float), "window_n": int}
+
+
+def read_state(ckpt: Path) -> dict:
+    """A checkpoint's state.json, shape-checked (its checksum only says the file is the one that was written)."""
+    path = ckpt / runs.CKPT_STATE
+    state = runs.read_json_object(path, {"step": int})
+    for key, types in STATE_TYPES.items():
+        value = state.get(key)
+        if key in state and (not isinstance(value, types) or (isinstance(value, bool) and types is not bool)):
+            raise runs.damaged(path, f"'{key}' is {type(value).__name__}")
+    return state
 
 
 def load_weights(ckpt: Path, model) -> None:

@@ -23,6 +23,12 @@ from .errors import ConfigError, RunError, did_you_mean
 # the one precision vocabulary (train.mixed_precision, and --precision of predict, evaluate and serve);
 # device.py resolves it against the hardware
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# upper bounds of size-like keys: far above any real use, and low enough that torch, NumPy (seeds) and the memory of
+# one machine can hold what they size, so absurd values fail in validation instead of deep in a model build
+MAX_RANK = 8192
+MAX_BATCH = 4096
+MAX_STEPS = 10**9
+MAX_SEED = 2**32 - 1
 
 
 def _f(default, help: str, *, ge=None, gt=None, le=None, lt=None):
@@ -65,15 +71,15 @@ class DataConfig:
     label_names: Optional[list[str]] = _f(None, "Names for integer labels 0..K-1 (e.g. [World, Sports, Business, Sci/Tech]).")
     id_column: Optional[str] = _f(None, "ID column used by predict's ID,Label output; default: an ID/id column if present, else 0..N-1.")
     validation_split: float = _f(0.1, "Size of the validation split taken from train when no file is given: a fraction (<1) or a count (>=1).", gt=0)
-    split_seed: int = _f(42, "Seed of the stratified validation split.")
+    split_seed: int = _f(42, "Seed of the stratified validation split.", ge=0, le=MAX_SEED)
     max_length: int = _f(128, "Tokens kept per text (longer texts are truncated).", ge=8, le=8192)
     empty_text: Literal["drop", "error"] = _f("drop", "What to do with empty or NaN texts: drop them (with a count) or fail.")
     allow_pickle: bool = _f(False, "Read .pkl files. Unpickling runs code from the file, so it is off by default.")
     max_file_mb: float = _f(2048.0, "Refuse data files larger than this many MB.", gt=0)
-    max_text_chars: int = _f(100_000, "Texts longer than this are cut to this many characters before tokenizing.", ge=1)
-    max_labels: int = _f(1000, "Refuse label columns with more distinct values than this.", ge=2)
+    max_text_chars: int = _f(100_000, "Texts longer than this are cut to this many characters before tokenizing.", ge=1, le=10**9)
+    max_labels: int = _f(1000, "Refuse label columns with more distinct values than this.", ge=2, le=100_000)
     group_by_length: bool = _f(True, "Batch training texts of similar length together, which cuts padding.")
-    num_proc: Optional[int] = _f(None, "Processes used for tokenization; default: one per CPU core, at most 8, for 50,000 rows or more (else one).", ge=1)
+    num_proc: Optional[int] = _f(None, "Processes used for tokenization; default: one per CPU core, at most 8, for 50,000 rows or more (else one).", ge=1, le=256)
     cache_dir: Optional[str] = _f(None, "Where tokenized Arrow caches are kept; default ~/.cache/loraclf.")
     streaming: bool = _f(
         False,
@@ -104,19 +110,19 @@ class AdapterConfig:
         "qv",
         "A preset (qv, qkv, attention, all-linear), mapped per architecture, or a list of module names.",
     )
-    layers_to_transform: Optional[int] = _f(None, "Adapt only the top k encoder layers (null = all).", ge=1)
+    layers_to_transform: Optional[int] = _f(None, "Adapt only the top k encoder layers (null = all).", ge=1, le=1_000)
     head: Literal["full", "linear", "lora"] = _f(
         "full", "Classification head: the model's own (full), one linear layer (linear), or its dense layer frozen with LoRA (lora)."
     )
-    init_r: Optional[int] = _f(None, "AdaLoRA: starting rank, which the budget counts (default 1.5 x r, rounded down).", ge=1)
+    init_r: Optional[int] = _f(None, "AdaLoRA: starting rank, which the budget counts (default 1.5 x r, rounded down).", ge=1, le=MAX_RANK)
     vera_d_initial: float = _f(0.1, "VeRA: initial value of the scaling vector d.", gt=0)
-    vera_projection_prng_key: int = _f(0, "VeRA: seed of the shared frozen random matrices (saved with the adapter).", ge=0)
-    adalora_tinit: Optional[int] = _f(None, "AdaLoRA: warm-up steps before pruning ranks (default 10% of steps).", ge=0)
-    adalora_tfinal: Optional[int] = _f(None, "AdaLoRA: final fine-tuning steps with fixed ranks (default 20% of steps).", ge=0)
-    adalora_deltaT: int = _f(10, "AdaLoRA: steps between rank re-allocations.", ge=1)
+    vera_projection_prng_key: int = _f(0, "VeRA: seed of the shared frozen random matrices (saved with the adapter).", ge=0, le=MAX_SEED)
+    adalora_tinit: Optional[int] = _f(None, "AdaLoRA: warm-up steps before pruning ranks (default 10% of steps).", ge=0, le=MAX_STEPS)
+    adalora_tfinal: Optional[int] = _f(None, "AdaLoRA: final fine-tuning steps with fixed ranks (default 20% of steps).", ge=0, le=MAX_STEPS)
+    adalora_deltaT: int = _f(10, "AdaLoRA: steps between rank re-allocations.", ge=1, le=MAX_STEPS)
     adalora_orth_reg_weight: float = _f(0.5, "AdaLoRA: weight of the penalty keeping its singular vectors orthogonal.", ge=0)
     lokr_decompose_both: bool = _f(False, "LoKr: also factor the left Kronecker matrix into low rank.")
-    lokr_decompose_factor: int = _f(-1, "LoKr: Kronecker factor size (-1 = as close to square as the shape allows).", ge=-1)
+    lokr_decompose_factor: int = _f(-1, "LoKr: Kronecker factor size (-1 = as close to square as the shape allows).", ge=-1, le=MAX_RANK)
 
 
 @dataclass
@@ -132,27 +138,27 @@ class TrainConfig:
     learning_rate: float = _f(1e-3, "Peak learning rate.", gt=0, le=1)
     weight_decay: float = _f(0.01, "AdamW weight decay (never applied to biases or LayerNorm).", ge=0)
     num_train_epochs: float = _f(3.0, "Epochs to train (ignored when max_steps is set).", gt=0)
-    max_steps: Optional[int] = _f(None, "Total optimizer steps; overrides num_train_epochs.", ge=1)
-    warmup_steps: Optional[int] = _f(None, "Linear warm-up in optimizer steps; overrides warmup_ratio.", ge=0)
+    max_steps: Optional[int] = _f(None, "Total optimizer steps; overrides num_train_epochs.", ge=1, le=MAX_STEPS)
+    warmup_steps: Optional[int] = _f(None, "Linear warm-up in optimizer steps; overrides warmup_ratio.", ge=0, le=MAX_STEPS)
     warmup_ratio: float = _f(0.06, "Linear warm-up as a fraction of all steps.", ge=0, lt=1)
     lr_scheduler_type: Literal["linear", "cosine", "constant_with_warmup"] = _f("linear", "Learning-rate schedule after warm-up.")
-    per_device_train_batch_size: int = _f(32, "Training batch size per process.", ge=1)
-    gradient_accumulation_steps: int = _f(1, "Batches accumulated into one optimizer step.", ge=1)
+    per_device_train_batch_size: int = _f(32, "Training batch size per process.", ge=1, le=MAX_BATCH)
+    gradient_accumulation_steps: int = _f(1, "Batches accumulated into one optimizer step.", ge=1, le=MAX_STEPS)
     max_grad_norm: Optional[float] = _f(1.0, "Gradient clipping norm (null = off).", gt=0)
     mixed_precision: Literal[PRECISIONS] = _f(
         "auto", "auto = bf16 where the hardware runs it natively (CPUs with AVX512-BF16/AMX, Ampere+ GPUs), else fp32."
     )
-    seed: int = _f(42, "Seed for weights, dropout, shuffling and augmentation.")
-    logging_steps: int = _f(50, "Log train loss, learning rate and samples/s every this many steps.", ge=1)
-    num_threads: Optional[int] = _f(None, "CPU threads for torch (null = one per physical core).", ge=1)
+    seed: int = _f(42, "Seed for weights, dropout, shuffling and augmentation.", ge=0, le=MAX_SEED)
+    logging_steps: int = _f(50, "Log train loss, learning rate and samples/s every this many steps.", ge=1, le=MAX_STEPS)
+    num_threads: Optional[int] = _f(None, "CPU threads for torch (null = one per physical core).", ge=1, le=1_024)
 
 
 @dataclass
 class EvalConfig:
-    eval_steps: Optional[int] = _f(None, "Evaluate every this many optimizer steps (null = once per epoch). Always at the end.", ge=1)
-    per_device_eval_batch_size: int = _f(64, "Evaluation batch size per process.", ge=1)
+    eval_steps: Optional[int] = _f(None, "Evaluate every this many optimizer steps (null = once per epoch). Always at the end.", ge=1, le=MAX_STEPS)
+    per_device_eval_batch_size: int = _f(64, "Evaluation batch size per process.", ge=1, le=MAX_BATCH)
     metric_for_best_model: Literal["accuracy", "macro_f1", "loss"] = _f("accuracy", "Metric that picks the best checkpoint.")
-    early_stopping_patience: Optional[int] = _f(None, "Stop after this many evaluations without improvement (null = off).", ge=1)
+    early_stopping_patience: Optional[int] = _f(None, "Stop after this many evaluations without improvement (null = off).", ge=1, le=MAX_STEPS)
 
 
 @dataclass
@@ -160,15 +166,15 @@ class OutputConfig:
     dir: str = _f("runs", "Folder that holds run folders.")
     run_name: Optional[str] = _f(None, "Run folder name (default: <timestamp>-<model>-<data>).")
     overwrite: bool = _f(False, "Replace an existing run folder of the same name.")
-    save_total_limit: int = _f(2, "Checkpoints kept besides the best one.", ge=1)
-    save_steps: Optional[int] = _f(None, "Checkpoint every this many steps (default: at every evaluation).", ge=1)
+    save_total_limit: int = _f(2, "Checkpoints kept besides the best one.", ge=1, le=1_000_000)
+    save_steps: Optional[int] = _f(None, "Checkpoint every this many steps (default: at every evaluation).", ge=1, le=MAX_STEPS)
     report: bool = _f(True, "Write the HTML report and plots at the end of training.")
     mlflow_tracking_uri: Optional[str] = _f(None, "MLflow tracking URI (default: a SQLite store, mlflow.db, in the run folder).")
 
 
 @dataclass
 class BudgetConfig:
-    max_trainable_params: Optional[int] = _f(None, "Hard cap on trainable parameters (adapter + head); train refuses to start above it.", ge=1)
+    max_trainable_params: Optional[int] = _f(None, "Hard cap on trainable parameters (adapter + head); train refuses to start above it.", ge=1, le=10**13)
 
 
 @dataclass
@@ -178,13 +184,13 @@ class AugmentConfig:
     insert_p: float = _f(0.0, "Random insertion rate: max(1, round(p x words)) synonyms of random words inserted per text.", ge=0, le=1)
     swap_p: float = _f(0.0, "Random swap rate: max(1, round(p x words)) swaps of two random words per text.", ge=0, le=1)
     delete_p: float = _f(0.0, "Random deletion rate: round(p x words) words deleted per text (at least one, never all).", ge=0, le=1)
-    num_copies: int = _f(1, "Augmented copies per training example (originals are kept).", ge=1)
+    num_copies: int = _f(1, "Augmented copies per training example (originals are kept).", ge=1, le=100)
     mode: Literal["once", "per_epoch"] = _f("once", "Make the copies once before training, or draw them afresh every epoch.")
 
 
 @dataclass
 class AdaptConfig:
-    rounds: int = _f(1, "Self-training rounds (teacher -> pseudo-labels -> student) when data.unlabeled is set.", ge=1)
+    rounds: int = _f(1, "Self-training rounds (teacher -> pseudo-labels -> student) when data.unlabeled is set.", ge=1, le=100)
     threshold: Optional[float] = _f(0.9, "Keep pseudo-labels with confidence at least this (null = no threshold).", ge=0, le=1)
     top_fraction_per_class: Optional[float] = _f(
         None, "Class balance: keep at most this fraction of N/K pseudo-labels per predicted class (N unlabeled texts, "
@@ -226,7 +232,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise ConfigError([f"override '{text}' must look like section.key=value (e.g. train.learning_rate=3e-4)"])
     key, raw = text.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = load_yaml_text(raw) if raw.strip() else None
     except (yaml.YAMLError, ValueError, RecursionError):  # ValueError: an integer over Python's 4300-digit limit
         value = raw
     return key.strip().split("."), value
@@ -243,12 +249,32 @@ def set_path(tree: dict, path: list[str], value) -> None:
     node[path[-1]] = value
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml's safe loader, except that a key given twice in one mapping is an error (PyYAML keeps the last one)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key '{key}' is given twice (lines {seen[key] + 1} and {key_node.start_mark.line + 1}); "
+                    f"keep one", key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml_text(text: str):
+    """Parse YAML safely (no tags that build objects), refusing duplicate keys."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
 def read_yaml(path: str | Path) -> dict:
     p = Path(path)
     if not p.is_file():
         raise ConfigError([f"config file not found: {p} (give the path of a YAML file, e.g. configs/agnews_minilm.yaml)"])
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        data = load_yaml_text(p.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError, ValueError, RecursionError) as e:
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise ConfigError([f"{p} is not valid YAML: {first}"]) from None
@@ -257,6 +283,17 @@ def read_yaml(path: str | Path) -> dict:
     if not isinstance(data, dict):
         raise ConfigError([f"{p} must hold a mapping of sections (model:, data:, train:, ...), got {type(data).__name__}"])
     return data
+
+
+def load_run_config(run: str | Path) -> Config:
+    """RUN/config.yaml as a validated Config; a file that parses but does not validate is reported as damaged."""
+    path = Path(run) / runs.CONFIG
+    try:
+        tree = read_yaml(path)
+        return from_dict(tree)
+    except ConfigError as e:
+        raise RunError(f"{path} is damaged or was written by another version ({e}); restore it or train the run "
+                       f"again") from None
 
 
 def from_dict(data: dict) -> Config:
@@ -294,6 +331,7 @@ def resume_config(run: str | Path, overrides: list[str] | None = None) -> Config
     if not saved.is_file():
         raise RunError(f"cannot resume: {saved} not found; {run} is not a loraclf run folder "
                        f"(give the folder that `loraclf train` printed)")
+    load_run_config(run)  # the saved file itself must validate: damage is named as such, not as an override problem
     data = read_yaml(saved)
     for text in overrides or []:
         keys, value = parse_override(text)
@@ -348,8 +386,8 @@ def _cross_checks(cfg: Config) -> list[str]:
     for name in cfg.track:
         if name not in TRACKERS:
             problems.append(f"'track' has unknown tracker '{name}'{did_you_mean(name, TRACKERS)}; choose from {', '.join(TRACKERS)}")
-    if isinstance(cfg.adapter.r, int) and cfg.adapter.r < 1:
-        problems.append(f"'adapter.r' must be >= 1 or 'auto', got {cfg.adapter.r}")
+    if isinstance(cfg.adapter.r, int) and not 1 <= cfg.adapter.r <= MAX_RANK:
+        problems.append(f"'adapter.r' must be between 1 and {MAX_RANK} or 'auto', got {cfg.adapter.r}")
     if cfg.adapter.r == "auto" and cfg.budget.max_trainable_params is None:
         problems.append("'adapter.r: auto' needs budget.max_trainable_params (the cap the rank is fitted under)")
     if cfg.adapter.r == "auto" and cfg.adapter.method == "ia3":
@@ -367,6 +405,11 @@ def _cross_checks(cfg: Config) -> list[str]:
     tc = cfg.data.text_column
     if isinstance(tc, list) and not tc:
         problems.append("'data.text_column' is an empty list; name at least one column")
+    names = cfg.data.label_names or []
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        problems.append(f"'data.label_names' names {', '.join(repr(n) for n in twice)} more than once; each class id "
+                        f"needs its own name")
     if len(cfg.optimizer.betas) != 2 or not all(0 <= b < 1 for b in cfg.optimizer.betas):
         problems.append(f"'optimizer.betas' must be two numbers in [0, 1), got {cfg.optimizer.betas}")
     if cfg.optimizer.name == "loraplus" and cfg.adapter.method not in ("lora", "dora", "rslora", "pissa"):

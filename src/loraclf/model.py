@@ -18,7 +18,7 @@ import torch
 
 from . import methods, runs, sources
 from .architectures import FAMILIES, head_modules, resolve_targets
-from .config import Config, from_dict
+from .config import Config, load_run_config
 from .errors import ModelError, did_you_mean
 
 
@@ -277,13 +277,11 @@ def load_run_model(run: str | Path, merge: bool = True, device: str = "cpu"):
 
     LoRA-family adapters are merged into the base weights for inference (faster, identical outputs).
     """
-    import yaml
     from peft import PeftModel
 
     run = runs.open_run(run)
-    cfg = from_dict(yaml.safe_load((run / runs.CONFIG).read_text(encoding="utf-8")))
-    labels = runs.read_json(run / runs.LABEL_MAP)
-    id2label = {int(k): v for k, v in labels["id2label"].items()}
+    cfg = load_run_config(run)
+    id2label = runs.read_label_map(run).id2label
     quiet_transformers()
     path, mc = load_model_config(cfg, id2label)
     tok_dir = run / runs.TOKENIZER

@@ -181,9 +181,12 @@ def read_jsonl(path: str | Path) -> list[dict]:
         if not line:
             continue
         try:
-            out.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
             continue  # a line torn by a kill mid-write
+        if not isinstance(record, dict):
+            raise damaged(path, f"line {len(out) + 1} is {type(record).__name__}, not a JSON object")
+        out.append(record)
     return out
 
 
@@ -280,7 +283,7 @@ def _check_run_files(run: Path) -> None:
         cfg = None
     if not isinstance(cfg, dict):
         raise RunError(f"{run / CONFIG} is not valid YAML: the run folder is damaged; train the run again")
-    read_json(run / LABEL_MAP)
+    read_label_map(run)
     weights = run / ADAPTER / "adapter_model.safetensors"
     if weights.is_file():
         try:
@@ -361,10 +364,51 @@ class LabelMap:
     int_labels: bool
 
 
+def damaged(path: str | Path, why: str) -> RunError:
+    """The one error for a run-folder file that parses but does not hold what loraclf wrote there."""
+    return RunError(f"{path} is damaged ({why}); it is not what loraclf wrote: restore it or train the run again")
+
+
+def read_json_object(path: str | Path, required: dict | None = None) -> dict:
+    """A JSON file that must hold an object; `required` maps keys that must be present to their allowed types."""
+    obj = read_json(path)
+    if not isinstance(obj, dict):
+        raise damaged(path, f"expected a JSON object, got {type(obj).__name__}")
+    for key, types in (required or {}).items():
+        if key not in obj:
+            raise damaged(path, f"'{key}' is missing")
+        if not isinstance(obj[key], types) or (isinstance(obj[key], bool) and bool not in _as_tuple(types)):
+            raise damaged(path, f"'{key}' is {type(obj[key]).__name__}")
+    return obj
+
+
+def _as_tuple(types) -> tuple:
+    return types if isinstance(types, tuple) else (types,)
+
+
+def _id2label(path: Path, raw) -> dict[int, str]:
+    if not isinstance(raw, dict) or not raw:
+        raise damaged(path, "'id2label' must map '0', '1', ... to class names")
+    try:
+        id2label = {int(k): v for k, v in raw.items()}
+    except (TypeError, ValueError):
+        raise damaged(path, "'id2label' keys must be class ids '0', '1', ...") from None
+    if sorted(id2label) != list(range(len(id2label))) or not all(isinstance(v, str) for v in id2label.values()):
+        raise damaged(path, "'id2label' must map the ids 0..K-1 to class names")
+    if len(set(id2label.values())) != len(id2label):
+        raise damaged(path, "'id2label' names a class twice")
+    return id2label
+
+
 def read_label_map(run: str | Path) -> LabelMap:
-    """RUN/label_map.json; runs written before int_labels was recorded infer it from the names."""
-    saved = read_json(Path(run) / LABEL_MAP)
-    id2label = {int(k): v for k, v in saved["id2label"].items()}
+    """RUN/label_map.json, shape-checked; runs written before int_labels was recorded infer it from the names."""
+    path = Path(run) / LABEL_MAP
+    saved = read_json_object(path, {"id2label": dict})
+    id2label = _id2label(path, saved["id2label"])
+    if "label2id" in saved and not isinstance(saved["label2id"], dict):
+        raise damaged(path, "'label2id' must map class names to ids")
+    if "int_labels" in saved and not isinstance(saved["int_labels"], bool):
+        raise damaged(path, "'int_labels' must be true or false")
     if "int_labels" in saved:
         return LabelMap(id2label, bool(saved["int_labels"]))
     return LabelMap(id2label, all(str(v).isdigit() and int(v) == k for k, v in id2label.items()))
@@ -379,4 +423,9 @@ def is_export_dir(path: str | Path) -> bool:
 def read_export_info(folder: str | Path) -> dict | None:
     """How an export folder was made (FOLDER/loraclf_export.json), or None for a model folder without one."""
     p = Path(folder) / EXPORT_INFO
-    return read_json(p) if p.is_file() else None
+    return read_json_object(p) if p.is_file() else None
+
+
+def read_optional_object(path: str | Path) -> dict:
+    """A side file that may be absent ({} then) but, when present, must hold a JSON object."""
+    return read_json_object(path) if Path(path).is_file() else {}

@@ -225,6 +225,7 @@ def setup(cfg: Config, resume: Optional[str | Path], splits, run_dir: Optional[P
     """Everything before the first step; the run folder exists (whole) when this returns."""
     started = time.time()
     precision = _training_precision(cfg)
+    trackers_mod.preflight(cfg)  # a bad tracking URI fails here, before any data, model or folder
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
     resume_dir = Path(resume) if resume else None
@@ -232,8 +233,7 @@ def setup(cfg: Config, resume: Optional[str | Path], splits, run_dir: Optional[P
     accelerator = _accelerator(cfg, run, precision)
     say = logger.info if accelerator.is_main_process else (lambda m: None)
     if resume_dir is not None:
-        saved = runs.read_json(resume_dir / runs.LABEL_MAP)
-        id2label = {int(k): v for k, v in saved["id2label"].items()}
+        id2label = runs.read_label_map(resume_dir).id2label
         splits = splits or data_mod.load_splits(cfg.data, log=say, id2label=id2label)
     set_seed(cfg.train.seed)
     cfg, splits, model, tokenizer, params = prepare(cfg, log=say, splits=splits)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -18,6 +19,28 @@ def mlflow_uri(cfg: Config, run: Path) -> str:
     """
     return (cfg.output.mlflow_tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
             or f"sqlite:///{(run / 'mlflow.db').resolve()}")
+
+
+def _shown(uri: str) -> str:
+    """A URI as it may be printed: any password replaced."""
+    return re.sub(r"(//[^:/@]+):[^@/]*@", r"\1:***@", uri)
+
+
+def preflight(cfg: Config) -> None:
+    """Before the run folder exists: a tracking URI the user gave must open, so a bad one leaves nothing behind."""
+    uri = cfg.output.mlflow_tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if "mlflow" not in cfg.track or not uri:
+        return
+    import mlflow
+
+    try:
+        mlflow.MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+    except ModuleNotFoundError as e:
+        raise RunError(f"MLflow tracking URI {_shown(uri)} cannot be used: its driver module '{e.name}' is not "
+                       f"installed (pip install it, or use another URI)") from None
+    except Exception as e:  # an unknown scheme, an unreachable server, a refused login...
+        raise RunError(f"MLflow tracking URI {_shown(uri)} cannot be used: {type(e).__name__}: "
+                       f"{first_line(e)[:240]}; fix output.mlflow_tracking_uri (or $MLFLOW_TRACKING_URI)") from None
 
 
 def _mlflow_kwargs(cfg: Config, run: Path, saved: dict) -> tuple[str, dict]:
@@ -48,7 +71,9 @@ def start(accelerator, cfg: Config, run: Path) -> list:
     """Start the configured trackers and record where they write (RUN/tracking.json)."""
     flat = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in flatten(cfg.to_dict()).items()}
     fresh = not (run / runs.HISTORY).exists() and not runs.checkpoint_dirs(run)
-    saved = runs.read_json(run / runs.TRACKING) if (run / runs.TRACKING).is_file() else {}
+    saved = runs.read_optional_object(run / runs.TRACKING)
+    if not isinstance(saved.get("mlflow", {}), dict):
+        raise runs.damaged(run / runs.TRACKING, "'mlflow' must be an object")
     init_kwargs, record, uri = {}, {}, None
     if "tensorboard" in cfg.track:
         record["tensorboard"] = {"logging_dir": str((run / runs.TENSORBOARD / "loraclf").resolve())}
