@@ -193,6 +193,8 @@ def _messages(errors: list[dict], limits: ServeLimits) -> tuple[int, str]:
             status = 413
             lines.append(f"{where} is longer than {limits.max_text_chars:,} characters (--max-text-chars); "
                          f"shorten or split it")
+        elif kind == "string_unicode":
+            lines.append(f"{where} is not valid Unicode (an unpaired surrogate such as \\ud800); send UTF-8 text")
         elif kind in ("string_type", "list_type"):
             want = "a string" if kind == "string_type" else "a list of strings"
             got = type(err.get("input")).__name__ if err.get("input") is not None else "null"
@@ -268,6 +270,25 @@ def parse_failure(body: bytes) -> str:
     return "the request body could not be parsed as JSON"
 
 
+def declared_size_guard(app, limits: ServeLimits):
+    """The ASGI app in front of app: a Content-Length over the body cap gets the one-line 413 before any byte is read.
+
+    FastAPI's max_body_size caps bodies while reading them, but answers a declared oversize with a plain-text
+    "Content Too Large" that replaces any handler's response; this answers it first.
+    """
+    async def guarded(scope, receive, send):
+        size = dict(scope.get("headers") or ()).get(b"content-length", b"") if scope["type"] == "http" else b""
+        if not (size.isdigit() and int(size) > limits.max_body_bytes):
+            return await app(scope, receive, send)
+        body = json.dumps({"detail": f"request body of {int(size):,} bytes is over the limit of "
+                                     f"{limits.max_body_bytes:,} bytes (set by --max-texts and --max-text-chars)"})
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body.encode()})
+
+    return guarded
+
+
 def _add_guards(app, limits: ServeLimits) -> None:
     """One clear line for a malformed body, and for one over the body cap (FastAPI's max_body_size, which counts
     the bytes while it reads them, with or without a Content-Length)."""
@@ -284,9 +305,7 @@ def _add_guards(app, limits: ServeLimits) -> None:
     @app.exception_handler(HTTPException)
     async def http_problem(request: Request, exc: HTTPException):
         if exc.status_code == 413:
-            size = request.headers.get("content-length", "")
-            sent = f"of {int(size):,} bytes " if size.isdigit() else ""
-            return JSONResponse({"detail": f"request body {sent}is over the limit of {limits.max_body_bytes:,} bytes "
+            return JSONResponse({"detail": f"request body is over the limit of {limits.max_body_bytes:,} bytes "
                                            f"(set by --max-texts and --max-text-chars)"}, status_code=413)
         if exc.status_code == 400:  # FastAPI's parser met what json.loads raises other than JSONDecodeError
             try:
@@ -295,18 +314,6 @@ def _add_guards(app, limits: ServeLimits) -> None:
                 body = b""
             return JSONResponse({"detail": parse_failure(body)}, status_code=422)
         return JSONResponse({"detail": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
-
-
-def _check_texts(texts: list[str]) -> None:
-    """Lone surrogates pass JSON and pydantic but not the tokenizer: refuse them here, as a 422."""
-    from fastapi import HTTPException
-
-    for i, t in enumerate(texts):
-        try:
-            t.encode("utf-8")
-        except UnicodeEncodeError as e:
-            raise HTTPException(422, f"texts[{i}] holds an unpaired surrogate (\\u{ord(t[e.start]):04x} at "
-                                     f"character {e.start}); send valid Unicode") from None
 
 
 def _predictions(s: SimpleNamespace, probs: np.ndarray, labels: list[str], name: str):
@@ -343,7 +350,6 @@ def _add_v1(app, s: SimpleNamespace, models: dict[str, Served]) -> None:
         if name not in models:
             raise HTTPException(404, f"unknown model '{name}'{did_you_mean(name, models)}; served: "
                                      f"{', '.join(models)} (GET /v1/models)")
-        _check_texts(body.texts)
         probs = await request.app.state.batchers[name].submit(body.texts)
         return _predictions(s, probs, models[name].labels, name)
 
@@ -357,7 +363,6 @@ def _add_single(app, s: SimpleNamespace, m: Served, limits: ServeLimits) -> None
     @app.post("/predict", response_model=PredictResponse,
               responses={413: {"model": s.Problem}, 422: {"model": s.Problem}})
     async def predict_endpoint(body: PredictRequest, request: Request) -> PredictResponse:
-        _check_texts(body.texts)
         probs = await request.app.state.batchers[m.name].submit(body.texts)
         return _predictions(s, probs, m.labels, m.name)
 
@@ -514,4 +519,4 @@ def serve(model: str | Path | list[str | Path], host: str = "127.0.0.1", port: i
     models = load_models(found, max(limits.max_batch_size, 1), precision)
     for m in models:
         m.predict(["warm up"])  # first call allocates; keep that out of the first client's latency
-    _run_uvicorn(create_app(models, limits), host, port, graceful_timeout_s)
+    _run_uvicorn(declared_size_guard(create_app(models, limits), limits), host, port, graceful_timeout_s)
