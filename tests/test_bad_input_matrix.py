@@ -339,6 +339,10 @@ CASES = [
         "data.streaming=true", train_csv=stream_file(ws, "s.jsonl", "[1, 2, 3]"))),
     Case("stream malformed line under --nproc 2", lambda ws: ws.train_args(
         "data.streaming=true", "--nproc", "2", train_csv=stream_file(ws, "s.jsonl", '{"text": "x", "label": }'))),
+    # ------------------------------------------------ push: no upload is reachable here; bad input fails first
+    Case("push repo id without a slash", lambda ws: ["push", str(ws.run()), "no-slash-here"]),
+    Case("push repo id with spaces", lambda ws: ["push", str(ws.run()), "some one/my model"]),
+    Case("push a folder that is no run", lambda ws: ["push", str(ws.folder("empty")), "someone/model"]),
 ]
 
 

@@ -266,6 +266,7 @@ def restore(ctx: Setup) -> LoopState:
     state = LoopState()
     if ctx.fresh:
         return state
+    trackers_mod.read_saved(ctx.run)  # a damaged tracking file is named now, whether or not trackers are on
     if ctx.main:
         runs.remove_temp_files(ctx.run)  # leftovers of writes cut short by a kill
     ckpt = checkpoint.newest_valid_checkpoint(ctx.run, log=ctx.say)

@@ -67,13 +67,20 @@ def _mlflow_kwargs(cfg: Config, run: Path, saved: dict) -> tuple[str, dict]:
     return uri, kw
 
 
+def read_saved(run: Path) -> dict:
+    """RUN/tracking.json ({} when absent), shape-checked."""
+    saved = runs.read_optional_object(run / runs.TRACKING)
+    for name in ("mlflow", "tensorboard"):
+        if not isinstance(saved.get(name, {}), dict):
+            raise runs.damaged(run / runs.TRACKING, f"'{name}' must be an object")
+    return saved
+
+
 def start(accelerator, cfg: Config, run: Path) -> list:
     """Start the configured trackers and record where they write (RUN/tracking.json)."""
     flat = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in flatten(cfg.to_dict()).items()}
     fresh = not (run / runs.HISTORY).exists() and not runs.checkpoint_dirs(run)
-    saved = runs.read_optional_object(run / runs.TRACKING)
-    if not isinstance(saved.get("mlflow", {}), dict):
-        raise runs.damaged(run / runs.TRACKING, "'mlflow' must be an object")
+    saved = read_saved(run)
     init_kwargs, record, uri = {}, {}, None
     if "tensorboard" in cfg.track:
         record["tensorboard"] = {"logging_dir": str((run / runs.TENSORBOARD / "loraclf").resolve())}
