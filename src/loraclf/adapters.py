@@ -60,7 +60,7 @@ def collect_runs(paths: list[str | Path]) -> list[Path]:
     Names (the folder names) must be distinct: they are the names requests use.
     """
     found: list[Path] = []
-    for p in map(Path, paths):
+    for p in (Path(x).resolve() for x in paths):
         if not p.is_dir():
             raise RunError(f"run folder not found: {p} (give run folders, or a folder of runs)")
         if (p / runs.CONFIG).is_file() or runs.is_export_dir(p):

@@ -10,24 +10,23 @@ event loop keeps accepting requests meanwhile and one adapter's pass never overl
 # No `from __future__ import annotations`: FastAPI reads the endpoint annotations, which name classes built per
 # app (their size limits come from the command line). fastapi and pydantic are imported where used: they are the
 # optional `serve` extra, and serve() names the extra to install when they are missing.
-import asyncio
 import ipaddress
 import json
 import signal
 import socket
 import threading
-import time
-from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Annotated, Callable, Optional
+from typing import Annotated, Callable
 
 import numpy as np
 
 from . import adapters, device, logs, runs
+from .batching import MicroBatcher
 from .version import __version__
 from .errors import LoraclfError, did_you_mean, first_line
 from .predict import load_inference_model, predict_texts
@@ -60,109 +59,6 @@ class ServeLimits:
             problems.append(f"--max-wait-ms must be 0 or more, got {self.max_wait_ms}")
         if problems:
             raise LoraclfError("; ".join(problems))
-
-
-class MicroBatcher:
-    """Gathers texts of concurrent requests into batches of up to max_batch_size, waiting at most max_wait_ms."""
-
-    def __init__(self, predict: Callable[[list[str]], np.ndarray], max_batch_size: int, max_wait_ms: float,
-                 executor: Optional[ThreadPoolExecutor] = None):
-        self.predict = predict
-        self.max_batch_size = max_batch_size
-        self.max_wait = max_wait_ms / 1000.0
-        self.queue: asyncio.Queue = asyncio.Queue()
-        self.own_executor = executor is None
-        self.executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="loraclf-model")
-        self.task: Optional[asyncio.Task] = None
-        self.carry = None  # a request taken from the queue that did not fit into the previous batch
-        self.requests = 0
-        self.texts = 0
-        self.batches = 0
-        self.requests_per_batch: Counter = Counter()
-        self.texts_per_batch: Counter = Counter()
-        self.busy_s = 0.0
-
-    def start(self) -> None:
-        self.task = asyncio.get_running_loop().create_task(self._run())
-
-    async def stop(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            try:
-                await self.task
-            except asyncio.CancelledError:
-                pass
-        if self.own_executor:
-            self.executor.shutdown(wait=True)
-
-    async def submit(self, texts: list[str]) -> np.ndarray:
-        fut = asyncio.get_running_loop().create_future()
-        await self.queue.put((texts, fut))
-        return await fut
-
-    async def _gather(self) -> list:
-        """The next batch: the first waiting request plus any that arrive within max_wait, up to max_batch_size."""
-        loop = asyncio.get_running_loop()
-        first, self.carry = (self.carry, None) if self.carry is not None else (await self.queue.get(), None)
-        items, n = [first], len(first[0])
-        deadline = loop.time() + self.max_wait
-        while n < self.max_batch_size:
-            try:
-                nxt = self.queue.get_nowait()
-            except asyncio.QueueEmpty:
-                left = deadline - loop.time()
-                if left <= 0:
-                    break
-                try:
-                    nxt = await asyncio.wait_for(self.queue.get(), left)
-                except asyncio.TimeoutError:
-                    break
-            if n + len(nxt[0]) > self.max_batch_size:
-                self.carry = nxt  # does not fit: it heads the next batch (a request larger than a batch runs alone)
-                break
-            items.append(nxt)
-            n += len(nxt[0])
-        return items
-
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            items = await self._gather()
-            items = [(t, f) for t, f in items if not f.done()]  # clients that went away
-            if not items:
-                continue
-            texts = [t for group, _ in items for t in group]
-            start = time.perf_counter()
-            try:
-                probs = await loop.run_in_executor(self.executor, self.predict, texts)
-            except Exception as e:  # a model failure fails these requests, not the service
-                for _, fut in items:
-                    if not fut.done():
-                        fut.set_exception(e)
-                continue
-            self.busy_s += time.perf_counter() - start
-            self.batches += 1
-            self.requests += len(items)
-            self.texts += len(texts)
-            self.requests_per_batch[len(items)] += 1
-            self.texts_per_batch[len(texts)] += 1
-            offset = 0
-            for group, fut in items:
-                if not fut.done():
-                    fut.set_result(probs[offset:offset + len(group)])
-                offset += len(group)
-
-    def stats(self) -> dict:
-        return {
-            "requests": self.requests,
-            "texts": self.texts,
-            "batches": self.batches,
-            "max_requests_in_a_batch": max(self.requests_per_batch, default=0),
-            "requests_per_batch": {str(k): v for k, v in sorted(self.requests_per_batch.items())},
-            "texts_per_batch": {str(k): v for k, v in sorted(self.texts_per_batch.items())},
-            "model_busy_s": round(self.busy_s, 4),
-            "queued": self.queue.qsize() + (self.carry is not None),
-        }
 
 
 # ------------------------------------------------------------------------------------------ the app
@@ -453,31 +349,28 @@ def _check_bind(host: str, port: int) -> None:
                        f"authentication")
 
 
+def _adapter_predict(aset: adapters.AdapterSet, name: str, batch_size: int, precision: str, texts: list[str]):
+    with aset.use(name) as a:
+        return predict_texts(a.model, a.tokenizer, texts, batch_size, a.max_length, precision)
+
+
 def load_models(found: list[Path], batch_size: int = 32, precision: str = "fp32") -> list[Served]:
     """What to serve (from adapters.collect_runs): one run or export as today (its adapter merged), or several runs
-    as adapters on shared bases. Exports among several models are served as they are, each on its own model.
-    """
-    if len(found) == 1:
-        im = load_inference_model(found[0])
-        labels = [im.id2label[i] for i in range(len(im.id2label))]
-        return [Served(found[0].resolve().name, labels, im.source,
-                       lambda texts: im.predict(texts, batch_size=batch_size, precision=precision))]
-    served = []
-    for p in (p for p in found if runs.is_export_dir(p)):
+    as adapters on shared bases; exports among several models are served as they are."""
+    served, attach = [], []
+    for p in found:
+        if len(found) > 1 and not runs.is_export_dir(p):
+            attach.append(p)
+            continue
         im = load_inference_model(p)
-        served.append(Served(p.name, [im.id2label[i] for i in range(len(im.id2label))], im.source,
-                             lambda texts, im=im: im.predict(texts, batch_size=batch_size, precision=precision)))
-    aset = adapters.load_adapters([p for p in found if not runs.is_export_dir(p)])
-
-    def adapter_predict(name: str) -> Callable[[list[str]], np.ndarray]:
-        def predict(texts: list[str]) -> np.ndarray:
-            with aset.use(name) as a:
-                return predict_texts(a.model, a.tokenizer, texts, batch_size, a.max_length, precision)
-        return predict
-
-    for name, a in aset.adapters.items():
-        served.append(Served(name, [a.id2label[i] for i in range(len(a.id2label))], "adapter", adapter_predict(name)))
-    order = {p.name: i for i, p in enumerate(found)}
+        served.append(Served(p.resolve().name, [im.id2label[i] for i in range(len(im.id2label))], im.source,
+                             partial(im.predict, batch_size=batch_size, precision=precision)))
+    if attach:
+        aset = adapters.load_adapters(attach)
+        served += [Served(name, [a.id2label[i] for i in range(len(a.id2label))], "adapter",
+                          partial(_adapter_predict, aset, name, batch_size, precision))
+                   for name, a in aset.adapters.items()]
+    order = {p.resolve().name: i for i, p in enumerate(found)}
     return sorted(served, key=lambda m: order[m.name])
 
 
