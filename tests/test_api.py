@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import re
+import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +17,7 @@ import yaml
 import loraclf
 import loraclf.api
 from loraclf import cli, runs
-from loraclf.config import load_config
+from loraclf.config import load_config, resume_config
 from loraclf.errors import ConfigError, DataError, RunError
 from loraclf.train import train as train_run
 
@@ -77,6 +79,7 @@ def test_dataframes_train_like_files_and_the_config_names_real_files(api_run, fi
         path = Path(saved[key])
         assert path.is_file() and path.suffix == ".parquet" and path.parent == root / "cache" / "frames"
         assert path.name.startswith(f"{key}-")
+    assert resume_config(result.run_dir).data.train == saved["train"]  # what `loraclf train --resume RUN` reads
     # the same rows give the same file (content-hashed), so training twice does not pile up copies
     again = loraclf.api.write_frame(FRAMES["train"], root / "cache" / "frames", "train")
     assert str(again) == saved["train"]
@@ -180,6 +183,9 @@ def test_bad_input_raises_one_line_errors(api_run, tmp_path):
     with pytest.raises(ConfigError) as e:
         clf.predict(["a"], precision="fp64")
     assert _one_line(e).startswith("'precision' must be one of")
+    with pytest.raises(ConfigError) as e:
+        clf.predict(["a"], batch_size=0)
+    assert _one_line(e) == "'batch_size' must be an integer >= 1, got 0"
     with pytest.raises(DataError) as e:
         clf.evaluate(pd.DataFrame({"text": ["a rocket"], "label": ["weather"]}))
     assert "weather" in _one_line(e)
@@ -204,6 +210,36 @@ def test_export_writes_a_transformers_model_card(api_run, tmp_path):
     with pytest.raises(RunError) as e:
         loraclf.Classifier.from_export(folder).export(tmp_path / "again")
     assert "already a standalone model" in _one_line(e)
+
+
+def test_a_datasets_dataset_stands_in_for_a_dataframe():
+    import datasets
+
+    ds = datasets.Dataset.from_pandas(FRAMES["test"])
+    pd.testing.assert_frame_equal(loraclf.api.as_frame(ds, "test_df"), FRAMES["test"])
+
+
+def test_progress_bars_draw_in_jupyter_and_stay_off_when_quiet(monkeypatch):
+    from loraclf import logs
+
+    class Pipe:
+        def isatty(self):
+            return False
+
+        def write(self, text):
+            return len(text)
+
+        def flush(self):
+            pass
+
+    monkeypatch.setattr("sys.stderr", Pipe())
+    monkeypatch.delitem(sys.modules, "ipykernel", raising=False)
+    assert not logs.show_progress(True)  # a pipe or a log file: no bar
+    monkeypatch.setitem(sys.modules, "ipykernel", types.ModuleType("ipykernel"))
+    assert logs.show_progress(True)  # a Jupyter kernel: tqdm.auto draws a widget
+    assert not logs.show_progress(False)
+    with logs.quiet():
+        assert not logs.show_progress(True)
 
 
 def readme_blocks() -> list[str]:

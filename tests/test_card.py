@@ -59,6 +59,26 @@ def test_adapter_card_parses_offline_and_holds_the_runs_metrics(card_run):
     assert "Validation 12 rows, test 10 rows" in body
 
 
+def test_export_card_parses_offline_and_holds_the_runs_metrics(card_run, tmp_path):
+    from huggingface_hub import ModelCard
+
+    from loraclf.export import export_run
+
+    folder = tmp_path / "export"
+    export_run(card_run, folder)
+    loaded = ModelCard.load(folder / runs.MODEL_CARD)
+    meta = loaded.data
+    assert meta.library_name == "transformers" and meta.pipeline_tag == "text-classification"
+    assert meta.base_model == "bert" and "loraclf" in meta.tags
+    metrics = json.loads((card_run / runs.METRICS).read_text())
+    got = {(r.dataset_split, r.metric_type): r.metric_value for r in meta.eval_results}
+    for key, split in (("val", "validation"), ("test", "test")):
+        assert got[(split, "accuracy")] == metrics[key]["accuracy"]
+        assert got[(split, "f1")] == metrics[key]["macro_f1"]
+        assert got[(split, "loss")] == metrics[key]["loss"]
+    assert "adapter merged in" in loaded.text and "0: money" in loaded.text
+
+
 def test_base_model_and_dataset_ids():
     assert card.base_model_id("packaged:minilm-l6") == "sentence-transformers/all-MiniLM-L6-v2"
     assert card.base_model_id("FacebookAI/roberta-base") == "FacebookAI/roberta-base"

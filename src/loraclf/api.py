@@ -147,6 +147,11 @@ def write_frame(df: pd.DataFrame, folder: Path, name: str) -> Path:
     return path
 
 
+def check_batch_size(batch_size: Any) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError([f"'batch_size' must be an integer >= 1, got {batch_size!r}"])
+
+
 class Classifier:
     """A trained classifier, from a run folder (`from_run`) or an exported model folder (`from_export`)."""
 
@@ -178,6 +183,7 @@ class Classifier:
                       quiet: bool = False) -> np.ndarray:
         """Class probabilities, one row per text in input order, columns in `labels` order (1-D for one string)."""
         items = self._texts(texts)
+        check_batch_size(batch_size)
         device_mod.resolve(precision)
         with logs.quiet(quiet):
             probs = self.model.predict(items, batch_size, precision, progress=not quiet)
@@ -199,6 +205,7 @@ class Classifier:
                  quiet: bool = False) -> dict:
         """The metrics `loraclf evaluate` computes, on a labelled DataFrame (or datasets.Dataset)."""
         frame = as_frame(df, "df")
+        check_batch_size(batch_size)
         device_mod.resolve(precision)
         with logs.quiet(quiet):
             return predict_mod.evaluate_frame(self.model.model, self.model.tokenizer, self.model.id2label,
