@@ -76,7 +76,8 @@ def _read_predictions(run: Path) -> list[dict] | None:
 
 
 def _read_optional_json(path: Path):
-    return runs.read_json(path) if path.is_file() else None
+    """A side file that may be absent (None) but, when present, must hold a JSON object (else: named as damaged)."""
+    return runs.read_json_object(path) if path.is_file() else None
 
 
 def load_run(run: str | Path) -> RunFiles:
@@ -89,6 +90,7 @@ def load_run(run: str | Path) -> RunFiles:
     if not (run / runs.METRICS).is_file():
         raise RunError(f"{run}/{runs.METRICS} is missing; the run did not finish, so there is nothing to report yet")
     config = _read_config(run)
+    _read_optional_json(run / runs.ADAPT)  # self-training's record: checked here, shown from metrics.json
     metrics = runs.read_json(run / runs.METRICS)
     if not isinstance(metrics, dict) or not isinstance(metrics.get("val"), dict):
         raise RunError(f"{run}/{runs.METRICS} has no 'val' metrics; the run folder is damaged")
@@ -101,14 +103,13 @@ def sweep_trial_line(run: str | Path) -> str | None:
     path = Path(run) / runs.SWEEP_TRIAL
     if not path.is_file():
         return None
-    try:
-        info = runs.read_json(path)
-        params = ", ".join(f"{k}={_short(v)}" for k, v in info.get("params", {}).items())
-        return (f"<p>Sweep trial {int(info['trial'])} of study <code>{html.escape(str(info['study']))}</code>: "
-                f"{html.escape(params)}. All trials: "
-                f"<code>{html.escape(str(Path(run).parent / runs.SWEEP_SUMMARY))}</code>.</p>")
-    except (RunError, OSError, ValueError, KeyError, TypeError, AttributeError):
-        return None  # a damaged trial file costs the report this one line, not the report
+    info = runs.read_json_object(path, {"trial": int, "study": str})
+    if not isinstance(info.get("params", {}), dict):
+        raise runs.damaged(path, "'params' must be an object")
+    params = ", ".join(f"{k}={_short(v)}" for k, v in info.get("params", {}).items())
+    return (f"<p>Sweep trial {int(info['trial'])} of study <code>{html.escape(str(info['study']))}</code>: "
+            f"{html.escape(params)}. All trials: "
+            f"<code>{html.escape(str(Path(run).parent / runs.SWEEP_SUMMARY))}</code>.</p>")
 
 
 def _short(v) -> str:

@@ -36,11 +36,12 @@ def preflight(cfg: Config) -> None:
     try:
         mlflow.MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
     except ModuleNotFoundError as e:
-        raise RunError(f"MLflow tracking URI {_shown(uri)} cannot be used: its driver module '{e.name}' is not "
-                       f"installed (pip install it, or use another URI)") from None
+        raise RunError(f"could not start the trackers {list(cfg.track)}: MLflow tracking URI {_shown(uri)} needs the "
+                       f"module '{e.name}', which is not installed (pip install it, or use another URI)") from None
     except Exception as e:  # an unknown scheme, an unreachable server, a refused login...
-        raise RunError(f"MLflow tracking URI {_shown(uri)} cannot be used: {type(e).__name__}: "
-                       f"{first_line(e)[:240]}; fix output.mlflow_tracking_uri (or $MLFLOW_TRACKING_URI)") from None
+        raise RunError(f"could not start the trackers {list(cfg.track)}: MLflow tracking URI {_shown(uri)} cannot be "
+                       f"used ({type(e).__name__}: {first_line(e)[:200]}); fix output.mlflow_tracking_uri (or "
+                       f"$MLFLOW_TRACKING_URI)") from None
 
 
 def _mlflow_kwargs(cfg: Config, run: Path, saved: dict) -> tuple[str, dict]:
