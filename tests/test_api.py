@@ -185,7 +185,7 @@ def test_bad_input_raises_one_line_errors(api_run, tmp_path):
     assert _one_line(e).startswith("'precision' must be one of")
     with pytest.raises(ConfigError) as e:
         clf.predict(["a"], batch_size=0)
-    assert _one_line(e) == "'batch_size' must be an integer >= 1, got 0"
+    assert _one_line(e) == "'batch_size' must be an integer from 1 to 4,096, got 0"
     with pytest.raises(DataError) as e:
         clf.evaluate(pd.DataFrame({"text": ["a rocket"], "label": ["weather"]}))
     assert "weather" in _one_line(e)

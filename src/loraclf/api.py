@@ -24,7 +24,7 @@ from . import config as config_mod
 from . import data as data_mod
 from . import export as export_mod
 from . import predict as predict_mod
-from .config import Config
+from .config import MAX_BATCH, Config
 from .errors import ConfigError, DataError, RunError
 from .train import train as train_run
 
@@ -148,8 +148,8 @@ def write_frame(df: pd.DataFrame, folder: Path, name: str) -> Path:
 
 
 def check_batch_size(batch_size: Any) -> None:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError([f"'batch_size' must be an integer >= 1, got {batch_size!r}"])
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= MAX_BATCH:
+        raise ConfigError([f"'batch_size' must be an integer from 1 to {MAX_BATCH:,}, got {batch_size!r}"])
 
 
 class Classifier:
