@@ -79,7 +79,7 @@ def main() -> int:
         return 0
 
     from loraclf.config import load_config
-    from loraclf.train import train
+    from loraclf.training import train
 
     runs = []
     started = time.time()

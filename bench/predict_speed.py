@@ -46,7 +46,7 @@ def cpu_name() -> str:
 
 def train_run(work: Path, steps: int) -> Path:
     from loraclf.config import load_config
-    from loraclf.train import train
+    from loraclf.training import train
 
     cfg = load_config(None, [
         "model.name_or_path=packaged:minilm-l6", f"data.train={AG / 'train.csv'}", f"data.validation={AG / 'val.csv'}",

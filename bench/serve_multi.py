@@ -30,7 +30,7 @@ import psutil
 from loraclf import device, logs
 from loraclf.config import load_config
 from loraclf.runs import atomic_write_text, read_label_map
-from loraclf.train import train
+from loraclf.training import train
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"

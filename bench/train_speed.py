@@ -164,7 +164,7 @@ def run_loraclf(name: str, args, extra: list[str]) -> dict:
     from loraclf import data as data_mod
     from loraclf.config import load_config
     from loraclf.model import load_tokenizer
-    from loraclf.train import train
+    from loraclf.training import train
 
     over = [f"model.name_or_path={args.model}", f"data.train={AG / 'train.csv'}",
             f"data.validation={AG / 'val.csv'}", f"data.test={AG / 'test.csv'}", "data.text_column=text",

@@ -19,7 +19,7 @@ import loraclf.api
 from loraclf import cli, runs
 from loraclf.config import load_config, resume_config
 from loraclf.errors import ConfigError, DataError, RunError
-from loraclf.train import train as train_run
+from loraclf.training import train as train_run
 
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = {"sport": "match goal team coach league cup", "money": "bank shares market profit trade loan",

@@ -329,7 +329,7 @@ def test_augment_file_bad_inputs(tmp_path):
 @pytest.fixture
 def recorded_augmentations(monkeypatch) -> list[dict]:
     """Every call of train._augmented (the real one), with the rows it got and the rows it returned."""
-    from loraclf.train import inputs as train_mod
+    from loraclf.training import inputs as train_mod
 
     calls = []
     real = train_mod._augmented
@@ -350,7 +350,7 @@ def file_texts(path: Path) -> list[str]:
 
 def test_training_augments_the_train_split_only(tiny_overrides, tiny_data, recorded_augmentations, capsys):
     from loraclf.config import load_config
-    from loraclf.train import train
+    from loraclf.training import train
 
     cfg = load_config(None, tiny_overrides + ["augment.enabled=true", "augment.synonym_p=0.2", "train.seed=5"])
     result = train(cfg)
@@ -374,7 +374,7 @@ def test_training_augments_the_train_split_only(tiny_overrides, tiny_data, recor
 
 def test_per_epoch_draws_fresh_copies_every_epoch(tiny_overrides, tiny_data, tmp_path, recorded_augmentations, capsys):
     from loraclf.config import load_config
-    from loraclf.train import train
+    from loraclf.training import train
 
     small = tmp_path / "train40.csv"
     pd.read_csv(tiny_data["train"]).groupby("label").head(10).to_csv(small, index=False)

@@ -26,7 +26,7 @@ import torch
 
 from loraclf import cli, runs
 from loraclf.config import load_config
-from loraclf.train import train
+from loraclf.training import train
 
 HUGE = str(10**30)  # past int64, so anything that reaches torch overflows
 WORDS = ("alpha river stone cloud", "market price trade bank", "goal match team season", "chip data code network")

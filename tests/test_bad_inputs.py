@@ -29,7 +29,7 @@ from loraclf import cli, runs
 def trained_run(tmp_path_factory, tiny_bert, tiny_data) -> Path:
     """A finished tiny run folder, copied into each case's workspace by the cases that need one."""
     from loraclf.config import load_config
-    from loraclf.train import train
+    from loraclf.training import train
 
     root = tmp_path_factory.mktemp("bad_inputs_run")
     cfg = load_config(None, [

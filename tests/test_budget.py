@@ -180,7 +180,7 @@ def test_over_budget_train_exits_2_with_one_line(tiny_overrides, tmp_path):
 
 
 def test_auto_rank_in_a_real_training_run(tiny_overrides):
-    from loraclf.train import train
+    from loraclf.training import train
 
     head, per_r = _bert_fit_numbers()
     cfg = load_config(None, tiny_overrides + ["adapter.r=auto", f"budget.max_trainable_params={head + 5 * per_r}",
@@ -268,7 +268,7 @@ def test_trained_run_reloads_in_loraclf(tiny_overrides, tmp_path, head, minilm_p
     validation probabilities the run wrote."""
     import pandas as pd
 
-    from loraclf.train import train
+    from loraclf.training import train
 
     folder = make_tiny_model(tmp_path / "roberta", minilm_path, "roberta")
     cfg = load_config(None, tiny_overrides + [f"model.name_or_path={folder}", f"adapter.head={head}", "adapter.r=4"])

@@ -10,7 +10,7 @@ import pytest
 
 from loraclf import card, runs
 from loraclf.config import load_config
-from loraclf.train import train
+from loraclf.training import train
 
 WORDS = {"sport": "match goal team coach league", "money": "bank shares market profit trade"}
 

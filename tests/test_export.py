@@ -19,7 +19,7 @@ from loraclf.errors import LoraclfError
 from loraclf.export import export_run
 from loraclf.runs import EXPORT_INFO
 from loraclf.predict import load_inference_model, predict_file, predict_texts, token_batches
-from loraclf.train import train
+from loraclf.training import train
 
 from helpers_infer import tiny_run_overrides
 

@@ -16,7 +16,7 @@ from loraclf import model as model_mod
 from loraclf import runs
 from loraclf.config import load_config
 from loraclf.errors import ConfigError, ModelError
-from loraclf.train import build_optimizer, set_seed, train
+from loraclf.training import build_optimizer, set_seed, train
 
 H, LAYERS, LABELS = 32, 2, 4  # the tiny_bert fixture: hidden 32, 2 layers; tiny_data: 4 AG-News-shaped classes
 HEAD = (H * H + H) + (H * LABELS + LABELS)  # pooler.dense + classifier, trained in full (modules_to_save)

@@ -25,7 +25,7 @@ from conftest import IN_CI
 from loraclf import compare, report, runs
 from loraclf.cli import main
 from loraclf.config import load_config
-from loraclf.train import train
+from loraclf.training import train
 
 CURVE_NAMES = ["train loss", "validation loss", "validation accuracy", "validation macro-F1", "learning rate"]
 # the line colours report.plot_curves uses, in CURVE_NAMES order

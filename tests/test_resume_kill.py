@@ -33,7 +33,7 @@ SERVER = r"""
 import json, os, sys
 import torch, transformers, peft, accelerate, datasets, sklearn.model_selection, safetensors.torch
 import transformers.models.bert.modeling_bert
-import loraclf.cli, loraclf.train, loraclf.data, loraclf.model, loraclf.predict
+import loraclf.cli, loraclf.training, loraclf.data, loraclf.model, loraclf.predict
 print(json.dumps({"ready": True}), flush=True)
 for line in sys.stdin:
     job = json.loads(line)
@@ -273,7 +273,7 @@ def test_sigint_and_sigterm_save_a_checkpoint_and_exit_conventionally(setup, fir
 def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(tiny_overrides, capsys):
     from loraclf.config import load_config
     from loraclf.checkpoint import newest_valid_checkpoint
-    from loraclf.train import train
+    from loraclf.training import train
 
     over = tiny_overrides + ["output.save_steps=1", "output.save_total_limit=10", "train.num_threads=1"]
     ref = train(load_config(None, over + ["output.run_name=ref"]), quiet=True)
@@ -333,7 +333,7 @@ def test_a_checkpoint_pickle_that_would_run_code_is_refused(tiny_overrides, tmp_
 
     from loraclf.config import load_config
     from loraclf.errors import RunError
-    from loraclf.train import train
+    from loraclf.training import train
 
     cfg = load_config(None, tiny_overrides + ["output.save_steps=3"])
     run = train(cfg, quiet=True).run_dir

@@ -119,7 +119,7 @@ def test_length_grouped_order_matches_transformers(n, batch):
 
 
 def test_training_on_the_arrow_path(tiny_overrides, arrow_always):
-    from loraclf.train import train
+    from loraclf.training import train
 
     cfg = load_config(None, tiny_overrides)
     result = train(cfg, quiet=True)

@@ -20,7 +20,7 @@ from loraclf.cli import main
 from loraclf.config import load_config
 from loraclf.export import export_run
 from loraclf.predict import load_inference_model
-from loraclf.train import train
+from loraclf.training import train
 
 from helpers_infer import Server, free_port, tiny_run_overrides
 

@@ -16,7 +16,7 @@ import pytest
 from loraclf import adapters
 from loraclf.cli import main
 from loraclf.config import load_config
-from loraclf.train import train
+from loraclf.training import train
 
 from conftest import tiny_rows
 from helpers_infer import Server, free_port

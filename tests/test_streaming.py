@@ -162,7 +162,7 @@ def test_bad_streaming_inputs_are_one_line_errors(tiny_data, tmp_path, case, mat
 
 
 def test_streamed_training_writes_a_complete_run_folder(tiny_overrides):
-    from loraclf.train import train
+    from loraclf.training import train
 
     # 240 rows at batch 16 are 15 steps a pass: 20 steps cross into a reshuffled second pass
     result = train(load_config(None, tiny_overrides + [*STREAM, "train.max_steps=20", "eval.eval_steps=5"]), quiet=True)
@@ -187,7 +187,7 @@ def test_streamed_training_writes_a_complete_run_folder(tiny_overrides):
 
 
 def test_resume_continues_the_stream_like_an_uninterrupted_run(tiny_overrides):
-    from loraclf.train import train
+    from loraclf.training import train
 
     base = tiny_overrides + [*STREAM, "train.max_steps=18", "eval.eval_steps=4", "train.logging_steps=1"]
     ref = train(load_config(None, base + ["output.run_name=ref"]), quiet=True)
@@ -255,7 +255,7 @@ def test_an_unknown_label_mid_stream_is_a_clear_error_and_leaves_no_run_folder(t
 
 
 def test_an_unknown_label_after_a_checkpoint_keeps_the_run_to_resume(tiny_overrides, tiny_data, tmp_path):
-    from loraclf.train import train
+    from loraclf.training import train
 
     # 2,000 rows, the last one with label 9: the stream cleans STREAM_MAP_BATCH rows at a time, so the bad row
     # is met after ~1,000 rows (step ~16 at batch 64), past the checkpoints of steps 5, 10 and 15

@@ -10,8 +10,6 @@ The Python API (api.py; the README's "Python API"):
 
 from __future__ import annotations
 
-import sys
-import types
 from typing import TYPE_CHECKING, Any
 
 from .version import __version__
@@ -20,10 +18,11 @@ if TYPE_CHECKING:
     from .api import Classifier, TrainResult, train
 
 __all__ = ["train", "Classifier", "TrainResult", "__version__"]
-API_NAMES = ("Classifier", "TrainResult")
+API_NAMES = ("train", "Classifier", "TrainResult")
 
-# The API is imported on first use of one of its names: it pulls in torch (~3 s), which `loraclf --help`, `config`
-# and `validate` must not pay for (nothing in the package imports loraclf itself, so this hides no cycle).
+# The API is imported on first use of one of its names (PEP 562): it pulls in torch (~3 s), which `loraclf --help`,
+# `config` and `validate` must not pay for. The training code itself lives in loraclf.training, so `loraclf.train`
+# is only ever the API's function.
 
 
 def __getattr__(name: str) -> Any:
@@ -36,21 +35,3 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
-
-
-class _Package(types.ModuleType):
-    """`loraclf.train` is the API's function although loraclf/train/ is a subpackage of that name: the import system
-    sets the package attribute once, when the subpackage first loads, which would hide the function for good."""
-
-    @property
-    def train(self):
-        from .api import train
-
-        return train
-
-    @train.setter
-    def train(self, subpackage: types.ModuleType) -> None:  # `from loraclf.train import x` reads sys.modules
-        self.__dict__["train_package"] = subpackage
-
-
-sys.modules[__name__].__class__ = _Package

@@ -36,7 +36,7 @@ from .data import Splits
 from .errors import DataError, LoraclfError
 from .evaluate import compute_metrics
 from .predict import predict_texts
-from .train import default_run_name, train
+from .training import default_run_name, train
 
 logger = logs.get(__name__)
 

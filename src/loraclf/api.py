@@ -26,7 +26,7 @@ from . import export as export_mod
 from . import predict as predict_mod
 from .config import MAX_BATCH, Config
 from .errors import ConfigError, DataError, RunError
-from .train import train as train_run
+from .training import train as train_run
 
 __all__ = ["train", "Classifier", "TrainResult", "ConfigLike", "FrameLike", "TextsLike"]
 

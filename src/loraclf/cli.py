@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from . import launch
-from .config import PRECISIONS, augment_config, describe_keys, load_config, resume_config
+from .config import MAX_BATCH, PRECISIONS, augment_config, describe_keys, load_config, resume_config
 from .errors import LoraclfError
 from .version import __version__
 
@@ -30,14 +30,23 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
-    return value
+def _count(upper: int):
+    """An argparse type: an integer from 1 to upper (a bound keeps absurd sizes out of torch and the allocator)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+        if not 1 <= value <= upper:
+            shown = value if len(str(value)) < 20 else f"a {len(str(abs(value)))}-digit number"
+            raise argparse.ArgumentTypeError(f"expected an integer from 1 to {upper:,}, got {shown}")
+        return value
+    parse.__name__ = "integer"
+    return parse
+
+
+_positive_int = _count(2**31 - 1)
+_batch_size = _count(MAX_BATCH)
 
 
 # ------------------------------------------------------------------------------------------ the commands
@@ -74,7 +83,7 @@ COMMANDS: dict[str, dict] = {  # name -> add_parser keywords and "args", the com
         arg("run", help=RUN),
         arg("--data", required=True, help="labelled file (.csv .tsv .json .jsonl .parquet)"),
         arg("--output", help="also write the metrics as JSON here"),
-        arg("--batch-size", type=_positive_int, default=64),
+        arg("--batch-size", type=_batch_size, default=64),
         arg("--allow-pickle", action="store_true", help=PICKLE),
         arg("--precision", choices=PRECISIONS, default="fp32"),
         arg("--quiet", action="store_true"),
@@ -87,7 +96,7 @@ COMMANDS: dict[str, dict] = {  # name -> add_parser keywords and "args", the com
         arg("--format", choices=["competition", "full"], default="competition",
             help="competition: ID,Label; full: label name, confidence and one probability column per class"),
         arg("--text-column", help="text column of the input (default: the run's data.text_column, else 'text')"),
-        arg("--batch-size", type=_positive_int, default=64),
+        arg("--batch-size", type=_batch_size, default=64),
         arg("--allow-pickle", action="store_true", help=PICKLE),
         arg("--precision", choices=PRECISIONS, default="auto",
             help="auto (default): bf16 where the hardware computes it natively, else fp32; fp32 for exact outputs"),
@@ -96,7 +105,7 @@ COMMANDS: dict[str, dict] = {  # name -> add_parser keywords and "args", the com
     "budget": dict(help="exact trainable-parameter breakdown of a config, without loading weights", args=[
         *CONFIG_ARGS,
         arg("--json", action="store_true", help="print the breakdown as JSON"),
-        arg("--num-labels", type=int,
+        arg("--num-labels", type=_count(100_000),
             help="number of classes (default: data.label_names, else read from the training labels)"),
     ]),
     "augment": dict(help="write EDA-augmented copies of a labelled file", args=[
@@ -104,7 +113,7 @@ COMMANDS: dict[str, dict] = {  # name -> add_parser keywords and "args", the com
         arg("--output", required=True),
         arg("--config", dest="aug_config", help="YAML config whose augment: section to use"),
         *(arg(f"--{name}-p", type=float) for name in ("synonym", "insert", "swap", "delete")),
-        arg("--num-copies", type=int),
+        arg("--num-copies", type=_count(100)),
         arg("--seed", type=int, default=42),
         arg("--text-column", default="text"),
         arg("--label-column", default="label"),
@@ -214,7 +223,7 @@ def cmd_train(args) -> int:
 
         result = self_train(cfg, quiet=args.quiet)
     else:
-        from .train import train
+        from .training import train
 
         result = train(cfg, resume=args.resume, quiet=args.quiet)
     if args.json:
@@ -334,8 +343,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return HANDLERS[args.command](args)
     except LoraclfError as e:
-        msg = " ".join(str(e).split("\n"))
-        print(f"loraclf {args.command}: error: {msg}", file=sys.stderr)
+        line = f"loraclf {args.command}: error: {' '.join(str(e).split(chr(10)))}"
+        if not launch.hand_over_error(line):  # under --nproc the launching process prints it, once
+            print(line, file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt as e:  # train raises train.Interrupted (exit 128 + signal) after saving a checkpoint
         print(f"loraclf {args.command}: interrupted{(' (' + str(e) + ')') if str(e) else ''}", file=sys.stderr)

@@ -22,7 +22,7 @@ from typing import Optional
 from .. import budget, data, logs, runs
 from ..config import Config
 from ..errors import BudgetError, ConfigError, LoraclfError
-from ..train import train
+from ..training import train
 from .results import write_results
 from .spec import Param, SweepSpec, load_sweep, shown_params, trial_config
 
