@@ -182,3 +182,26 @@ def test_adapters_on_one_base_predict_like_each_run(runs_root, texts, reference)
             probs = predict_texts(a.model, a.tokenizer, texts[:6], 8, a.max_length)
         ref = reference[name].iloc[:6]
         np.testing.assert_allclose(probs, ref[[f"prob_{n}" for n in LABEL_SETS[name]]].to_numpy(), atol=1e-5)
+
+
+def test_runs_of_another_method_and_an_export_are_served_beside_the_adapters(runs_root, texts, reference, tmp_path):
+    """An IA3 run needs its own copy of the base (PEFT keeps one method per model); an export is served as it is."""
+    from loraclf.export import export_run
+    from loraclf.serve import load_models
+
+    cfg = load_config(runs_root / "pair" / "config.yaml", ["adapter.method=ia3", f"output.dir={tmp_path}",
+                                                            "output.run_name=pair-ia3"])
+    ia3 = Path(train(cfg, quiet=True).run_dir)
+    export = Path(export_run(runs_root / "quad", tmp_path / "quad-export"))
+    aset = adapters.load_adapters([runs_root / "pair", ia3, runs_root / "trio"], device="cpu")
+    assert aset.bases == 2 and aset.adapters["pair"].model is aset.adapters["trio"].model
+    models = load_models(adapters.collect_runs([runs_root / "pair", ia3, export]), batch_size=8)
+    assert [(m.name, m.source) for m in models] == [("pair", "adapter"), ("pair-ia3", "adapter"),
+                                                   ("quad-export", "export")]
+    for m, name in ((models[0], "pair"), (models[2], "quad")):
+        want = reference[name].iloc[:5][[f"prob_{n}" for n in LABEL_SETS[name]]].to_numpy()
+        np.testing.assert_allclose(m.predict(texts[:5]), want, atol=1e-5)
+    assert m.labels == LABEL_SETS["quad"] and models[1].labels == LABEL_SETS["pair"]
+    from loraclf.predict import load_inference_model
+
+    np.testing.assert_allclose(models[1].predict(texts[:5]), load_inference_model(ia3).predict(texts[:5]), atol=1e-5)
