@@ -37,9 +37,11 @@ def _count(upper: int):
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-        if not 1 <= value <= upper:
-            shown = value if len(str(value)) < 20 else f"a {len(str(abs(value)))}-digit number"
-            raise argparse.ArgumentTypeError(f"expected an integer from 1 to {upper:,}, got {shown}")
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+        if value > upper:
+            shown = value if len(str(value)) < 20 else f"a {len(str(value))}-digit number"
+            raise argparse.ArgumentTypeError(f"expected an integer <= {upper:,}, got {shown}")
         return value
     parse.__name__ = "integer"
     return parse

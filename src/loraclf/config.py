@@ -386,8 +386,10 @@ def _cross_checks(cfg: Config) -> list[str]:
     for name in cfg.track:
         if name not in TRACKERS:
             problems.append(f"'track' has unknown tracker '{name}'{did_you_mean(name, TRACKERS)}; choose from {', '.join(TRACKERS)}")
-    if isinstance(cfg.adapter.r, int) and not 1 <= cfg.adapter.r <= MAX_RANK:
-        problems.append(f"'adapter.r' must be between 1 and {MAX_RANK} or 'auto', got {cfg.adapter.r}")
+    if isinstance(cfg.adapter.r, int) and cfg.adapter.r < 1:
+        problems.append(f"'adapter.r' must be >= 1 or 'auto', got {cfg.adapter.r}")
+    if isinstance(cfg.adapter.r, int) and cfg.adapter.r > MAX_RANK:
+        problems.append(f"'adapter.r' must be <= {MAX_RANK} or 'auto', got {cfg.adapter.r}")
     if cfg.adapter.r == "auto" and cfg.budget.max_trainable_params is None:
         problems.append("'adapter.r: auto' needs budget.max_trainable_params (the cap the rank is fitted under)")
     if cfg.adapter.r == "auto" and cfg.adapter.method == "ia3":
