@@ -246,6 +246,12 @@ CASES = [
     Case("augment output an existing folder", lambda ws: ws.augment_args(output=ws.folder("augdir"))),
     Case("augment output equal to input", lambda ws: ws.augment_args(output=ws.data["train"])),
     Case("augment output under a file", lambda ws: ws.augment_args(output=f"{ws.data['train']}/aug.csv")),
+    Case("predict output equal to input by another path", lambda ws: ws.predict_args(
+        output=ws.p("data") / ".." / "data" / ws.data["test"].name)),
+    Case("evaluate output impossible (/proc)", lambda ws: ws.evaluate_args("--output", "/proc/loraclf-nope/m.json")),
+    Case("augment output a hard link to the input", lambda ws: ws.augment_args(output=ws.p("link.csv")),
+         lambda ws: os.link(ws.data["train"], ws.p("link.csv"))),
+    Case("augment output impossible (/proc)", lambda ws: ws.augment_args(output="/proc/loraclf-nope/aug.csv")),
     Case("compare output an existing file", lambda ws: ["compare", str(ws.run()), "--output", str(ws.data["val"])]),
     Case("compare output under a file", lambda ws: ["compare", str(ws.run()), "--output", f"{ws.data['val']}/cmp"]),
     Case("export output an existing file", lambda ws: ["export", str(ws.run()), "--output", str(ws.data["val"])]),
@@ -310,12 +316,21 @@ CASES = [
         ws.p("frac.csv"), rows(48, 3, [i / 2 for i in range(8)])))),
     Case("train labels 1.0 and 2.5 in jsonl", lambda ws: ws.train_args(
         train_csv=frac_jsonl(ws, "frac.jsonl", 48), val_csv=frac_jsonl(ws, "frac_val.jsonl", 16))),
+    Case("train one label 2.5 among integers", lambda ws: ws.train_args(train_csv=write_csv(
+        ws.p("frac1.csv"), rows(48, 5, [0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 2.5])))),
+    Case("train fractional labels with label_names", lambda ws: ws.train_args(
+        "data.label_names=[a,b,c,d]", train_csv=write_csv(ws.p("frac2.csv"), rows(48, 6, [0, 1, 2, 0.75])))),
+    Case("stream fractional validation labels", lambda ws: ws.train_args(
+        "data.streaming=true", val_csv=write_csv(ws.p("frac_val.csv"), rows(16, 8, [0.5, 1.5])))),
     # ------------------------------------------------ 2. named columns that are missing
     Case("predict text-column nope (issue)", lambda ws: ws.predict_args("--text-column", "nope")),
     Case("augment text-column nope", lambda ws: ws.augment_args("--text-column", "nope")),
     Case("augment label-column nope", lambda ws: ws.augment_args("--label-column", "nope")),
     Case("train text_column list with a missing one", lambda ws: ws.train_args("data.text_column=[text,nope]")),
     Case("train id_column nope", lambda ws: ws.train_args("data.id_column=nope")),
+    Case("stream id_column nope", lambda ws: ws.train_args("data.id_column=nope", "data.streaming=true")),
+    Case("predict text-column nope on a one-column file", lambda ws: ws.predict_args(
+        "--text-column", "nope", input=write_csv(ws.p("one.csv"), [(t,) for t, _ in rows(8, 9)], header=("body",)))),
     # ------------------------------------------------ 3. the right error, but with lines before it
     Case("train all texts empty (issue)", lambda ws: ws.train_args(train_csv=write_csv(
         ws.p("empty.csv"), [("", i % 4) for i in range(48)]))),
@@ -339,6 +354,8 @@ CASES = [
         "data.streaming=true", train_csv=stream_file(ws, "s.jsonl", "[1, 2, 3]"))),
     Case("stream malformed line under --nproc 2", lambda ws: ws.train_args(
         "data.streaming=true", "--nproc", "2", train_csv=stream_file(ws, "s.jsonl", '{"text": "x", "label": }'))),
+    Case("stream unseen label mid-stream under --nproc 2 --quiet", lambda ws: ws.train_args(
+        "data.streaming=true", "--nproc", "2", "--quiet", train_csv=stream_file(ws, "s.jsonl", '{"text": "alpha", "label": 9}'))),
     # ------------------------------------------------ push: no upload is reachable here; bad input fails first
     Case("push repo id without a slash", lambda ws: ["push", str(ws.run()), "no-slash-here"]),
     Case("push repo id with spaces", lambda ws: ["push", str(ws.run()), "some one/my model"]),

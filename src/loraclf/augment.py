@@ -379,22 +379,35 @@ def _table_bytes(df, fmt: str) -> bytes:
     return buf.getvalue()
 
 
+def _check_output(dst: Path, src: Path) -> None:
+    """Refuse, before reading, an --output that cannot be written or that is the --input file."""
+    runs.check_output_file(dst, "--output")
+    if dst.resolve() == src.resolve() or (dst.exists() and dst.samefile(src)):
+        raise DataError(f"--output {dst} is the --input file; writing it would overwrite what is read: give another "
+                        f"--output path")
+
+
 def augment_file(input_path, output_path, cfg: AugmentConfig, seed: int, text_column="text", label_column="label",
                  allow_pickle=False, show=5, max_file_mb: float | None = None) -> dict:
     """Read a table, append cfg.num_copies augmented copies of every row, write it in the output's format.
 
     Every column of a copied row is kept as it is except the text, so labels never change. Returns
     {"rows_in", "rows_out", "label_column", "examples": [(before, after), ...]} with up to `show` examples;
-    label_column is None when the file has no such column (its rows are copied all the same).
+    label_column is None when the file has no such column (its rows are copied all the same). A label column other
+    than the default `label` must exist.
     """
     src, dst = Path(input_path), Path(output_path)
     max_file_mb = DataConfig().max_file_mb if max_file_mb is None else max_file_mb
     data_read.check_file(src, "input", allow_pickle, contents=False)
     out_fmt = _format(dst, "output", _FORMATS)  # before reading, which may take a while
+    _check_output(dst, src)
     df = data_read.read_table(src, allow_pickle, max_file_mb, role="input")
+    columns = ", ".join(map(str, df.columns))
     if text_column not in df.columns:
-        columns = ", ".join(map(str, df.columns))
         raise DataError(f"{src} has no text column '{text_column}'{did_you_mean(text_column, df.columns)}; "
+                        f"its columns are: {columns}")
+    if label_column not in (None, "label") and label_column not in df.columns:
+        raise DataError(f"{src} has no label column '{label_column}'{did_you_mean(label_column, df.columns)}; "
                         f"its columns are: {columns}")
     has_labels = label_column is not None and label_column in df.columns
     texts = df[text_column].tolist()

@@ -120,6 +120,15 @@ def write_predictions(path: str | Path, probs: np.ndarray, id2label: dict[int, s
         runs.atomic_write_text(path, df.to_csv(index=False, sep="\t" if suffix == ".tsv" else ","))
 
 
+def check_output(output: Path, source: str | Path, flag: str) -> None:
+    """Refuse, before any model is loaded, an --output that cannot be written or that is the file read."""
+    runs.check_output_file(output, "--output")
+    src = Path(source)
+    if output.resolve() == src.resolve() or (output.exists() and src.exists() and output.samefile(src)):
+        raise DataError(f"--output {output} is the {flag} file; writing it would overwrite what is read: "
+                        f"give another --output path")
+
+
 def _check_suffix(path: Path) -> None:
     if path.suffix.lower() not in OUTPUT_SUFFIXES:
         raise DataError(f"unknown output format '{path.suffix}' for {path}; use .csv, .tsv, .jsonl or .parquet")
@@ -189,10 +198,12 @@ def predict_file(run: str | Path, input_path: str | Path, output_path: str | Pat
     _check_suffix(out)
     if not Path(input_path).is_file():
         raise DataError(f"input file not found: {input_path}")
+    check_output(out, input_path, "--input")
     im = load_inference_model(run)
     if text_column:
         im.data.text_column = text_column
-    texts, ids, _ = read_texts(input_path, im.data, allow_pickle=allow_pickle or im.data.allow_pickle)
+    texts, ids, _ = read_texts(input_path, im.data, allow_pickle=allow_pickle or im.data.allow_pickle,
+                               named=bool(text_column))
     probs = im.predict(texts, batch_size, precision, progress=not quiet)
     id2label = im.id2label
     write_predictions(out, probs, id2label, ids, fmt, im.int_labels)
@@ -221,6 +232,8 @@ def evaluate_file(run: str | Path, data_path: str | Path, batch_size: int = 64, 
                   precision: str = "fp32", quiet: bool = False, output: Optional[str | Path] = None) -> dict:
     """Metrics of a run on a labelled file (labels mapped through the run's label map)."""
     device_mod.resolve(precision, "--precision")
+    if output:
+        check_output(Path(output), data_path, "--data")
     run = runs.open_run(run)
     model, tokenizer, id2label, cfg = model_mod.load_run_model(run)
     df = data_mod.read_table(data_path, allow_pickle or cfg.data.allow_pickle, cfg.data.max_file_mb)

@@ -213,14 +213,24 @@ def plot_confusion(matrix: list[list[int]], labels: list[str], title: str = "Val
 
 
 def progress_table(rf: RunFiles) -> list[dict]:
-    """One row per validation evaluation: step, epoch, latest train loss at or before it, val loss/accuracy/F1."""
+    """One row per validation evaluation: step, epoch, the latest logged train loss at or before it and the step it
+    was logged at (train.logging_steps and eval.eval_steps need not line up), val loss/accuracy/F1."""
     rows = []
     train = rf.train
     for e in rf.evals:
         before = [t for t in train if t["step"] <= e["step"]]
         rows.append({"step": e["step"], "epoch": e.get("epoch"), "train_loss": before[-1]["loss"] if before else None,
+                     "train_loss_step": before[-1]["step"] if before else None,
                      "val_loss": e.get("loss"), "accuracy": e.get("accuracy"), "macro_f1": e.get("macro_f1")})
     return rows
+
+
+def _train_loss_cell(row: dict) -> str:
+    if row["train_loss"] is None:
+        return "No log"
+    if row["train_loss_step"] == row["step"]:
+        return _num(row["train_loss"])
+    return f"{_num(row['train_loss'])} (step {_num(row['train_loss_step'])})"
 
 
 def confidently_wrong(rf: RunFiles, n: int = WRONG_EXAMPLES) -> list[dict]:
@@ -310,10 +320,12 @@ def _curves_section(rf: RunFiles, curves_png: bytes) -> list[str]:
     prog = progress_table(rf)
     if not prog:
         return parts + [f"<p>{runs.HISTORY} has no evaluation records.</p>"]
-    rows = [[_num(r["step"]), _num(r["epoch"], 2), _num(r["train_loss"]) if r["train_loss"] is not None else "No log",
-             _num(r["val_loss"]), _num(r["accuracy"]), _num(r["macro_f1"])] for r in prog]
-    return parts + [_table(["step", "epoch", "training loss", "validation loss", "accuracy", "macro-F1"], rows,
-                           "progress")]
+    rows = [[_num(r["step"]), _num(r["epoch"], 2), _train_loss_cell(r), _num(r["val_loss"]), _num(r["accuracy"]),
+             _num(r["macro_f1"])] for r in prog]
+    return parts + [_table(["step", "epoch", "training loss (last logged)", "validation loss", "accuracy", "macro-F1"],
+                           rows, "progress"),
+                    "<p>The training loss is the mean over the steps since the log line before it, as logged at or "
+                    "before the evaluation step; where it was logged earlier, its step is shown.</p>"]
 
 
 def _per_class_section(rf: RunFiles, confusion_png: bytes | None) -> list[str]:
@@ -386,6 +398,10 @@ def render_html(rf: RunFiles, curves_png: bytes, confusion_png: bytes | None) ->
 def write_report(run: str | Path) -> Path:
     """Write RUN/report/ (curves.png, confusion.png, report.html) from the run folder's files; returns report.html."""
     rf = load_run(run)
+    target = rf.path / runs.REPORT
+    if target.exists() and not target.is_dir():  # atomic_dir would set it aside as .report.old and keep it there
+        raise RunError(f"{target} is a file where the report folder goes; move it away, then run `loraclf report` again")
+    runs.check_output_dir(target, "the report folder")  # before any plot is drawn
     curves = png_bytes(plot_curves(rf))
     val = rf.metrics["val"]
     confusion = None
@@ -393,7 +409,6 @@ def write_report(run: str | Path) -> Path:
         confusion = png_bytes(plot_confusion(val["confusion_matrix"], [str(x) for x in val["labels"]],
                                              f"Validation confusion matrix: {rf.path.name}"))
     page = render_html(rf, curves, confusion)
-    target = rf.path / runs.REPORT
     try:
         with runs.atomic_dir(target) as tmp:  # all three files or none
             tmp.chmod(0o755)  # mkdtemp makes it private; a report is meant to be shared

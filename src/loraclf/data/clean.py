@@ -34,16 +34,20 @@ def is_missing(v) -> bool:
         return False
 
 
-def check_columns(columns, cfg: DataConfig, where: str, need_label: bool) -> None:
-    """The missing-text-column and missing-label-column errors, in that order."""
+def check_columns(columns, cfg: DataConfig, where: str, need_label: bool, text_key: str = "data.text_column") -> None:
+    """The missing-text-column, missing-label-column and (labelled files) missing-ID-column errors, in that order."""
     columns = [str(c) for c in columns]
     missing = [c for c in text_columns(cfg) if c not in columns]
     if missing:
         raise DataError(f"{where} has no text column '{missing[0]}'{did_you_mean(missing[0], columns)}; columns are: "
-                        f"{', '.join(columns)} (set data.text_column)")
+                        f"{', '.join(columns)} (set {text_key})")
     if need_label and cfg.label_column not in columns:
         raise DataError(f"{where} has no label column '{cfg.label_column}'{did_you_mean(cfg.label_column, columns)}; "
                         f"columns are: {', '.join(columns)} (set data.label_column)")
+    if need_label and cfg.id_column and cfg.id_column not in columns:
+        raise DataError(f"{where} has no ID column '{cfg.id_column}'{did_you_mean(cfg.id_column, columns)}; columns "
+                        f"are: {', '.join(columns)} (set data.id_column to one of them, or leave it unset to use an "
+                        f"ID/id column where there is one)")
 
 
 def join_text(parts: list[list]) -> list[Optional[str]]:
@@ -134,12 +138,22 @@ def clean_arrow(ds, cfg: DataConfig, where: str, need_label: bool = True, log=No
     return ds.remove_columns(["_cut", "_keep"])
 
 
-def read_texts(path: str | Path, cfg: DataConfig, allow_pickle: Optional[bool] = None) -> tuple[list[str], Optional[list], pd.DataFrame]:
-    """Texts (and IDs when present) of an input file for predict/evaluate; empty texts are kept as ''."""
+def read_texts(path: str | Path, cfg: DataConfig, allow_pickle: Optional[bool] = None,
+               named: bool = False) -> tuple[list[str], Optional[list], pd.DataFrame]:
+    """Texts (and IDs when present) of an input file for predict/evaluate; empty texts are kept as ''.
+
+    A run's text column missing from the file falls back to its only column, or to `text`; named (the caller named
+    the column, e.g. --text-column) makes a missing one an error instead.
+    """
     df = read_table(path, cfg.allow_pickle if allow_pickle is None else allow_pickle, cfg.max_file_mb)
-    if isinstance(cfg.text_column, str) and cfg.text_column not in df.columns and len(df.columns) == 1:
+    named = named and Path(path).suffix.lower() != ".txt"  # a .txt file has no header to name a column in
+    if named:
+        check_columns(df.columns, cfg, str(path), need_label=False, text_key="--text-column")
+    if named or not isinstance(cfg.text_column, str) or cfg.text_column in df.columns:
+        text = select_text(df, cfg, str(path))
+    elif len(df.columns) == 1:
         text = select_text(df.rename(columns={df.columns[0]: cfg.text_column}), cfg, str(path))
-    elif isinstance(cfg.text_column, str) and cfg.text_column not in df.columns and "text" in df.columns:
+    elif "text" in df.columns:
         text = select_text(df.rename(columns={"text": cfg.text_column}), cfg, str(path))
     else:
         text = select_text(df, cfg, str(path))

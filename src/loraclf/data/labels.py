@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Optional
 
@@ -22,8 +23,29 @@ def normalise_label(v):
     return str(v).strip()
 
 
+def is_fraction(v) -> bool:
+    """A number with a fractional part (0.5, 3.25): a regression target, not a class."""
+    return (isinstance(v, (float, np.floating)) and not isinstance(v, bool) and math.isfinite(v)
+            and not float(v).is_integer())
+
+
+def check_not_fractional(labels) -> None:
+    """Refuse labels like 0, 0.5, 1, ..., 3.5, which would otherwise become string classes ('0.5')."""
+    arr = np.asarray(labels) if not isinstance(labels, list) else None
+    if arr is not None and arr.dtype.kind == "f":  # a float column (CSV labels with NaNs, JSON 1.0): vectorised
+        fractions = sorted(set(arr[np.isfinite(arr) & (arr != np.floor(arr))].tolist()))
+    else:
+        fractions = sorted({float(v) for v in labels if is_fraction(v)})
+    if fractions:
+        shown = ", ".join(f"{v:g}" for v in fractions[:5]) + (", ..." if len(fractions) > 5 else "")
+        raise DataError(f"the labels hold {len(fractions)} distinct non-integer numeric label"
+                        f"{'s' if len(fractions) > 1 else ''} ({shown}): they look like regression targets, which "
+                        f"loraclf does not train yet; single-label classification needs integer or string labels")
+
+
 def build_label_map(labels, label_names: Optional[list[str]], max_labels: int) -> dict[int, str]:
     """id2label from the training labels: ints keep their values, strings are sorted."""
+    check_not_fractional(labels)
     values = sorted({normalise_label(v) for v in labels}, key=lambda v: (isinstance(v, str), v))
     if len(values) > max_labels:
         raise DataError(f"the label column has {len(values):,} distinct values, over data.max_labels={max_labels}; is it the right column?")

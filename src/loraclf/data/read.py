@@ -7,6 +7,7 @@ message names the file ("data" for a config key's file, "input" for a command's 
 from __future__ import annotations
 
 import json
+import logging
 import pickle
 from pathlib import Path
 from typing import Optional
@@ -223,10 +224,17 @@ def _builder_kwargs(kind: str) -> dict:
     return {}
 
 
+def _quiet_builders() -> None:
+    """datasets' file builders log each unreadable file as an error line of their own before raising; loraclf reports
+    that failure as its one error line, so theirs would be a second one."""
+    logging.getLogger("datasets.packaged_modules").setLevel(logging.CRITICAL)
+
+
 def _arrow(p: Path, kind: str):
     """A large file as a memory-mapped `datasets.Dataset` (converted to Arrow once, cached on disk)."""
     import datasets
 
+    _quiet_builders()
     try:
         ds = datasets.load_dataset(ARROW_BUILDERS[kind], data_files=str(p.resolve()), split="train",
                                    cache_dir=str(sources.cache_root() / "datasets"), **_builder_kwargs(kind))
@@ -241,6 +249,7 @@ def _stream(p: Path, kind: str):
     """A local file as a `datasets.IterableDataset`: one pass reads it from disk, nothing is cached."""
     import datasets
 
+    _quiet_builders()
     try:
         return datasets.load_dataset(STREAM_BUILDERS[kind], data_files=str(p.resolve()), split="train",
                                      streaming=True, **_builder_kwargs(kind))

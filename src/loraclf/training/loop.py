@@ -8,8 +8,10 @@ history.jsonl records written here:
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Optional
 
 import torch
@@ -202,6 +204,9 @@ def _bad_stream_row(err: DataError, ctx: Setup) -> DataError:
     if ctx.fresh and not runs.checkpoint_dirs(run):
         if ctx.main:
             shutil.rmtree(run, ignore_errors=True)
+            if run.parent.resolve() != Path.cwd().resolve():
+                with contextlib.suppress(OSError):  # output.dir too, when this run made it: rmdir only if empty
+                    run.parent.rmdir()
         return DataError(f"{err}; no run folder was kept")
     return DataError(f"{err}; {run} keeps its checkpoints: fix the data, then `loraclf train --resume {run}`")
 
