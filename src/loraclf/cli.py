@@ -115,7 +115,7 @@ COMMANDS: dict[str, dict] = {  # name -> add_parser keywords and "args", the com
         arg("--output", required=True),
         arg("--config", dest="aug_config", help="YAML config whose augment: section to use"),
         *(arg(f"--{name}-p", type=float) for name in ("synonym", "insert", "swap", "delete")),
-        arg("--num-copies", type=_count(100)),
+        arg("--num-copies", type=int),  # bounded by augment.num_copies's own check, which names the key
         arg("--seed", type=int, default=42),
         arg("--text-column", default="text"),
         arg("--label-column", default="label"),

@@ -83,16 +83,21 @@ def coerce(value, tp):
 INT64_MAX = 2**63 - 1  # the largest integer torch (and most of NumPy) can hold
 
 
+def _shown(value) -> str:
+    text = str(value)
+    return text if len(text) < 20 else f"a {len(text.lstrip('-'))}-digit number"
+
+
 def check_range(value, meta) -> Optional[str]:
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         return None
-    if isinstance(value, int) and abs(value) > INT64_MAX:
-        return f"must be at most {INT64_MAX:,} in size, got a {len(str(abs(value)))}-digit number"
     for key, op, word in (("ge", lambda v, b: v >= b, ">="), ("gt", lambda v, b: v > b, ">"),
                           ("le", lambda v, b: v <= b, "<="), ("lt", lambda v, b: v < b, "<")):
         bound = meta.get(key)
         if bound is not None and not op(value, bound):
-            return f"must be {word} {bound}, got {value}"
+            return f"must be {word} {bound}, got {_shown(value)}"
+    if isinstance(value, int) and abs(value) > INT64_MAX:
+        return f"must be at most {INT64_MAX:,} in size, got {_shown(value)}"
     return None
 
 
