@@ -37,6 +37,17 @@ def card_run(tmp_path_factory, tiny_bert):
     return train(cfg, quiet=True).run_dir
 
 
+def _assert_card_metrics_are_the_runs(meta, run) -> dict:
+    """Every model-index value equals metrics.json's (val and test: accuracy, macro-F1, loss); returns metrics.json."""
+    metrics = json.loads((run / runs.METRICS).read_text())
+    got = {(r.dataset_split, r.metric_type): r.metric_value for r in meta.eval_results}
+    for key, split in (("val", "validation"), ("test", "test")):
+        assert got[(split, "accuracy")] == metrics[key]["accuracy"]
+        assert got[(split, "f1")] == metrics[key]["macro_f1"]
+        assert got[(split, "loss")] == metrics[key]["loss"]
+    return metrics
+
+
 def test_adapter_card_parses_offline_and_holds_the_runs_metrics(card_run):
     from huggingface_hub import ModelCard
 
@@ -45,12 +56,7 @@ def test_adapter_card_parses_offline_and_holds_the_runs_metrics(card_run):
     assert meta.library_name == "peft" and meta.pipeline_tag == "text-classification"
     assert meta.base_model == "bert"  # the tiny model is a local folder named bert: its name stands in
     assert "loraclf" in meta.tags
-    metrics = json.loads((card_run / runs.METRICS).read_text())
-    got = {(r.dataset_split, r.metric_type): r.metric_value for r in meta.eval_results}
-    for key, split in (("val", "validation"), ("test", "test")):
-        assert got[(split, "accuracy")] == metrics[key]["accuracy"]
-        assert got[(split, "f1")] == metrics[key]["macro_f1"]
-        assert got[(split, "loss")] == metrics[key]["loss"]
+    metrics = _assert_card_metrics_are_the_runs(meta, card_run)
     body = loaded.text
     assert "0: money" in body and "1: sport" in body  # the label map
     assert f"{metrics['trainable_params']:,} trainable parameters" in body
@@ -70,12 +76,7 @@ def test_export_card_parses_offline_and_holds_the_runs_metrics(card_run, tmp_pat
     meta = loaded.data
     assert meta.library_name == "transformers" and meta.pipeline_tag == "text-classification"
     assert meta.base_model == "bert" and "loraclf" in meta.tags
-    metrics = json.loads((card_run / runs.METRICS).read_text())
-    got = {(r.dataset_split, r.metric_type): r.metric_value for r in meta.eval_results}
-    for key, split in (("val", "validation"), ("test", "test")):
-        assert got[(split, "accuracy")] == metrics[key]["accuracy"]
-        assert got[(split, "f1")] == metrics[key]["macro_f1"]
-        assert got[(split, "loss")] == metrics[key]["loss"]
+    _assert_card_metrics_are_the_runs(meta, card_run)
     assert "adapter merged in" in loaded.text and "0: money" in loaded.text
 
 
