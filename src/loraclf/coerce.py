@@ -21,6 +21,9 @@ def type_name(tp) -> str:
         return " or ".join(type_name(a) for a in typing.get_args(tp) if a is not type(None))
     if origin is list:
         return f"list of {type_name(typing.get_args(tp)[0])}"
+    if origin is dict:
+        k, v = typing.get_args(tp)
+        return f"mapping of {type_name(k)} to {type_name(v)}"
     return getattr(tp, "__name__", str(tp))
 
 
@@ -46,11 +49,8 @@ def coerce(value, tp):
             return value
         hint = did_you_mean(value, choices) if isinstance(value, str) else ""
         raise ValueError(f"must be one of {', '.join(map(str, choices))}, got {value!r}{hint}")
-    if origin is list:
-        (inner,) = typing.get_args(tp)
-        if not isinstance(value, list):
-            raise TypeError(f"expected {type_name(tp)}, got {value!r}")
-        return [coerce(v, inner) for v in value]
+    if origin in (list, dict):
+        return _container(value, tp, origin)
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -78,6 +78,20 @@ def coerce(value, tp):
             return value
         raise TypeError(f"expected a string, got {value!r}")
     raise TypeError(f"unsupported type {tp}")
+
+
+def _container(value, tp, origin):
+    if origin is list:
+        (inner,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise TypeError(f"expected {type_name(tp)}, got {value!r}")
+        return [coerce(v, inner) for v in value]
+    key_tp, value_tp = typing.get_args(tp)
+    if not isinstance(value, dict):
+        raise TypeError(f"expected {type_name(tp)}, got {value!r}")
+    # YAML reads a label key 0 as an int: a mapping keyed by label names takes it as its text
+    return {coerce(str(k) if key_tp is str and isinstance(k, (int, float)) else k, key_tp): coerce(v, value_tp)
+            for k, v in value.items()}
 
 
 INT64_MAX = 2**63 - 1  # the largest integer torch (and most of NumPy) can hold

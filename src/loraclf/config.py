@@ -15,20 +15,13 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
-from . import runs, sources
+from . import config_checks, runs
 from .coerce import build, hints_of, type_name
-from .errors import ConfigError, RunError, did_you_mean
+from .problem import PROBLEM_TYPES, SINGLE
+from .errors import ConfigError, RunError
 
 
-# the one precision vocabulary (train.mixed_precision, and --precision of predict, evaluate and serve);
-# device.py resolves it against the hardware
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-# upper bounds of size-like keys: far above any real use, and low enough that torch, NumPy (seeds) and the memory of
-# one machine can hold what they size, so absurd values fail in validation instead of deep in a model build
-MAX_RANK = 8192
-MAX_BATCH = 4096
-MAX_STEPS = 10**9
-MAX_SEED = 2**32 - 1
+from .limits import MAX_BATCH, MAX_RANK, MAX_SEED, MAX_STEPS, PRECISIONS  # noqa: F401 (re-exported)
 
 
 def _f(default, help: str, *, ge=None, gt=None, le=None, lt=None):
@@ -52,6 +45,11 @@ class ModelConfig:
     revision: Optional[str] = _f(None, "Hub revision (branch, tag or commit) of the model.")
     trust_remote_code: bool = _f(False, "Allow the model folder to run its own Python code. Off unless you trust it.")
     attn_implementation: Optional[str] = _f("sdpa", "Attention kernel passed to from_pretrained (sdpa, eager); null = library default.")
+    problem_type: Literal[PROBLEM_TYPES] = _f(
+        SINGLE,
+        "What is predicted, in transformers' vocabulary: single_label_classification (one class per text), "
+        "multi_label_classification (a set of labels per text) or regression (a number per text).",
+    )
 
 
 @dataclass
@@ -67,7 +65,19 @@ class DataConfig:
     unlabeled: Optional[str] = _f(None, "Unlabeled target-domain texts for self-training (see adapt.*).")
     target_eval: Optional[str] = _f(None, "Labelled target-domain file used only to report adaptation metrics, never for selection.")
     text_column: Union[str, list[str]] = _f("text", "Text column, or a list of columns joined with a space (e.g. [title, description]).")
-    label_column: str = _f("label", "Label column; int or string labels.")
+    text_pair_column: Union[None, str, list[str]] = _f(
+        None, "Second text of a sentence pair (e.g. description), encoded with text_column as the tokenizer's text_pair "
+        "([CLS] a [SEP] b [SEP]); null = single texts.")
+    truncation: Literal["longest_first", "only_first", "only_second"] = _f(
+        "longest_first", "Which side of a pair is cut when it is longer than data.max_length (the tokenizer's truncation).")
+    label_column: str = _f("label", "Label column: int or string classes; numbers for regression; for multi-label a "
+                           "list per row (JSON list, or names joined by data.label_delimiter).")
+    label_delimiter: Optional[str] = _f(None, "Multi-label: the separator of label names in one cell (e.g. '|').")
+    label_columns: Optional[list[str]] = _f(
+        None, "Multi-label: several 0/1 columns, one per label (e.g. [is_world, is_sports]); replaces data.label_column.")
+    allow_empty_labels: bool = _f(False, "Multi-label: allow rows with no label at all (else they are an error).")
+    standardize_targets: bool = _f(True, "Regression: train on targets scaled to mean 0, std 1 (train split); "
+                                   "predictions are scaled back.")
     label_names: Optional[list[str]] = _f(None, "Names for integer labels 0..K-1 (e.g. [World, Sports, Business, Sci/Tech]).")
     id_column: Optional[str] = _f(None, "ID column used by predict's ID,Label output; default: an ID/id column if present, else 0..N-1.")
     validation_split: float = _f(0.1, "Size of the validation split taken from train when no file is given: a fraction (<1) or a count (>=1).", gt=0)
@@ -79,6 +89,16 @@ class DataConfig:
     max_text_chars: int = _f(100_000, "Texts longer than this are cut to this many characters before tokenizing.", ge=1, le=10**9)
     max_labels: int = _f(1000, "Refuse label columns with more distinct values than this.", ge=2, le=100_000)
     group_by_length: bool = _f(True, "Batch training texts of similar length together, which cuts padding.")
+    sampling: Literal["random", "balanced"] = _f(
+        "random", "Training order: random (length-grouped), or balanced (classes drawn equally often, still grouped "
+        "by length; single-label only).")
+    long_text: Literal["truncate", "head_tail", "chunks"] = _f(
+        "truncate", "Texts longer than data.max_length: truncate (keep the start), head_tail (keep the first "
+        "data.head_tokens and the rest from the end), or chunks (sliding windows with data.stride overlap, pooled "
+        "per document).")
+    head_tokens: Optional[int] = _f(None, "head_tail: tokens kept from the start (default a quarter of max_length).", ge=0, le=8192)
+    stride: int = _f(32, "chunks: tokens shared by consecutive windows; must be < data.max_length.", ge=0, le=8192)
+    chunk_pooling: Literal["mean", "max"] = _f("mean", "chunks: how window logits become one row per document.")
     num_proc: Optional[int] = _f(None, "Processes used for tokenization; default: one per CPU core, at most 8, for 50,000 rows or more (else one).", ge=1, le=256)
     cache_dir: Optional[str] = _f(None, "Where tokenized Arrow caches are kept; default ~/.cache/loraclf.")
     streaming: bool = _f(
@@ -144,6 +164,15 @@ class TrainConfig:
     lr_scheduler_type: Literal["linear", "cosine", "constant_with_warmup"] = _f("linear", "Learning-rate schedule after warm-up.")
     per_device_train_batch_size: int = _f(32, "Training batch size per process.", ge=1, le=MAX_BATCH)
     gradient_accumulation_steps: int = _f(1, "Batches accumulated into one optimizer step.", ge=1, le=MAX_STEPS)
+    loss: Optional[Literal["cross_entropy", "focal", "bce", "mse", "huber"]] = _f(
+        None, "Loss (null = the problem type's: cross_entropy, bce, mse). focal for single- or multi-label; huber "
+        "for regression.")
+    focal_gamma: float = _f(2.0, "train.loss=focal: the focusing exponent (0 = cross-entropy).", ge=0, le=10)
+    huber_delta: float = _f(1.0, "train.loss=huber: where the loss turns from squared to linear (standardised units).", gt=0)
+    label_smoothing: float = _f(0.0, "Single-label cross-entropy's label smoothing.", ge=0, lt=1)
+    class_weights: Union[Literal["none", "balanced"], dict[str, float]] = _f(
+        "none", "Per-class loss weights: none, balanced (inverse class frequency in train; multi-label: positive "
+        "weight = negatives / positives per label), or a mapping label -> weight.")
     max_grad_norm: Optional[float] = _f(1.0, "Gradient clipping norm (null = off).", gt=0)
     mixed_precision: Literal[PRECISIONS] = _f(
         "auto", "auto = bf16 where the hardware runs it natively (CPUs with AVX512-BF16/AMX, Ampere+ GPUs), else fp32."
@@ -157,7 +186,17 @@ class TrainConfig:
 class EvalConfig:
     eval_steps: Optional[int] = _f(None, "Evaluate every this many optimizer steps (null = once per epoch). Always at the end.", ge=1, le=MAX_STEPS)
     per_device_eval_batch_size: int = _f(64, "Evaluation batch size per process.", ge=1, le=MAX_BATCH)
-    metric_for_best_model: Literal["accuracy", "macro_f1", "loss"] = _f("accuracy", "Metric that picks the best checkpoint.")
+    metric_for_best_model: Optional[str] = _f(
+        None, "Metric that picks the best checkpoint (null = the problem type's main one: accuracy, micro_f1, rmse). "
+        "Single-label: accuracy, macro_f1, loss, ece, nll; multi-label: micro_f1, macro_f1, subset_accuracy, "
+        "hamming_loss, mean_average_precision, loss; regression: rmse, mae, pearson, spearman, r2, loss.")
+    tune_thresholds: Literal["auto", "none", "f1", "fbeta"] = _f(
+        "auto", "Decision thresholds tuned on validation after training, stored in the run: per label for "
+        "multi-label, on the positive class for binary. auto = f1 for multi-label, none (argmax) for single-label.")
+    threshold_beta: float = _f(1.0, "tune_thresholds=fbeta: beta (>1 favours recall, <1 precision).", gt=0)
+    calibration: Literal["none", "temperature"] = _f(
+        "none", "temperature: fit one temperature on validation after training (single-label); predict, serve and "
+        "the export then give calibrated probabilities.")
     early_stopping_patience: Optional[int] = _f(None, "Stop after this many evaluations without improvement (null = off).", ge=1, le=MAX_STEPS)
 
 
@@ -186,6 +225,8 @@ class AugmentConfig:
     delete_p: float = _f(0.0, "Random deletion rate: round(p x words) words deleted per text (at least one, never all).", ge=0, le=1)
     num_copies: int = _f(1, "Augmented copies per training example (originals are kept).", ge=1, le=100)
     mode: Literal["once", "per_epoch"] = _f("once", "Make the copies once before training, or draw them afresh every epoch.")
+    side: Literal["both", "text", "text_pair"] = _f(
+        "both", "Sentence pairs (data.text_pair_column): augment both texts of a pair, or only one side.")
 
 
 @dataclass
@@ -222,7 +263,7 @@ class Config:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
-TRACKERS = ("tensorboard", "mlflow")
+TRACKERS = config_checks.TRACKERS
 
 # ---------------------------------------------------------------------------------------------- parsing
 
@@ -304,7 +345,7 @@ def from_dict(data: dict) -> Config:
     """Build and validate a Config; raises ConfigError listing every problem."""
     problems: list[str] = []
     cfg = build(Config, data, "", problems)
-    problems += _cross_checks(cfg)
+    problems += config_checks.cross_checks(cfg)
     if problems:
         raise ConfigError(problems)
     return cfg
@@ -378,76 +419,6 @@ def _absolute(value, base: Optional[Path]):
     except (OSError, ValueError):  # a name too long or with a NUL byte is no existing path; validation reports it
         pass
     return value
-
-
-def _cross_checks(cfg: Config) -> list[str]:
-    problems = []
-    name = cfg.output.run_name
-    if name is not None and (name in ("", ".", "..") or "/" in name or "\\" in name or "\0" in name):
-        # a run writes only inside output.dir/run_name; a name with a path in it could point anywhere
-        problems.append(f"'output.run_name' must be a plain folder name (no '/' or '..'), got {name!r}; "
-                        f"put the parent folder in output.dir")
-    for name in cfg.track:
-        if name not in TRACKERS:
-            problems.append(f"'track' has unknown tracker '{name}'{did_you_mean(name, TRACKERS)}; choose from {', '.join(TRACKERS)}")
-    if isinstance(cfg.adapter.r, int) and cfg.adapter.r < 1:
-        problems.append(f"'adapter.r' must be >= 1 or 'auto', got {cfg.adapter.r}")
-    if isinstance(cfg.adapter.r, int) and cfg.adapter.r > MAX_RANK:
-        problems.append(f"'adapter.r' must be <= {MAX_RANK} or 'auto', got {cfg.adapter.r}")
-    if cfg.adapter.r == "auto" and cfg.budget.max_trainable_params is None:
-        problems.append("'adapter.r: auto' needs budget.max_trainable_params (the cap the rank is fitted under)")
-    if cfg.adapter.r == "auto" and cfg.adapter.method == "ia3":
-        problems.append("'adapter.r: auto' does not apply to adapter.method ia3, which has no rank (its size is fixed "
-                        "by the target modules); set adapter.r to a number or choose fewer adapter.target_modules")
-    if (cfg.adapter.method == "adalora" and cfg.adapter.init_r is not None and isinstance(cfg.adapter.r, int)
-            and cfg.adapter.init_r < cfg.adapter.r):
-        problems.append(f"'adapter.init_r' ({cfg.adapter.init_r}) must be >= adapter.r ({cfg.adapter.r}), AdaLoRA's target rank")
-    if cfg.adapter.lokr_decompose_factor == 0:
-        problems.append("'adapter.lokr_decompose_factor' must be -1 (automatic) or a factor >= 1, got 0")
-    if isinstance(cfg.adapter.target_modules, list) and not cfg.adapter.target_modules:
-        problems.append("'adapter.target_modules' is an empty list; give a preset (qv) or module names")
-    if cfg.data.train is None and cfg.data.name is None:
-        problems.append("no training data: set data.train to a file or data.name to a dataset (e.g. ag_news)")
-    tc = cfg.data.text_column
-    if isinstance(tc, list) and not tc:
-        problems.append("'data.text_column' is an empty list; name at least one column")
-    names = cfg.data.label_names or []
-    twice = sorted({n for n in names if names.count(n) > 1})
-    if twice:
-        problems.append(f"'data.label_names' names {', '.join(repr(n) for n in twice)} more than once; each class id "
-                        f"needs its own name")
-    if len(cfg.optimizer.betas) != 2 or not all(0 <= b < 1 for b in cfg.optimizer.betas):
-        problems.append(f"'optimizer.betas' must be two numbers in [0, 1), got {cfg.optimizer.betas}")
-    if cfg.optimizer.name == "loraplus" and cfg.adapter.method not in ("lora", "dora", "rslora", "pissa"):
-        problems.append(f"'optimizer.name: loraplus' needs a LoRA-family adapter.method, got '{cfg.adapter.method}'")
-    if cfg.data.validation_split >= 1 and not float(cfg.data.validation_split).is_integer():
-        problems.append(f"'data.validation_split' >= 1 is a row count and must be whole, got {cfg.data.validation_split}")
-    if cfg.data.unlabeled is None and cfg.adapt.rounds > 1:
-        problems.append("'adapt.rounds' > 1 needs data.unlabeled (the texts to pseudo-label)")
-    if cfg.data.streaming:
-        problems += _streaming_checks(cfg)
-    return problems
-
-
-def _streaming_checks(cfg: Config) -> list[str]:
-    """A stream has no length and is read once per pass, so whatever needs either is refused up front."""
-    problems = []
-    if cfg.train.max_steps is None:
-        problems.append("'data.streaming: true' needs train.max_steps: a stream's length is unknown, so "
-                        "train.num_train_epochs cannot set the schedule (e.g. train.max_steps=5000)")
-    if cfg.eval.eval_steps is None:
-        problems.append("'data.streaming: true' needs eval.eval_steps: 'once per epoch' needs the stream's length "
-                        "(e.g. eval.eval_steps=500)")
-    if cfg.data.train is None and sources.is_packaged(cfg.data.name):
-        problems.append(f"'data.streaming: true' streams a file (data.train) or a hub dataset (data.name); "
-                        f"{cfg.data.name} is small and read whole, so set data.streaming=false")
-    if cfg.augment.enabled:
-        problems.append("'augment.enabled' does not apply to a stream (copies are made from the whole training set); "
-                        "set augment.enabled=false or data.streaming=false")
-    if cfg.data.unlabeled is not None:
-        problems.append("self-training (data.unlabeled) adds pseudo-labelled rows to the training set, which a stream "
-                        "does not hold; set data.streaming=false")
-    return problems
 
 
 def describe_keys() -> list[tuple[str, str, str, str]]:

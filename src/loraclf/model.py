@@ -54,9 +54,9 @@ def load_model_config(cfg: Config, id2label: Optional[dict[int, str]] = None):
 
     path = sources.resolve_model(cfg.model.name_or_path)
     _check_model_path(path)
-    kwargs = {}
+    kwargs = {"problem_type": cfg.model.problem_type}
     if id2label is not None:
-        kwargs = dict(num_labels=len(id2label), id2label={int(i): n for i, n in id2label.items()},
+        kwargs.update(num_labels=len(id2label), id2label={int(i): n for i, n in id2label.items()},
                       label2id={n: int(i) for i, n in id2label.items()})
     try:
         mc = AutoConfig.from_pretrained(path, revision=cfg.model.revision,

@@ -17,6 +17,7 @@ import pandas as pd
 
 from .. import sources
 from ..config import DataConfig
+from . import windows
 from .read import column
 
 # per-row columns a training batch carries besides the tokens (weight, soft_labels: self-training's pseudo-labels)
@@ -28,37 +29,42 @@ def cache_dir(cfg: DataConfig) -> Path:
     return Path(cfg.cache_dir) if cfg.cache_dir else sources.cache_root() / "tokenized"
 
 
-def _fingerprint(ds, tokenizer, max_length: int) -> str:
+def _fingerprint(ds, tokenizer, max_length: int, how: str = "") -> str:
     h = hashlib.sha256()
     h.update(type(tokenizer).__name__.encode())
     h.update(str(getattr(tokenizer, "name_or_path", "")).encode())
     h.update(str(len(tokenizer)).encode())
     h.update(str(max_length).encode())
+    h.update(how.encode())
     h.update(str(getattr(ds, "_fingerprint", "")).encode())
     if ds.cache_files:
         # memory-mapped: datasets' fingerprint already follows the file (path, mtime) and every transform since,
         # and reading the text here would pull the whole file into memory
         return h.hexdigest()[:24]
     table = ds.data.table if hasattr(ds.data, "table") else ds.data
-    for col in ("text", "label"):
+    for col in ("text", "text_pair", "label"):
         if col in ds.column_names:
-            arr = table.column(col)
-            h.update(pd.util.hash_pandas_object(arr.to_pandas(), index=False).values.tobytes())
+            values = table.column(col).to_pandas()
+            if values.dtype == object:  # label sets: lists are unhashable, their text is not
+                values = values.map(lambda v: "" if v is None else str(list(v)) if not isinstance(v, str) else v)
+            h.update(pd.util.hash_pandas_object(values, index=False).values.tobytes())
     return h.hexdigest()[:24]
 
 
 def tokenize(ds, tokenizer, cfg: DataConfig, cache: bool = True):
     """Tokenize without padding, adding `length` and `index`; cached on disk as Arrow when cache is set."""
-    max_length = cfg.max_length
+    pairs = "text_pair" in ds.column_names
 
     def fn(batch, idx):
-        enc = tokenizer(batch["text"], truncation=True, max_length=max_length)
+        enc = windows.encode(tokenizer, batch["text"], batch["text_pair"] if pairs else None, cfg)
+        doc = enc.pop("doc")
         enc["length"] = [len(x) for x in enc["input_ids"]]
-        enc["index"] = idx
+        enc["index"] = [idx[d] for d in doc]  # a document's windows share its index
+        if "label" in batch:
+            enc["label"] = [batch["label"][d] for d in doc]  # every window carries its document's label
         return enc
 
-    keep = [c for c in ds.column_names if c == "label"]
-    remove = [c for c in ds.column_names if c not in keep]
+    remove = list(ds.column_names)
     num_proc = cfg.num_proc
     if num_proc is None:
         num_proc = min(os.cpu_count() or 1, 8) if len(ds) >= 50_000 else None
@@ -66,7 +72,8 @@ def tokenize(ds, tokenizer, cfg: DataConfig, cache: bool = True):
     if cache:
         d = cache_dir(cfg)
         d.mkdir(parents=True, exist_ok=True)
-        key = _fingerprint(ds, tokenizer, max_length)
+        how = f"{cfg.truncation if pairs else ''}|{cfg.long_text}|{cfg.head_tokens}|{cfg.stride}"
+        key = _fingerprint(ds, tokenizer, cfg.max_length, how)
         kwargs["cache_file_name"] = str(d / f"{key}.arrow")
         kwargs["load_from_cache_file"] = True
         # our key already names tokenizer, max_length and data; without it datasets pickles `fn` (the whole
@@ -84,7 +91,7 @@ def collator(tokenizer):
 
 
 def train_loader(ds, tokenizer, batch_size: int, group_by_length: bool, seed: int, epoch: int,
-                 group_size: Optional[int] = None):
+                 group_size: Optional[int] = None, balanced: bool = False):
     """Shuffled (seed + epoch) batches; length-grouped when asked, so each batch pads little.
 
     group_size is the global batch (per-device batch x processes): grouping by it gives every process count the
@@ -96,7 +103,10 @@ def train_loader(ds, tokenizer, batch_size: int, group_by_length: bool, seed: in
     g = torch.Generator()
     g.manual_seed(seed + epoch)
     data = ds.select_columns([c for c in TRAIN_COLUMNS if c in ds.column_names])
-    if group_by_length:
+    if balanced:
+        lengths = column(ds, "length").to_numpy() if group_by_length else None
+        sampler = BalancedSampler(column(ds, "label").to_numpy(), lengths, group_size or batch_size, g)
+    elif group_by_length:
         sampler = LengthGroupedSampler(column(ds, "length").to_numpy(), group_size or batch_size, g)
     else:
         sampler = RandomSampler(data, generator=g)
@@ -132,12 +142,15 @@ class LengthGroupedSampler:
     def __len__(self) -> int:
         return len(self.lengths)
 
-    def order(self) -> np.ndarray:
+    def draw(self) -> np.ndarray:
         import torch
 
-        n = len(self.lengths)
+        return torch.randperm(len(self.lengths), generator=self.generator).numpy()
+
+    def order(self) -> np.ndarray:
+        indices = self.draw()
+        n = len(indices)
         mult = min(n // (self.batch_size * 4), 50) or 1
-        indices = torch.randperm(n, generator=self.generator).numpy()
         size = mult * self.batch_size
         # a stable sort on the negated length = Python's sorted(..., reverse=True), which keeps ties in order
         mbs = [mb[np.argsort(-self.lengths[mb], kind="stable")] for mb in
@@ -148,6 +161,27 @@ class LengthGroupedSampler:
 
     def __iter__(self):
         return (int(i) for i in self.order())
+
+
+class BalancedSampler(LengthGroupedSampler):
+    """data.sampling=balanced: an epoch of N rows drawn with replacement so that every class is drawn equally often
+    in expectation, then (with lengths) grouped by length as LengthGroupedSampler groups them."""
+
+    def __init__(self, labels: np.ndarray, lengths: Optional[np.ndarray], batch_size: int, generator):
+        labels = np.asarray(labels, dtype=np.int64)
+        super().__init__(lengths if lengths is not None else np.zeros(len(labels), np.int64), batch_size, generator)
+        counts = np.bincount(labels)
+        self.weights = 1.0 / counts[labels]
+        self.grouped = lengths is not None
+
+    def draw(self) -> np.ndarray:
+        import torch
+
+        w = torch.as_tensor(self.weights, dtype=torch.float64)
+        return torch.multinomial(w, len(w), replacement=True, generator=self.generator).numpy()
+
+    def order(self) -> np.ndarray:
+        return super().order() if self.grouped else self.draw()
 
 
 def steps_per_epoch(n_rows: int, batch_size: int, accumulation: int, num_processes: int = 1) -> int:

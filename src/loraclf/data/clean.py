@@ -27,6 +27,23 @@ def text_columns(cfg: DataConfig) -> list[str]:
     return [cfg.text_column] if isinstance(cfg.text_column, str) else list(cfg.text_column)
 
 
+def pair_columns(cfg: DataConfig) -> list[str]:
+    """The column(s) of a sentence pair's second text (data.text_pair_column); [] for single texts."""
+    tp = cfg.text_pair_column
+    return [] if tp is None else [tp] if isinstance(tp, str) else list(tp)
+
+
+def label_source(cfg: DataConfig) -> list[str]:
+    """The column(s) the labels are read from: data.label_columns, else data.label_column."""
+    return list(cfg.label_columns) if cfg.label_columns else [cfg.label_column]
+
+
+def drops_empty_labels(cfg: DataConfig, problem_type: str) -> bool:
+    """Single-label rows with no label are dropped with a count; an empty label set (multi-label) or a missing
+    target (regression) is the encoder's error instead."""
+    return problem_type == "single_label_classification"
+
+
 def is_missing(v) -> bool:
     try:
         return v is None or bool(pd.isna(v))
@@ -41,9 +58,15 @@ def check_columns(columns, cfg: DataConfig, where: str, need_label: bool, text_k
     if missing:
         raise DataError(f"{where} has no text column '{missing[0]}'{did_you_mean(missing[0], columns)}; columns are: "
                         f"{', '.join(columns)} (set {text_key})")
-    if need_label and cfg.label_column not in columns:
-        raise DataError(f"{where} has no label column '{cfg.label_column}'{did_you_mean(cfg.label_column, columns)}; "
-                        f"columns are: {', '.join(columns)} (set data.label_column)")
+    missing = [c for c in pair_columns(cfg) if c not in columns]
+    if missing:
+        raise DataError(f"{where} has no text-pair column '{missing[0]}'{did_you_mean(missing[0], columns)}; columns "
+                        f"are: {', '.join(columns)} (set data.text_pair_column)")
+    key = "data.label_columns" if cfg.label_columns else "data.label_column"
+    missing = [c for c in label_source(cfg) if c not in columns] if need_label else []
+    if missing:
+        raise DataError(f"{where} has no label column '{missing[0]}'{did_you_mean(missing[0], columns)}; "
+                        f"columns are: {', '.join(columns)} (set {key})")
     if need_label and cfg.id_column and cfg.id_column not in columns:
         raise DataError(f"{where} has no ID column '{cfg.id_column}'{did_you_mean(cfg.id_column, columns)}; columns "
                         f"are: {', '.join(columns)} (set data.id_column to one of them, or leave it unset to use an "
@@ -64,20 +87,27 @@ def select_text(df: pd.DataFrame, cfg: DataConfig, where: str) -> pd.Series:
     return pd.Series(join_text([df[c].tolist() for c in text_columns(cfg)]), index=df.index, dtype=object)
 
 
-def clean_batch(batch, text_cols: list[str], label_col: Optional[str], max_chars: int) -> dict:
+def clean_batch(batch, text_cols: list[str], label_col: Optional[str], max_chars: int,
+                pair_cols: tuple = ()) -> dict:
     """The rules for one batch of raw rows (column -> values).
 
-    Returns `text` (joined and cut to max_chars; None when empty), `keep` (False where the text or, with label_col,
-    the label is empty or NaN) and `cut` (True where a text was cut). Only plain arguments, no config: a cached
-    map's key follows what its function captures.
+    Returns `text` (joined and cut to max_chars; None when empty), with pair_cols `text_pair` the same way, `keep`
+    (False where a text or, with label_col, the label is empty or NaN) and `cut` (True where a text was cut). Only
+    plain arguments, no config: a cached map's key follows what its function captures.
     """
     text = join_text([list(batch[c]) for c in text_cols])
     keep = np.array([t is not None for t in text], dtype=bool)
+    cut = np.array([t is not None and len(t) > max_chars for t in text], dtype=bool)
+    out = {"text": [t if t is None else t[:max_chars] for t in text]}
+    if pair_cols:
+        pair = join_text([list(batch[c]) for c in pair_cols])
+        keep &= np.array([t is not None for t in pair], dtype=bool)
+        cut |= np.array([t is not None and len(t) > max_chars for t in pair], dtype=bool)
+        out["text_pair"] = [t if t is None else t[:max_chars] for t in pair]
     if label_col is not None:
         lab = pd.Series(list(batch[label_col]), dtype=object)
         keep &= ~(lab.isna() | lab.map(lambda v: isinstance(v, str) and not v.strip())).to_numpy(dtype=bool)
-    cut = np.array([t is not None and len(t) > max_chars for t in text], dtype=bool)
-    return {"text": [t if t is None else t[:max_chars] for t in text], "keep": keep, "cut": cut}
+    return {**out, "keep": keep, "cut": cut}
 
 
 def account(keep: np.ndarray, cut: np.ndarray, cfg: DataConfig, where: str, say) -> None:
@@ -95,36 +125,49 @@ def account(keep: np.ndarray, cut: np.ndarray, cfg: DataConfig, where: str, say)
         say(f"{where}: cut {n_cut} texts to data.max_text_chars={cfg.max_text_chars} characters")
 
 
-def clean_frame(df: pd.DataFrame, cfg: DataConfig, where: str, need_label: bool = True, log=None) -> pd.DataFrame:
-    """A DataFrame's usable rows as columns `text` (and the raw `label` with need_label)."""
+def clean_frame(df: pd.DataFrame, cfg: DataConfig, where: str, need_label: bool = True, log=None,
+                problem_type: str = "single_label_classification") -> pd.DataFrame:
+    """A DataFrame's usable rows as columns `text` (`text_pair` for pairs) and, with need_label, the raw `label`
+    (with data.label_columns: the list of names whose column holds 1)."""
+    from .targets import columns_to_sets
+
     check_columns(df.columns, cfg, where, need_label)
-    label_col = cfg.label_column if need_label else None
-    cols = list(dict.fromkeys(text_columns(cfg) + ([label_col] if label_col else [])))
-    b = clean_batch({c: df[c].tolist() for c in cols}, text_columns(cfg), label_col, cfg.max_text_chars)
+    label_col = cfg.label_column if need_label and drops_empty_labels(cfg, problem_type) else None
+    cols = list(dict.fromkeys(text_columns(cfg) + pair_columns(cfg) + ([label_col] if label_col else [])))
+    b = clean_batch({c: df[c].tolist() for c in cols}, text_columns(cfg), label_col, cfg.max_text_chars,
+                    tuple(pair_columns(cfg)))
     account(b["keep"], b["cut"], cfg, where, logs.sink(log, logger))
     out = pd.DataFrame({"text": pd.Series(b["text"], dtype=object)})
-    if need_label:
-        out["label"] = df[label_col].values
+    if "text_pair" in b:
+        out["text_pair"] = pd.Series(b["text_pair"], dtype=object)
+    if need_label and cfg.label_columns:
+        out["label"] = pd.Series(columns_to_sets(df.reset_index(drop=True), cfg.label_columns, where), dtype=object)
+    elif need_label:
+        out["label"] = df[cfg.label_column].values
     return out[b["keep"]].reset_index(drop=True)
 
 
 def clean_arrow(ds, cfg: DataConfig, where: str, need_label: bool = True, log=None):
-    """clean_frame for a memory-mapped Dataset, in a cached batched map."""
+    """clean_frame for a memory-mapped Dataset (single-label), in a cached batched map."""
     import datasets
 
     check_columns(ds.column_names, cfg, where, need_label)
-    cols, max_chars = text_columns(cfg), cfg.max_text_chars
+    cols, pairs, max_chars = text_columns(cfg), tuple(pair_columns(cfg)), cfg.max_text_chars
     label_col = cfg.label_column if need_label else None
 
     def fn(batch):
-        b = clean_batch(batch, cols, label_col, max_chars)
-        out = {"text": b["text"], "_cut": b["cut"]}
+        b = clean_batch(batch, cols, label_col, max_chars, pairs)
+        out = {k: b[k] for k in ("text", "text_pair") if k in b}
+        out["_cut"] = b["cut"]
         if label_col is not None:
             out["label"] = batch[label_col]
         out["_keep"] = b["keep"]
         return out
 
-    feats = {"text": datasets.Value("string"), "_cut": datasets.Value("bool")}
+    feats = {"text": datasets.Value("string")}
+    if pairs:
+        feats["text_pair"] = datasets.Value("string")
+    feats["_cut"] = datasets.Value("bool")
     if need_label:
         feats["label"] = ds.features[label_col]
     feats["_keep"] = datasets.Value("bool")

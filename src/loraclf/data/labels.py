@@ -39,8 +39,8 @@ def check_not_fractional(labels) -> None:
     if fractions:
         shown = ", ".join(f"{v:g}" for v in fractions[:5]) + (", ..." if len(fractions) > 5 else "")
         raise DataError(f"the labels hold {len(fractions)} distinct non-integer numeric label"
-                        f"{'s' if len(fractions) > 1 else ''} ({shown}): they look like regression targets, which "
-                        f"loraclf does not train yet; single-label classification needs integer or string labels")
+                        f"{'s' if len(fractions) > 1 else ''} ({shown}): they look like regression targets; set "
+                        f"model.problem_type=regression, or give integer or string labels for classes")
 
 
 def build_label_map(labels, label_names: Optional[list[str]], max_labels: int) -> dict[int, str]:

@@ -100,14 +100,14 @@ def read_table(path: str | Path, allow_pickle: bool = False, max_file_mb: float 
     return _pandas(p, check_file(p, role, allow_pickle, max_file_mb))
 
 
-def read_split(path, cfg: DataConfig, streaming: bool = False):
+def read_split(path, cfg: DataConfig, streaming: bool = False, arrow: bool = True):
     """A split's file as load_splits wants it: a DataFrame, a memory-mapped `datasets.Dataset` when it is at least
     ARROW_MIN_MB (and Arrow reads its kind), or a `datasets.IterableDataset` when streaming."""
     p = Path(path)
     kind = check_file(p, "data", cfg.allow_pickle, None if streaming else cfg.max_file_mb, streaming)
     if streaming:
         return _stream(p, kind)
-    if kind in ARROW_BUILDERS and p.stat().st_size >= ARROW_MIN_MB * 1e6:
+    if arrow and kind in ARROW_BUILDERS and p.stat().st_size >= ARROW_MIN_MB * 1e6:
         return _arrow(p, kind)
     return _pandas(p, kind)
 

@@ -16,9 +16,11 @@ import pandas as pd
 
 from .. import logs, sources
 from ..config import DataConfig
+from ..problem import MULTI, SINGLE
 from ..errors import DataError
-from .clean import check_columns, clean_arrow, clean_frame, is_missing, text_columns
-from .labels import build_label_map, encode_arrow, encode_labels, normalise_label
+from . import targets
+from .clean import check_columns, clean_arrow, clean_frame, is_missing, label_source, text_columns
+from .labels import build_label_map, encode_arrow, normalise_label
 from .read import READERS, column, read_hub, read_split, stream_head
 from .stream import stream_where
 
@@ -33,6 +35,13 @@ class Splits:
     id2label: dict[int, str]
     notes: list[str] = field(default_factory=list)
     int_labels: bool = False  # the raw labels were integers (predict's ID,Label then writes ids, not names)
+    problem_type: str = SINGLE
+
+
+def train_labels(splits: Splits) -> np.ndarray:
+    """The encoded training labels: class ids, a multi-hot matrix, or the regression targets."""
+    return np.asarray(column(splits.train, "label").to_pylist() if splits.problem_type == MULTI
+                      else column(splits.train, "label").to_numpy(zero_copy_only=False))
 
 
 def stratified_split(labels: np.ndarray, size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -44,6 +53,9 @@ def stratified_split(labels: np.ndarray, size: float, seed: int) -> tuple[np.nda
     if n_val < 1 or n_val >= n:
         raise DataError(f"data.validation_split={size:g} leaves no training or no validation rows out of {n}")
     idx = np.arange(n)
+    if np.asarray(labels).dtype.kind != "i" or np.asarray(labels).ndim != 1:  # label sets, regression targets
+        tr, va = train_test_split(idx, test_size=n_val, random_state=seed)
+        return np.sort(tr), np.sort(va)
     counts = np.bincount(labels)
     n_classes = int((counts > 0).sum())
     # stratify only where every class can be in both parts; else sklearn refuses and a plain shuffle is used
@@ -56,15 +68,17 @@ def stratified_split(labels: np.ndarray, size: float, seed: int) -> tuple[np.nda
 # a part is a DataFrame (small files, hub and packaged data) or a memory-mapped Dataset (large files)
 
 
-def _clean_part(part, cfg: DataConfig, where: str, log):
+def _clean_part(part, cfg: DataConfig, where: str, log, problem_type: str):
     if isinstance(part, pd.DataFrame):
-        return clean_frame(part, cfg, where, True, log)
+        return clean_frame(part, cfg, where, True, log, problem_type)
     return clean_arrow(part, cfg, where, True, log)
 
 
-def _encode_part(part, id2label: dict[int, str], where: str):
+def _encode_part(part, id2label: dict[int, str], where: str, cfg: DataConfig, problem_type: str = SINGLE):
     if isinstance(part, pd.DataFrame):
-        part["label"] = encode_labels(part["label"], id2label, where)
+        encoded = targets.encode(problem_type, part["label"], id2label, cfg, where)
+        # multi-hot rows stay Python lists (one cell each), which datasets stores as a sequence column
+        part["label"] = pd.Series(list(encoded), dtype=object) if problem_type == MULTI else encoded
         return part
     return encode_arrow(part, id2label, where)
 
@@ -78,13 +92,17 @@ def _labels_of(part) -> np.ndarray:
 def _to_dataset(part):
     import datasets
 
+    cols = [c for c in ("text", "text_pair", "label") if c in (part.columns if isinstance(part, pd.DataFrame)
+                                                                 else part.column_names)]
     if isinstance(part, pd.DataFrame):
-        return datasets.Dataset.from_pandas(part[["text", "label"]].reset_index(drop=True), preserve_index=False)
-    return part.select_columns(["text", "label"])
+        return datasets.Dataset.from_pandas(part[cols].reset_index(drop=True), preserve_index=False)
+    return part.select_columns(cols)
 
 
 def _int_labels(frame, cfg: DataConfig) -> bool:
     """Whether the raw labels (before cleaning) are integers, judged on the first 1,000."""
+    if cfg.label_columns:
+        return False
     if isinstance(frame, pd.DataFrame):
         head = frame[cfg.label_column].dropna().head(1000)
     else:
@@ -107,11 +125,11 @@ def _notes(log):
 # ------------------------------------------------------------------------------------------ whole splits
 
 
-def _read_parts(cfg: DataConfig) -> tuple[dict, dict, Optional[list[str]]]:
+def _read_parts(cfg: DataConfig, arrow: bool) -> tuple[dict, dict, Optional[list[str]]]:
     """The raw parts (train and, when given, validation and test), their names in messages, ClassLabel names."""
     label_names = None
     if cfg.train:
-        frames = {"train": read_split(cfg.train, cfg)}
+        frames = {"train": read_split(cfg.train, cfg, arrow=arrow)}
         where = {"train": str(cfg.train)}
     elif sources.is_packaged(cfg.name):
         frames = {"train": pd.DataFrame(sources.packaged_dataset_rows(cfg.name))}
@@ -123,48 +141,57 @@ def _read_parts(cfg: DataConfig) -> tuple[dict, dict, Optional[list[str]]]:
     for key in ("validation", "test"):
         path = getattr(cfg, key)
         if path:
-            frames[key] = read_split(path, cfg)
+            frames[key] = read_split(path, cfg, arrow=arrow)
             where[key] = str(path)
     return frames, where, label_names
 
 
 def _split_off_validation(train, cfg: DataConfig, note):
-    tr, va = stratified_split(_labels_of(train), cfg.validation_split, cfg.split_seed)
+    labels = _labels_of(train)
+    tr, va = stratified_split(labels, cfg.validation_split, cfg.split_seed)
     if isinstance(train, pd.DataFrame):
         val = train.iloc[va].reset_index(drop=True)
         train = train.iloc[tr].reset_index(drop=True)
     else:
         val, train = train.select(va), train.select(tr)
-    note(f"validation: {len(val)} rows split from train (stratified, seed {cfg.split_seed})")
+    how = "stratified" if labels.dtype.kind in "iu" and labels.ndim == 1 else "shuffled"
+    note(f"validation: {len(val)} rows split from train ({how}, seed {cfg.split_seed})")
     return train, val
 
 
-def load_splits(cfg: DataConfig, log=None, id2label: Optional[dict[int, str]] = None) -> Splits:
-    """Read train/validation/test as configured and return them with a label map (see the module's docstring)."""
+def load_splits(cfg: DataConfig, log=None, id2label: Optional[dict[int, str]] = None,
+                problem_type: str = SINGLE) -> Splits:
+    """Read train/validation/test as configured and return them with a label map (see the module's docstring).
+
+    Label sets and regression targets are read through pandas whatever the file's size (the Arrow path encodes
+    class ids only).
+    """
     if cfg.streaming:
         return load_stream_splits(cfg, log, id2label)
-    frames, where, label_names = _read_parts(cfg)
+    frames, where, label_names = _read_parts(cfg, arrow=problem_type == SINGLE)
     notes, note = _notes(log)
 
-    train = _clean_part(frames["train"], cfg, where["train"], note)
+    def part(key):
+        cleaned = _clean_part(frames[key], cfg, where.get(key, key), note, problem_type)
+        return _encode_part(cleaned, id2label, where.get(key, key), cfg, problem_type)
+
+    train = _clean_part(frames["train"], cfg, where["train"], note, problem_type)
     if id2label is None:
         raw = train["label"] if isinstance(train, pd.DataFrame) else column(train, "label").unique().to_pylist()
-        id2label = build_label_map(raw, cfg.label_names or label_names, cfg.max_labels)
-    train = _encode_part(train, id2label, where["train"])
+        id2label = targets.build_map(problem_type, raw, cfg, label_names)
+    train = _encode_part(train, id2label, where["train"], cfg, problem_type)
     if frames.get("validation") is not None:
-        val = _encode_part(_clean_part(frames["validation"], cfg, where["validation"], note), id2label, where["validation"])
+        val = part("validation")
     else:
         train, val = _split_off_validation(train, cfg, note)
-    test = None
-    if frames.get("test") is not None:
-        test_where = where.get("test", "test")
-        test = _encode_part(_clean_part(frames["test"], cfg, test_where, note), id2label, test_where)
-
-    train_labels = _labels_of(train)
-    if len(np.unique(train_labels)) < 2:
-        raise DataError(f"the training split has only one class ({id2label[int(train_labels[0])]}); a classifier needs at least two")
-    return Splits(_to_dataset(train), _to_dataset(val), _to_dataset(test) if test is not None else None, id2label, notes,
-                  _int_labels(frames["train"], cfg))
+    test = part("test") if frames.get("test") is not None else None
+    if problem_type == SINGLE:
+        train_labels_ = _labels_of(train)
+        if len(np.unique(train_labels_)) < 2:
+            raise DataError(f"the training split has only one class ({id2label[int(train_labels_[0])]}); a "
+                            f"classifier needs at least two")
+    return Splits(_to_dataset(train), _to_dataset(val), _to_dataset(test) if test is not None else None, id2label,
+                  notes, problem_type == SINGLE and _int_labels(frames["train"], cfg), problem_type)
 
 
 # ------------------------------------------------------------------------------------------ streaming
@@ -246,13 +273,13 @@ def load_stream_splits(cfg: DataConfig, log=None, id2label: Optional[dict[int, s
     if "validation" not in frames:
         train, frames["validation"], wheres["validation"] = _held_out_head(train, cfg, where, kind, note)
 
-    val = _clean_part(frames["validation"], cfg, wheres["validation"], note)
+    val = _clean_part(frames["validation"], cfg, wheres["validation"], note, SINGLE)
     if id2label is None:
         id2label = _stream_label_map(val, class_names, cfg, wheres["validation"])
-    val = _encode_part(val, id2label, wheres["validation"])
+    val = _encode_part(val, id2label, wheres["validation"], cfg)
     test = None
     if frames.get("test") is not None:
-        test = _encode_part(_clean_part(frames["test"], cfg, wheres["test"], note), id2label, wheres["test"])
+        test = _encode_part(_clean_part(frames["test"], cfg, wheres["test"], note, SINGLE), id2label, wheres["test"], cfg)
     note(f"train: streamed from {where}, shuffled in a buffer of {cfg.shuffle_buffer_size:,} rows; "
          f"label set {', '.join(id2label.values())}")
     return Splits(train, _to_dataset(val), _to_dataset(test) if test is not None else None, id2label, notes,

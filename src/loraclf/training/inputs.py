@@ -26,11 +26,21 @@ def _augmented(ds, cfg: Config, seed: int, say: Callable[[str], None]):
     import datasets
 
     # rows are tracked by index so per-row columns (weight, soft_labels of pseudo-labels) follow their copies
-    texts, rows = augment.augment_dataset(list(ds["text"]), list(range(len(ds))), cfg.augment, seed)
-    say(f"augmentation: {len(ds):,} -> {len(texts):,} training rows")
-    out = {"text": texts}
+    out = {}
+    for col in ("text", "text_pair"):
+        if col not in ds.column_names:
+            continue
+        if cfg.augment.side in ("both", col):
+            # the other side of a pair gets its own draws (seed + 1), so both texts are not edited alike
+            out[col], _ = augment.augment_dataset(list(ds[col]), list(range(len(ds))), cfg.augment,
+                                                     seed + (col == "text_pair"))
+        else:  # copied unchanged beside the augmented side
+            out[col] = list(ds[col]) * (cfg.augment.num_copies + 1)
+    rows = list(range(len(ds))) * (cfg.augment.num_copies + 1)
+    say(f"augmentation: {len(ds):,} -> {len(out['text']):,} training rows"
+        + (f" (pairs: {cfg.augment.side})" if "text_pair" in out else ""))
     for col in ds.column_names:
-        if col != "text":
+        if col not in out:
             values = ds[col]
             out[col] = [values[i] for i in rows]
     return datasets.Dataset.from_dict(out)
@@ -72,7 +82,7 @@ def epoch_loader(cfg: Config, inputs: Inputs, splits, tokenizer, accelerator, ep
         epoch_raw = _augmented(splits.train, cfg, cfg.train.seed + epoch, say)
         epoch_ds = _with_extras(data_mod.tokenize(epoch_raw, tokenizer, cfg.data, cache=False), epoch_raw)
     loader = data_mod.train_loader(epoch_ds, tokenizer, bs, cfg.data.group_by_length, cfg.train.seed, epoch,
-                                   group_size=bs * n_proc)
+                                   group_size=bs * n_proc, balanced=cfg.data.sampling == "balanced")
     loader = accelerator.prepare(loader)
     # the data position is kept in samples, so a checkpoint written by N processes resumes in M
     skip = samples_done // (bs * n_proc)

@@ -16,15 +16,15 @@ from typing import Callable, Optional
 
 import torch
 
-from .. import checkpoint, logs, runs
+from .. import checkpoint, logs, problem, runs
 from ..errors import DataError
-from ..evaluate import compute_metrics, predict_probs
+from ..evaluate import compute_metrics, predict_probs, scalars
 from . import inputs as inputs_mod
 from . import trackers as trackers_mod
+from .loss import loss_of
 from .setup import Setup
 from .state import Interrupted, LoopState, StopSignals
 
-LOWER_IS_BETTER = {"loss"}
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
@@ -41,18 +41,6 @@ class _Window:
     tick: float = field(default_factory=time.time)
 
 
-def loss_of(logits: torch.Tensor, batch: dict) -> torch.Tensor:
-    """Cross-entropy (or soft-label cross-entropy), weighted per row when the batch carries weights."""
-    logits = logits.float()
-    if "soft_labels" in batch:
-        per = -(batch["soft_labels"] * torch.log_softmax(logits, -1)).sum(-1)
-    else:
-        per = torch.nn.functional.cross_entropy(logits, batch["labels"], reduction="none")
-    if "weight" in batch:
-        return (per * batch["weight"]).sum() / batch["weight"].sum().clamp_min(1e-12)
-    return per.mean()
-
-
 def _progress(total: int, initial: int, disable: bool):
     from tqdm.auto import tqdm
 
@@ -62,16 +50,18 @@ def _progress(total: int, initial: int, disable: bool):
 
 def evaluate_val(ctx: Setup, state: LoopState, step: int, epoch: float) -> dict:
     """Validation metrics at this step, appended to the history and the trackers."""
-    _, probs, labels = predict_probs(ctx.model, ctx.val_loader, ctx.accelerator)
-    m = compute_metrics(labels, probs, ctx.splits.id2label)
-    rec = {"type": "eval", "split": "val", "step": step, "epoch": round(epoch, 4), "loss": m["loss"],
-           "accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "time": round(state.train_time, 3)}
+    _, out, labels = predict_probs(ctx.model, ctx.val_loader, ctx.accelerator, decision=ctx.decision,
+                                   pooling=ctx.cfg.data.chunk_pooling)
+    m = compute_metrics(labels, out, ctx.splits.id2label, decision=ctx.decision)
+    values = scalars(m, ctx.decision.problem_type)
+    rec = {"type": "eval", "split": "val", "step": step, "epoch": round(epoch, 4), **values,
+           "time": round(state.train_time, 3)}
     if ctx.main:
         runs.append_jsonl(ctx.run / runs.HISTORY, rec)
         if ctx.trackers:
-            ctx.accelerator.log({"eval/loss": m["loss"], "eval/accuracy": m["accuracy"], "eval/macro_f1": m["macro_f1"]},
-                                step=step)
-    ctx.say(f"eval step {step}: val loss {m['loss']:.4f} | accuracy {m['accuracy']:.4f} | macro-F1 {m['macro_f1']:.4f}")
+            ctx.accelerator.log({f"eval/{k}": v for k, v in values.items() if v is not None}, step=step)
+    shown = " | ".join(f"{k.replace('_', ' ')} {v:.4f}" for k, v in values.items() if v is not None)
+    ctx.say(f"eval step {step}: val {shown}")
     ctx.model.train()
     return m
 
@@ -91,7 +81,7 @@ def _forward_backward(ctx: Setup, state: LoopState, batch: dict) -> torch.Tensor
     with acc.accumulate(ctx.model):
         with acc.autocast():
             logits = ctx.model(**{k: v for k, v in batch.items() if k in MODEL_INPUTS}).logits
-        loss = loss_of(logits, batch)
+        loss = loss_of(logits, batch, ctx.loss)
         if ctx.hooks.regularizer is not None:  # e.g. AdaLoRA's orthogonality penalty
             loss = loss + ctx.hooks.regularizer()
         acc.backward(loss)
@@ -127,11 +117,13 @@ def _log_train(ctx: Setup, state: LoopState, win: _Window, at_epoch: float) -> N
 def _evaluate_and_judge(ctx: Setup, state: LoopState, at_epoch: float, on_eval) -> None:
     """Evaluate, keep the best step, count evaluations without improvement towards early stopping."""
     cfg = ctx.cfg
-    name = cfg.eval.metric_for_best_model
+    name = problem.best_metric(cfg.model.problem_type, cfg.eval.metric_for_best_model)
     m = evaluate_val(ctx, state, state.step, at_epoch)
     value = m[name]
+    if value is None:  # e.g. Pearson of constant predictions: no better than anything
+        value = float("inf") if problem.lower_is_better(name) else float("-inf")
     best = state.best_metric
-    if best is None or (value < best if name in LOWER_IS_BETTER else value > best):
+    if best is None or (value < best if problem.lower_is_better(name) else value > best):
         state.best_metric, state.best_step, state.bad_evals = value, state.step, 0
     else:
         state.bad_evals += 1

@@ -14,14 +14,16 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable, Optional
 
+import numpy as np
 import torch
 
-from .. import augment, budget, checkpoint, device, logs, methods, runs
+from .. import augment, budget, checkpoint, device, logs, methods, problem, runs
 from .. import data as data_mod
 from .. import model as model_mod
 from ..config import Config
 from ..errors import BudgetError, RunError
 from . import inputs as inputs_mod
+from . import loss as loss_mod
 from . import trackers as trackers_mod
 from .state import LoopState
 
@@ -71,6 +73,8 @@ class Setup:
     plan: StepPlan
     val_loader: object  # prepared after the resume (restore), as the loop's first step
     trackers: list
+    loss: loss_mod.LossSpec
+    decision: problem.Decision  # during training: the target scaling only (thresholds and temperature come after)
 
     @property
     def main(self) -> bool:
@@ -128,7 +132,7 @@ def prepare(cfg: Config, log: Optional[Callable[[str], None]] = None, splits=Non
     if cfg.augment.enabled:
         augment.Augmenter(cfg.augment)  # all-zero rates or a missing WordNet fail here, before data, model or run folder
     if splits is None:
-        splits = data_mod.load_splits(cfg.data, log=log)
+        splits = data_mod.load_splits(cfg.data, log=log, problem_type=cfg.model.problem_type)
     cfg = budget.enforce(cfg, len(splits.id2label), log=log)
     model, tokenizer = model_mod.build_model(cfg, splits.id2label)
     params = budget.param_breakdown(model)
@@ -176,7 +180,7 @@ def _plan(cfg: Config, inputs: inputs_mod.Inputs, n_proc: int) -> StepPlan:
     return StepPlan(total, per_epoch, eval_every, cfg.output.save_steps or eval_every, 0, bs, accum, n_proc)
 
 
-def _create_run_folder(run: Path, cfg: Config, splits, params: dict) -> None:
+def _create_run_folder(run: Path, cfg: Config, splits, params: dict, spec: loss_mod.LossSpec) -> None:
     # the run folder appears whole (config, label map, params) or not at all, so a kill here leaves nothing that
     # --resume would half-read; overwrite replaces an old folder in the same rename
     used = cfg
@@ -188,6 +192,7 @@ def _create_run_folder(run: Path, cfg: Config, splits, params: dict) -> None:
                                                "label2id": {v: k for k, v in splits.id2label.items()},
                                                "int_labels": splits.int_labels})
         runs.write_json(tmp / runs.PARAMS, params)
+        runs.write_json(tmp / runs.LOSS, spec.to_json(splits.id2label))
 
 
 def _describe(ctx: Setup) -> None:
@@ -234,10 +239,14 @@ def setup(cfg: Config, resume: Optional[str | Path], splits, run_dir: Optional[P
     say = logger.info if accelerator.is_main_process else (lambda m: None)
     if resume_dir is not None:
         id2label = runs.read_label_map(resume_dir).id2label
-        splits = splits or data_mod.load_splits(cfg.data, log=say, id2label=id2label)
+        splits = splits or data_mod.load_splits(cfg.data, log=say, id2label=id2label,
+                                                problem_type=cfg.model.problem_type)
     set_seed(cfg.train.seed)
     cfg, splits, model, tokenizer, params = prepare(cfg, log=say, splits=splits)
     say(budget.format_breakdown(params))
+    spec = loss_mod.build(cfg, splits.id2label, data_mod.train_labels(splits)) if not cfg.data.streaming else \
+        loss_mod.build(cfg, splits.id2label, np.zeros(0, dtype=np.int64))
+    say(spec.describe(splits.id2label))
     hooks = methods.hooks_of(model)
     inputs = inputs_mod.build(cfg, splits, tokenizer, say)
     plan = _plan(cfg, inputs, accelerator.num_processes)
@@ -247,11 +256,12 @@ def setup(cfg: Config, resume: Optional[str | Path], splits, run_dir: Optional[P
     # the scheduler is stepped by hand once per optimizer step; Accelerate's wrapper would step it once per process
     prepared, optimizer = accelerator.prepare(model, optimizer)
     if resume_dir is None and accelerator.is_main_process:
-        _create_run_folder(run, cfg, splits, params)
+        _create_run_folder(run, cfg, splits, params, spec)
     accelerator.wait_for_everyone()
     ctx = Setup(cfg, run, resume_dir is None, started, precision, accelerator, say, splits, prepared,
                 accelerator.unwrap_model(prepared), tokenizer, params, hooks, optimizer, scheduler, inputs, plan,
-                None, [])
+                None, [], spec, problem.Decision(cfg.model.problem_type, target_mean=spec.target_mean,
+                                                 target_std=spec.target_std))
     _describe(ctx)
     return ctx
 

@@ -1,0 +1,11 @@
+"""Bounds shared by the config and its checks."""
+
+# the one precision vocabulary (train.mixed_precision, and --precision of predict, evaluate and serve);
+# device.py resolves it against the hardware
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# upper bounds of size-like keys: far above any real use, and low enough that torch, NumPy (seeds) and the memory of
+# one machine can hold what they size, so absurd values fail in validation instead of deep in a model build
+MAX_RANK = 8192
+MAX_BATCH = 4096
+MAX_STEPS = 10**9
+MAX_SEED = 2**32 - 1
