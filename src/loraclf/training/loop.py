@@ -2,7 +2,7 @@
 
 history.jsonl records written here:
     {"type": "train", "step", "epoch", "loss", "learning_rate", "samples_per_second", "time"}
-    {"type": "eval", "split": "val", "step", "epoch", "loss", "accuracy", "macro_f1", "time"}
+    {"type": "eval", "split": "val", "step", "epoch", <the problem type's scalars (problem.SCALARS)>, "time"}
 `time` is seconds of training since the run started (excluding evaluation only in samples_per_second).
 """
 
@@ -119,11 +119,11 @@ def _evaluate_and_judge(ctx: Setup, state: LoopState, at_epoch: float, on_eval) 
     cfg = ctx.cfg
     name = problem.best_metric(cfg.model.problem_type, cfg.eval.metric_for_best_model)
     m = evaluate_val(ctx, state, state.step, at_epoch)
-    value = m[name]
-    if value is None:  # e.g. Pearson of constant predictions: no better than anything
-        value = float("inf") if problem.lower_is_better(name) else float("-inf")
-    best = state.best_metric
-    if best is None or (value < best if problem.lower_is_better(name) else value > best):
+    value, best = m[name], state.best_metric
+    # a metric that is undefined here (Pearson of constant predictions) improves on nothing, but the first
+    # evaluation is the best so far whatever it is
+    if state.best_step is None or (value is not None and (
+            best is None or (value < best if problem.lower_is_better(name) else value > best))):
         state.best_metric, state.best_step, state.bad_evals = value, state.step, 0
     else:
         state.bad_evals += 1
