@@ -1,0 +1,182 @@
+"""Every adapter.method and every adapter.head with every problem type (issues 17 and 18), through the real
+training loop on a tiny BERT, on rows made here; then one real-learning test per type on the packaged MiniLM.
+
+Each run must write decision.json and loss.json, report the type's scalars (problem.SCALARS) as finite numbers,
+train exactly budget's count of parameters, and reload (model + decision.json from the run folder alone) into
+the very outputs that training wrote to val_predictions.csv.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import SHARED, need
+from loraclf import budget, problem, runs
+from loraclf import model as model_mod
+from loraclf.config import load_config
+from loraclf.data import windows
+from loraclf.training import train
+
+TOPICS = {"world": "minister election troops border treaty", "sports": "coach league striker goal season",
+          "business": "shares profit investors merger earnings", "science": "software chip research network orbit"}
+NAMES = list(TOPICS)
+SINGLE, MULTI, REGRESSION = problem.SINGLE, problem.MULTI, problem.REGRESSION
+PAIRS = "sentence_pairs"  # single-label classification of (text, text_pair)
+TYPES = (SINGLE, MULTI, REGRESSION, PAIRS)
+METHODS = ("lora", "dora", "rslora", "pissa", "vera", "ia3", "adalora", "loha", "lokr")
+HEADS = ("full", "linear", "lora")
+STEPS = 3
+# AdaLoRA re-allocates ranks after step 1 and fixes them for the last one
+METHOD_EXTRA = {"adalora": ["adapter.r=2", "adapter.init_r=4", "adapter.adalora_tinit=1", "adapter.adalora_tfinal=1",
+                            "adapter.adalora_deltaT=1"], "vera": ["adapter.r=16"]}
+
+
+# ------------------------------------------------------------------------------------------ rows made here
+
+
+def words(rng: random.Random, topic: str, n: int) -> str:
+    return " ".join(rng.choice(TOPICS[topic].split()) for _ in range(n))
+
+
+def problem_rows(n: int, seed: int) -> pd.DataFrame:
+    """n rows holding every type's columns: label (a topic), labels ('a|b', one or two topics), score (a number
+    that grows with the share of sports words), and title/description with match (same topic) or mismatch."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        first, second = NAMES[i % 4], NAMES[(i + 1 + i // 4) % 4]
+        both = i % 3 != 0
+        k = rng.randint(0, 6)
+        text = words(rng, first, 6) + (" " + words(rng, second, 4) if both else "")
+        match = i % 2 == 0
+        out.append({"text": text, "label": first, "labels": "|".join(sorted({first, second} if both else {first})),
+                    "score": round(k / 6 + rng.random() * 0.05, 4),
+                    "rated": words(rng, "sports", k) + " " + words(rng, "business", 6 - k),
+                    "title": words(rng, first, 3), "description": words(rng, first if match else second, 6),
+                    "match": "match" if match else "mismatch"})
+    return pd.DataFrame(out)
+
+
+@pytest.fixture(scope="module")
+def problem_data(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("problem_data")
+    paths = {}
+    for seed, (name, n) in enumerate({"train": 40, "val": 16, "test": 12}.items()):
+        paths[name] = folder / f"{name}.csv"
+        problem_rows(n, seed).to_csv(paths[name], index=False)
+    return paths
+
+
+def type_overrides(kind: str) -> list[str]:
+    if kind == MULTI:
+        return [f"model.problem_type={MULTI}", "data.label_column=labels", "data.label_delimiter='|'"]
+    if kind == REGRESSION:
+        return [f"model.problem_type={REGRESSION}", "data.text_column=rated", "data.label_column=score"]
+    if kind == PAIRS:
+        return ["data.text_column=title", "data.text_pair_column=description", "data.label_column=match"]
+    return []
+
+
+def overrides(kind: str, model: Path, data: dict[str, Path], root: Path, *extra: str) -> list[str]:
+    return [f"model.name_or_path={model}", f"data.train={data['train']}", f"data.validation={data['val']}",
+            f"data.test={data['test']}", "data.max_length=24", f"train.max_steps={STEPS}",
+            "train.per_device_train_batch_size=8", "train.learning_rate=5e-3", "train.mixed_precision=fp32",
+            "eval.eval_steps=2", "output.report=false", f"output.dir={root / 'runs'}", "output.run_name=run",
+            f"data.cache_dir={root / 'cache'}", *type_overrides(kind), *extra]
+
+
+# ------------------------------------------------------------------------------------------ the checks
+
+
+def reloaded_outputs(run: Path) -> tuple[np.ndarray, pd.DataFrame, str]:
+    """The validation outputs recomputed from the run folder alone: the reloaded model on val_predictions.csv's
+    texts, tokenized as the run's data section says, turned into outputs by decision.json."""
+    model, tokenizer, id2label, cfg = model_mod.load_run_model(run)
+    pt = cfg.model.problem_type
+    val = pd.read_csv(run / runs.VAL_PREDICTIONS, keep_default_na=False)
+    pairs = val["text_pair"].astype(str).tolist() if "text_pair" in val else None
+    enc = windows.encode(tokenizer, val["text"].astype(str).tolist(), pairs, cfg.data)
+    keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
+    logits = []
+    with torch.no_grad():
+        for row in range(len(enc["input_ids"])):  # one at a time: no padding, nothing shared between rows
+            logits.append(model(**{k: torch.tensor([enc[k][row]]) for k in keys}).logits.float()[0].numpy())
+    assert enc["doc"] == list(range(len(val)))  # truncate: one row per text
+    return problem.outputs(np.stack(logits), problem.read_decision(run, pt)), val, pt
+
+
+def check_reload(run: Path) -> None:
+    out, val, pt = reloaded_outputs(run)
+    decision = problem.read_decision(run, pt)
+    id2label = runs.read_label_map(run).id2label
+    if pt == REGRESSION:
+        np.testing.assert_allclose(out, val["predicted"].to_numpy(float), atol=2e-5)
+    elif pt == MULTI:
+        probs = val[[f"prob_{id2label[j]}" for j in range(len(id2label))]].to_numpy(float)
+        np.testing.assert_allclose(out, probs, atol=2e-5)
+        assert decision.thresholds is not None and len(decision.thresholds) == len(id2label)
+        want = ["|".join(id2label[j] for j in np.flatnonzero(r)) for r in problem.predictions(out, decision)]
+        assert want == val["predicted"].tolist()
+    else:
+        np.testing.assert_allclose(out.max(-1), val["confidence"].to_numpy(float), atol=2e-5)
+        # a tie in the untrained tiny model could flip argmax under float noise; compare where it is clear
+        top2 = np.sort(out, -1)[:, -2:]
+        clear = top2[:, 1] - top2[:, 0] > 1e-5
+        got = np.array([id2label[int(i)] for i in problem.predictions(out, decision)])
+        assert (got[clear] == val["predicted"].to_numpy()[clear]).all()
+
+
+def check_run(kind: str, cfg, result) -> None:
+    run = result.run_dir
+    pt = cfg.model.problem_type
+    assert pt == (SINGLE if kind == PAIRS else kind)
+    for name in (runs.DECISION, runs.LOSS, runs.METRICS, runs.VAL_PREDICTIONS, runs.PARAMS):
+        assert (run / name).is_file(), f"{name} missing from {sorted(p.name for p in run.iterdir())}"
+    metrics = json.loads((run / runs.METRICS).read_text())
+    assert metrics["problem_type"] == pt
+    assert json.loads((run / runs.DECISION).read_text())["problem_type"] == pt
+    loss = json.loads((run / runs.LOSS).read_text())
+    assert (loss["problem_type"], loss["name"]) == (pt, problem.LOSSES[pt][0])  # the type's default loss
+    for split in ("val", "test"):
+        for key in problem.SCALARS[pt]:
+            value = metrics[split][key]
+            assert isinstance(value, (int, float)) and math.isfinite(value), (split, key, value)
+    id2label = runs.read_label_map(run).id2label
+    expected_map = {SINGLE: sorted(NAMES), MULTI: sorted(NAMES), REGRESSION: ["score"], PAIRS: ["match", "mismatch"]}
+    assert [id2label[i] for i in range(len(id2label))] == expected_map[kind]
+    # the trainable count is budget's (counted on the meta device from the config alone), as trained and stored
+    counted = budget.count_trainable(cfg, problem.num_labels(pt, id2label))
+    assert json.loads((run / runs.PARAMS).read_text())["trainable"] == counted
+    assert metrics["trainable_params"] == counted
+    history = [json.loads(line) for line in (run / runs.HISTORY).read_text().splitlines() if line.strip()]
+    evals = [h for h in history if h.get("type") == "eval"]
+    assert evals and all(set(problem.SCALARS[pt]) <= set(h) for h in evals), evals
+    check_reload(run)
+
+
+def run_one(kind: str, tiny_bert: Path, data: dict[str, Path], root: Path, *extra: str) -> None:
+    cfg = load_config(None, overrides(kind, tiny_bert, data, root, *extra))
+    check_run(kind, cfg, train(cfg, quiet=True))
+
+
+# ------------------------------------------------------------------------------------------ the matrix
+
+
+@pytest.mark.parametrize("kind", TYPES)
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_with_every_problem_type(method, kind, tiny_bert, problem_data, tmp_path):
+    run_one(kind, tiny_bert, problem_data, tmp_path, f"adapter.method={method}", *METHOD_EXTRA.get(method, []))
+
+
+@pytest.mark.parametrize("kind", TYPES)
+@pytest.mark.parametrize("head", [h for h in HEADS if h != "full"])  # full: the matrix above
+def test_every_head_with_every_problem_type(head, kind, tiny_bert, problem_data, tmp_path):
+    run_one(kind, tiny_bert, problem_data, tmp_path, f"adapter.head={head}")
