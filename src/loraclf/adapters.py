@@ -2,8 +2,10 @@
 under the run's name (PEFT multi-adapter), each with its own trained head and label map.
 
 Heads of runs with different label counts differ in shape: the adapter's copy of each head Linear is replaced by
-one of the saved shape before its weights are loaded. Inference goes through `predict.predict_texts` with the
-adapter made active by `AdapterSet.use`, which holds a lock so one forward pass never runs under another's adapter.
+one of the saved shape before its weights are loaded. Runs of different problem types (and sentence-pair runs) share
+a base too: each adapter keeps its run's decision (problem type, temperature, thresholds, target scaling) and data
+section (pairs, long-text windows). Inference goes through `predict.predict_texts` with the adapter made active by
+`AdapterSet.use`, which holds a lock so one forward pass never runs under another's adapter.
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ from typing import Iterator, Optional
 
 import torch
 
-from . import logs, methods, runs, sources
+from . import logs, methods, problem, runs, sources
 from . import model as model_mod
-from .config import Config, from_dict
+from .config import Config, DataConfig, from_dict
 from .errors import ModelError, RunError, first_line
 
 logger = logs.get(__name__)
@@ -27,7 +29,8 @@ logger = logs.get(__name__)
 
 @dataclass
 class Adapter:
-    """One run attached to a shared base: its name, labels, tokenizer and the PeftModel that holds it."""
+    """One run attached to a shared base: its name, labels, tokenizer, the PeftModel that holds it, and how its
+    inputs are read (data) and its logits become outputs (decision)."""
 
     name: str
     run: Path
@@ -35,6 +38,8 @@ class Adapter:
     max_length: int
     tokenizer: object
     model: torch.nn.Module
+    data: DataConfig = field(default_factory=DataConfig)
+    decision: problem.Decision = field(default_factory=problem.Decision)
 
 
 @dataclass
@@ -160,7 +165,8 @@ def _load_group(group: list[tuple[str, Path, Config]], device: str, tokenizers: 
         key = _folder_digest(tok_dir) if tok_dir.is_dir() else path
         if key not in tokenizers:  # runs of one base share one tokenizer object when their files are the same
             tokenizers[key] = model_mod.load_tokenizer(str(tok_dir) if tok_dir.is_dir() else path, rcfg)
-        out[name] = Adapter(name, run, runs.read_label_map(run).id2label, rcfg.data.max_length, tokenizers[key], model)
+        out[name] = Adapter(name, run, runs.read_label_map(run).id2label, rcfg.data.max_length, tokenizers[key], model,
+                            rcfg.data, problem.read_decision(run, rcfg.model.problem_type))
     return out
 
 

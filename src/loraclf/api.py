@@ -18,21 +18,22 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 import pandas as pd
 
-from . import adapt, logs, runs
+from . import adapt, logs, problem, runs
 from . import device as device_mod
 from . import config as config_mod
 from . import data as data_mod
 from . import export as export_mod
 from . import predict as predict_mod
 from .config import MAX_BATCH, Config
-from .errors import ConfigError, DataError, RunError
+from .errors import ConfigError, DataError, ModelError, RunError
 from .training import train as train_run
 
-__all__ = ["train", "Classifier", "TrainResult", "ConfigLike", "FrameLike", "TextsLike"]
+__all__ = ["train", "Classifier", "TrainResult", "ConfigLike", "FrameLike", "TextsLike", "PairsLike"]
 
 ConfigLike = Union[str, Path, dict, Config, None]
 FrameLike = Any  # a pandas DataFrame or a datasets.Dataset
 TextsLike = Union[str, Sequence[str], pd.DataFrame]
+PairsLike = Union[str, Sequence[str], None]  # the second texts of a sentence-pair model
 FRAME_KEYS = (("train_df", "train"), ("val_df", "validation"), ("test_df", "test"))
 FRAMES_FOLDER = "frames"  # under data.cache_dir: the Parquet copies of DataFrames given to train()
 
@@ -153,7 +154,8 @@ def check_batch_size(batch_size: Any) -> None:
 
 
 class Classifier:
-    """A trained classifier, from a run folder (`from_run`) or an exported model folder (`from_export`)."""
+    """A trained model, from a run folder (`from_run`) or an exported model folder (`from_export`): single-label,
+    multi-label or regression (`problem_type`), of single texts or sentence pairs."""
 
     def __init__(self, model: predict_mod.InferenceModel, path: Path):
         self.model = model
@@ -176,41 +178,51 @@ class Classifier:
 
     @property
     def labels(self) -> list[str]:
-        """Class names in id order: the columns of predict_proba."""
-        return [self.model.id2label[i] for i in range(len(self.model.id2label))]
+        """Label names in id order: the columns of predict_proba (regression: the one target's name)."""
+        return self.model.labels
 
-    def predict_proba(self, texts: TextsLike, *, batch_size: int = 64, precision: str = "fp32",
-                      quiet: bool = False) -> np.ndarray:
-        """Class probabilities, one row per text in input order, columns in `labels` order (1-D for one string)."""
-        items = self._texts(texts)
-        check_batch_size(batch_size)
-        device_mod.resolve(precision)
-        with logs.quiet(quiet):
-            probs = self.model.predict(items, batch_size, precision, progress=not quiet)
-        return probs[0] if isinstance(texts, str) else probs
+    @property
+    def problem_type(self) -> str:
+        """single_label_classification, multi_label_classification or regression (model.problem_type)."""
+        return self.model.problem_type
 
-    def predict(self, texts: TextsLike, *, batch_size: int = 64, precision: str = "fp32", quiet: bool = False):
-        """Labels in input order, as `loraclf predict` writes them (class ids for integer labels, else names).
+    def predict_proba(self, texts: TextsLike, text_pair: PairsLike = None, *, batch_size: int = 64,
+                      precision: str = "fp32", quiet: bool = False) -> np.ndarray:
+        """Probabilities, one row per text in input order, columns in `labels` order (1-D for one string).
 
-        texts: a list of strings, one string (one label back), or a DataFrame (its text column(s) as the run reads
-        them). precision: as `loraclf predict --precision` (auto: bf16 where the hardware computes it natively).
+        Single-label: the class probabilities (calibrated when the run fitted a temperature); multi-label: each
+        label's own probability (sigmoid). A regression model has no probabilities: this raises ModelError (use
+        predict for its values).
         """
-        probs = self.predict_proba(texts, batch_size=batch_size, precision=precision, quiet=quiet)
-        values = predict_mod.label_values(self.model.id2label, self.model.int_labels)
-        if isinstance(texts, str):
-            return values[int(probs.argmax())]
-        return [values[int(i)] for i in probs.argmax(-1)]
+        if self.problem_type == problem.REGRESSION:
+            raise ModelError("predict_proba gives class probabilities, but this model is a regression "
+                             "(model.problem_type=regression); use predict for its values")
+        return self._outputs(texts, text_pair, batch_size, precision, quiet)
+
+    def predict(self, texts: TextsLike, text_pair: PairsLike = None, *, batch_size: int = 64,
+                precision: str = "fp32", quiet: bool = False):
+        """Predictions in input order, as `loraclf predict` makes them: a label per text (class ids for integer
+        labels, else names; a tuned binary threshold applies), a list of label names per text (multi-label, by the
+        tuned thresholds), or a float per text (regression).
+
+        texts: a list of strings, one string (one prediction back), or a DataFrame (its text column(s), and the
+        pair column of a sentence-pair model, as the run reads them). text_pair: the second texts of a
+        sentence-pair model, one per text (a string with one string). precision: as `loraclf predict --precision`
+        (auto: bf16 where the hardware computes it natively).
+        """
+        values = self.model.decide(self._outputs(texts, text_pair, batch_size, precision, quiet, one=False))
+        return values[0] if isinstance(texts, str) else values
 
     def evaluate(self, df: FrameLike, *, batch_size: int = 64, precision: str = "fp32",
                  quiet: bool = False) -> dict:
-        """The metrics `loraclf evaluate` computes, on a labelled DataFrame (or datasets.Dataset)."""
+        """The metrics `loraclf evaluate` computes for the model's problem type, on a labelled DataFrame (or
+        datasets.Dataset) with the run's columns (label column, or data.label_columns; the pair column)."""
         frame = as_frame(df, "df")
         check_batch_size(batch_size)
         device_mod.resolve(precision)
         with logs.quiet(quiet):
-            return predict_mod.evaluate_frame(self.model.model, self.model.tokenizer, self.model.id2label,
-                                              self.model.data, self.model.max_length, frame, "the DataFrame",
-                                              batch_size, precision, progress=not quiet)
+            return predict_mod.evaluate_frame(self.model, frame, "the DataFrame", batch_size, precision,
+                                              progress=not quiet)
 
     def export(self, path: str | Path, *, onnx: bool = False, overwrite: bool = False) -> Path:
         """Write a standalone model folder (merged weights, tokenizer, model card), as `loraclf export` does."""
@@ -219,11 +231,32 @@ class Classifier:
                            f"standalone model; copy that folder, or export from its run folder")
         return Path(export_mod.export_run(self.path, path, onnx=onnx, overwrite=overwrite))
 
+    def _outputs(self, texts: TextsLike, text_pair: PairsLike, batch_size: int, precision: str, quiet: bool,
+                 one: bool = True) -> np.ndarray:
+        """The model's outputs for texts (and pairs); one: one string gives its row alone."""
+        items, pairs = self._inputs(texts, text_pair)
+        check_batch_size(batch_size)
+        device_mod.resolve(precision)
+        with logs.quiet(quiet):
+            out = self.model.predict(items, batch_size, precision, progress=not quiet, pairs=pairs)
+        return out[0] if one and isinstance(texts, str) else out
+
+    def _inputs(self, texts: TextsLike, text_pair: PairsLike) -> tuple[list[str], Optional[list[str]]]:
+        if isinstance(texts, pd.DataFrame) or type(texts).__name__ == "Dataset":
+            if text_pair is not None:
+                raise DataError("text_pair goes with a list of texts; a DataFrame brings its own pair column "
+                                f"(data.text_pair_column={self.model.data.text_pair_column!r})")
+            return predict_mod.frame_inputs(as_frame(texts, "texts"), self.model.data, "the DataFrame")
+        items = self._texts(texts)
+        pairs = [text_pair] if isinstance(texts, str) and isinstance(text_pair, str) else text_pair
+        if pairs is not None and not isinstance(pairs, (list, tuple, pd.Series, np.ndarray)):
+            raise DataError(f"text_pair must be a list of strings (one string with one text), got "
+                            f"{type(text_pair).__name__}")
+        return items, self.model.check_pairs(items, None if pairs is None else list(pairs))
+
     def _texts(self, texts: TextsLike) -> list[str]:
         if isinstance(texts, str):
             return [texts]
-        if isinstance(texts, pd.DataFrame) or type(texts).__name__ == "Dataset":
-            return predict_mod.frame_texts(as_frame(texts, "texts"), self.model.data, "the DataFrame")
         if isinstance(texts, (list, tuple, pd.Series, np.ndarray)) and all(isinstance(t, str) for t in texts):
             return list(texts)
         raise DataError(f"texts must be a list of strings, one string or a DataFrame, got {type(texts).__name__}"

@@ -2,7 +2,7 @@
 
 The first waiting request waits at most max_wait_ms for company, up to max_batch_size texts; a predict function
 runs each batch in a worker thread (one per service, shared by every model's batcher), so the event loop keeps
-accepting requests meanwhile.
+accepting requests meanwhile. Requests to a sentence-pair model carry their second texts, batched alongside.
 """
 
 from __future__ import annotations
@@ -16,10 +16,20 @@ from typing import Callable, Optional
 import numpy as np
 
 
+def _pairs(items: list) -> Optional[list[str]]:
+    """The second texts of a batch's requests in order; None when no request has any (single-text models)."""
+    if all(p is None for _, p, _ in items):
+        return None
+    if any(p is None for _, p, _ in items):
+        raise ValueError("a batch mixes requests with and without text_pair")  # serve checks each request first
+    return [x for _, p, _ in items for x in p]
+
+
 class MicroBatcher:
     """Gathers texts of concurrent requests into batches of up to max_batch_size, waiting at most max_wait_ms."""
 
-    def __init__(self, predict: Callable[[list[str]], np.ndarray], max_batch_size: int, max_wait_ms: float,
+    def __init__(self, predict: Callable[[list[str], Optional[list[str]]], np.ndarray], max_batch_size: int,
+                 max_wait_ms: float,
                  executor: Optional[ThreadPoolExecutor] = None):
         self.predict = predict
         self.max_batch_size = max_batch_size
@@ -49,9 +59,10 @@ class MicroBatcher:
         if self.own_executor:
             self.executor.shutdown(wait=True)
 
-    async def submit(self, texts: list[str]) -> np.ndarray:
+    async def submit(self, texts: list[str], pairs: Optional[list[str]] = None) -> np.ndarray:
+        """The outputs of texts (with pairs: their second texts), one row per text."""
         fut = asyncio.get_running_loop().create_future()
-        await self.queue.put((texts, fut))
+        await self.queue.put((texts, pairs, fut))
         return await fut
 
     async def _gather(self) -> list:
@@ -82,15 +93,15 @@ class MicroBatcher:
         loop = asyncio.get_running_loop()
         while True:
             items = await self._gather()
-            items = [(t, f) for t, f in items if not f.done()]  # clients that went away
+            items = [(t, p, f) for t, p, f in items if not f.done()]  # clients that went away
             if not items:
                 continue
-            texts = [t for group, _ in items for t in group]
+            texts = [t for group, _, _ in items for t in group]
             start = time.perf_counter()
             try:
-                probs = await loop.run_in_executor(self.executor, self.predict, texts)
+                probs = await loop.run_in_executor(self.executor, self.predict, texts, _pairs(items))
             except Exception as e:  # a model failure fails these requests, not the service
-                for _, fut in items:
+                for _, _, fut in items:
                     if not fut.done():
                         fut.set_exception(e)
                 continue
@@ -101,7 +112,7 @@ class MicroBatcher:
             self.requests_per_batch[len(items)] += 1
             self.texts_per_batch[len(texts)] += 1
             offset = 0
-            for group, fut in items:
+            for group, _, fut in items:
                 if not fut.done():
                     fut.set_result(probs[offset:offset + len(group)])
                 offset += len(group)

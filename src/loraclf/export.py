@@ -1,8 +1,13 @@
 """Export a run as a standalone model folder: merged fp32 weights (safetensors), config with labels, tokenizer.
 
 The folder needs neither loraclf nor peft: stock `AutoModelForSequenceClassification.from_pretrained(DIR)` and
-`transformers.pipeline("text-classification", model=DIR)` load it. With onnx=True it also holds `model.onnx`,
-checked against PyTorch with onnxruntime on real texts before the folder is published.
+`transformers.pipeline("text-classification", model=DIR)` load it and give `loraclf predict`'s outputs. config.json
+names the problem type, from which the pipeline picks its function (softmax, sigmoid for multi-label, none for
+regression); the run's decision is folded into the head's last Linear (a temperature T: weight and bias / T; target
+standardisation: weight x std, bias x std + mean). Thresholds cannot be folded: they are kept in config.json
+(`loraclf_thresholds`) and loraclf_export.json, and loraclf applies them when it predicts from the export. With
+onnx=True the folder also holds `model.onnx`, checked against PyTorch with onnxruntime on real texts before the
+folder is published.
 """
 
 from __future__ import annotations
@@ -13,9 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import card, runs
+from . import card, problem, runs
 from . import model as model_mod
+from .architectures import FAMILIES
 from .errors import ModelError, RunError
+from .predict import CONFIG_THRESHOLDS, INFERENCE_DATA_KEYS
 from .version import __version__
 
 ONNX_ATOL = 1e-4
@@ -101,6 +108,61 @@ def export_onnx(model, tokenizer, folder: Path, texts: list[str], max_length: in
             "argmax_agree": agree, "atol": ONNX_ATOL, "rtol": ONNX_RTOL, "opset": 17}
 
 
+def head_out(model) -> torch.nn.Linear:
+    """The classifier head's final Linear: the family's head_out (BERT classifier, RoBERTa/MPNet
+    classifier.out_proj), else the model's last Linear with num_labels outputs."""
+    fam = FAMILIES.get(model.config.model_type)
+    for name in (fam.head_out if fam else ()):
+        try:
+            mod = model.get_submodule(name)
+        except AttributeError:
+            continue
+        if isinstance(mod, torch.nn.Linear):
+            return mod
+    last = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features == model.config.num_labels]
+    if not last:
+        raise ModelError(f"cannot find the classifier's output layer of this {model.config.model_type} model to fold "
+                         f"the run's decision into; predict from the run folder instead")
+    return last[-1]
+
+
+def fold_decision(model, d: problem.Decision) -> dict:
+    """Scale the head's last Linear so the plain logits are loraclf's: / temperature, or x std + mean (regression).
+
+    Returns what was folded. Thresholds stay outside the weights (see the module docstring).
+    """
+    scale, shift = (d.target_std, d.target_mean) if d.problem_type == problem.REGRESSION else (1.0 / d.temperature, 0.0)
+    if scale == 1.0 and shift == 0.0:
+        return {}
+    lin = head_out(model)
+    if lin.bias is None and shift != 0.0:
+        raise ModelError("the classifier's output layer has no bias to hold the regression target mean; predict from "
+                         "the run folder instead")
+    with torch.no_grad():
+        lin.weight.mul_(scale)
+        if lin.bias is not None:
+            lin.bias.mul_(scale).add_(shift)
+    if d.problem_type == problem.REGRESSION:
+        return {"target_mean": d.target_mean, "target_std": d.target_std}
+    return {"temperature": d.temperature}
+
+
+def _export_info(run: Path, cfg, d: problem.Decision, folded: dict) -> dict:
+    return {
+        "source_run": str(run.resolve()),
+        "base_model": cfg.model.name_or_path,
+        "adapter_method": cfg.adapter.method,
+        "max_length": cfg.data.max_length,
+        "int_labels": runs.read_label_map(run).int_labels,
+        "dtype": "float32",
+        "loraclf_version": __version__,
+        "problem_type": d.problem_type,
+        # folded: already in the weights; thresholds: applied by loraclf on the outputs
+        "decision": {"thresholds": d.thresholds, "threshold_metric": d.threshold_metric, "folded": folded},
+        "data": {k: getattr(cfg.data, k) for k in INFERENCE_DATA_KEYS},
+    }
+
+
 def export_run(run: str | Path, output: str | Path, onnx: bool = False, overwrite: bool = False) -> str:
     """Merge the run's adapter into the base weights and write a standalone model folder. Returns its path."""
     run = runs.open_run(run)
@@ -112,20 +174,17 @@ def export_run(run: str | Path, output: str | Path, onnx: bool = False, overwrit
         raise ModelError(f"adapter.method '{cfg.adapter.method}' cannot be merged into the base weights, so there "
                          f"is no standalone model to export; predict from the run folder instead")
     model = model.float().eval()
+    d = problem.read_decision(run, cfg.model.problem_type)
+    folded = fold_decision(model, d)
+    model.config.problem_type = d.problem_type  # the pipeline's softmax / sigmoid / none
+    if d.thresholds is not None:
+        model.config.update({CONFIG_THRESHOLDS: list(d.thresholds)})
     model.config.id2label = {int(i): n for i, n in id2label.items()}
     model.config.label2id = {n: int(i) for i, n in id2label.items()}
     model.config.torch_dtype = "float32"
     # So that pipeline(..., truncation=True) cuts texts where training and `loraclf predict` do.
     tokenizer.model_max_length = cfg.data.max_length
-    info = {
-        "source_run": str(run.resolve()),
-        "base_model": cfg.model.name_or_path,
-        "adapter_method": cfg.adapter.method,
-        "max_length": cfg.data.max_length,
-        "int_labels": runs.read_label_map(run).int_labels,
-        "dtype": "float32",
-        "loraclf_version": __version__,
-    }
+    info = _export_info(run, cfg, d, folded)
     with runs.atomic_dir(output) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)

@@ -1,28 +1,44 @@
-"""Batch inference from a run folder, and the output formats."""
+"""Batch inference from a run folder or an export folder, and the output formats of each problem type.
+
+Texts (and the second texts of sentence pairs) go through `data.windows.encode`, the tokenization path of training,
+so data.long_text (truncate, head_tail, chunks) holds at prediction too: the windows of one long document share
+its index and are pooled back into one row. Logits become outputs by the run's decision (problem.outputs):
+probabilities (calibrated when the run fitted a temperature), per-label probabilities, or values.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
+import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from . import config as config_mod
 from . import data as data_mod
 from . import device as device_mod
-from . import logs
+from . import logs, problem
 from . import model as model_mod
 from . import runs
-from .config import Config, DataConfig
-from .data import read_texts
-from .errors import DataError, ModelError
+from .config import DataConfig
+from .data import read_texts, targets, windows
+from .errors import ConfigError, DataError, ModelError, did_you_mean
 from .evaluate import compute_metrics, predict_probs
+from .problem import MULTI, REGRESSION, SINGLE, Decision
 
 FORMATS = ("competition", "full")
 OUTPUT_SUFFIXES = (".csv", ".tsv", ".jsonl", ".parquet", ".txt", "")
+# the data keys an export keeps (loraclf_export.json "data"), so predicting from it reads inputs as the run did
+INFERENCE_DATA_KEYS = ("text_column", "text_pair_column", "truncation", "label_column", "label_columns",
+                       "label_delimiter", "allow_empty_labels", "id_column", "max_length", "max_text_chars",
+                       "long_text", "head_tokens", "stride", "chunk_pooling")
+CONFIG_THRESHOLDS = "loraclf_thresholds"  # the export's config.json key of the run's decision thresholds
+DEFAULT_DELIMITER = "|"  # how label sets are written when the run names no data.label_delimiter
 
 
 def token_batches(lengths: np.ndarray, batch_size: int, max_tokens: int) -> list[np.ndarray]:
@@ -55,9 +71,10 @@ def _pad(enc, idx: np.ndarray, keys: list[str], pad_id: int, left: bool) -> dict
     return {k: torch.from_numpy(v) for k, v in arrays.items()}
 
 
-def _batches(enc, order: list[np.ndarray], keys: list[str], pad_id: int, left: bool):
+def _batches(enc, doc: np.ndarray, order: list[np.ndarray], keys: list[str], pad_id: int, left: bool):
+    # padded one batch at a time: a 100k-token document's windows never sit padded in memory all at once
     for idx in order:
-        yield {"index": torch.from_numpy(idx), **_pad(enc, idx, keys, pad_id, left)}
+        yield {"index": torch.from_numpy(doc[idx]), **_pad(enc, idx, keys, pad_id, left)}
 
 
 def _autocast_dtype(model, precision: str):
@@ -66,26 +83,218 @@ def _autocast_dtype(model, precision: str):
     return dtype if next(model.parameters()).dtype == torch.float32 else None
 
 
-def predict_texts(model, tokenizer, texts: list[str], batch_size: int = 64, max_length: int = 128,
-                  precision: str = "fp32", progress: bool = False, max_tokens: Optional[int] = None) -> np.ndarray:
-    """Class probabilities for texts, in input order.
+def model_problem_type(model) -> str:
+    """The problem type a transformers model's config names (single-label when it names none)."""
+    pt = getattr(model.config, "problem_type", None)
+    return pt if pt in problem.PROBLEM_TYPES else SINGLE
 
-    Texts are tokenized once, sorted by length and cut into batches (see token_batches), then run through
-    evaluate.predict_probs. bf16/fp16 run a half-precision model as is and an fp32 model under autocast.
+
+def _inference_data(data: Optional[DataConfig], max_length: Optional[int]) -> DataConfig:
+    data = data if data is not None else DataConfig()
+    return data if max_length is None or max_length == data.max_length else dataclasses.replace(data, max_length=max_length)
+
+
+def empty_outputs(model, decision: Decision) -> np.ndarray:
+    if decision.problem_type == REGRESSION:
+        return np.zeros(0, dtype=np.float64)
+    return np.zeros((0, model.config.num_labels), dtype=np.float32)
+
+
+def predict_texts(model, tokenizer, texts: list[str], batch_size: int = 64, max_length: Optional[int] = None,
+                  precision: str = "fp32", progress: bool = False, max_tokens: Optional[int] = None, *,
+                  pairs: Optional[list[str]] = None, data: Optional[DataConfig] = None,
+                  decision: Optional[Decision] = None) -> np.ndarray:
+    """Outputs for texts (and their pairs), one row per text in input order (problem.outputs of the decision).
+
+    data: how texts are cut (data.long_text, truncation of pairs, max_length; default: truncated at max_length or
+    128). decision: default the model config's problem type with no temperature or thresholds. The rows (windows
+    for chunks) are sorted by length and cut into batches of at most max_tokens padded tokens (default batch_size x
+    max_length; see token_batches), then run through evaluate.predict_probs, which pools the windows of a document.
+    bf16/fp16 run a half-precision model as is and an fp32 model under autocast.
     """
+    data = _inference_data(data, max_length)
+    decision = decision if decision is not None else Decision(model_problem_type(model))
     dtype = _autocast_dtype(model, precision)
-    if not texts:
-        return np.zeros((0, model.config.num_labels), dtype=np.float32)
-    enc = tokenizer(list(texts), truncation=True, max_length=max_length)
-    lengths = np.fromiter((len(x) for x in enc["input_ids"]), dtype=np.int64, count=len(texts))
+    if not len(texts):
+        return empty_outputs(model, decision)
+    enc = windows.encode(tokenizer, list(texts), None if pairs is None else list(pairs), data)
+    doc = np.asarray(enc.pop("doc"), dtype=np.int64)
+    lengths = np.fromiter((len(x) for x in enc["input_ids"]), dtype=np.int64, count=len(doc))
     keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     left = getattr(tokenizer, "padding_side", "right") == "left"
-    order = token_batches(lengths, batch_size, max_tokens or batch_size * max_length)
-    with tqdm(total=len(texts), desc="predict", unit="text", leave=False,
+    order = token_batches(lengths, batch_size, max_tokens or batch_size * data.max_length)
+    with tqdm(total=len(doc), desc="predict", unit="text", leave=False,
               disable=not logs.show_progress(progress)) as bar:
-        _, probs, _ = predict_probs(model, _batches(enc, order, keys, pad_id, left), autocast_dtype=dtype, progress=bar)
-    return probs
+        _, out, _ = predict_probs(model, _batches(enc, doc, order, keys, pad_id, left), autocast_dtype=dtype,
+                                  progress=bar, decision=decision, pooling=data.chunk_pooling)
+    return out
+
+
+# ------------------------------------------------------------------------------------------ the model
+
+
+@dataclass
+class InferenceModel:
+    """A model ready to predict, loaded from a run folder or from an exported model folder."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    id2label: dict[int, str]
+    max_length: int
+    int_labels: bool
+    data: DataConfig  # how inputs are read and cut: the run's data section (an export keeps it)
+    source: str  # "run" or "export"
+    decision: Decision = field(default_factory=Decision)  # the problem type, temperature, thresholds, scaling
+
+    @property
+    def problem_type(self) -> str:
+        return self.decision.problem_type
+
+    @property
+    def labels(self) -> list[str]:
+        """Label names in id order (regression: the one target's name)."""
+        return [self.id2label[i] for i in range(len(self.id2label))]
+
+    @property
+    def reads_pairs(self) -> bool:
+        return bool(data_mod.pair_columns(self.data))
+
+    def check_pairs(self, texts: list, pairs: Optional[list]) -> Optional[list[str]]:
+        """pairs as the model needs them: one second text per text for a pair model, None otherwise."""
+        if self.reads_pairs and pairs is None:
+            raise DataError(f"this model reads sentence pairs (data.text_pair_column="
+                            f"{self.data.text_pair_column!r}); give text_pair, one second text per text")
+        if not self.reads_pairs and pairs is not None:
+            raise DataError("this model reads single texts (it was trained without data.text_pair_column); "
+                            "drop text_pair")
+        if pairs is None:
+            return None
+        pairs = list(pairs)
+        if len(pairs) != len(texts):
+            raise DataError(f"text_pair has {len(pairs)} texts for {len(texts)} texts; give one second text per text")
+        if not all(isinstance(t, str) for t in pairs):
+            raise DataError("text_pair must hold strings, one second text per text")
+        return pairs
+
+    def predict(self, texts: list[str], batch_size: int = 64, precision: str = "fp32", progress: bool = False,
+                pairs: Optional[list[str]] = None) -> np.ndarray:
+        """Outputs in input order: probabilities (single- and multi-label) or values (regression)."""
+        pairs = self.check_pairs(texts, pairs)
+        return predict_texts(self.model, self.tokenizer, texts, batch_size, self.max_length, precision, progress,
+                             pairs=pairs, data=self.data, decision=self.decision)
+
+    def decide(self, out: np.ndarray) -> list:
+        """Per row: the label (class id for integer labels, else its name), the list of label names, or the value."""
+        if self.problem_type == REGRESSION:
+            return [float(v) for v in out]
+        pred = problem.predictions(out, self.decision)
+        if self.problem_type == MULTI:
+            return [[self.id2label[int(j)] for j in np.flatnonzero(row)] for row in pred]
+        values = label_values(self.id2label, self.int_labels)
+        return [values[int(i)] for i in pred]
+
+
+def _export_decision(p: Path, model, info: dict) -> Decision:
+    """An export's problem type and thresholds; its temperature and target scaling are folded into its weights."""
+    pt = model_problem_type(model)
+    saved = info.get("decision") if isinstance(info.get("decision"), dict) else {}
+    thresholds = saved.get("thresholds", model.config.to_dict().get(CONFIG_THRESHOLDS))
+    want = model.config.num_labels if pt == MULTI else 1
+    if thresholds is not None and not (isinstance(thresholds, list) and len(thresholds) == want
+                                       and all(isinstance(t, (int, float)) for t in thresholds)):
+        raise ModelError(f"{p / runs.EXPORT_INFO} is damaged: 'decision.thresholds' must be a list of {want} "
+                         f"number(s); export the run again")
+    return Decision(pt, thresholds=thresholds, threshold_metric=saved.get("threshold_metric"))
+
+
+def _export_data(p: Path, info: dict, pt: str, max_length: int) -> DataConfig:
+    """The run's data keys kept in the export (INFERENCE_DATA_KEYS); the defaults for an export without them."""
+    saved = info.get("data") if isinstance(info.get("data"), dict) else {}
+    tree = {k: v for k, v in saved.items() if k in INFERENCE_DATA_KEYS}
+    tree["max_length"] = max_length
+    try:
+        return config_mod.from_dict({"model": {"problem_type": pt}, "data": tree}).data
+    except ConfigError as e:
+        raise ModelError(f"{p / runs.EXPORT_INFO} is damaged ({e}); export the run again") from None
+
+
+def _load_export(p: Path) -> InferenceModel:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model_mod.quiet_transformers()
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(str(p))
+        tokenizer = AutoTokenizer.from_pretrained(str(p))
+    except (OSError, ValueError) as e:
+        raise ModelError(f"cannot load the model folder {p}: {str(e).strip().splitlines()[0][:300]}") from None
+    info = runs.read_export_info(p) or {}
+    id2label = {int(k): str(v) for k, v in model.config.id2label.items()}
+    int_labels = info.get("int_labels", all(v.isdigit() and int(v) == k for k, v in id2label.items()))
+    max_length = int(info.get("max_length") or min(tokenizer.model_max_length, 512))
+    decision = _export_decision(p, model, info)
+    data = _export_data(p, info, decision.problem_type, max_length)
+    return InferenceModel(model, tokenizer, id2label, max_length, bool(int_labels), data, "export", decision)
+
+
+def load_inference_model(path: str | Path, device: Optional[str] = None) -> InferenceModel:
+    """Load a run folder (adapter merged into the base) or a folder written by `loraclf export`.
+
+    device: default the first CUDA GPU when there is one, else the CPU.
+    """
+    p = Path(path)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if runs.is_export_dir(p):
+        im = _load_export(p)
+        im.model.eval().to(device)
+        return im
+    run = runs.open_run(p)
+    model, tokenizer, id2label, cfg = model_mod.load_run_model(run, merge=False)
+    model = model_mod.merge_adapter(model).eval().to(device)
+    int_labels = runs.read_label_map(run).int_labels
+    decision = problem.read_decision(run, cfg.model.problem_type)
+    return InferenceModel(model, tokenizer, id2label, cfg.data.max_length, int_labels, cfg.data, "run", decision)
+
+
+# ------------------------------------------------------------------------------------------ inputs
+
+
+def check_pair_columns(columns, data: DataConfig, where: str) -> None:
+    """A pair model's input must hold its text-pair column(s): one line naming the missing one."""
+    columns = [str(c) for c in columns]
+    missing = [c for c in data_mod.pair_columns(data) if c not in columns]
+    if missing:
+        raise DataError(f"{where} has no text-pair column '{missing[0]}'{did_you_mean(missing[0], columns)}; columns "
+                        f"are: {', '.join(columns)} (this model reads sentence pairs: give each row its second text "
+                        f"in '{missing[0]}', the run's data.text_pair_column)")
+
+
+def _pair_texts(df: pd.DataFrame, data: DataConfig) -> Optional[list[str]]:
+    cols = data_mod.pair_columns(data)
+    if not cols:
+        return None
+    joined = data_mod.join_text([df[c].tolist() for c in cols])
+    return [("" if t is None else t[: data.max_text_chars]) for t in joined]
+
+
+def frame_inputs(df: pd.DataFrame, data: DataConfig, where: str) -> tuple[list[str], Optional[list[str]]]:
+    """A DataFrame's texts (and second texts, for a pair model) in row order, empty ones kept as ''."""
+    check_pair_columns(df.columns, data, where)
+    single = dataclasses.replace(data, text_pair_column=None)
+    texts = [("" if t is None else t[: data.max_text_chars]) for t in data_mod.select_text(df, single, where)]
+    return texts, _pair_texts(df, data)
+
+
+def read_inputs(path: str | Path, data: DataConfig, allow_pickle: bool,
+                named: bool) -> tuple[list[str], Optional[list[str]], Optional[list]]:
+    """An input file's texts, second texts (pair models) and IDs (see data.read_texts)."""
+    texts, ids, df = read_texts(path, dataclasses.replace(data, text_pair_column=None), allow_pickle=allow_pickle,
+                                named=named)
+    check_pair_columns(df.columns, data, str(path))
+    return texts, _pair_texts(df, data), ids
+
+
+# ------------------------------------------------------------------------------------------ output formats
 
 
 def label_values(id2label: dict[int, str], int_labels: bool) -> list:
@@ -93,23 +302,66 @@ def label_values(id2label: dict[int, str], int_labels: bool) -> list:
     return [i if int_labels else id2label[i] for i in range(len(id2label))]
 
 
-def write_predictions(path: str | Path, probs: np.ndarray, id2label: dict[int, str], ids: Optional[list],
-                      fmt: str, int_labels: bool) -> None:
-    import pandas as pd
+def _prob_columns(df: pd.DataFrame, out: np.ndarray, labels: list[str]) -> pd.DataFrame:
+    for j, name in enumerate(labels):
+        df[f"prob_{name}"] = out[:, j] if len(out) else []
+    return df
 
-    path = Path(path)
-    pred = probs.argmax(-1) if len(probs) else np.zeros(0, dtype=int)
-    ids = list(range(len(pred))) if ids is None else ids
+
+def _single_frame(out: np.ndarray, im: InferenceModel, ids: list, fmt: str) -> pd.DataFrame:
+    pred = problem.predictions(out, im.decision).astype(np.int64)
     if fmt == "competition":
-        values = label_values(id2label, int_labels)
-        df = pd.DataFrame({"ID": ids, "Label": [values[int(i)] for i in pred]})
+        values = label_values(im.id2label, im.int_labels)
+        return pd.DataFrame({"ID": ids, "Label": [values[int(i)] for i in pred]})
+    df = pd.DataFrame({"ID": ids, "label": [im.id2label[int(i)] for i in pred], "label_id": pred,
+                       "confidence": out[np.arange(len(pred)), pred] if len(pred) else []})
+    return _prob_columns(df, out, im.labels)
+
+
+def _multi_frame(out: np.ndarray, im: InferenceModel, ids: list, fmt: str) -> pd.DataFrame:
+    delimiter = im.data.label_delimiter or DEFAULT_DELIMITER
+    joined = [delimiter.join(names) for names in im.decide(out)]
+    if fmt == "competition":
+        return pd.DataFrame({"ID": ids, "Labels": joined})
+    return _prob_columns(pd.DataFrame({"ID": ids, "labels": joined}), out, im.labels)
+
+
+def prediction_frame(out: np.ndarray, im: InferenceModel, ids: Optional[list], fmt: str) -> pd.DataFrame:
+    """What predict writes, per problem type and format.
+
+    single-label  competition: ID,Label (class id for integer labels, else name); full: ID,label,label_id,
+                  confidence,prob_<label>...
+    multi-label   competition: ID,Labels (names joined by data.label_delimiter, else '|'); full: ID,labels,
+                  prob_<label>...
+    regression    competition: ID,Label (the value); full: ID,prediction
+    """
+    ids = list(range(len(out))) if ids is None else ids
+    if im.problem_type == REGRESSION:
+        return pd.DataFrame({"ID": ids, "Label" if fmt == "competition" else "prediction": np.asarray(out, float)})
+    if im.problem_type == MULTI:
+        return _multi_frame(out, im, ids, fmt)
+    return _single_frame(out, im, ids, fmt)
+
+
+def summary(out: np.ndarray, im: InferenceModel) -> dict:
+    """Rows per label (multi-label: rows holding each label), or the mean, min and max of regression values."""
+    if im.problem_type == REGRESSION:
+        v = np.asarray(out, dtype=np.float64)
+        return {k: (float(f(v)) if len(v) else None) for k, f in (("mean", np.mean), ("min", np.min), ("max", np.max))}
+    k = len(im.id2label)
+    pred = problem.predictions(out, im.decision)
+    if im.problem_type == MULTI:
+        counts = pred.sum(0) if len(pred) else np.zeros(k, int)
     else:
-        df = pd.DataFrame({"ID": ids, "label": [id2label[int(i)] for i in pred], "label_id": pred.astype(int),
-                           "confidence": probs.max(-1) if len(probs) else []})
-        for i in range(len(id2label)):
-            df[f"prob_{id2label[i]}"] = probs[:, i] if len(probs) else []
-    suffix = path.suffix.lower()
+        counts = np.bincount(pred, minlength=k) if len(pred) else np.zeros(k, int)
+    return {im.id2label[i]: int(c) for i, c in enumerate(counts)}
+
+
+def write_frame(path: str | Path, df: pd.DataFrame) -> None:
+    """df as .csv/.tsv/.jsonl/.parquet (by path's suffix), written atomically."""
+    path = Path(path)
     _check_suffix(path)
+    suffix = path.suffix.lower()
     if suffix == ".jsonl":
         runs.atomic_write_text(path, df.to_json(orient="records", lines=True))
     elif suffix == ".parquet":
@@ -134,62 +386,16 @@ def _check_suffix(path: Path) -> None:
         raise DataError(f"unknown output format '{path.suffix}' for {path}; use .csv, .tsv, .jsonl or .parquet")
 
 
-@dataclass
-class InferenceModel:
-    """A classifier ready to predict, loaded from a run folder or from an exported model folder."""
-
-    model: torch.nn.Module
-    tokenizer: object
-    id2label: dict[int, str]
-    max_length: int
-    int_labels: bool
-    data: DataConfig  # how to read input files: the run's data section, or the defaults for an export
-    source: str  # "run" or "export"
-
-    def predict(self, texts: list[str], batch_size: int = 64, precision: str = "fp32", progress: bool = False) -> np.ndarray:
-        return predict_texts(self.model, self.tokenizer, texts, batch_size, self.max_length, precision, progress)
-
-
-def _load_export(p: Path) -> InferenceModel:
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    model_mod.quiet_transformers()
-    try:
-        model = AutoModelForSequenceClassification.from_pretrained(str(p))
-        tokenizer = AutoTokenizer.from_pretrained(str(p))
-    except (OSError, ValueError) as e:
-        raise ModelError(f"cannot load the model folder {p}: {str(e).strip().splitlines()[0][:300]}") from None
-    info = runs.read_export_info(p) or {}
-    id2label = {int(k): str(v) for k, v in model.config.id2label.items()}
-    int_labels = info.get("int_labels", all(v.isdigit() and int(v) == k for k, v in id2label.items()))
-    max_length = int(info.get("max_length") or min(tokenizer.model_max_length, 512))
-    return InferenceModel(model, tokenizer, id2label, max_length, bool(int_labels), Config().data, "export")
-
-
-def load_inference_model(path: str | Path, device: Optional[str] = None) -> InferenceModel:
-    """Load a run folder (adapter merged into the base) or a folder written by `loraclf export`.
-
-    device: default the first CUDA GPU when there is one, else the CPU.
-    """
-    p = Path(path)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if runs.is_export_dir(p):
-        im = _load_export(p)
-        im.model.eval().to(device)
-        return im
-    run = runs.open_run(p)
-    model, tokenizer, id2label, cfg = model_mod.load_run_model(run, merge=False)
-    model = model_mod.merge_adapter(model).eval().to(device)
-    int_labels = runs.read_label_map(run).int_labels
-    return InferenceModel(model, tokenizer, id2label, cfg.data.max_length, int_labels, cfg.data, "run")
+# ------------------------------------------------------------------------------------------ the verbs
 
 
 def predict_file(run: str | Path, input_path: str | Path, output_path: str | Path, fmt: str = "competition",
                  batch_size: int = 64, allow_pickle: bool = False, text_column: Optional[str] = None,
                  precision: str = "fp32", quiet: bool = False) -> dict:
-    """Predict every text of an input file and write ID,Label (competition) or the full output.
+    """Predict every text (or pair) of an input file and write the competition or the full format.
 
-    run may be a run folder or an exported model folder.
+    run may be a run folder or an exported model folder. Returns rows, output, problem_type and summary (see
+    summary(); also under its older name, counts).
     """
     if fmt not in FORMATS:
         raise DataError(f"unknown --format '{fmt}'; choose competition or full")
@@ -202,28 +408,24 @@ def predict_file(run: str | Path, input_path: str | Path, output_path: str | Pat
     im = load_inference_model(run)
     if text_column:
         im.data.text_column = text_column
-    texts, ids, _ = read_texts(input_path, im.data, allow_pickle=allow_pickle or im.data.allow_pickle,
-                               named=bool(text_column))
-    probs = im.predict(texts, batch_size, precision, progress=not quiet)
-    id2label = im.id2label
-    write_predictions(out, probs, id2label, ids, fmt, im.int_labels)
-    counts = np.bincount(probs.argmax(-1), minlength=len(id2label)) if len(probs) else np.zeros(len(id2label), int)
-    return {"rows": len(texts), "output": str(out), "counts": {id2label[i]: int(c) for i, c in enumerate(counts)}}
+    texts, pairs, ids = read_inputs(input_path, im.data, allow_pickle or im.data.allow_pickle, bool(text_column))
+    outputs = im.predict(texts, batch_size, precision, progress=not quiet, pairs=pairs)
+    write_frame(out, prediction_frame(outputs, im, ids, fmt))
+    s = summary(outputs, im)
+    return {"rows": len(texts), "output": str(out), "problem_type": im.problem_type, "summary": s, "counts": s}
 
 
-def frame_texts(df, data: DataConfig, where: str) -> list[str]:
-    """A DataFrame's texts for predict, in row order: its text column(s) joined as data says, empty ones kept as ''."""
-    return [("" if t is None else t[: data.max_text_chars]) for t in data_mod.select_text(df, data, where)]
-
-
-def evaluate_frame(model, tokenizer, id2label: dict[int, str], data: DataConfig, max_length: int, df, where: str,
-                   batch_size: int = 64, precision: str = "fp32", progress: bool = False) -> dict:
-    """Metrics on a labelled DataFrame, cleaned as training cleans it and labels mapped through id2label."""
+def evaluate_frame(im: InferenceModel, df: pd.DataFrame, where: str, batch_size: int = 64, precision: str = "fp32",
+                   progress: bool = False) -> dict:
+    """The problem type's metrics on a labelled DataFrame, cleaned as training cleans it and its labels encoded
+    through the model's label map (data.label_columns: the file's 0/1 columns)."""
     notes: list[str] = []
-    clean = data_mod.clean_frame(df, data, where, True, notes.append)
-    labels = data_mod.encode_labels(clean["label"], id2label, where)
-    probs = predict_texts(model, tokenizer, clean["text"].tolist(), batch_size, max_length, precision, progress)
-    metrics = compute_metrics(labels, probs, id2label)
+    check_pair_columns(df.columns, im.data, where)
+    clean = data_mod.clean_frame(df, im.data, where, True, notes.append, im.problem_type)
+    labels = np.asarray(targets.encode(im.problem_type, clean["label"], im.id2label, im.data, where))
+    pairs = clean["text_pair"].tolist() if "text_pair" in clean else None
+    out = im.predict(clean["text"].tolist(), batch_size, precision, progress, pairs=pairs)
+    metrics = compute_metrics(labels, out, im.id2label, decision=im.decision)
     metrics["notes"] = notes
     return metrics
 
@@ -235,10 +437,9 @@ def evaluate_file(run: str | Path, data_path: str | Path, batch_size: int = 64, 
     if output:
         check_output(Path(output), data_path, "--data")
     run = runs.open_run(run)
-    model, tokenizer, id2label, cfg = model_mod.load_run_model(run)
-    df = data_mod.read_table(data_path, allow_pickle or cfg.data.allow_pickle, cfg.data.max_file_mb)
-    metrics = evaluate_frame(model, tokenizer, id2label, cfg.data, cfg.data.max_length, df, str(data_path),
-                             batch_size, precision, progress=not quiet)
+    im = load_inference_model(run)
+    df = data_mod.read_table(data_path, allow_pickle or im.data.allow_pickle, im.data.max_file_mb)
+    metrics = evaluate_frame(im, df, str(data_path), batch_size, precision, progress=not quiet)
     notes = metrics.pop("notes")  # the key order of metrics JSON stays: ..., file, notes
     metrics["file"] = str(data_path)
     metrics["notes"] = notes

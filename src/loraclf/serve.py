@@ -1,8 +1,11 @@
 """The HTTP service: FastAPI + uvicorn, with dynamic micro-batching of concurrent requests.
 
-One run or export: POST /predict {"texts": [...]} -> labels and probabilities; GET /health, /labels, /stats. Several
-runs (adapters attached to one shared base, see adapters.py): POST /v1/models/{name}/predict, GET /v1/models, which a
-single model answers too. OpenAPI at /openapi.json (and /docs). Requests wait at most max_wait_ms in a queue, one
+One run or export: POST /predict {"texts": [...]} (or {"text": "..."}; a sentence-pair model also takes
+"text_pairs" / "text_pair") -> one prediction per text, shaped by the model's problem type (single-label: label,
+score, probabilities; multi-label: labels, probabilities, thresholds; regression: value); GET /health, /labels,
+/stats. Several runs (adapters attached to one shared base, see adapters.py): POST /v1/models/{name}/predict,
+GET /v1/models, which a single model answers too. OpenAPI at /openapi.json (and /docs), one response schema per
+problem type. Requests wait at most max_wait_ms in a queue, one
 queue per model, so that concurrent ones share one forward pass; a single worker thread runs every model, so the
 event loop keeps accepting requests meanwhile and one adapter's pass never overlaps another's.
 """
@@ -17,19 +20,21 @@ import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Annotated, Callable
+from typing import Annotated, Callable, Literal, Optional, Union
 
 import numpy as np
 
-from . import adapters, device, logs, runs
+from . import adapters, device, logs, problem, runs
 from .batching import MicroBatcher
 from .version import __version__
 from .errors import LoraclfError, did_you_mean, first_line
-from .predict import load_inference_model, predict_texts
+from .data import pair_columns
+from .predict import InferenceModel, load_inference_model, predict_texts
+from .problem import MULTI, REGRESSION, SINGLE
 
 logger = logs.get(__name__)
 
@@ -42,11 +47,12 @@ class ServeLimits:
     max_wait_ms: float = 5.0  # how long the first request of a batch waits for company
     max_texts: int = 256  # texts per request
     max_text_chars: int = 20_000  # characters per text
+    pairs: bool = False  # a served model reads sentence pairs: a request may hold twice the texts
 
     @property
     def max_body_bytes(self) -> int:
         # worst case JSON: every character escaped as \uXXXX (6 bytes), plus quotes and commas
-        return self.max_texts * (self.max_text_chars * 6 + 4) + 65_536
+        return self.max_texts * (2 if self.pairs else 1) * (self.max_text_chars * 6 + 4) + 65_536
 
     def public(self) -> dict[str, float]:
         return {"max_batch_size": self.max_batch_size, "max_wait_ms": self.max_wait_ms, "max_texts": self.max_texts,
@@ -64,64 +70,136 @@ class ServeLimits:
 # ------------------------------------------------------------------------------------------ the app
 
 
+LIST_FIELDS = ("texts", "text_pairs")
+BODY_SHAPE = ('the body must be a JSON object with a list of strings under "texts" (or one string under "text"), '
+              'e.g. {"texts": ["hello"]}')
+
+
+def _where(loc: list[str]) -> str:
+    if loc and loc[0] in LIST_FIELDS:
+        return loc[0] + "".join(f"[{x}]" for x in loc[1:])
+    return ".".join(loc) or "body"
+
+
+def _message(err: dict, loc: list[str], limits: ServeLimits) -> tuple[str, bool]:
+    """One problem of a body as a line, and whether it is an oversize (413)."""
+    where, kind, ctx = _where(loc), err.get("type", ""), err.get("ctx") or {}
+    if kind == "json_invalid":
+        return f"the request body is not valid JSON ({ctx.get('error', 'parse error')})", False
+    if kind == "value_error":  # the request's own checks (PredictRequest.one_form)
+        return str(ctx.get("error", err.get("msg", "invalid"))), False
+    if kind in ("model_attributes_type", "dict_type") or where == "body":
+        return 'the body must be a JSON object like {"texts": ["hello"]}', False
+    if kind == "extra_forbidden":
+        return (f"unknown field '{loc[-1]}'; the body takes \"texts\" or \"text\" (and \"text_pairs\" or "
+                f"\"text_pair\" for a sentence-pair model)"), False
+    if kind == "too_short" and where in LIST_FIELDS:
+        return f"{where} is empty; send at least one text", False
+    if kind == "too_long" and where in LIST_FIELDS:
+        return (f"too many texts in one request: {ctx.get('actual_length', '?')}, over the limit of "
+                f"{limits.max_texts} (--max-texts); split the request"), True
+    if kind == "string_too_long":
+        return f"{where} is longer than {limits.max_text_chars:,} characters (--max-text-chars); shorten or split it", True
+    if kind == "string_unicode":
+        return f"{where} is not valid Unicode (an unpaired surrogate such as \\ud800); send UTF-8 text", False
+    if kind in ("string_type", "list_type"):
+        want = "a string" if kind == "string_type" else "a list of strings"
+        got = type(err.get("input")).__name__ if err.get("input") is not None else "null"
+        return f"{where} must be {want}, got {'object' if got == 'dict' else got}", False
+    return f"{where}: {err.get('msg', 'invalid')}", False
+
+
 def _messages(errors: list[dict], limits: ServeLimits) -> tuple[int, str]:
     """One clear line (and the status code) for pydantic's validation errors of a /predict body."""
     lines, status = [], 422
     for err in errors[:5]:
-        loc = [str(x) for x in err.get("loc", ()) if x != "body"]
-        where = "texts" + "".join(f"[{x}]" for x in loc[1:]) if loc and loc[0] == "texts" else ".".join(loc) or "body"
-        kind = err.get("type", "")
-        if kind == "json_invalid":
-            lines.append(f"the request body is not valid JSON ({err.get('ctx', {}).get('error', 'parse error')})")
-        elif kind == "missing" and where == "texts":
-            lines.append('the body must be a JSON object with a list of strings under "texts", e.g. {"texts": ["hello"]}')
-        elif kind in ("model_attributes_type", "dict_type") or where == "body":
-            lines.append('the body must be a JSON object like {"texts": ["hello"]}')
-        elif kind == "extra_forbidden":
-            lines.append(f"unknown field '{loc[-1]}'; the body takes only \"texts\"")
-        elif kind == "too_short" and where == "texts":
-            lines.append("texts is empty; send at least one text")
-        elif kind == "too_long" and where == "texts":
-            status = 413
-            lines.append(f"too many texts in one request: {err.get('ctx', {}).get('actual_length', '?')}, "
-                         f"over the limit of {limits.max_texts} (--max-texts); split the request")
-        elif kind == "string_too_long":
-            status = 413
-            lines.append(f"{where} is longer than {limits.max_text_chars:,} characters (--max-text-chars); "
-                         f"shorten or split it")
-        elif kind == "string_unicode":
-            lines.append(f"{where} is not valid Unicode (an unpaired surrogate such as \\ud800); send UTF-8 text")
-        elif kind in ("string_type", "list_type"):
-            want = "a string" if kind == "string_type" else "a list of strings"
-            got = type(err.get("input")).__name__ if err.get("input") is not None else "null"
-            lines.append(f"{where} must be {want}, got {'object' if got == 'dict' else got}")
-        else:
-            lines.append(f"{where}: {err.get('msg', 'invalid')}")
+        line, oversize = _message(err, [str(x) for x in err.get("loc", ()) if x != "body"], limits)
+        lines.append(line)
+        status = 413 if oversize else status
     if len(errors) > 5:
         lines.append(f"and {len(errors) - 5} more problem(s)")
     return status, "; ".join(lines)
 
 
-def _schemas(limits: ServeLimits) -> SimpleNamespace:
-    """The request and response models; the request's size limits come from limits."""
-    from pydantic import BaseModel, ConfigDict, Field, StrictStr, StringConstraints
+def _check_form(body):
+    """texts (with text_pairs) or text (with text_pair): one of the two forms, pairs matching their texts."""
+    if (body.texts is None) == (body.text is None):
+        raise ValueError(BODY_SHAPE if body.texts is None else 'give "texts" or "text", not both')
+    if body.text_pairs is not None and body.texts is None:
+        raise ValueError('"text_pairs" goes with "texts"; with "text" send "text_pair"')
+    if body.text_pair is not None and body.text is None:
+        raise ValueError('"text_pair" goes with "text"; with "texts" send "text_pairs"')
+    if body.text_pairs is not None and len(body.text_pairs) != len(body.texts):
+        raise ValueError(f"text_pairs has {len(body.text_pairs)} texts for {len(body.texts)} texts; give one "
+                         f"second text per text")
+    return body
+
+
+def _request_model(limits: ServeLimits):
+    from pydantic import BaseModel, ConfigDict, Field, StrictStr, StringConstraints, model_validator
 
     Text = Annotated[StrictStr, StringConstraints(max_length=limits.max_text_chars)]
+    examples = [{"texts": ["Stocks rallied today."]}, {"text": "Stocks rallied today."},
+                {"text": "A man plays a guitar.", "text_pair": "Someone makes music."}]
 
     class PredictRequest(BaseModel):
-        model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"texts": ["Stocks rallied today."]}]})
-        texts: list[Text] = Field(min_length=1, max_length=limits.max_texts,
-                                  description="Texts to classify, in order; each gets one prediction.")
+        model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": examples})
+        # defaults of None without Optional: the schema shows the limits of a list of strings, not "or null"
+        texts: list[Text] = Field(None, min_length=1, max_length=limits.max_texts,
+                                  description="Texts to predict, in order; each gets one prediction.")
+        text_pairs: list[Text] = Field(None, min_length=1, max_length=limits.max_texts,
+                                       description="Sentence-pair models: the second text of each of texts, in order.")
+        text: Text = Field(None, description="One text, instead of texts: the response holds one prediction.")
+        text_pair: Text = Field(None, description="Sentence-pair models: the second text of text.")
 
-    class Prediction(BaseModel):
-        label: str = Field(description="The most probable class name.")
+        @model_validator(mode="after")
+        def one_form(self):
+            return _check_form(self)
+
+    return PredictRequest
+
+
+def _response_models() -> SimpleNamespace:
+    """One response model per problem type: what a prediction holds differs."""
+    from pydantic import BaseModel, Field
+
+    class SingleLabelPrediction(BaseModel):
+        label: str = Field(description="The predicted class: the most probable, or by the run's tuned binary threshold.")
         label_id: int = Field(description="Its index in the model's labels.")
-        score: float = Field(description="Its probability.")
+        score: float = Field(description="Its probability (calibrated when the run fitted a temperature).")
         probabilities: dict[str, float] = Field(description="Probability of every class, by name.")
 
-    class PredictResponse(BaseModel):
-        predictions: list[Prediction]
+    class MultiLabelPrediction(BaseModel):
+        labels: list[str] = Field(description="Every label whose probability reaches its threshold (may be empty).")
+        probabilities: dict[str, float] = Field(description="Probability of each label on its own (sigmoid), by name.")
+        thresholds: dict[str, float] = Field(description="The threshold of each label (tuned on validation, else 0.5).")
+
+    class RegressionPrediction(BaseModel):
+        value: float = Field(description="The predicted number, in the units of the training targets.")
+
+    class SingleLabelResponse(BaseModel):
+        predictions: list[SingleLabelPrediction]
         model: str
+        problem_type: Literal["single_label_classification"] = SINGLE
+
+    class MultiLabelResponse(BaseModel):
+        predictions: list[MultiLabelPrediction]
+        model: str
+        problem_type: Literal["multi_label_classification"] = MULTI
+
+    class RegressionResponse(BaseModel):
+        predictions: list[RegressionPrediction]
+        model: str
+        problem_type: Literal["regression"] = REGRESSION
+
+    return SimpleNamespace(
+        response={SINGLE: SingleLabelResponse, MULTI: MultiLabelResponse, REGRESSION: RegressionResponse},
+        prediction={SINGLE: SingleLabelPrediction, MULTI: MultiLabelPrediction, REGRESSION: RegressionPrediction})
+
+
+def _schemas(limits: ServeLimits) -> SimpleNamespace:
+    """The request and response models; the request's size limits come from limits."""
+    from pydantic import BaseModel, Field
 
     class Labels(BaseModel):
         labels: list[str]
@@ -131,6 +209,8 @@ def _schemas(limits: ServeLimits) -> SimpleNamespace:
         name: str = Field(description="The name requests use: the run (or export) folder name.")
         labels: list[str]
         source: str = Field(description="run, export, or adapter (a run attached to a shared base)")
+        problem_type: str = Field(description="single_label_classification, multi_label_classification or regression")
+        text_pair: bool = Field(description="Whether the model reads sentence pairs (requests send text_pair(s)).")
 
     class Models(BaseModel):
         models: list[ModelInfo]
@@ -139,6 +219,7 @@ def _schemas(limits: ServeLimits) -> SimpleNamespace:
         status: str
         model: str
         source: str
+        problem_type: str
         num_labels: int
         limits: dict[str, float]
         batching: dict
@@ -146,8 +227,10 @@ def _schemas(limits: ServeLimits) -> SimpleNamespace:
     class Problem(BaseModel):
         detail: str
 
-    return SimpleNamespace(PredictRequest=PredictRequest, Prediction=Prediction, PredictResponse=PredictResponse,
-                           Labels=Labels, ModelInfo=ModelInfo, Models=Models, Health=Health, Problem=Problem)
+    out = _response_models()
+    out.__dict__.update(PredictRequest=_request_model(limits), Labels=Labels, ModelInfo=ModelInfo, Models=Models,
+                        Health=Health, Problem=Problem)
+    return out
 
 
 def parse_failure(body: bytes) -> str:
@@ -212,55 +295,93 @@ def _add_guards(app, limits: ServeLimits) -> None:
         return JSONResponse({"detail": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
 
 
-def _predictions(s: SimpleNamespace, probs: np.ndarray, labels: list[str], name: str):
-    out = []
-    for row in probs:
-        i = int(row.argmax())
-        out.append(s.Prediction(label=labels[i], label_id=i, score=float(row[i]),
-                                probabilities={labels[j]: float(p) for j, p in enumerate(row)}))
-    return s.PredictResponse(predictions=out, model=name)
-
-
 @dataclass
 class Served:
-    """One model the service answers for: its name, class names and predict function (texts -> probabilities)."""
+    """One model the service answers for: its name, label names, predict function ((texts, pairs) -> outputs), its
+    decision (problem type, thresholds) and whether it reads sentence pairs."""
 
     name: str
     labels: list[str]
     source: str  # run, export, or adapter
-    predict: Callable[[list[str]], np.ndarray]
+    predict: Callable[..., np.ndarray]
+    decision: problem.Decision = field(default_factory=problem.Decision)
+    pairs: bool = False
+
+    @property
+    def problem_type(self) -> str:
+        return self.decision.problem_type
+
+
+def _inputs(body, m: Served) -> tuple[list[str], Optional[list[str]]]:
+    """The texts and second texts of a request; pairs for a pair model, none for the others (else a 422)."""
+    from fastapi import HTTPException
+
+    texts = body.texts if body.texts is not None else [body.text]
+    pairs = body.text_pairs if body.texts is not None else (None if body.text_pair is None else [body.text_pair])
+    if m.pairs and pairs is None:
+        raise HTTPException(422, f'model {m.name} reads sentence pairs: send "text_pair" with "text" (or '
+                                 f'"text_pairs" with "texts"), one second text per text')
+    if not m.pairs and pairs is not None:
+        raise HTTPException(422, f'model {m.name} reads single texts (it was trained without data.text_pair_column); '
+                                 f'drop "text_pair" / "text_pairs"')
+    return texts, pairs
+
+
+def _respond(s: SimpleNamespace, m: Served, out: np.ndarray):
+    """The response of m's problem type for its outputs."""
+    Prediction, pt = s.prediction[m.problem_type], m.problem_type
+    if pt == REGRESSION:
+        preds = [Prediction(value=float(v)) for v in np.asarray(out).reshape(-1)]
+    elif pt == MULTI:
+        thresholds = dict(zip(m.labels, map(float, m.decision.thresholds or [0.5] * len(m.labels))))
+        preds = [Prediction(labels=[m.labels[j] for j in np.flatnonzero(row)], thresholds=thresholds,
+                            probabilities={m.labels[j]: float(p) for j, p in enumerate(probs)})
+                 for row, probs in zip(problem.predictions(out, m.decision), out)]
+    else:
+        preds = [Prediction(label=m.labels[int(i)], label_id=int(i), score=float(probs[int(i)]),
+                            probabilities={m.labels[j]: float(p) for j, p in enumerate(probs)})
+                 for i, probs in zip(problem.predictions(out, m.decision), out)]
+    return s.response[pt](predictions=preds, model=m.name)
+
+
+def _info(s: SimpleNamespace, m: Served):
+    return s.ModelInfo(name=m.name, labels=m.labels, source=m.source, problem_type=m.problem_type, text_pair=m.pairs)
 
 
 def _add_v1(app, s: SimpleNamespace, models: dict[str, Served]) -> None:
     from fastapi import HTTPException, Request
 
-    PredictRequest, PredictResponse, Models = s.PredictRequest, s.PredictResponse, s.Models  # FastAPI reads these
+    PredictRequest, Models = s.PredictRequest, s.Models  # FastAPI reads these
+    # every problem type served is documented: a model's response is the schema of its type
+    Response = Union[tuple(dict.fromkeys(s.response[m.problem_type] for m in models.values()))]
 
     @app.get("/v1/models", response_model=Models)
     async def list_models() -> Models:
-        return Models(models=[s.ModelInfo(name=m.name, labels=m.labels, source=m.source) for m in models.values()])
+        return Models(models=[_info(s, m) for m in models.values()])
 
-    @app.post("/v1/models/{name}/predict", response_model=PredictResponse,
+    @app.post("/v1/models/{name}/predict", response_model=Response,
               responses={404: {"model": s.Problem}, 413: {"model": s.Problem}, 422: {"model": s.Problem}})
-    async def model_predict(name: str, body: PredictRequest, request: Request) -> PredictResponse:
+    async def model_predict(name: str, body: PredictRequest, request: Request):
         if name not in models:
             raise HTTPException(404, f"unknown model '{name}'{did_you_mean(name, models)}; served: "
                                      f"{', '.join(models)} (GET /v1/models)")
-        probs = await request.app.state.batchers[name].submit(body.texts)
-        return _predictions(s, probs, models[name].labels, name)
+        texts, pairs = _inputs(body, models[name])
+        out = await request.app.state.batchers[name].submit(texts, pairs)
+        return _respond(s, models[name], out)
 
 
 def _add_single(app, s: SimpleNamespace, m: Served, limits: ServeLimits) -> None:
     """Today's routes of a one-model service: /predict, /labels, /health, /stats."""
     from fastapi import Request
 
-    PredictRequest, PredictResponse, Labels, Health = s.PredictRequest, s.PredictResponse, s.Labels, s.Health
+    PredictRequest, Labels, Health = s.PredictRequest, s.Labels, s.Health
 
-    @app.post("/predict", response_model=PredictResponse,
+    @app.post("/predict", response_model=s.response[m.problem_type],
               responses={413: {"model": s.Problem}, 422: {"model": s.Problem}})
-    async def predict_endpoint(body: PredictRequest, request: Request) -> PredictResponse:
-        probs = await request.app.state.batchers[m.name].submit(body.texts)
-        return _predictions(s, probs, m.labels, m.name)
+    async def predict_endpoint(body: PredictRequest, request: Request):
+        texts, pairs = _inputs(body, m)
+        out = await request.app.state.batchers[m.name].submit(texts, pairs)
+        return _respond(s, m, out)
 
     @app.get("/labels", response_model=Labels)
     async def labels_endpoint() -> Labels:
@@ -268,7 +389,8 @@ def _add_single(app, s: SimpleNamespace, m: Served, limits: ServeLimits) -> None
 
     @app.get("/health", response_model=Health)
     async def health(request: Request) -> Health:
-        return Health(status="ok", model=m.name, source=m.source, num_labels=len(m.labels), limits=limits.public(),
+        return Health(status="ok", model=m.name, source=m.source, problem_type=m.problem_type,
+                      num_labels=len(m.labels), limits=limits.public(),
                       batching=request.app.state.batchers[m.name].stats())
 
     @app.get("/stats")
@@ -288,6 +410,18 @@ def _add_multi_info(app, limits: ServeLimits) -> None:
     @app.get("/stats")
     async def stats(request: Request) -> dict:
         return {name: b.stats() for name, b in request.app.state.batchers.items()}
+
+
+def _about(models: list[Served]) -> str:
+    if len(models) > 1:
+        return (f"{len(models)} models: {', '.join(m.name for m in models)}. Name one in "
+                f"/v1/models/{{name}}/predict.")
+    m = models[0]
+    pairs = " Requests send sentence pairs (text_pair)." if m.pairs else ""
+    if m.problem_type == REGRESSION:
+        return f"Model {m.name}: regression, predicting {m.labels[0]}.{pairs}"
+    kind = "labels, any number per text" if m.problem_type == MULTI else "classes"
+    return f"Model {m.name}: {len(m.labels)} {kind} ({', '.join(m.labels[:20])}).{pairs}"
 
 
 def create_app(models: list[Served], limits: ServeLimits):
@@ -311,13 +445,8 @@ def create_app(models: list[Served], limits: ServeLimits):
             await b.stop()
         executor.shutdown(wait=True)
 
-    if len(models) == 1:
-        m = models[0]
-        about = f"Model {m.name}: {len(m.labels)} classes ({', '.join(m.labels[:20])})."
-    else:
-        about = f"{len(models)} models: {', '.join(by_name)}. Name one in /v1/models/{{name}}/predict."
-    app = FastAPI(title="loraclf text classifier", version=__version__, lifespan=lifespan, description=about,
-                  max_body_size=limits.max_body_bytes)
+    app = FastAPI(title="loraclf text classifier", version=__version__, lifespan=lifespan,
+                  description=_about(models), max_body_size=limits.max_body_bytes)
     schemas = _schemas(limits)
     _add_guards(app, limits)
     if len(models) == 1:
@@ -349,9 +478,16 @@ def _check_bind(host: str, port: int) -> None:
                        f"authentication")
 
 
-def _adapter_predict(aset: adapters.AdapterSet, name: str, batch_size: int, precision: str, texts: list[str]):
+def _model_predict(im: InferenceModel, batch_size: int, precision: str, texts: list[str],
+                   pairs: Optional[list[str]] = None) -> np.ndarray:
+    return im.predict(texts, batch_size, precision, pairs=pairs)
+
+
+def _adapter_predict(aset: adapters.AdapterSet, name: str, batch_size: int, precision: str, texts: list[str],
+                     pairs: Optional[list[str]] = None) -> np.ndarray:
     with aset.use(name) as a:
-        return predict_texts(a.model, a.tokenizer, texts, batch_size, a.max_length, precision)
+        return predict_texts(a.model, a.tokenizer, texts, batch_size, a.max_length, precision, pairs=pairs,
+                             data=a.data, decision=a.decision)
 
 
 def load_models(found: list[Path], batch_size: int = 32, precision: str = "fp32") -> list[Served]:
@@ -363,12 +499,13 @@ def load_models(found: list[Path], batch_size: int = 32, precision: str = "fp32"
             attach.append(p)
             continue
         im = load_inference_model(p)
-        served.append(Served(p.resolve().name, [im.id2label[i] for i in range(len(im.id2label))], im.source,
-                             partial(im.predict, batch_size=batch_size, precision=precision)))
+        served.append(Served(p.resolve().name, im.labels, im.source, partial(_model_predict, im, batch_size, precision),
+                             im.decision, im.reads_pairs))
     if attach:
         aset = adapters.load_adapters(attach)
         served += [Served(name, [a.id2label[i] for i in range(len(a.id2label))], "adapter",
-                          partial(_adapter_predict, aset, name, batch_size, precision))
+                          partial(_adapter_predict, aset, name, batch_size, precision), a.decision,
+                          bool(pair_columns(a.data)))
                    for name, a in aset.adapters.items()]
     order = {p.resolve().name: i for i, p in enumerate(found)}
     return sorted(served, key=lambda m: order[m.name])
@@ -410,6 +547,7 @@ def serve(model: str | Path | list[str | Path], host: str = "127.0.0.1", port: i
     found = adapters.collect_runs([model] if isinstance(model, (str, Path)) else list(model))
     _check_bind(host, port)
     models = load_models(found, max(limits.max_batch_size, 1), precision)
+    limits.pairs = any(m.pairs for m in models)
     for m in models:
-        m.predict(["warm up"])  # first call allocates; keep that out of the first client's latency
+        m.predict(["warm up"], ["warm up"] if m.pairs else None)  # first call allocates: not the first client's
     _run_uvicorn(declared_size_guard(create_app(models, limits), limits), host, port, graceful_timeout_s)
