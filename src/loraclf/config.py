@@ -151,6 +151,8 @@ class OptimizerConfig:
     betas: list[float] = _f([0.9, 0.999], "AdamW betas.")
     eps: float = _f(1e-8, "AdamW epsilon.", gt=0)
     loraplus_lr_ratio: float = _f(16.0, "LoRA+: learning-rate ratio of B to A.", gt=0)
+    fused: bool = _f(False, "AdamW's fused kernel (one kernel for all parameters, CPU or GPU) instead of the "
+                     "multi-tensor (foreach) path.")
 
 
 @dataclass
@@ -180,6 +182,8 @@ class TrainConfig:
     seed: int = _f(42, "Seed for weights, dropout, shuffling and augmentation.", ge=0, le=MAX_SEED)
     logging_steps: int = _f(50, "Log train loss, learning rate and samples/s every this many steps.", ge=1, le=MAX_STEPS)
     num_threads: Optional[int] = _f(None, "CPU threads for torch (null = one per physical core).", ge=1, le=1_024)
+    torch_compile: bool = _f(False, "Compile the model with torch.compile (inductor, dynamic shapes, each repeated "
+                             "layer compiled once); the compile time is part of the run's wall time.")
 
 
 @dataclass

@@ -114,8 +114,10 @@ def build_optimizer(cfg: Config, model):
         {"params": [p for n, p in params if _no_decay(n)], "weight_decay": 0.0},
     ]
     groups = [g for g in groups if g["params"]]
-    # foreach: the multi-tensor path. torch also has fused AdamW on CPU (since 2.4); it is not the default until a
-    # benchmark shows it pays here
+    # foreach: the multi-tensor path; optimizer.fused: torch's fused kernel (CPU since torch 2.4). Which is the
+    # default follows bench/train_speed.py's measurement, not a guess
+    if cfg.optimizer.fused:
+        return torch.optim.AdamW(groups, fused=True, **kw)
     return torch.optim.AdamW(groups, foreach=True, **kw)
 
 
@@ -161,15 +163,20 @@ def _fresh_accelerate_state() -> None:
 
 def _accelerator(cfg: Config, run: Path, precision: str):
     from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
+    from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, TorchDynamoPlugin
 
     _fresh_accelerate_state()
+    # train.torch_compile: Accelerate compiles the model in prepare(); regional compilation compiles one encoder
+    # layer and reuses it for the others, which cuts the compile time by about the layer count
+    dynamo = (TorchDynamoPlugin(backend="inductor", dynamic=True, use_regional_compilation=True)
+              if cfg.train.torch_compile else None)
     # cpu=True is what makes Accelerate pick DDP over gloo when torchrun/accelerate launch start several CPU processes
     return Accelerator(cpu=device.on_cpu_only(), mixed_precision=precision,
                        gradient_accumulation_steps=cfg.train.gradient_accumulation_steps,
                        log_with=list(cfg.track) or None,
                        project_config=ProjectConfiguration(project_dir=str(run), logging_dir=str(run / runs.TENSORBOARD)),
-                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)])
+                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)],
+                       dynamo_plugin=dynamo)
 
 
 def _plan(cfg: Config, inputs: inputs_mod.Inputs, n_proc: int) -> StepPlan:
