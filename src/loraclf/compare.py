@@ -1,6 +1,9 @@
 """The comparison of several runs, read only from run-folder files.
 
     compare_runs([RUN, ...], DIR) -> DIR/{curves.png, compare.md, compare.csv}
+
+The runs must share one problem type (their metrics are not comparable across types); the metric columns and the
+curve panels are that type's (problem.SCALARS, main metric first).
 """
 
 from __future__ import annotations
@@ -9,22 +12,32 @@ import csv
 import io
 from pathlib import Path
 
-from . import runs
+from . import problem, runs
 from .errors import RunError
-from .report import RunFiles, load_run, png_bytes, pyplot
+from .report import RunFiles, load_run, metric_name, png_bytes, pyplot
 
 # one colour per run (matplotlib's tab10, cycled)
 TAB10 = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
-COMPARE_METRICS = [  # (column, getter)
-    ("val_accuracy", lambda m: (m.get("val") or {}).get("accuracy")),
-    ("val_macro_f1", lambda m: (m.get("val") or {}).get("macro_f1")),
-    ("val_loss", lambda m: (m.get("val") or {}).get("loss")),
-    ("test_accuracy", lambda m: (m.get("test") or {}).get("accuracy")),
-    ("test_macro_f1", lambda m: (m.get("test") or {}).get("macro_f1")),
-    ("best_step", lambda m: m.get("best_step")),
-    ("trainable_params", lambda m: m.get("trainable_params")),
-    ("train_runtime_s", lambda m: m.get("train_runtime_s")),
-]
+RUN_FACTS = ("best_step", "trainable_params", "train_runtime_s")
+
+
+def _split_metric(split: str, key: str):
+    return lambda m: (m.get(split) or {}).get(key)
+
+
+def _fact(key: str):
+    return lambda m: m.get(key)
+
+
+def compare_columns(problem_type: str) -> list[tuple]:
+    """(column, getter) pairs: the type's validation scalars (without NLL, which is single-label's loss), its two
+    main test metrics, then the run facts."""
+    scalars = [k for k in problem.SCALARS[problem_type] if k != "nll"]
+    return ([(f"val_{k}", _split_metric("val", k)) for k in scalars]
+            + [(f"test_{k}", _split_metric("test", k)) for k in scalars[:2]]
+            + [(k, _fact(k)) for k in RUN_FACTS])
+
+
 MISSING = "(unset)"  # a key one run's config has and another's lacks
 
 
@@ -66,14 +79,17 @@ def _shared_legend(fig, axes) -> None:
 
 
 def plot_compare(rfs: list[RunFiles], labels: list[str]):
-    """Four panels (train loss, val loss, val accuracy, val macro-F1), one line per run in each. Returns the figure."""
+    """Four panels (train loss, val loss, the type's two main val metrics), one line per run in each. Returns the
+    figure."""
     fig, axes = pyplot().subplots(2, 2, figsize=(12, 8), sharex=True, layout="constrained")
+    main, second = problem.SCALARS[rfs[0].problem_type][:2] if rfs else problem.SCALARS[problem.SINGLE][:2]
     panels = [(axes[0, 0], "training loss", "train", "loss"), (axes[0, 1], "validation loss", "eval", "loss"),
-              (axes[1, 0], "validation accuracy", "eval", "accuracy"), (axes[1, 1], "validation macro-F1", "eval", "macro_f1")]
+              (axes[1, 0], f"validation {metric_name(main)}", "eval", main),
+              (axes[1, 1], f"validation {metric_name(second)}", "eval", second)]
     for i, (rf, label) in enumerate(zip(rfs, labels)):
         colour = TAB10[i % len(TAB10)]
         for ax, _, kind, key in panels:
-            recs = [r for r in (rf.train if kind == "train" else rf.evals) if r.get(key) is not None]
+            recs = [r for r in (rf.train if kind == "train" else rf.evals) if isinstance(r.get(key), (int, float))]
             if recs:
                 ax.plot([r["step"] for r in recs], [r[key] for r in recs], color=colour, lw=1.6,
                         marker=None if kind == "train" else "o", ms=3.5, label=label)
@@ -112,7 +128,7 @@ def compare_csv(rfs: list[RunFiles], labels: list[str], diff: dict[str, list], m
     """One row per run: its label, path, the differing config values, then the final metrics."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["run", "path", *diff.keys(), *(c for c, _ in COMPARE_METRICS)])
+    w.writerow(["run", "path", *diff.keys(), *(c for c, _ in compare_columns(rfs[0].problem_type))])
     for i, rf in enumerate(rfs):
         w.writerow([labels[i], str(rf.path), *(_cell(v[i]) for v in diff.values()),
                     *("" if x is None else x for x in metrics[i])])
@@ -127,12 +143,22 @@ def compare_markdown(rfs: list[RunFiles], labels: list[str], diff: dict[str, lis
         md += [f"| {_md(k)} | " + " | ".join(_md(_cell(x)) for x in vals) + " |" for k, vals in diff.items()]
     else:
         md.append("The resolved configs are identical.")
-    md += ["", "## Final metrics", "", "| run | " + " | ".join(c for c, _ in COMPARE_METRICS) + " |",
-           "|---|" + "---:|" * len(COMPARE_METRICS)]
-    md += [f"| {_md(labels[i])} | " + " | ".join(_metric(c, x) for (c, _), x in zip(COMPARE_METRICS, metrics[i])) + " |"
+    columns = compare_columns(rfs[0].problem_type)
+    md += ["", f"## Final metrics ({rfs[0].problem_type})", "", "| run | " + " | ".join(c for c, _ in columns) + " |",
+           "|---|" + "---:|" * len(columns)]
+    md += [f"| {_md(labels[i])} | " + " | ".join(_metric(c, x) for (c, _), x in zip(columns, metrics[i])) + " |"
            for i in range(len(rfs))]
     md += ["", "Runs: " + ", ".join(f"`{rf.path}`" for rf in rfs), ""]
     return "\n".join(md)
+
+
+def _one_problem_type(rfs: list[RunFiles], labels: list[str]) -> None:
+    """Runs of different problem types have no metric in common: refused, naming each run's type."""
+    types = list(dict.fromkeys(rf.problem_type for rf in rfs))
+    if len(types) > 1:
+        shown = ", ".join(f"{label}: {rf.problem_type}" for label, rf in zip(labels, rfs))
+        raise RunError(f"compare needs runs of one problem type, got {len(types)} ({shown}); compare the runs of "
+                       f"each type separately")
 
 
 def compare_runs(run_paths: list, output: str | Path) -> Path:
@@ -147,8 +173,9 @@ def compare_runs(run_paths: list, output: str | Path) -> Path:
         raise RunError(f"--output {output} exists and is not a folder; give a folder to write the comparison into")
     rfs = [load_run(p) for p in run_paths]  # every run is checked before anything is written
     labels = run_labels([rf.path for rf in rfs])
+    _one_problem_type(rfs, labels)
     diff = differing_keys([rf.config for rf in rfs])
-    metrics = [[get(rf.metrics) for _, get in COMPARE_METRICS] for rf in rfs]
+    metrics = [[get(rf.metrics) for _, get in compare_columns(rfs[0].problem_type)] for rf in rfs]
     png = png_bytes(plot_compare(rfs, labels))
     try:
         output.mkdir(parents=True, exist_ok=True)
