@@ -5,9 +5,9 @@ writes into its folder (sweep_summary.csv, best.yaml, plots/), from the study st
 """
 
 from .results import summary_frame, trial_state, write_plots, write_results
-from .spec import METRICS, PRUNERS, SAMPLERS, Param, SweepSpec, load_sweep, trial_config
+from .spec import METRICS, PRUNERS, SAMPLERS, Param, SweepSpec, load_sweep, metrics_of, trial_config
 from .study import SweepError, open_storage, open_study, run_sweep, with_driver
 
-__all__ = ["METRICS", "PRUNERS", "SAMPLERS", "Param", "SweepError", "SweepSpec", "load_sweep",
+__all__ = ["METRICS", "PRUNERS", "SAMPLERS", "Param", "SweepError", "SweepSpec", "load_sweep", "metrics_of",
            "open_storage", "open_study", "run_sweep", "summary_frame", "trial_config", "trial_state",
            "with_driver", "write_plots", "write_results"]

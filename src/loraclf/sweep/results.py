@@ -18,7 +18,12 @@ from ..config import diff_from_defaults
 from .spec import SweepSpec, trial_config
 
 PLOT_DPI = 110
-USER_ATTRS = ("trainable_params", "test_accuracy", "run_dir", "worker")
+USER_ATTRS = ("trainable_params", "run_dir", "worker")
+
+
+def test_attr(metric: str) -> str:
+    """The user attr (and sweep_summary.csv column) of a complete trial's test score on the sweep's metric."""
+    return f"test_{metric}"
 
 
 def trial_state(t) -> str:
@@ -64,7 +69,8 @@ def summary_frame(spec: SweepSpec, study, trials: list):
 
     df = study.trials_dataframe(attrs=("number", "value", "duration", "params", "user_attrs"))
     # a param or user attr that no trial has yet still gets its (empty) column
-    wanted = ["value", "duration", *(f"params_{p.key}" for p in spec.space), *(f"user_attrs_{a}" for a in USER_ATTRS)]
+    attrs = (*USER_ATTRS, test_attr(spec.metric))
+    wanted = ["value", "duration", *(f"params_{p.key}" for p in spec.space), *(f"user_attrs_{a}" for a in attrs)]
     df = df.set_index("number").reindex(index=[t.number for t in trials], columns=wanted)
     # the last reported value and step come from intermediate values, which trials_dataframe leaves out
     last = pd.Series([t.last_step for t in trials], index=df.index, dtype="Int64")
@@ -79,7 +85,7 @@ def summary_frame(spec: SweepSpec, study, trials: list):
         "trainable_params": df["user_attrs_trainable_params"],
         "run_time_s": pd.to_timedelta(df["duration"]).dt.total_seconds().round(2),
         "last_step": last,
-        "test_accuracy": df["user_attrs_test_accuracy"],
+        test_attr(spec.metric): df[f"user_attrs_{test_attr(spec.metric)}"],
         "run_dir": df["user_attrs_run_dir"],
         "worker": df["user_attrs_worker"],
         "note": [t.user_attrs.get("rejected") or t.user_attrs.get("skipped") or "" for t in trials],
@@ -94,7 +100,8 @@ def best_yaml(spec: SweepSpec, complete: list) -> str:
     pick = max if spec.direction == "maximize" else min
     best = pick(complete, key=lambda t: t.value)
     body = yaml.safe_dump(diff_from_defaults(trial_config(spec, best.params)), sort_keys=False)
-    test = f", test accuracy {best.user_attrs['test_accuracy']:.4f}" if "test_accuracy" in best.user_attrs else ""
+    key = test_attr(spec.metric)
+    test = f", test {spec.metric} {best.user_attrs[key]:.4f}" if key in best.user_attrs else ""
     return (f"# loraclf train {spec.output / runs.SWEEP_BEST}\n"
             f"# best of {len(complete)} complete trials of study {spec.study!r} ({spec.path}): trial {best.number}, "
             f"val {spec.metric} {best.value:.4f}{test}\n"

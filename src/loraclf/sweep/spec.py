@@ -12,11 +12,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from .. import runs
+from .. import problem, runs
 from ..config import Config, flatten, from_dict, read_yaml, resolve_paths, set_path
 from ..errors import ConfigError, did_you_mean
 
-METRICS = {"accuracy": "maximize", "macro_f1": "maximize", "loss": "minimize"}  # each with its direction
+
+
+def metrics_of(problem_type: str) -> dict[str, str]:
+    """The metrics a sweep of this problem type can optimise (its scalars, main first), each with its direction."""
+    return {k: "minimize" if problem.lower_is_better(k) else "maximize" for k in problem.SCALARS[problem_type]}
+
+
+METRICS = metrics_of(problem.SINGLE)  # a single-label sweep's metrics (the default problem type)
 SAMPLERS = ("tpe", "random", "grid")
 PRUNERS = ("median", "successive_halving", "hyperband", "none")
 PARAM_TYPES = ("float", "int", "categorical")
@@ -51,7 +58,7 @@ class SweepSpec:
     path: Path
     base_data: dict  # the base config + overrides, as a nested dict, validated
     space: list[Param]
-    metric: str = "accuracy"
+    metric: str = problem.main_metric(problem.SINGLE)  # load_sweep: the problem type's main metric
     direction: str = "maximize"
     sampler: str = "tpe"
     sampler_options: dict = field(default_factory=dict)
@@ -102,7 +109,7 @@ def load_sweep(path: str | Path, study: Optional[str] = None) -> SweepSpec:
     raw = read_yaml(path)
     problems: list[str] = [f"unknown sweep key '{k}'{did_you_mean(k, SWEEP_KEYS)}" for k in raw if k not in SWEEP_KEYS]
     base_data, base_ok = _base_data(raw, path, problems)
-    metric, direction = _metric(raw, problems)
+    metric, direction = _metric(raw, _problem_type(base_data) if base_ok else problem.SINGLE, problems)
     sampler, sampler_options = _options(raw.get("sampler", SweepSpec.sampler), SAMPLERS, "sampler", problems)
     pruner, pruner_options = _options(raw.get("pruner", SweepSpec.pruner), PRUNERS, "pruner", problems)
     space = _space(raw.get("space"), sampler, problems)
@@ -160,16 +167,24 @@ def _base_data(raw: dict, path: Path, problems: list) -> tuple[dict, bool]:
     return base_data, True
 
 
-def _metric(raw: dict, problems: list) -> tuple[str, str]:
-    metric = raw.get("metric", SweepSpec.metric)
-    if metric not in METRICS:
-        problems.append(f"'metric' must be one of {', '.join(METRICS)}, got {metric!r}{did_you_mean(str(metric), METRICS)}")
-        metric = SweepSpec.metric
-    direction = raw.get("direction", METRICS[metric])
+def _problem_type(base_data: dict) -> str:
+    model = base_data.get("model") if isinstance(base_data.get("model"), dict) else {}
+    return model.get("problem_type") or problem.SINGLE
+
+
+def _metric(raw: dict, problem_type: str, problems: list) -> tuple[str, str]:
+    """The objective: 'metric' (default the problem type's main metric) and its direction, which follows it."""
+    metrics = metrics_of(problem_type)
+    metric = raw.get("metric", problem.main_metric(problem_type))
+    if metric not in metrics:
+        problems.append(f"'metric' {metric!r} is not a metric of model.problem_type={problem_type}; give one of "
+                        f"{', '.join(metrics)}{did_you_mean(str(metric), metrics)}")
+        metric = problem.main_metric(problem_type)
+    direction = raw.get("direction", metrics[metric])
     if direction not in ("maximize", "minimize"):
         problems.append(f"'direction' must be maximize or minimize, got {direction!r}")
-    elif direction != METRICS[metric]:
-        better = "higher" if METRICS[metric] == "maximize" else "lower"
+    elif direction != metrics[metric]:
+        better = "higher" if metrics[metric] == "maximize" else "lower"
         problems.append(f"'direction: {direction}' contradicts metric '{metric}', which is better {better}; "
                         f"drop 'direction' (it follows the metric)")
     return metric, direction

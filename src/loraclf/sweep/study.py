@@ -23,7 +23,7 @@ from .. import budget, data, logs, runs
 from ..config import Config
 from ..errors import BudgetError, ConfigError, LoraclfError
 from ..training import train
-from .results import write_results
+from .results import test_attr, write_results
 from .spec import Param, SweepSpec, load_sweep, shown_params, trial_config
 
 logger = logs.get(__name__)
@@ -153,7 +153,8 @@ class _Worker:
     def splits(self, cfg: Config):
         key = json.dumps(cfg.to_dict()["data"], sort_keys=True, default=str)
         if key not in self.splits_cache:
-            self.splits_cache[key] = data.load_splits(cfg.data, log=lambda m: None)
+            self.splits_cache[key] = data.load_splits(cfg.data, log=lambda m: None,
+                                                      problem_type=cfg.model.problem_type)
         return self.splits_cache[key]
 
     def objective(self, trial) -> float:
@@ -182,6 +183,8 @@ class _Worker:
         spec = self.spec
 
         def on_eval(step: int, metrics: dict) -> None:
+            if metrics.get(spec.metric) is None:  # undefined at this step (e.g. Pearson of constant predictions)
+                return
             value = float(metrics[spec.metric])
             runs.write_json(run_dir / runs.SWEEP_TRIAL, {**status, "state": "running", "step": step})
             trial.report(value, step)
@@ -206,24 +209,24 @@ class _Worker:
             raise
         finally:
             gc.collect()
-        value = float(result.metrics["val"][spec.metric])
-        _record(trial, result, run_dir, started)
+        value = result.metrics["val"].get(spec.metric)
+        value = float("nan") if value is None else float(value)  # Optuna marks a NaN trial failed
+        _record(trial, result, run_dir, started, spec.metric)
         runs.write_json(run_dir / runs.SWEEP_TRIAL, {**status, "state": "complete", spec.metric: value})
         say(f"trial {trial.number}: val {spec.metric} {value:.4f} "
             f"({result.params['trainable']:,} trainable, {time.time() - started:.0f} s)")
         return value
 
 
-def _record(trial, result, run_dir: Path, started: float) -> None:
+def _record(trial, result, run_dir: Path, started: float, metric: str) -> None:
     """A complete trial's facts as user attrs, which sweep_summary.csv and best.yaml read from the storage."""
     m = result.metrics
     trial.set_user_attr("run_dir", str(run_dir))
     trial.set_user_attr("run_time_s", round(time.time() - started, 2))
     trial.set_user_attr("trainable_params", int(result.params["trainable"]))
     trial.set_user_attr("best_step", m.get("best_step"))
-    if "test" in m:
-        trial.set_user_attr("test_accuracy", float(m["test"]["accuracy"]))
-        trial.set_user_attr("test_macro_f1", float(m["test"]["macro_f1"]))
+    if isinstance((m.get("test") or {}).get(metric), (int, float)):
+        trial.set_user_attr(test_attr(metric), float(m["test"][metric]))
 
 
 def _skip_surplus(trial, n_trials: Optional[int]) -> None:
