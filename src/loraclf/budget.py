@@ -15,6 +15,7 @@ from typing import Callable, Optional
 
 from . import logs
 from . import methods
+from . import problem
 from . import model as model_mod
 from .architectures import resolve_targets
 from .config import Config
@@ -88,12 +89,14 @@ def model_shape(cfg: Config, num_labels: int) -> _Shape:
         try:  # the cache first: a hub lookup that cannot connect retries for ~25 s before failing
             mc = AutoConfig.from_pretrained(name, revision=cfg.model.revision, local_files_only=True,
                                             num_labels=num_labels, id2label=id2label,
+                                            problem_type=cfg.model.problem_type,
                                             label2id={v: k for k, v in id2label.items()})
             return _Shape(mc, "config.json (local Hugging Face cache)")
         except (OSError, ValueError):
             mc = known()
             mc.num_labels = num_labels
             mc.id2label, mc.label2id = id2label, {v: k for k, v in id2label.items()}
+            mc.problem_type = cfg.model.problem_type
             return _Shape(mc, f"loraclf's built-in copy of {name}'s published shape (its config.json is not in the "
                               f"local Hugging Face cache)")
     path, mc = model_mod.load_model_config(cfg, id2label)
@@ -288,20 +291,30 @@ def format_breakdown(b: dict) -> str:
 
 
 def resolve_num_labels(cfg: Config, num_labels: Optional[int] = None) -> tuple[int, str]:
-    """(number of labels, where it came from): an explicit value, data.label_names, else the training labels."""
+    """(number of model outputs, where it came from) for cfg.model.problem_type: 1 for regression; otherwise an
+    explicit value, data.label_columns (multi-label), data.label_names (single-label), else the training labels."""
+    pt = cfg.model.problem_type
     if num_labels is not None:
-        if num_labels < 2:
-            raise BudgetError(f"--num-labels must be at least 2, got {num_labels}")
+        if pt == problem.REGRESSION and num_labels != 1:
+            raise BudgetError(f"--num-labels must be 1 with model.problem_type=regression (one output), got {num_labels}")
+        if pt != problem.REGRESSION and num_labels < 2:
+            raise BudgetError(f"--num-labels must be at least 2 with model.problem_type={pt}, got {num_labels} "
+                              f"(one output is model.problem_type=regression)")
         return num_labels, "--num-labels"
-    if cfg.data.label_names:
+    if pt == problem.REGRESSION:
+        return 1, "model.problem_type=regression"
+    if pt == problem.MULTI and cfg.data.label_columns:
+        return len(cfg.data.label_columns), "data.label_columns"
+    if pt == problem.SINGLE and cfg.data.label_names:
         return len(cfg.data.label_names), "data.label_names"
     from . import data as data_mod  # here, not at the top: pandas/datasets add ~0.5 s to every `loraclf budget`
 
     try:
-        splits = data_mod.load_splits(cfg.data, log=lambda m: None)
+        splits = data_mod.load_splits(cfg.data, log=lambda m: None, problem_type=pt)
     except LoraclfError as e:
+        hint = "data.label_columns" if pt == problem.MULTI else "data.label_names"
         raise BudgetError(f"cannot count the labels without reading the data ({e}); give --num-labels N or set "
-                          f"data.label_names") from None
+                          f"{hint}") from None
     return len(splits.id2label), "the training labels"
 
 
@@ -418,7 +431,7 @@ def budget_report(cfg: Config, num_labels: Optional[int] = None) -> dict:
     mc = shape.config
     return {
         "model": cfg.model.name_or_path, "model_type": mc.model_type, "config_source": shape.source,
-        "num_labels": n_labels, "num_labels_from": labels_from,
+        "problem_type": cfg.model.problem_type, "num_labels": n_labels, "num_labels_from": labels_from,
         "method": cfg.adapter.method, "r": r, "r_auto": resolved is not None,
         "target_modules": cfg.adapter.target_modules,
         "resolved_targets": resolve_targets(counter.base, mc.model_type, cfg.adapter.target_modules),
@@ -439,7 +452,8 @@ def format_report(rep: dict) -> str:
     preset = f"{tm} = " if isinstance(tm, str) else ""
     layers = f", top {rep['layers_to_transform']} layers" if rep["layers_to_transform"] else ""
     lines.append(f"model   {rep['model']} ({rep['model_type']}); shape from {rep['config_source']}")
-    lines.append(f"labels  {rep['num_labels']} (from {rep['num_labels_from']})")
+    outputs = "output" if rep["num_labels"] == 1 else "outputs"
+    lines.append(f"labels  {rep['num_labels']} {outputs} (from {rep['num_labels_from']}); {rep['problem_type']}")
     auto = " (adapter.r=auto)" if rep["r_auto"] else ""
     lines.append(f"adapter {rep['method']} r={rep['r']}{auto} on {preset}{', '.join(rep['resolved_targets'])}{layers}; "
                  f"head {rep['head']}")
