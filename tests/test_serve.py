@@ -86,7 +86,11 @@ def test_health_labels_and_openapi(server):
     ({"texts": "one text"}, 422, "texts must be a list of strings, got str"),
     ({"texts": ["fine", 7]}, 422, "texts[1] must be a string, got int"),
     ({"texts": [None]}, 422, "texts[0] must be a string, got null"),
-    ({"text": ["hello"]}, 422, 'a list of strings under "texts"'),
+    ({"text": ["hello"]}, 422, "text must be a string, got list"),
+    ({"txt": "hello"}, 422, "unknown field 'txt'"),
+    ({}, 422, 'a list of strings under "texts" (or one string under "text")'),
+    ({"texts": ["a"], "text": "b"}, 422, 'give "texts" or "text", not both'),
+    ({"text": "a", "text_pair": "b"}, 422, "reads single texts"),
     ({"texts": ["a"], "top_k": 2}, 422, "unknown field 'top_k'"),
     (["hello"], 422, 'JSON object like {"texts"'),
 ])
