@@ -68,8 +68,10 @@ PICKLE = "read .pkl input (unpickling runs code: trusted files only)"
 
 COMMANDS: dict[str, dict] = {  # name -> add_parser keywords and "args", the command's arguments
     "train": dict(help="fine-tune a model and write a run folder",
-                  description="Fine-tune as configured. Prints the run folder; writes adapter/, metrics.json, "
-                              "history.jsonl, val_predictions.csv and report/ into it.", args=[
+                  description="Fine-tune as configured (model.problem_type: single_label_classification, "
+                              "multi_label_classification or regression). Prints the run folder; writes adapter/, "
+                              "metrics.json, decision.json, history.jsonl, val_predictions.csv and report/ into it.",
+                  args=[
         *CONFIG_ARGS,
         arg("--resume", metavar="RUN", help="continue RUN from its newest complete checkpoint"),
         arg("--nproc", type=_positive_int, default=None, help="re-launch through `accelerate launch` with N processes"),
@@ -81,7 +83,7 @@ COMMANDS: dict[str, dict] = {  # name -> add_parser keywords and "args", the com
         arg("--keys", action="store_true", help="list every config key with its type, default and meaning"),
     ]),
     "validate": dict(help="check a config without loading any model", args=CONFIG_ARGS),
-    "evaluate": dict(help="metrics of a trained run on a labelled file", args=[
+    "evaluate": dict(help="metrics of a trained run on a labelled file (the run's problem type's metrics)", args=[
         arg("run", help=RUN),
         arg("--data", required=True, help="labelled file (.csv .tsv .json .jsonl .parquet)"),
         arg("--output", help="also write the metrics as JSON here"),
@@ -108,7 +110,8 @@ COMMANDS: dict[str, dict] = {  # name -> add_parser keywords and "args", the com
         *CONFIG_ARGS,
         arg("--json", action="store_true", help="print the breakdown as JSON"),
         arg("--num-labels", type=_count(100_000),
-            help="number of classes (default: data.label_names, else read from the training labels)"),
+            help="model outputs: the number of classes or labels (default: data.label_names, data.label_columns "
+                 "for multi-label, else read from the training labels); regression has 1"),
     ]),
     "augment": dict(help="write EDA-augmented copies of a labelled file", args=[
         arg("--input", required=True),
@@ -122,8 +125,10 @@ COMMANDS: dict[str, dict] = {  # name -> add_parser keywords and "args", the com
         arg("--allow-pickle", action="store_true"),
         arg("--show", type=int, default=5, help="before/after pairs to print"),
     ]),
-    "report": dict(help="(re)write RUN/report/: curves, confusion matrix, report.html", args=[arg("run")]),
-    "compare": dict(help="overlay the curves of several runs and tabulate their differences", args=[
+    "report": dict(help="(re)write RUN/report/: curves, the problem type's figures (confusion matrix, per-label bars, "
+                        "or predicted vs true and residuals), report.html", args=[arg("run")]),
+    "compare": dict(help="overlay the curves of several runs of one problem type and tabulate their differences",
+                    args=[
         arg("runs", nargs="+"),
         arg("--output", required=True),
     ]),
@@ -236,14 +241,27 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _metric_lines(m: dict) -> list[str]:
+    """evaluate's printout: the problem type's scalars on one line, then one line per class or label."""
+    from . import problem
+    from .report import metric_name
+
+    pt = m.get("problem_type") or (problem.REGRESSION if "rmse" in m else problem.MULTI if "micro_f1" in m
+                                   else problem.SINGLE)
+    scores = [f"{metric_name(k)} {m[k]:.4f}" for k in problem.SCALARS[pt] if isinstance(m.get(k), (int, float))]
+    lines = [" | ".join([f"{m['n']} rows", *scores])]
+    for name, pc in (m.get("per_label") or m.get("per_class") or {}).items():
+        threshold = f" threshold {pc['threshold']:.3f}" if "threshold" in pc else ""
+        lines.append(f"  {name:20} precision {pc['precision']:.3f} recall {pc['recall']:.3f} f1 {pc['f1']:.3f} "
+                     f"support {pc['support']}{threshold}")
+    return lines
+
+
 def cmd_evaluate(args) -> int:
     from .predict import evaluate_file
 
     m = evaluate_file(args.run, args.data, args.batch_size, args.allow_pickle, args.precision, args.quiet, args.output)
-    print(f"{m['n']} rows | accuracy {m['accuracy']:.4f} | macro-F1 {m['macro_f1']:.4f} | loss {m['loss']:.4f}")
-    for name, pc in m["per_class"].items():
-        print(f"  {name:20} precision {pc['precision']:.3f} recall {pc['recall']:.3f} f1 {pc['f1']:.3f} "
-              f"support {pc['support']}")
+    print("\n".join(_metric_lines(m)))
     return 0
 
 
@@ -252,7 +270,10 @@ def cmd_predict(args) -> int:
 
     r = predict_file(args.run, args.input, args.output, args.format, args.batch_size, args.allow_pickle,
                      args.text_column, args.precision, args.quiet)
-    print(f"wrote {r['rows']} predictions to {r['output']} ({', '.join(f'{k}: {v}' for k, v in r['counts'].items())})")
+    # counts: rows per predicted class (multi-label: per label); summary: regression's mean, std, min, max
+    facts = {**(r.get("counts") or {}), **{k: f"{v:.4g}" for k, v in (r.get("summary") or {}).items()}}
+    shown = f" ({', '.join(f'{k}: {v}' for k, v in facts.items())})" if facts else ""
+    print(f"wrote {r['rows']} predictions to {r['output']}{shown}")
     return 0
 
 
