@@ -39,15 +39,33 @@ def head_tokens(tokenizer, data: DataConfig) -> tuple[int, int]:
     return min(k, budget), budget
 
 
+def _special_template(tokenizer) -> dict:
+    """A one-text encoding's columns around its tokens: {column: (before, after, the text's own value)}.
+
+    Found by encoding a probe with and without special tokens, because transformers 5's tokenizers have no
+    prepare_for_model / build_inputs_with_special_tokens to add them to ids that were cut by hand.
+    """
+    full = tokenizer("a", add_special_tokens=True)
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    ids = list(full["input_ids"])
+    start = next((i for i in range(len(ids) - len(plain) + 1) if ids[i: i + len(plain)] == plain), None)
+    if start is None:  # a tokenizer that changes the text's tokens when it adds its own: keep its ends as they are
+        start, plain = 1, ids[1:-1]
+    end = start + len(plain)
+    return {key: (list(values[:start]), list(values[end:]), values[start] if end > start else 0)
+            for key, values in full.items()}
+
+
 def _head_tail(tokenizer, texts: list[str], data: DataConfig) -> dict:
     k, budget = head_tokens(tokenizer, data)
     ids = tokenizer(texts, add_special_tokens=False, truncation=False)["input_ids"]
-    out: dict = {}
+    template = _special_template(tokenizer)
+    out: dict = {key: [] for key in template}
     for row in ids:
         if len(row) > budget:
             row = row[:k] + row[len(row) - (budget - k):]
-        enc = tokenizer.prepare_for_model(row, add_special_tokens=True, truncation=False)
-        for key, value in enc.items():
-            out.setdefault(key, []).append(value)
+        for key, (before, after, fill) in template.items():
+            body = row if key == "input_ids" else [fill] * len(row)  # masks and segment ids: the text's own value
+            out[key].append(before + body + after)
     out["doc"] = list(range(len(texts)))
     return out
