@@ -313,7 +313,7 @@ def _imbalance_rows(args, arms, base_f1, base_acc) -> list[str]:
     for arm, _ in arms:
         rs = _ok(args, "trec50", arm)
         if not rs:
-            out.append(f"| {arm} | not run | | | | | | | | 0 |")
+            out.append(f"| {arm} | not run | | | | | | | | | 0 |")
             continue
         f1, acc = _mean([r["test"]["macro_f1"] for r in rs]), _mean([r["test"]["accuracy"] for r in rs])
         verdict = ""
@@ -324,7 +324,8 @@ def _imbalance_rows(args, arms, base_f1, base_acc) -> list[str]:
             f"| {arm} | {_pct_spread([r['test']['macro_f1'] for r in rs])} | "
             f"{_pct_spread([r['test']['accuracy'] for r in rs])} | {_pct_spread([r['test']['macro_f1_seen'] for r in rs])} | "
             f"{_pct_spread([r['val']['macro_f1'] for r in rs])} | {verdict} | {_mean([r['s_per_epoch'] for r in rs]):.1f} | "
-            f"{max(r['peak_rss_mb'] for r in rs):,.0f} | {max(r['other_cpu_s'] for r in rs):.0f} | {len(rs)} |")
+            f"{_mean([r['cpu_s'] for r in rs]):.0f} | {max(r['peak_rss_mb'] for r in rs):,.0f} | "
+            f"{max(r['other_cpu_s'] for r in rs):.0f} | {len(rs)} |")
     return out
 
 
@@ -342,8 +343,8 @@ def trec_table(args) -> list[str]:
         "macro-F1 ≥ +3 with accuracy ≥ −0.5.",
         "",
         "| arm | test macro-F1 % | test accuracy % | test macro-F1 seen % | val macro-F1 % | Δ vs none, target | "
-        "s / epoch | peak RSS MB | other CPU s (max) | n |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "wall s / epoch | job CPU s | peak RSS MB | other CPU s (max) | n |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     lines += _imbalance_rows(args, TREC50, base_f1, base_acc)
     extra = [a for a in TREC50_EXTRA if _ok(args, "trec50", a[0])]
@@ -370,21 +371,22 @@ def speech_table(args) -> list[str]:
         + " The TF-IDF anchor is deterministic (one run); its s / epoch is the whole fit over 4 values of C. "
         "mean (min–max) over seeds; test n counts documents.",
         "",
-        "| arm | test accuracy % | test macro-F1 % | val accuracy % | val macro-F1 % | test n | s / epoch | "
-        "peak RSS MB | other CPU s (max) | n |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| arm | test accuracy % | test macro-F1 % | val accuracy % | val macro-F1 % | test n | wall s / epoch | "
+        "job CPU s | peak RSS MB | other CPU s (max) | n |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for arm in ["TF-IDF + logistic regression"] + [a for a, _ in SPEECH + CHUNKS]:
         rs = _ok(args, "speeches", arm)
         if not rs:
-            lines.append(f"| {arm} | not run | | | | | | | | 0 |")
+            lines.append(f"| {arm} | not run | | | | | | | | | 0 |")
             continue
         per_epoch = (f"{rs[0]['fit_s']:.1f} (fit, C={rs[0]['C']:g})" if "fit_s" in rs[0]
                      else f"{_mean([r['s_per_epoch'] for r in rs]):.1f}")
         lines.append(
             f"| {arm} | {_pct_spread([r['test']['accuracy'] for r in rs])} | {_pct_spread([r['test']['macro_f1'] for r in rs])} | "
             f"{_pct_spread([r['val']['accuracy'] for r in rs])} | {_pct_spread([r['val']['macro_f1'] for r in rs])} | "
-            f"{rs[0]['test']['n']} | {per_epoch} | {max(r['peak_rss_mb'] for r in rs):,.0f} | "
+            f"{rs[0]['test']['n']} | {per_epoch} | {_mean([r['cpu_s'] for r in rs]):.0f} | "
+            f"{max(r['peak_rss_mb'] for r in rs):,.0f} | "
             f"{max(r['other_cpu_s'] for r in rs):.0f} | {len(rs)} |")
     return lines
 
@@ -400,8 +402,9 @@ def calib_table(args) -> list[str]:
         "otherwise (3 epochs). Target: test ECE after ≤ half of before, accuracy unchanged.",
         "",
         "| data | seed | T | test ECE before → after | test NLL before → after | val ECE before → after | "
-        "test acc before / after % | argmax moved | predict ECE | target | s / epoch | peak RSS MB | other CPU s |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "test acc before / after % | argmax moved | predict ECE | target | wall s / epoch | job CPU s | peak RSS MB | "
+        "other CPU s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for arm, _, _ in CALIB:
         for r in sorted(_ok(args, "calibration", arm), key=lambda r: r["seed"]):
@@ -412,11 +415,40 @@ def calib_table(args) -> list[str]:
                 f"{t['nll_before']:.4f} → {t['nll_after']:.4f} | {v['ece_before']:.4f} → {v['ece_after']:.4f} | "
                 f"{100 * rb['acc_before']:.2f} / {100 * rb['acc_after']:.2f} | {rb['argmax_moved']} | "
                 f"{rb['predict_ece']:.4f} | {'PASS' if ok else 'MISS'} "
-                f"(×{t['ece_after'] / max(t['ece_before'], 1e-12):.2f}) | {r['s_per_epoch']:.1f} | "
+                f"(×{t['ece_after'] / max(t['ece_before'], 1e-12):.2f}) | {r['s_per_epoch']:.1f} | {r['cpu_s']:.0f} | "
                 f"{r['peak_rss_mb']:,.0f} | {r['other_cpu_s']:.0f} |")
         if not _ok(args, "calibration", arm):
-            lines.append(f"| {arm} | not run | | | | | | | | | | | |")
+            lines.append(f"| {arm} | not run | | | | | | | | | | | | |")
     return lines
+
+
+COMMANDS = [
+    "python bench/hard_data.py --only trec50 --seeds 0",
+    "python bench/hard_data.py --only calibration --seeds 0 --arms TREC-6",
+    "python bench/hard_data.py --only speeches --seeds 0 --arms 'TF-IDF,truncate 128,head_tail'",
+    "python bench/hard_data.py --only calibration --seeds 0 --arms 'AG News'",
+    "python bench/hard_data.py --only speeches --seeds 0",
+    "python bench/hard_data.py --only trec50 --seeds 1 2",
+    "python bench/hard_data.py --only speeches --seeds 1 2",
+    "python bench/hard_data.py --only calibration --seeds 1 2",
+]
+
+
+def planned(seeds=(0, 1, 2)) -> list[tuple[str, str, int]]:
+    """Every job of the full benchmark at seeds 0-2 (chunks: both candidates at PICK_SEED, one otherwise)."""
+    out = [("trec50", a, sd) for sd in seeds for a, _ in TREC50]
+    out += [("speeches", "TF-IDF + logistic regression", 0)]
+    out += [("speeches", a, sd) for sd in seeds for a, _ in SPEECH]
+    out += [("speeches", a, PICK_SEED) for a, _ in CHUNKS]
+    out += [("speeches", "chunks (the one picked)", sd) for sd in seeds if sd != PICK_SEED]
+    return out + [("calibration", a, sd) for sd in seeds for a, _, _ in CALIB]
+
+
+def _ok_seed(args, group: str, arm: str, seed: int) -> bool:
+    if arm == "chunks (the one picked)":
+        pick = chosen_chunks(args.records)
+        return pick is not None and bool([r for r in _ok(args, group, pick) if r["seed"] == seed])
+    return bool([r for r in _ok(args, group, arm) if r["seed"] == seed])
 
 
 def write_table(args) -> None:
@@ -441,10 +473,19 @@ def write_table(args) -> None:
         "other processes used while a job ran (from /proc/stat less the job's own): "
         + (f"at most {max(others):,.0f} s in one job, {sum(others):,.0f} s over {sum(walls):,.0f} s of job wall time."
            if others else "none measured yet."),
+        "- The cores were shared with other agents' jobs (see the other CPU column), so wall times (s / epoch is "
+        "loraclf's train_runtime_s over the epochs) are longer than on an idle machine: over all jobs, wall time was "
+        + (f"{sum(walls) / max(sum(r['cpu_s'] for r in args.records if 'cpu_s' in r), 1e-9):.1f}x " if walls else "? x ")
+        + "the jobs' own CPU time ('job CPU s': the job process's user + system time, start to end).",
         f"- Model `{args.model}` (all-MiniLM-L6-v2, 22.7M parameters). Peak RSS is the job process's own (wait4).",
         "",
     ]
     lines += trec_table(args) + [""] + speech_table(args) + [""] + calib_table(args)
+    missing = [f"{g} {a} seed {sd}" for g, a, sd in planned() if not _ok_seed(args, g, a, sd)]
+    if missing:
+        lines += ["", f"Not measured ({len(missing)} of the planned jobs; the time ran out, see above): "
+                      + "; ".join(missing) + ". `python bench/hard_data.py` resumes and measures them."]
+    lines += ["", "Commands that measured the rows (in this order): " + "; ".join(f"`{c}`" for c in COMMANDS) + "."]
     errors = [r for r in args.records if "error" in r]
     if errors:
         lines += ["", "Failed jobs:"] + [f"- {r['group']} {r['arm']} seed {r['seed']}: {r['error']}" for r in errors]
@@ -455,6 +496,7 @@ def write_table(args) -> None:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--child", help=argparse.SUPPRESS)
+    p.add_argument("--table-only", action="store_true", help="rewrite the Markdown from the .jsonl; run nothing")
     p.add_argument("--only", default="trec50,speeches,calibration", help=f"comma-separated groups of {GROUPS}")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--arms", default="", help="comma-separated substrings: run only the arms whose name has one")
@@ -479,7 +521,7 @@ def main() -> int:
     args.records = [json.loads(x) for x in args.raw.read_text().splitlines() if x.strip()] if args.raw.exists() else []
     args.records = [r for r in args.records if "error" not in r]  # failed rows are measured again
     args.started = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    for g in groups:
+    for g in groups if not args.table_only else []:
         {"trec50": lambda: run_trec50(args, TREC50), "trec50x": lambda: run_trec50(args, TREC50_EXTRA),
          "speeches": lambda: run_speeches(args), "calibration": lambda: run_calibration(args)}[g]()
     write_table(args)
