@@ -285,3 +285,23 @@ def test_f1_thresholds_temperature_and_loss_json_on_a_binary_run(tiny_bert, tmp_
     best = [r for r in res.history if r.get("type") == "eval" and r["step"] == m["best_step"]][-1]
     raw_acc = float((probs.argmax(-1) == y).mean())
     assert raw_acc == pytest.approx(best["accuracy"], abs=1e-9)
+
+
+def test_a_stride_the_tokenizer_cannot_window_is_one_line_and_no_run_folder(tiny_bert, tiny_data, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    # max_length 32 holds 30 text tokens with [CLS] and [SEP]: config_checks lets stride 30 through (< 32), the
+    # tokenizer itself would panic
+    cmd = [sys.executable, "-m", "loraclf", "train", f"model.name_or_path={tiny_bert}",
+           f"data.train={tiny_data['train']}", f"data.validation={tiny_data['val']}", "data.max_length=32",
+           "data.long_text=chunks", "data.stride=30", "train.max_steps=1", "output.report=false",
+           f"output.dir={tmp_path / 'runs'}", "output.run_name=stride", f"data.cache_dir={tmp_path / 'cache'}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [x for x in proc.stderr.strip().splitlines() if x.strip()]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr
+    assert "'data.stride' (30) must be smaller than the 30 text tokens of a window (data.max_length 32 less this " \
+           "tokenizer's 2 special tokens); set data.stride to 29 or less" in lines[0]
+    assert not (tmp_path / "runs" / "stride").exists()

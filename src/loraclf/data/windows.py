@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Optional
 
 from ..config import DataConfig
+from ..errors import ConfigError
 
 
 def encode(tokenizer, texts: list[str], pairs: Optional[list[str]], data: DataConfig) -> dict:
@@ -26,6 +27,11 @@ def encode(tokenizer, texts: list[str], pairs: Optional[list[str]], data: DataCo
 
 def _chunks(tokenizer, texts: list[str], data: DataConfig) -> dict:
     # the fast tokenizers' own windowing: `stride` tokens shared by consecutive windows of max_length
+    body = data.max_length - tokenizer.num_special_tokens_to_add(pair=False)
+    if data.stride >= body:  # the tokenizer would panic (a Rust panic, not a Python error)
+        raise ConfigError([f"'data.stride' ({data.stride}) must be smaller than the {body} text tokens of a window "
+                           f"(data.max_length {data.max_length} less this tokenizer's "
+                           f"{data.max_length - body} special tokens); set data.stride to {body - 1} or less"])
     enc = dict(tokenizer(texts, truncation=True, max_length=data.max_length, stride=data.stride,
                          return_overflowing_tokens=True))
     enc["doc"] = list(enc.pop("overflow_to_sample_mapping"))
