@@ -305,3 +305,19 @@ def test_a_stride_the_tokenizer_cannot_window_is_one_line_and_no_run_folder(tiny
     assert "'data.stride' (30) must be smaller than the 30 text tokens of a window (data.max_length 32 less this " \
            "tokenizer's 2 special tokens); set data.stride to 29 or less" in lines[0]
     assert not (tmp_path / "runs" / "stride").exists()
+
+
+def test_soft_targets_take_the_class_weights_and_smoothing_and_one_hot_is_the_hard_loss():
+    z, y = _logits_labels(seed=4)
+    w = [0.5, 2.0, 1.0, 3.0]
+    r = torch.linspace(0.2, 1.0, len(y))
+    spec = _spec(class_weights=w, label_smoothing=0.1)
+    hard = loss_mod.loss_of(z, {"labels": y, "weight": r}, spec)
+    one_hot = loss_mod.loss_of(z, {"soft_labels": F.one_hot(y, 4).float(), "weight": r}, spec)
+    assert torch.allclose(one_hot, hard, atol=1e-6)  # self-training's labelled rows: the same loss either way
+    q = torch.softmax(torch.randn(len(y), 4, generator=torch.Generator().manual_seed(5)), -1)
+    got = loss_mod.loss_of(z, {"soft_labels": q}, _spec(class_weights=w))
+    row_w = (q * torch.tensor(w)).sum(-1)
+    per = -(q * torch.log_softmax(z, -1)).sum(-1)
+    assert torch.allclose(got, (per * row_w).sum() / row_w.sum(), atol=1e-6)
+    assert not torch.allclose(got, loss_mod.loss_of(z, {"soft_labels": q}, _spec()), atol=1e-4)

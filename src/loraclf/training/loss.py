@@ -115,10 +115,10 @@ def loss_of(logits: torch.Tensor, batch: dict, spec: LossSpec) -> torch.Tensor:
 
 def _single_label(logits, batch, spec: LossSpec):
     """Per-row loss and, with class weights, the per-row weight the mean is normalised by (as torch's CE does)."""
-    if "soft_labels" in batch:
-        return -(batch["soft_labels"] * torch.log_softmax(logits, -1)).sum(-1), None
-    y = batch["labels"].long()
     w = torch.tensor(spec.class_weights, device=logits.device) if spec.class_weights is not None else None
+    if "soft_labels" in batch:
+        return _soft(logits, batch["soft_labels"].float(), w, spec)
+    y = batch["labels"].long()
     ce = F.cross_entropy(logits, y, reduction="none", label_smoothing=spec.label_smoothing)
     if spec.name == "focal":
         p_t = torch.exp(-F.cross_entropy(logits, y, reduction="none"))
@@ -126,6 +126,20 @@ def _single_label(logits, batch, spec: LossSpec):
     if w is None:
         return ce, None
     return ce * w[y], w[y]
+
+
+def _soft(logits, q, w, spec: LossSpec):
+    """Probability targets (self-training's soft pseudo-labels): smoothed as torch smooths hard labels, and each row
+    weighed by its expected class weight, so one-hot targets give exactly the hard-label loss."""
+    if spec.label_smoothing:
+        q_s = q * (1 - spec.label_smoothing) + spec.label_smoothing / q.shape[-1]
+    else:
+        q_s = q
+    per = -(q_s * torch.log_softmax(logits, -1)).sum(-1)
+    if w is None:
+        return per, None
+    row_w = (q * w).sum(-1)
+    return per * row_w, row_w
 
 
 def _multi_label(logits, batch, spec: LossSpec):
