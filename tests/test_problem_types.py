@@ -180,3 +180,61 @@ def test_every_method_with_every_problem_type(method, kind, tiny_bert, problem_d
 @pytest.mark.parametrize("head", [h for h in HEADS if h != "full"])  # full: the matrix above
 def test_every_head_with_every_problem_type(head, kind, tiny_bert, problem_data, tmp_path):
     run_one(kind, tiny_bert, problem_data, tmp_path, f"adapter.head={head}")
+
+
+# ------------------------------------------------------------------------------------------ the real model learns
+
+
+REAL = {  # data set, extra overrides, training rows, steps, learning rate
+    REGRESSION: ("vader", [f"model.problem_type={REGRESSION}", "data.label_column=sentiment"], 320, 40, "3e-3"),
+    MULTI: ("ag_digest", [f"model.problem_type={MULTI}", "data.label_column=labels", "data.label_delimiter='|'"],
+            320, 40, "3e-3"),
+    PAIRS: ("ag_pairs", ["data.text_column=title", "data.text_pair_column=description"], 400, 60, "4e-3"),
+}
+REAL_VAL_ROWS = 150
+
+
+def train_real(kind: str, tmp_path: Path):
+    """The packaged MiniLM on the first rows of a shared data set's train and val files (their order is a fixed
+    seeded shuffle, see ../shared/data/README.md)."""
+    name, extra, n_train, steps, lr = REAL[kind]
+    folder = need(SHARED / "data" / name, f"the shared {name} data")
+    paths = {}
+    for split, n in (("train", n_train), ("val", REAL_VAL_ROWS)):
+        paths[split] = tmp_path / f"{split}.csv"
+        pd.read_csv(folder / f"{split}.csv").head(n).to_csv(paths[split], index=False)
+    cfg = load_config(None, [f"data.train={paths['train']}", f"data.validation={paths['val']}", "data.max_length=48",
+                             f"train.max_steps={steps}", "train.per_device_train_batch_size=16",
+                             f"train.learning_rate={lr}", f"eval.eval_steps={steps}", "output.report=false",
+                             f"output.dir={tmp_path / 'runs'}", f"data.cache_dir={tmp_path / 'cache'}", *extra])
+    return train(cfg, quiet=True).metrics["val"], pd.read_csv(paths["val"])
+
+
+@pytest.mark.pretrained
+@pytest.mark.slow
+def test_minilm_learns_regression_on_vader(minilm_path, tmp_path):
+    val, _ = train_real(REGRESSION, tmp_path)
+    assert val["pearson"] > 0.3, val
+    assert val["r2"] > 0.1, val  # better than predicting the mean
+
+
+@pytest.mark.pretrained
+@pytest.mark.slow
+def test_minilm_learns_multi_label_on_ag_digest(minilm_path, tmp_path):
+    val, df = train_real(MULTI, tmp_path)
+    sets = df["labels"].str.split("|")
+    positive = sets.map(len).sum() / (4 * len(df))  # share of (row, label) cells that are 1
+    all_positive = 2 * positive / (1 + positive)  # micro-F1 of predicting every label for every row
+    top = sets.explode().value_counts().index[0]
+    tp = int(sets.map(lambda s: top in s).sum())  # micro-F1 of predicting the most frequent label for every row
+    most_frequent = 2 * tp / (len(df) + sets.map(len).sum())
+    assert val["micro_f1"] > max(all_positive, most_frequent) + 0.05, (val, all_positive, most_frequent)
+    assert val["mean_average_precision"] > 0.6, val
+
+
+@pytest.mark.pretrained
+@pytest.mark.slow
+def test_minilm_learns_sentence_pairs_on_ag_pairs(minilm_path, tmp_path):
+    val, df = train_real(PAIRS, tmp_path)
+    majority = df["label"].value_counts(normalize=True).iloc[0]
+    assert val["accuracy"] > max(0.6, majority + 0.1), (val, majority)
