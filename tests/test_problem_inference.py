@@ -121,7 +121,7 @@ def test_single_label_file_has_todays_columns_and_calibrated_probabilities(runs_
     probs = df.filter(like="prob_").to_numpy()
     np.testing.assert_allclose(probs, _softmax(z / t), atol=1e-5)
     assert not np.allclose(probs, _softmax(z), atol=1e-3)
-    assert r["problem_type"] == problem.SINGLE and sum(r["summary"].values()) == 20 == r["rows"]
+    assert r["problem_type"] == problem.SINGLE and sum(r["counts"].values()) == 20 == r["rows"]
 
 
 def test_binary_prediction_uses_the_tuned_threshold(runs_, files, full, tmp_path):
@@ -149,7 +149,7 @@ def test_multi_label_files_list_the_labels_over_their_thresholds(runs_, files, f
     np.testing.assert_allclose(probs, 1 / (1 + np.exp(-z)), atol=1e-5)  # sigmoid per label
     want = [delimiter.join(n for n, on in zip(order, row) if on) for row in probs >= thresholds]
     assert comp["Labels"].tolist() == want == df["labels"].tolist()
-    assert r["summary"] == {n: int(c) for n, c in zip(order, (probs >= thresholds).sum(0))}
+    assert r["counts"] == {n: int(c) for n, c in zip(order, (probs >= thresholds).sum(0))}
 
 
 def test_regression_files_hold_values_in_the_targets_units(runs_, files, full, tmp_path):
@@ -161,8 +161,9 @@ def test_regression_files_hold_values_in_the_targets_units(runs_, files, full, t
     z = _logits(runs_["regression"], pd.read_csv(files["test"])["text"].tolist())[:, 0]
     np.testing.assert_allclose(comp["Label"], z * d["target_std"] + d["target_mean"], atol=1e-5)
     np.testing.assert_allclose(comp["Label"], full["regression"]["prediction"])
-    assert set(r["summary"]) == {"mean", "min", "max"}
+    assert set(r["summary"]) == {"mean", "std", "min", "max"} and "counts" not in r
     assert r["summary"]["mean"] == pytest.approx(comp["Label"].mean())
+    assert r["summary"]["max"] == pytest.approx(comp["Label"].max())
 
 
 def test_pair_files_read_the_pair_column(runs_, files, full):

@@ -344,10 +344,11 @@ def prediction_frame(out: np.ndarray, im: InferenceModel, ids: Optional[list], f
 
 
 def summary(out: np.ndarray, im: InferenceModel) -> dict:
-    """Rows per label (multi-label: rows holding each label), or the mean, min and max of regression values."""
+    """Rows per label (multi-label: rows holding each label), or the mean, std, min and max of regression values."""
     if im.problem_type == REGRESSION:
         v = np.asarray(out, dtype=np.float64)
-        return {k: (float(f(v)) if len(v) else None) for k, f in (("mean", np.mean), ("min", np.min), ("max", np.max))}
+        stats = (("mean", np.mean), ("std", np.std), ("min", np.min), ("max", np.max))
+        return {k: (float(f(v)) if len(v) else None) for k, f in stats}
     k = len(im.id2label)
     pred = problem.predictions(out, im.decision)
     if im.problem_type == MULTI:
@@ -394,8 +395,8 @@ def predict_file(run: str | Path, input_path: str | Path, output_path: str | Pat
                  precision: str = "fp32", quiet: bool = False) -> dict:
     """Predict every text (or pair) of an input file and write the competition or the full format.
 
-    run may be a run folder or an exported model folder. Returns rows, output, problem_type and summary (see
-    summary(); also under its older name, counts).
+    run may be a run folder or an exported model folder. Returns rows, output, problem_type, and counts (rows
+    per predicted label; multi-label: rows holding each label) or, for regression, summary (mean, std, min, max).
     """
     if fmt not in FORMATS:
         raise DataError(f"unknown --format '{fmt}'; choose competition or full")
@@ -411,8 +412,8 @@ def predict_file(run: str | Path, input_path: str | Path, output_path: str | Pat
     texts, pairs, ids = read_inputs(input_path, im.data, allow_pickle or im.data.allow_pickle, bool(text_column))
     outputs = im.predict(texts, batch_size, precision, progress=not quiet, pairs=pairs)
     write_frame(out, prediction_frame(outputs, im, ids, fmt))
-    s = summary(outputs, im)
-    return {"rows": len(texts), "output": str(out), "problem_type": im.problem_type, "summary": s, "counts": s}
+    key = "summary" if im.problem_type == REGRESSION else "counts"
+    return {"rows": len(texts), "output": str(out), "problem_type": im.problem_type, key: summary(outputs, im)}
 
 
 def evaluate_frame(im: InferenceModel, df: pd.DataFrame, where: str, batch_size: int = 64, precision: str = "fp32",
