@@ -196,6 +196,26 @@ def stream_file(ws: WS, name: str, bad_line: str) -> Path:
     return ws.write(name, "\n".join(lines) + "\n")
 
 
+def sets_csv(ws: WS, name: str, n: int, seed: int, sets=("alpha;market", "market", "goal;chip", "chip")) -> Path:
+    """Multi-label rows: label sets joined by ';' (cycled over), for data.label_delimiter=';'."""
+    return write_csv(ws.p(name), rows(n, seed, list(sets)))
+
+
+def flags_csv(ws: WS, name: str, n: int, seed: int, bad=None) -> Path:
+    """Multi-label rows as 0/1 columns a, b, c; bad: (row, value) put in column b."""
+    df = pd.DataFrame([(t, int(i % 4 == k), int(i % 4 != k), int(i % 2)) for i, (t, k) in
+                       enumerate(rows(n, seed))], columns=["text", "a", "b", "c"])
+    if bad is not None:
+        df["b"] = df["b"].astype(object)
+        df.loc[bad[0], "b"] = bad[1]
+    df.to_csv(ws.p(name), index=False)
+    return ws.p(name)
+
+
+MULTI = ["model.problem_type=multi_label_classification", "data.label_delimiter=';'"]
+REGRESSION = "model.problem_type=regression"
+
+
 # ------------------------------------------------------------------------------------------ the cases
 
 
@@ -356,6 +376,36 @@ CASES = [
         "data.streaming=true", "--nproc", "2", train_csv=stream_file(ws, "s.jsonl", '{"text": "x", "label": }'))),
     Case("stream unseen label mid-stream under --nproc 2 --quiet", lambda ws: ws.train_args(
         "data.streaming=true", "--nproc", "2", "--quiet", train_csv=stream_file(ws, "s.jsonl", '{"text": "alpha", "label": 9}'))),
+    # ------------------------------------------------ issues 17/18: problem types, class weights, windows, calibration
+    Case("train multi-label set naming an unknown label in validation", lambda ws: ws.train_args(
+        *MULTI, train_csv=sets_csv(ws, "sets.csv", 48, 10), val_csv=sets_csv(ws, "sets_val.csv", 16, 11,
+                                                                           ("alpha;weather", "market")))),
+    Case("train multi-label empty label set", lambda ws: ws.train_args(
+        *MULTI, train_csv=sets_csv(ws, "sets.csv", 48, 12, ("alpha;market", "", "chip")),
+        val_csv=sets_csv(ws, "sets_val.csv", 16, 13))),
+    Case("train label_columns holding a 2", lambda ws: ws.train_args(
+        "model.problem_type=multi_label_classification", "data.label_columns=[a,b,c]",
+        train_csv=flags_csv(ws, "flags.csv", 48, 14, bad=(5, 2)), val_csv=flags_csv(ws, "flags_val.csv", 16, 15))),
+    Case("train regression on words", lambda ws: ws.train_args(
+        REGRESSION, train_csv=write_csv(ws.p("words.csv"), rows(48, 16, ["low", "high"])))),
+    Case("train regression NaN target", lambda ws: ws.train_args(
+        REGRESSION, train_csv=write_csv(ws.p("nan.csv"), rows(48, 17, [0.5, 1.25, float("nan"), 2.0])))),
+    Case("train single-label on label lists", lambda ws: ws.train_args(
+        train_csv=write_csv(ws.p("lists.csv"), rows(48, 18, ['["a", "b"]', '["b"]'])))),
+    Case("train text_pair_column missing", lambda ws: ws.train_args("data.text_pair_column=second")),
+    Case("validate label_delimiter without multi-label", lambda ws: ["validate", "data.label_delimiter=';'"]),
+    Case("validate metric of another type", lambda ws: ["validate", REGRESSION, "eval.metric_for_best_model=accuracy"]),
+    Case("validate loss of another type", lambda ws: ["validate", "train.loss=huber"]),
+    Case("validate calibration for regression", lambda ws: ["validate", REGRESSION, "eval.calibration=temperature"]),
+    Case("config calibration for multi-label", lambda ws: ["config", *MULTI, "eval.calibration=temperature"]),
+    Case("validate class weight zero", lambda ws: ["validate", "train.class_weights={a: 0}"]),
+    Case("train class weight for an unknown label", lambda ws: ws.train_args("train.class_weights={7: 2.0}")),
+    Case("train balanced class weights, class 2 absent from train", lambda ws: ws.train_args(
+        "train.class_weights=balanced", train_csv=write_csv(ws.p("no2.csv"), rows(48, 19, [0, 1, 3])),
+        val_csv=write_csv(ws.p("no2_val.csv"), rows(16, 20, [0, 1, 3])))),
+    Case("validate stride equal to max_length", lambda ws: ["validate", "data.long_text=chunks", "data.max_length=64",
+                                                            "data.stride=64"]),
+    Case("train stride over max_length", lambda ws: ws.train_args("data.long_text=chunks", "data.stride=40")),
     # ------------------------------------------------ push: no upload is reachable here; bad input fails first
     Case("push repo id without a slash", lambda ws: ["push", str(ws.run()), "no-slash-here"]),
     Case("push repo id with spaces", lambda ws: ["push", str(ws.run()), "some one/my model"]),
