@@ -14,11 +14,8 @@ text from the run (config values, label names, example texts) is HTML-escaped. C
 from __future__ import annotations
 
 import base64
-import csv
 import html
-import io
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,337 +23,14 @@ import yaml
 
 from . import problem, runs
 from .errors import RunError
+from .report_figures import (plot_confusion, plot_curves, plot_per_label, plot_predicted_vs_true, plot_reliability,
+                             plot_residuals, png_bytes, pyplot, standardised)
+from .report_files import (WRONG_EXAMPLES, RunFiles, curve_metrics, load_run, metric_name,
+                           sweep_trial_line)
 
-WRONG_EXAMPLES = 20  # the most confidently wrong validation examples shown in the report
-# the figures of each problem type, beside curves.png
-PER_LABEL_PNG = "per_label.png"
-PREDICTED_VS_TRUE_PNG = "predicted_vs_true.png"
-RESIDUALS_PNG = "residuals.png"
-RELIABILITY_PNG = "reliability.png"
-NAMES = {"accuracy": "accuracy", "macro_f1": "macro-F1", "micro_f1": "micro-F1", "subset_accuracy": "subset accuracy",
-         "hamming_loss": "Hamming loss", "mean_average_precision": "mean average precision", "loss": "loss",
-         "ece": "ECE", "nll": "NLL", "rmse": "RMSE", "mae": "MAE", "pearson": "Pearson r", "spearman": "Spearman ρ",
-         "r2": "R²"}
-CALIBRATION_SCALARS = ("ece", "nll")  # single-label: in the calibration table, not drawn as curves
-UNITLESS = ("pearson", "spearman", "r2")  # regression: drawn on their own axis, apart from the errors in target units
-VAL_LOSS = {problem.SINGLE: "cross-entropy", problem.MULTI: "binary cross-entropy", problem.REGRESSION: "MSE"}
-METRIC_COLOURS = ["#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2"]
-
-
-def metric_name(key: str) -> str:
-    """A metric's name for people: macro_f1 -> macro-F1."""
-    return NAMES.get(key, key)
-
-
-def curve_metrics(problem_type: str) -> list[str]:
-    """The validation metrics drawn against step: the type's scalars (main first) but the loss and calibration."""
-    return [k for k in problem.SCALARS[problem_type] if k != "loss" and k not in CALIBRATION_SCALARS]
-
-
-# ------------------------------------------------------------------------------------------ reading a run
-
-
-@dataclass
-class RunFiles:
-    """What the report needs from a run folder; optional files are None/empty when absent."""
-
-    path: Path
-    config: dict
-    metrics: dict
-    params: dict | None = None
-    history: list[dict] = field(default_factory=list)
-    predictions: list[dict] | None = None  # rows of val_predictions.csv
-    tracking: dict | None = None
-
-    @property
-    def train(self) -> list[dict]:
-        return [r for r in self.history if r.get("type") == "train" and _numbers(r, "step", "loss")]
-
-    @property
-    def problem_type(self) -> str:
-        model = self.config.get("model") if isinstance(self.config.get("model"), dict) else {}
-        return self.metrics.get("problem_type") or model.get("problem_type") or problem.SINGLE
-
-    @property
-    def evals(self) -> list[dict]:
-        main = problem.main_metric(self.problem_type)
-        return [r for r in self.history if r.get("type") == "eval" and r.get("split", "val") == "val"
-                and _numbers(r, "step", main)]
-
-
-def _numbers(record: dict, *keys: str) -> bool:
-    """True when every key holds a number; records written by another version or torn by hand are skipped."""
-    return all(isinstance(record.get(k), (int, float)) and not isinstance(record.get(k), bool) for k in keys)
-
-
-def _read_config(run: Path) -> dict:
-    try:
-        config = yaml.safe_load((run / runs.CONFIG).read_text(encoding="utf-8")) or {}
-    except (yaml.YAMLError, UnicodeDecodeError):
-        config = None
-    if not isinstance(config, dict):
-        raise RunError(f"{run}/{runs.CONFIG} is not a valid YAML mapping; the run folder is damaged")
-    return config
-
-
-def _read_predictions(run: Path) -> list[dict] | None:
-    if not (run / runs.VAL_PREDICTIONS).is_file():
-        return None
-    try:
-        with open(run / runs.VAL_PREDICTIONS, newline="", encoding="utf-8") as f:
-            return list(csv.DictReader(f))
-    except (UnicodeDecodeError, csv.Error):
-        raise RunError(f"{run}/{runs.VAL_PREDICTIONS} is not a readable UTF-8 CSV; the run folder is damaged") from None
-
-
-def _read_optional_json(path: Path):
-    """A side file that may be absent (None) but, when present, must hold a JSON object (else: named as damaged)."""
-    return runs.read_json_object(path) if path.is_file() else None
-
-
-def load_run(run: str | Path) -> RunFiles:
-    """Read a finished run folder (config.yaml and metrics.json must exist)."""
-    run = Path(run)
-    if not run.is_dir():
-        raise RunError(f"run folder not found: {run} (give the folder that `loraclf train` printed)")
-    if not (run / runs.CONFIG).is_file():
-        raise RunError(f"{run} is not a loraclf run folder: {runs.CONFIG} is missing")
-    if not (run / runs.METRICS).is_file():
-        raise RunError(f"{run}/{runs.METRICS} is missing; the run did not finish, so there is nothing to report yet")
-    config = _read_config(run)
-    _read_optional_json(run / runs.ADAPT)  # self-training's record: checked here, shown from metrics.json
-    metrics = runs.read_json(run / runs.METRICS)
-    if not isinstance(metrics, dict) or not isinstance(metrics.get("val"), dict):
-        raise RunError(f"{run}/{runs.METRICS} has no 'val' metrics; the run folder is damaged")
-    if metrics.get("problem_type", problem.SINGLE) not in problem.PROBLEM_TYPES:
-        raise RunError(f"{run}/{runs.METRICS} names an unknown problem_type {metrics['problem_type']!r}; the run "
-                       f"folder is damaged")
-    return RunFiles(run, config, metrics, _read_optional_json(run / runs.PARAMS), runs.read_jsonl(run / runs.HISTORY),
-                    _read_predictions(run), _read_optional_json(run / runs.TRACKING))
-
-
-def sweep_trial_line(run: str | Path) -> str | None:
-    """An HTML line for a run's report when the run is a trial of a sweep (it holds sweep_trial.json), else None."""
-    path = Path(run) / runs.SWEEP_TRIAL
-    if not path.is_file():
-        return None
-    info = runs.read_json_object(path, {"trial": int, "study": str})
-    if not isinstance(info.get("params", {}), dict):
-        raise runs.damaged(path, "'params' must be an object")
-    params = ", ".join(f"{k}={_short(v)}" for k, v in info.get("params", {}).items())
-    return (f"<p>Sweep trial {int(info['trial'])} of study <code>{html.escape(str(info['study']))}</code>: "
-            f"{html.escape(params)}. All trials: "
-            f"<code>{html.escape(str(Path(run).parent / runs.SWEEP_SUMMARY))}</code>.</p>")
-
-
-def _short(v) -> str:
-    return f"{v:.3g}" if isinstance(v, float) else str(v)
-
-
-# ------------------------------------------------------------------------------------------ plots
-
-
-def pyplot():
-    """matplotlib.pyplot on the Agg backend (no display); imported on first use, as matplotlib is slow to import."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # must precede pyplot's first import
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def png_bytes(fig) -> bytes:
-    """The figure as PNG bytes; the figure is closed."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    pyplot().close(fig)
-    return buf.getvalue()
-
-
-def _standardised(rf: RunFiles) -> bool:
-    d = rf.metrics.get("decision") if isinstance(rf.metrics.get("decision"), dict) else {}
-    return rf.problem_type == problem.REGRESSION and (d.get("target_std", 1.0), d.get("target_mean", 0.0)) != (1.0, 0.0)
-
-
-def _draw_metric_curves(rf: RunFiles, ax) -> list:
-    """The type's validation metrics against step (the main one solid); regression's unitless ones on a twin axis.
-    Returns the axes drawn on."""
-    axes, twin = [ax], None
-    for i, key in enumerate(curve_metrics(rf.problem_type)):
-        recs = [r for r in rf.evals if _numbers(r, key)]
-        if not recs:
-            continue
-        target = ax
-        if rf.problem_type == problem.REGRESSION and key in UNITLESS:
-            if twin is None:
-                twin = ax.twinx()
-                twin.set_ylabel("correlation, R²")
-                axes.append(twin)
-            target = twin
-        target.plot([r["step"] for r in recs], [r[key] for r in recs], color=METRIC_COLOURS[i % len(METRIC_COLOURS)],
-                    lw=1.8, marker="o" if i == 0 else "s", ms=4, ls="-" if i == 0 else "--",
-                    label=f"validation {metric_name(key)}")
-    return axes
-
-
-def _draw_curves(rf: RunFiles, ax_loss, ax_metric, ax_lr) -> list:
-    train, evals = rf.train, [r for r in rf.evals if _numbers(r, "loss")]
-    if train:
-        ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train], color="#1f77b4", lw=1.6,
-                     label="train loss (standardised targets)" if _standardised(rf) else "train loss")
-    if evals:
-        ax_loss.plot([r["step"] for r in evals], [r["loss"] for r in evals], color="#d62728", lw=1.8, marker="o", ms=4,
-                     label="validation loss")
-    metric_axes = _draw_metric_curves(rf, ax_metric)
-    if train and all(_numbers(r, "learning_rate") for r in train):
-        ax_lr.plot([r["step"] for r in train], [r["learning_rate"] for r in train], color="#7f7f7f", lw=1.4,
-                   label="learning rate")
-    return metric_axes
-
-
-def _legend(ax, axes: list) -> None:
-    handles = [ln for a in axes for ln in a.get_lines() if not ln.get_label().startswith("_")]
-    if handles:
-        ax.legend(handles=handles, loc="best", fontsize=9, frameon=False)
-    else:
-        ax.text(0.5, 0.5, f"no records in {runs.HISTORY}", ha="center", va="center", transform=ax.transAxes,
-                color="#888")
-
-
-def plot_curves(rf: RunFiles):
-    """Three panels against step: train/val loss, the type's validation metrics, learning rate. Returns the figure."""
-    fig, (ax_loss, ax_metric, ax_lr) = pyplot().subplots(
-        3, 1, figsize=(9, 9), sharex=True, gridspec_kw={"height_ratios": [3, 3, 1.6]}, layout="constrained")
-    metric_axes = _draw_curves(rf, ax_loss, ax_metric, ax_lr)
-    best = rf.metrics.get("best_step")
-    for ax in (ax_loss, ax_metric, ax_lr):
-        if best:
-            ax.axvline(best, color="#bbbbbb", ls=":", lw=1, zorder=0)
-        ax.grid(True, alpha=0.3)
-    ax_loss.set_title(f"Training curves: {rf.path.name}" + (f" (best step {best} dotted)" if best else ""), fontsize=12)
-    ax_loss.set_ylabel(f"loss (validation: {VAL_LOSS[rf.problem_type]})")
-    ax_metric.set_ylabel("validation error (target units)" if rf.problem_type == problem.REGRESSION
-                         else "validation score")
-    ax_lr.set_ylabel("learning rate")
-    ax_lr.set_xlabel("optimizer step")
-    ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
-    for ax, axes in ((ax_loss, [ax_loss]), (ax_metric, metric_axes), (ax_lr, [ax_lr])):
-        _legend(ax, axes)
-    return fig
-
-
-def _draw_heatmap(fig, ax, data, title: str, fmt: str, top: float, short: list[str], tilt: bool) -> None:
-    k = len(short)
-    im = ax.imshow(data, cmap="Blues", vmin=0, vmax=top)
-    ax.set_title(title, fontsize=11)
-    ax.set_xticks(range(k), short, rotation=35 if tilt else 0, ha="right" if tilt else "center", fontsize=9)
-    ax.set_yticks(range(k), short, fontsize=9)
-    ax.set_xlabel("predicted label")
-    ax.set_ylabel("true label")
-    if k <= 20:  # beyond that the numbers no longer fit their cells
-        for i in range(k):
-            for j in range(k):
-                ax.text(j, i, fmt.format(data[i, j]), ha="center", va="center", fontsize=9,
-                        color="white" if data[i, j] > top / 2 else "black")
-    fig.colorbar(im, ax=ax, shrink=0.8)
-
-
-def plot_confusion(matrix: list[list[int]], labels: list[str], title: str = "Validation confusion matrix"):
-    """Raw counts and the row-normalised matrix (each row sums to 1: recall on the diagonal), side by side."""
-    cm = np.asarray(matrix, dtype=float)
-    rows = cm.sum(axis=1, keepdims=True)
-    norm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
-    side = max(4.2, 0.55 * len(labels) + 2.5)
-    fig, axes = pyplot().subplots(1, 2, figsize=(2 * side + 1, side + 0.6), layout="constrained")
-    short = _short_names(labels)
-    tilt = len(labels) > 3 and max(len(s) for s in short) > 5  # tilt long names so neighbours do not overlap
-    _draw_heatmap(fig, axes[0], cm, "counts", "{:.0f}", max(float(cm.max()), 1.0), short, tilt)
-    _draw_heatmap(fig, axes[1], norm, "normalised by true label", "{:.2f}", 1.0, short, tilt)
-    fig.suptitle(title, fontsize=12)
-    return fig
-
-
-def _short_names(labels: list[str]) -> list[str]:
-    return [lab if len(lab) <= 18 else lab[:17] + "…" for lab in labels]
-
-
-def plot_per_label(per_label: dict, title: str = "Validation per-label scores"):
-    """Multi-label: precision, recall and F1 of each label as grouped bars; below, each label's decision threshold."""
-    names = list(per_label)
-    x = np.arange(len(names))
-    fig, (ax, ax_t) = pyplot().subplots(2, 1, figsize=(max(6.0, 0.9 * len(names) + 2.5), 6.5), sharex=True,
-                                        gridspec_kw={"height_ratios": [3, 1.4]}, layout="constrained")
-    for i, (key, colour) in enumerate((("precision", "#1f77b4"), ("recall", "#ff7f0e"), ("f1", "#2ca02c"))):
-        ax.bar(x + (i - 1) * 0.27, [float(per_label[n].get(key) or 0.0) for n in names], 0.27, color=colour,
-               label="F1" if key == "f1" else key)
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel("validation score")
-    ax.legend(loc="best", fontsize=9, frameon=False, ncol=3)
-    ax.set_title(title, fontsize=12)
-    ax_t.bar(x, [float(per_label[n].get("threshold") or 0.5) for n in names], 0.5, color="#7f7f7f",
-             label="decision threshold")
-    ax_t.axhline(0.5, color="#bbbbbb", ls=":", lw=1)
-    ax_t.set_ylim(0, 1)
-    ax_t.set_ylabel("threshold")
-    tilt = len(names) > 3 and max(len(n) for n in names) > 5
-    ax_t.set_xticks(x, _short_names(names), rotation=35 if tilt else 0, ha="right" if tilt else "center", fontsize=9)
-    for a in (ax, ax_t):
-        a.grid(True, axis="y", alpha=0.3)
-    return fig
-
-
-def plot_predicted_vs_true(y: np.ndarray, pred: np.ndarray, title: str = "Validation: predicted vs true"):
-    """Regression: one dot per validation row, with the y = x line a perfect model would sit on."""
-    fig, ax = pyplot().subplots(figsize=(6.5, 6.2), layout="constrained")
-    ax.scatter(y, pred, s=14, alpha=0.6, color="#1f77b4", label="validation rows")
-    both = np.concatenate([y, pred]) if len(y) else np.array([0.0, 1.0])
-    lo, hi = float(both.min()), float(both.max())
-    ax.plot([lo, hi], [lo, hi], color="#d62728", ls="--", lw=1.4, label="y = x")
-    ax.set_xlabel("true value")
-    ax.set_ylabel("predicted value")
-    ax.set_title(title, fontsize=12)
-    ax.grid(True, alpha=0.3)
-    ax.legend(loc="best", fontsize=9, frameon=False)
-    return fig
-
-
-def plot_residuals(residuals: np.ndarray, title: str = "Validation residuals (predicted - true)"):
-    """Regression: the histogram of the residuals, with zero marked."""
-    fig, ax = pyplot().subplots(figsize=(6.5, 4.2), layout="constrained")
-    ax.hist(residuals, bins=max(5, min(40, int(np.sqrt(max(len(residuals), 1))) * 2)), color="#9467bd", alpha=0.85)
-    ax.axvline(0.0, color="#d62728", ls="--", lw=1.4)
-    ax.set_xlabel("residual (predicted - true)")
-    ax.set_ylabel("validation rows")
-    ax.set_title(title, fontsize=12)
-    ax.grid(True, alpha=0.3)
-    return fig
-
-
-def plot_reliability(confidence: np.ndarray, correct: np.ndarray, bins: int = problem.ECE_BINS,
-                     title: str = "Reliability diagram (validation, after calibration)"):
-    """Single-label: accuracy against mean confidence per equal-width confidence bin, and the rows per bin."""
-    from sklearn.calibration import calibration_curve
-
-    fig, (ax, ax_n) = pyplot().subplots(2, 1, figsize=(6.5, 7), sharex=True, gridspec_kw={"height_ratios": [3, 1.2]},
-                                        layout="constrained")
-    accuracy, mean_conf = calibration_curve(correct.astype(int), confidence, n_bins=bins, strategy="uniform")
-    ax.plot([0, 1], [0, 1], color="#bbbbbb", ls="--", lw=1.2, label="perfectly calibrated")
-    ax.plot(mean_conf, accuracy, color="#2ca02c", marker="o", ms=5, lw=1.8, label="accuracy per confidence bin")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.02)
-    ax.set_ylabel("accuracy")
-    ax.set_title(title, fontsize=12)
-    ax.legend(loc="upper left", fontsize=9, frameon=False)
-    ax_n.hist(confidence, bins=np.linspace(0, 1, bins + 1), color="#1f77b4", alpha=0.85)
-    ax_n.set_xlabel("confidence (probability of the predicted class)")
-    ax_n.set_ylabel("rows")
-    for a in (ax, ax_n):
-        a.grid(True, alpha=0.3)
-    return fig
-
-
-# ------------------------------------------------------------------------------------------ the HTML report
+__all__ = ["write_report", "load_run", "RunFiles", "metric_name", "pyplot", "png_bytes", "plot_curves",
+           "plot_confusion", "plot_per_label", "plot_predicted_vs_true", "plot_residuals", "plot_reliability",
+           "progress_table", "confidently_wrong", "render_html", "figures"]
 
 
 def progress_table(rf: RunFiles) -> list[dict]:
@@ -495,7 +169,7 @@ def _decision_line(rf: RunFiles) -> str:
                      f"({_e(d.get('threshold_metric'))} on validation)")
     if rf.problem_type == problem.MULTI and d.get("threshold_metric"):
         facts.append(f"per-label thresholds tuned for {_e(d['threshold_metric'])} on validation")
-    if _standardised(rf):
+    if standardised(rf):
         facts.append(f"trained on standardised targets (mean {_num(d.get('target_mean'))}, "
                      f"std {_num(d.get('target_std'))}); metrics are in the target's own units")
     return "<p>" + "; ".join(facts) + ".</p>"
@@ -566,21 +240,21 @@ def _outcome_sections(rf: RunFiles, figs: dict[str, bytes]) -> list[str]:
     """What the predictions look like, per problem type: the figures beside curves.png and their tables."""
     if rf.problem_type == problem.MULTI:
         parts = _score_tables(rf, "per_label", "label")
-        if PER_LABEL_PNG in figs:
+        if runs.PER_LABEL_PNG in figs:
             parts.append("<h2 id=\"per-label-bars\">Per-label precision, recall, F1 and thresholds (validation)</h2>"
-                         + _img(figs[PER_LABEL_PNG], "per-label bars"))
+                         + _img(figs[runs.PER_LABEL_PNG], "per-label bars"))
         return parts
     if rf.problem_type == problem.REGRESSION:
-        if PREDICTED_VS_TRUE_PNG not in figs:
+        if runs.PREDICTED_VS_TRUE_PNG not in figs:
             return [f"<p>{runs.VAL_PREDICTIONS} is missing, so there is no predicted-vs-true plot.</p>"]
         return ["<h2 id=\"predicted-vs-true\">Predicted vs true (validation)</h2>"
-                + _img(figs[PREDICTED_VS_TRUE_PNG], "predicted vs true"),
-                "<h2 id=\"residuals\">Residuals (validation)</h2>" + _img(figs[RESIDUALS_PNG], "residual histogram")]
+                + _img(figs[runs.PREDICTED_VS_TRUE_PNG], "predicted vs true"),
+                "<h2 id=\"residuals\">Residuals (validation)</h2>" + _img(figs[runs.RESIDUALS_PNG], "residual histogram")]
     parts = _score_tables(rf, "per_class", "class")
     if runs.CONFUSION_PNG in figs:
         parts.append("<h2 id=\"confusion\">Confusion matrix (validation)</h2>"
                      + _img(figs[runs.CONFUSION_PNG], "confusion matrix"))
-    return parts + _calibration_section(rf, figs.get(RELIABILITY_PNG))
+    return parts + _calibration_section(rf, figs.get(runs.RELIABILITY_PNG))
 
 
 def _text_cell(r: dict) -> str:
@@ -653,14 +327,14 @@ def _type_figures(rf: RunFiles) -> dict[str, bytes]:
         per_label = val.get("per_label")
         if not isinstance(per_label, dict) or not per_label:
             return {}
-        return {PER_LABEL_PNG: png_bytes(plot_per_label(per_label, f"Validation per-label scores: {name}"))}
+        return {runs.PER_LABEL_PNG: png_bytes(plot_per_label(per_label, f"Validation per-label scores: {name}"))}
     if pt == problem.REGRESSION:
         y, pred = _column(rf.predictions, "label"), _column(rf.predictions, "predicted")
         ok = ~(np.isnan(y) | np.isnan(pred))
         if not ok.any():
             return {}
-        return {PREDICTED_VS_TRUE_PNG: png_bytes(plot_predicted_vs_true(y[ok], pred[ok], f"Predicted vs true: {name}")),
-                RESIDUALS_PNG: png_bytes(plot_residuals(pred[ok] - y[ok], f"Residuals (predicted - true): {name}"))}
+        return {runs.PREDICTED_VS_TRUE_PNG: png_bytes(plot_predicted_vs_true(y[ok], pred[ok], f"Predicted vs true: {name}")),
+                runs.RESIDUALS_PNG: png_bytes(plot_residuals(pred[ok] - y[ok], f"Residuals (predicted - true): {name}"))}
     figs = {}
     if val.get("confusion_matrix") and val.get("labels"):
         figs[runs.CONFUSION_PNG] = png_bytes(plot_confusion(val["confusion_matrix"], [str(x) for x in val["labels"]],
@@ -670,7 +344,7 @@ def _type_figures(rf: RunFiles) -> dict[str, bytes]:
         correct = np.array([str(r.get("label")) == str(r.get("predicted")) for r in rf.predictions])
         ok = ~np.isnan(conf)
         if ok.any():
-            figs[RELIABILITY_PNG] = png_bytes(plot_reliability(conf[ok], correct[ok]))
+            figs[runs.RELIABILITY_PNG] = png_bytes(plot_reliability(conf[ok], correct[ok]))
     return figs
 
 

@@ -61,6 +61,10 @@ CKPT_STATE = "state.json"
 REPORT_HTML = "report.html"
 CURVES_PNG = "curves.png"
 CONFUSION_PNG = "confusion.png"
+PER_LABEL_PNG = "per_label.png"  # multi-label
+PREDICTED_VS_TRUE_PNG = "predicted_vs_true.png"  # regression
+RESIDUALS_PNG = "residuals.png"  # regression
+RELIABILITY_PNG = "reliability.png"  # a calibrated single-label run
 
 # `loraclf compare` output folder
 COMPARE_MD = "compare.md"
