@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 
 import loraclf
-from loraclf import cli, runs
+from loraclf import cli
 from loraclf.config import load_config, parse_override
 from loraclf.errors import ConfigError, DataError, LoraclfError
 from loraclf.training import train
@@ -322,6 +322,8 @@ def api_raises_the_same_line(argv: list[str], line: str, ws: WS) -> None:
     before = snapshot(ws.root)
     try:
         loraclf.train(None, quiet=True, **overrides)
+    except SystemExit as e:
+        pytest.fail(f"loraclf.train called sys.exit({e.code}) instead of raising")
     except LoraclfError as e:
         assert isinstance(e, (ConfigError, DataError)), type(e)
         assert " ".join(str(e).split("\n")) == line

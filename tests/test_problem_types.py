@@ -3,7 +3,7 @@ training loop on a tiny BERT, on rows made here; then one real-learning test per
 
 Each run must write decision.json and loss.json, report the type's scalars (problem.SCALARS) as finite numbers,
 train exactly budget's count of parameters, and reload (model + decision.json from the run folder alone) into
-the very outputs that training wrote to val_predictions.csv.
+the very outputs that training wrote to val_predictions.csv, and so does `loraclf.Classifier.from_run`.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 import torch
 
+import loraclf
 from conftest import SHARED, need
 from loraclf import budget, problem, runs
 from loraclf import model as model_mod
@@ -113,8 +114,21 @@ def reloaded_outputs(run: Path) -> tuple[np.ndarray, pd.DataFrame, str]:
     return problem.outputs(np.stack(logits), problem.read_decision(run, pt)), val, pt
 
 
+def api_outputs(run: Path, val: pd.DataFrame, pt: str) -> tuple[np.ndarray, list]:
+    """The same through the Python API (loraclf.Classifier.from_run): outputs, and the predictions."""
+    clf = loraclf.Classifier.from_run(run, device="cpu")
+    assert clf.problem_type == pt
+    texts = val["text"].astype(str).tolist()
+    pairs = val["text_pair"].astype(str).tolist() if "text_pair" in val else None
+    predicted = clf.predict(texts, pairs, quiet=True)
+    out = np.asarray(predicted, dtype=float) if pt == REGRESSION else clf.predict_proba(texts, pairs, quiet=True)
+    return out, predicted
+
+
 def check_reload(run: Path) -> None:
     out, val, pt = reloaded_outputs(run)
+    api_out, api_pred = api_outputs(run, val, pt)
+    np.testing.assert_allclose(api_out, out, atol=2e-5)
     decision = problem.read_decision(run, pt)
     id2label = runs.read_label_map(run).id2label
     if pt == REGRESSION:
@@ -125,6 +139,7 @@ def check_reload(run: Path) -> None:
         assert decision.thresholds is not None and len(decision.thresholds) == len(id2label)
         want = ["|".join(id2label[j] for j in np.flatnonzero(r)) for r in problem.predictions(out, decision)]
         assert want == val["predicted"].tolist()
+        assert ["|".join(p) for p in api_pred] == want
     else:
         np.testing.assert_allclose(out.max(-1), val["confidence"].to_numpy(float), atol=2e-5)
         # a tie in the untrained tiny model could flip argmax under float noise; compare where it is clear
@@ -132,6 +147,7 @@ def check_reload(run: Path) -> None:
         clear = top2[:, 1] - top2[:, 0] > 1e-5
         got = np.array([id2label[int(i)] for i in problem.predictions(out, decision)])
         assert (got[clear] == val["predicted"].to_numpy()[clear]).all()
+        assert (np.array(api_pred)[clear] == got[clear]).all()
 
 
 def check_run(kind: str, cfg, result) -> None:
@@ -238,3 +254,46 @@ def test_minilm_learns_sentence_pairs_on_ag_pairs(minilm_path, tmp_path):
     val, df = train_real(PAIRS, tmp_path)
     majority = df["label"].value_counts(normalize=True).iloc[0]
     assert val["accuracy"] > max(0.6, majority + 0.1), (val, majority)
+
+
+# ------------------------------------------------------------------------------------------ the README's examples
+
+
+EXAMPLES = ("vader_regression", "ag_digest_multilabel", "ag_pairs", "trec50_focal", "speeches_chunks",
+            "trec6_calibrated")
+
+
+def leaves(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(leaves(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_example_config_runs_as_the_readme_says(name, tmp_path, monkeypatch):
+    """Each example is headed by its command, which the README shows; it states only differences from the defaults,
+    validates, and its data splits load with the labels of its problem type (no training)."""
+    import yaml
+
+    from conftest import ROOT
+    from loraclf.config import Config
+    from loraclf.data import load_splits
+
+    path = ROOT / "configs" / f"{name}.yaml"
+    command = f"loraclf train configs/{name}.yaml"
+    header = [line for line in path.read_text().splitlines() if line.startswith("#")]
+    assert f"# Run:  {command}" in header
+    assert command in (ROOT / "README.md").read_text()
+    defaults = leaves(Config().to_dict())
+    given = leaves(yaml.safe_load(path.read_text()))
+    assert all(defaults[k] != v for k, v in given.items() if k not in ("data.train", "data.validation", "data.test"))
+    monkeypatch.chdir(ROOT)  # as the README runs it
+    cfg = load_config(path, [f"data.cache_dir={tmp_path}"])
+    need(Path(cfg.data.train), f"the shared data of configs/{name}.yaml")
+    splits = load_splits(cfg.data, problem_type=cfg.model.problem_type)
+    assert len(splits.train) and len(splits.validation) and len(splits.test)
+    assert ("text_pair" in splits.train.column_names) == (cfg.data.text_pair_column is not None)
