@@ -448,7 +448,6 @@ COMMANDS = [
     "python bench/hard_data.py --only trec50 --seeds 0",
     "python bench/hard_data.py --only calibration --seeds 0 --arms TREC-6",
     "python bench/hard_data.py --only speeches --seeds 0 --arms 'TF-IDF,truncate 128,head_tail'",
-    "python bench/hard_data.py --only calibration --seeds 0 --arms 'AG News'",
 ]
 
 
