@@ -8,13 +8,21 @@ alternating, each contender classifies the 2,000 texts of ../shared/data/ag_news
     pipeline (batch_size=64)  the same with batch_size=64: a fairer baseline
     loraclf fp32              loraclf.predict.predict_texts on the same exported model (what `loraclf predict` runs)
     loraclf bf16 autocast     the same under --precision bf16 (only where the CPU has native bf16)
+    loraclf int8              the same exported model with every nn.Linear dynamically quantized to int8
+                              (loraclf.quantize.quantize_model: what `predict --precision int8` runs)
+    loraclf int8, saved       save_quantized + load_quantized (`export --quantize int8`): checked to give exactly
+                              the in-memory int8 outputs
+    onnxruntime fp32 / int8   with --onnx: the export's model.onnx, and onnxruntime.quantization.quantize_dynamic of
+                              it (the alternative loraclf.quantize weighs), fed loraclf's length-sorted batches
     loraclf predict file      predict_file(EXPORT, test.csv, out.csv): loading, reading, predicting, writing
 
-Each timing is the median of --repeats rounds. Predictions are checked against the pipeline's (argmax agreement).
+Each timing is the median of --repeats rounds. Predictions are checked against the pipeline's, loraclf fp32's and
+loraclf bf16's (argmax agreement over every text).
 
 Run (from the repository root):
-    flock /tmp/loraclf-cpu.lock python bench/predict_speed.py     # writes bench/results/predict_speed.md
-    python bench/predict_speed.py --run TINY_RUN --limit 200 --max-chars 200 --repeats 1 --out /tmp/p.md   # check the script quickly
+    python bench/predict_speed.py --onnx     # writes bench/results/predict_speed.md
+    python bench/predict_speed.py --run TINY_RUN --onnx --limit 200 --max-chars 200 --repeats 1 --out /tmp/p.md
+                                              # checks the script quickly
 """
 
 from __future__ import annotations
@@ -57,6 +65,55 @@ def train_run(work: Path, steps: int) -> Path:
     return Path(train(cfg, quiet=True).run_dir)
 
 
+def onnx_contenders(export: Path, work: Path, im, texts: list[str], batch_size: int) -> list:
+    """onnxruntime on the export's model.onnx, fp32 and dynamically quantized to int8, in loraclf's batches."""
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from loraclf.predict import token_batches
+
+    int8 = work / "model.int8.onnx"
+    quantize_dynamic(str(export / "model.onnx"), str(int8), weight_type=QuantType.QInt8)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()  # the same threads as torch's contenders
+    sessions = {p: ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"])
+                for p in (export / "model.onnx", int8)}
+    names = [i.name for i in sessions[int8].get_inputs()]
+    enc = im.tokenizer(texts, truncation=True, max_length=im.max_length)
+    order = token_batches(np.array([len(x) for x in enc["input_ids"]]), batch_size, batch_size * im.max_length)
+    pad = {"input_ids": im.tokenizer.pad_token_id or 0}
+
+    def labels(sess):
+        out = np.zeros(len(texts), dtype=np.int64)
+        for idx in order:
+            width = max(len(enc["input_ids"][i]) for i in idx)
+            feed = {k: np.full((len(idx), width), pad.get(k, 0), dtype=np.int64) for k in names}
+            for j, i in enumerate(idx):
+                for k in names:
+                    feed[k][j, :len(enc[k][i])] = enc[k][i]
+            out[idx] = sess.run(["logits"], feed)[0].argmax(-1)
+        return out
+
+    return [(f"onnxruntime {what} (model.onnx{', quantize_dynamic' if p == int8 else ''})", lambda s=sess: labels(s))
+            for what, (p, sess) in zip(("fp32", "int8"), sessions.items())]
+
+
+def _cpu_s() -> tuple[float, float]:
+    """(CPU seconds every process on the machine has used since boot, CPU seconds of this process)."""
+    import os
+    import resource
+
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK"), ru.ru_utime + ru.ru_stime
+
+
+def _agreement(preds: dict, name: str, other: str):
+    return float((preds[name] == preds[other]).mean()) if other in preds else None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", help="an existing run folder to export (default: train MiniLM for --train-steps)")
@@ -66,6 +123,7 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None, help="use only the first N test texts")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--max-chars", type=int, default=None, help="cut texts (for checking the script on a tiny model)")
+    ap.add_argument("--onnx", action="store_true", help="add onnxruntime fp32 and int8 rows (needs loraclf[export])")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "predict_speed.md"))
     args = ap.parse_args()
 
@@ -78,6 +136,7 @@ def main() -> None:
     from loraclf.export import export_run
     from loraclf.predict import load_inference_model, predict_file, predict_texts
     from loraclf.device import bf16_supported
+    from loraclf.quantize import load_quantized, quantize_model, save_quantized
 
     work = Path(args.work)
     t0 = time.perf_counter()
@@ -87,7 +146,7 @@ def main() -> None:
         import yaml
 
         args.train_steps = yaml.safe_load((run / "config.yaml").read_text())["train"]["max_steps"]
-    export = Path(export_run(run, work / "export", overwrite=True))
+    export = Path(export_run(run, work / "export", onnx=args.onnx, overwrite=True))
     test_csv = AG / "test.csv"
     texts = pd.read_csv(test_csv)["text"].tolist()
     if args.limit or args.max_chars:
@@ -101,6 +160,9 @@ def main() -> None:
     names = [im.id2label[i] for i in range(len(im.id2label))]
     tokens = np.array([len(x) for x in im.tokenizer(texts)["input_ids"]])
     bf16 = bf16_supported()
+    int8 = quantize_model(im.model)
+    save_quantized(export, im.model)  # what `export --quantize int8` writes
+    int8_loaded = load_quantized(export)
 
     def pipe_default():
         return [names.index(r["label"]) for r in clf(texts)]
@@ -108,8 +170,8 @@ def main() -> None:
     def pipe_batched():
         return [names.index(r["label"]) for r in clf(texts, batch_size=args.batch_size)]
 
-    def ours(precision):
-        return lambda: predict_texts(im.model, im.tokenizer, texts, args.batch_size, im.max_length, precision).argmax(-1)
+    def ours(precision, model=im.model):
+        return lambda: predict_texts(model, im.tokenizer, texts, args.batch_size, im.max_length, precision).argmax(-1)
 
     def ours_file():
         predict_file(export, test_csv, work / "predictions.csv", fmt="full", batch_size=args.batch_size, quiet=True)
@@ -120,18 +182,23 @@ def main() -> None:
                   ("loraclf predict, fp32", ours("fp32"))]
     if bf16:
         contenders.append(("loraclf predict, bf16 autocast (--precision auto)", ours("bf16")))
+    contenders.append(("loraclf predict, int8 (dynamic quantization, torch)", ours("fp32", int8)))
     contenders.append(("loraclf predict, whole command in-process (load + read + predict + write, fp32)", ours_file))
+    if args.onnx:
+        contenders += onnx_contenders(export, work, im, texts, args.batch_size)
 
     # warm-up: first calls allocate and pick kernels
     warm = texts[:64]
     clf(warm)
     clf(warm, batch_size=args.batch_size)
     predict_texts(im.model, im.tokenizer, warm, args.batch_size, im.max_length, "fp32")
+    predict_texts(int8, im.tokenizer, warm, args.batch_size, im.max_length, "fp32")
     if bf16:
         predict_texts(im.model, im.tokenizer, warm, args.batch_size, im.max_length, "bf16")
 
     times = {name: [] for name, _ in contenders}
     preds = {}
+    (busy0, own0), wall0 = _cpu_s(), time.perf_counter()
     for r in range(args.repeats):
         for name, fn in contenders:
             start = time.perf_counter()
@@ -139,25 +206,34 @@ def main() -> None:
             times[name].append(time.perf_counter() - start)
             print(f"round {r + 1}: {name}: {times[name][-1]:.2f} s", file=sys.stderr, flush=True)
 
+    (busy1, own1), wall = _cpu_s(), time.perf_counter() - wall0
+    other = max((busy1 - busy0) - (own1 - own0), 0.0)  # CPU seconds other processes used while the rounds ran
     base = contenders[0][0]
     fair = contenders[1][0]
+    fp32_name, bf16_name = "loraclf predict, fp32", "loraclf predict, bf16 autocast (--precision auto)"
     rows = []
     for name, _ in contenders:
         med = statistics.median(times[name])
-        agree = float((preds[name] == preds[base]).mean())
+        agree = [_agreement(preds, name, other) for other in (base, fp32_name, bf16_name)]
         rows.append((name, med, n / med, statistics.median(times[base]) / med, statistics.median(times[fair]) / med,
                      agree, times[name]))
+    saved_same = bool(np.array_equal(
+        predict_texts(int8_loaded, im.tokenizer, texts, args.batch_size, im.max_length, "fp32"),
+        predict_texts(int8, im.tokenizer, texts, args.batch_size, im.max_length, "fp32")))
 
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     ours_fp32 = next(r for r in rows if r[0] == "loraclf predict, fp32")
     best = max((r for r in rows if r[0].startswith("loraclf predict,") and "whole" not in r[0]), key=lambda r: r[2])
+    int8_row = next(r for r in rows if "int8 (dynamic" in r[0])
     lines = [
         "# Prediction throughput: `loraclf predict` vs `transformers.pipeline`",
         "",
         f"- Date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}, commit {commit}",
         f"- Machine: {cpu_name()}, {torch.get_num_threads()} torch threads, native CPU bf16: {bf16}; "
         f"torch {torch.__version__}, transformers {transformers.__version__}, Python {platform.python_version()}",
-        "- Machine load: this script does not control it; what else ran is stated by hand below when it matters.",
+        f"- Machine load: other processes used {other:,.0f} CPU s during the {wall:,.0f} s of timed rounds (/proc/stat "
+        f"less this process)" + (": **the machine was busy, so these timings are not results**."
+                                 if other > 0.05 * wall else "."),
         f"- Model: packaged MiniLM-L6 (BERT, 6 layers, hidden 384), LoRA trained {args.train_steps} steps"
         f"{f' (run {run})' if args.run else f' ({train_s:.0f} s)'}, merged and exported with `loraclf export` (fp32). "
         f"Every contender uses that exported folder.",
@@ -165,14 +241,21 @@ def main() -> None:
         f"{int((tokens > im.max_length).sum())} longer than loraclf's max_length {im.max_length} (cut by loraclf, "
         f"not by the pipeline, which does not truncate by default): hence the agreement column.",
         f"- Timing: median of {args.repeats} rounds, contenders alternating within each round, after one warm-up call.",
-        "- Command: `" + " ".join(["flock /tmp/loraclf-cpu.lock python bench/predict_speed.py", *sys.argv[1:]]) + "`",
+        "- Command: `" + " ".join(["python bench/predict_speed.py", *sys.argv[1:]]) + "`",
         "",
-        "| contender | median s | texts/s | vs pipeline defaults | vs pipeline batch 64 | same labels as pipeline | rounds (s) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
+        f"| contender | median s | texts/s | vs pipeline defaults | vs pipeline batch {args.batch_size} | same labels "
+        "as pipeline | as loraclf fp32 | as loraclf bf16 | rounds (s) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for name, med, tps, r_base, r_fair, agree, ts in rows:
-        lines.append(f"| {name} | {med:.2f} | {tps:.0f} | {r_base:.2f}x | {r_fair:.2f}x | {agree:.2%} | "
+        shown = " | ".join("-" if a is None else f"{a:.2%}" for a in agree)
+        lines.append(f"| {name} | {med:.2f} | {tps:.0f} | {r_base:.2f}x | {r_fair:.2f}x | {shown} | "
                      f"{', '.join(f'{t:.2f}' for t in ts)} |")
+    lines += ["", f"int8 saved by `save_quantized` and read back by `load_quantized` (`export --quantize int8`): "
+              f"{'the same' if saved_same else '**NOT the same**'} outputs as the in-memory int8 model on all {n} "
+              f"texts; "
+              f"int8 runs at {int8_row[2] / ours_fp32[2]:.2f}x loraclf fp32's texts/s"
+              + "".join(f" and {int8_row[2] / r[2]:.2f}x bf16's" for r in rows if r[0] == bf16_name) + "."]
     target = ours_fp32[3] >= 2.0
     lines += [
         "",

@@ -1,0 +1,113 @@
+"""Dynamic int8 quantization (loraclf.quantize): agreement with fp32, the saved form, and bad input."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import tiny_rows
+from loraclf.errors import ModelError
+from loraclf.predict import predict_texts
+from loraclf.quantize import QUANTIZED_FILE, load_quantized, quantize_model, quantized_linears, save_quantized
+
+TEXTS = [r["text"] for r in tiny_rows(120, seed=7)]
+
+
+def _fp32(tiny_bert: Path, num_labels: int = 4):
+    """The tiny BERT with its Linear weights drawn at 1/sqrt(fan-in) and the head centred on these texts.
+
+    At its init scale (0.02) a random tiny BERT gives nearly the same [CLS] output for every text, so every row
+    would get the same class and argmax agreement would be 100% whatever int8 did.
+    """
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(str(tiny_bert), num_labels=num_labels).eval()
+    tok = AutoTokenizer.from_pretrained(str(tiny_bert))
+    with torch.no_grad():
+        for mod in model.modules():
+            if isinstance(mod, torch.nn.Linear):
+                mod.weight.normal_(0, mod.in_features ** -0.5)
+        enc = tok(TEXTS, truncation=True, max_length=64, padding=True, return_tensors="pt")
+        pooled = model.bert(**enc).pooler_output
+        model.classifier.bias.copy_(-model.classifier.weight @ pooled.mean(0))
+    return model, tok
+
+
+def _export(model, tokenizer, folder: Path) -> Path:
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_int8_agrees_with_fp32_on_most_rows(tiny_bert):
+    model, tok = _fp32(tiny_bert)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        q = quantize_model(model)
+    assert [str(w.message).splitlines()[0] for w in seen if "quantiz" in str(w.message)] == []
+    linears = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    assert sorted(quantized_linears(q)) == sorted(linears)  # every nn.Linear, the head's included
+    assert isinstance(model.classifier, torch.nn.Linear)  # the fp32 model is left as it was
+    fp32 = predict_texts(model, tok, TEXTS, batch_size=16, max_length=64)
+    int8 = predict_texts(q, tok, TEXTS, batch_size=16, max_length=64)
+    assert (np.bincount(fp32.argmax(-1), minlength=4) >= 10).all()  # every class predicted: agreement can fail
+    agree = float((fp32.argmax(-1) == int8.argmax(-1)).mean())
+    assert agree >= 0.85, agree  # 92.5% with torch 2.13 (a 32-wide model has small margins)
+    assert 0 < np.abs(fp32 - int8).max() < 0.05  # quantized (not the same numbers), and close
+
+
+def test_saved_int8_model_gives_the_in_memory_outputs(tiny_bert, tmp_path):
+    model, tok = _fp32(tiny_bert)
+    folder = _export(model, tok, tmp_path / "export")
+    q = quantize_model(model)
+    path = save_quantized(folder, q)
+    assert path == folder / QUANTIZED_FILE and sorted(p.name for p in folder.glob("*.safetensors")) == [
+        "model.int8.safetensors", "model.safetensors"]
+    loaded = load_quantized(folder)
+    assert sorted(quantized_linears(loaded)) == sorted(quantized_linears(q))
+    a = predict_texts(q, tok, TEXTS, batch_size=16, max_length=64)
+    b = predict_texts(loaded, tok, TEXTS, batch_size=16, max_length=64)
+    assert np.array_equal(a, b)
+    # saving the fp32 model quantizes it the same way
+    save_quantized(folder, model)
+    assert np.array_equal(predict_texts(load_quantized(folder), tok, TEXTS, batch_size=16, max_length=64), a)
+
+
+def test_folder_without_int8_model_is_one_error_line(tmp_path):
+    with pytest.raises(ModelError) as e:
+        load_quantized(tmp_path)
+    assert str(e.value) == (f"{tmp_path} holds no int8 model (model.int8.safetensors); write one with `loraclf "
+                            f"export RUN --output DIR --quantize int8`, or predict with --precision fp32")
+
+
+def test_foreign_or_mismatched_int8_file_is_one_error_line(tiny_bert, tmp_path):
+    from safetensors.torch import save_file
+
+    model, tok = _fp32(tiny_bert)
+    folder = _export(model, tok, tmp_path / "export")
+    save_file({"x": torch.zeros(2)}, str(folder / QUANTIZED_FILE))
+    with pytest.raises(ModelError, match=r"is not an int8 model written by loraclf \(no 'loraclf dynamic int8"):
+        load_quantized(folder)
+    (folder / QUANTIZED_FILE).write_bytes(b"torn")
+    with pytest.raises(ModelError, match=r"^cannot read the int8 model .*model\.int8\.safetensors: "):
+        load_quantized(folder)
+    other, _ = _fp32(tiny_bert, num_labels=6)  # 6 classes saved, config.json says 4
+    save_quantized(folder, other)
+    with pytest.raises(ModelError) as e:
+        load_quantized(folder)
+    assert str(e.value) == (f"{folder / QUANTIZED_FILE} does not fit the model of {folder / 'config.json'}: "
+                            f"classifier is [6, 32] in the file, [4, 32] in the model; export the run again")
+
+
+def test_an_unmerged_adapter_is_refused(tiny_bert):
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    model, _ = _fp32(tiny_bert)
+    peft_model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=2, target_modules=["query"]))
+    with pytest.raises(ModelError, match=r"^int8 quantization needs the merged model"):
+        quantize_model(peft_model)
