@@ -276,6 +276,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise ConfigError([f"override '{text}' must look like section.key=value (e.g. train.learning_rate=3e-4)"])
     key, raw = text.split("=", 1)
+    if raw.strip() in ("|", ">"):  # YAML reads these alone as an empty block scalar; as a value they are meant literally
+        return key.strip().split("."), raw.strip()
     try:
         value = load_yaml_text(raw) if raw.strip() else None
     except (yaml.YAMLError, ValueError, RecursionError):  # ValueError: an integer over Python's 4300-digit limit

@@ -76,6 +76,9 @@ def _problem_checks(cfg) -> list[str]:
     if pt != MULTI and (cfg.data.label_delimiter is not None or cfg.data.label_columns is not None):
         key = "data.label_delimiter" if cfg.data.label_delimiter is not None else "data.label_columns"
         problems.append(f"'{key}' gives label sets, which need model.problem_type=multi_label_classification ({fit})")
+    if cfg.data.label_delimiter == "":
+        problems.append("'data.label_delimiter' is empty; in YAML quote it (label_delimiter: \"|\"), since a bare | "
+                        "starts a block of text")
     if cfg.data.label_columns is not None and len(cfg.data.label_columns) < 2:
         problems.append("'data.label_columns' needs at least two 0/1 columns, one per label")
     if pt == REGRESSION and cfg.train.class_weights != "none":

@@ -63,7 +63,8 @@ def columns_to_sets(df: pd.DataFrame, columns: list[str], where: str) -> list[li
         col = pd.to_numeric(df[c], errors="coerce")
         bad = df[c][~col.isin([0, 1])]
         if len(bad):
-            raise DataError(f"{where}: data.label_columns column '{c}' must hold 0 or 1, found {_shown(bad.unique())} "
+            found = [v.item() if isinstance(v, np.generic) else v for v in bad.unique()]
+            raise DataError(f"{where}: data.label_columns column '{c}' must hold 0 or 1, found {_shown(found)} "
                             f"(first at row {int(bad.index[0])}); give one 0/1 column per label")
     flags = np.stack([pd.to_numeric(df[c]).to_numpy() == 1 for c in columns], axis=1)
     return [[columns[j] for j in np.flatnonzero(row)] for row in flags]
