@@ -6,6 +6,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -111,3 +112,74 @@ def test_an_unmerged_adapter_is_refused(tiny_bert):
     peft_model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=2, target_modules=["query"]))
     with pytest.raises(ModelError, match=r"^int8 quantization needs the merged model"):
         quantize_model(peft_model)
+
+
+# ------------------------------------------------------------------------------------------ wired into the verbs
+
+
+@pytest.fixture(scope="module")
+def int8_run(tmp_path_factory, tiny_bert, tiny_data) -> Path:
+    from helpers_infer import tiny_run_overrides
+    from loraclf.config import load_config
+    from loraclf.training import train
+
+    root = tmp_path_factory.mktemp("int8_run")
+    cfg = load_config(None, tiny_run_overrides(tiny_bert, tiny_data, root, "tiny") + ["adapter.lora_alpha=64"])
+    return Path(train(cfg, quiet=True).run_dir)
+
+
+def test_export_quantize_and_predict_precision_int8(int8_run, tiny_data, tmp_path, capsys):
+    import json
+
+    from loraclf.cli import main
+    from loraclf.predict import load_inference_model
+
+    out = tmp_path / "export"
+    assert main(["export", str(int8_run), "--output", str(out), "--quantize", "int8"]) == 0
+    info = json.loads((out / "loraclf_export.json").read_text())["quantized"]
+    assert info["file"] == QUANTIZED_FILE and info["bytes"] == (out / QUANTIZED_FILE).stat().st_size
+    texts = pd.read_csv(tiny_data["test"])["text"].tolist()
+    from_run, from_export = load_inference_model(int8_run), load_inference_model(out)
+    fp32 = from_run.predict(texts, precision="fp32")
+    a, b = from_run.predict(texts, precision="int8"), from_export.predict(texts, precision="int8")
+    assert sorted(quantized_linears(from_run.int8)) == sorted(quantized_linears(from_export.int8)) != []
+    assert from_export.int8 is not None and not quantized_linears(from_export.model)  # the fp32 model kept as is
+    assert np.allclose(a, b, atol=1e-6)  # the saved int8 file is what quantizing the run in memory gives
+    assert 0 < np.abs(a - fp32).max() < 0.05
+    for source in (int8_run, out):
+        dest = tmp_path / f"pred-{Path(source).name}.csv"
+        assert main(["predict", str(source), "--input", str(tiny_data["test"]), "--output", str(dest),
+                     "--precision", "int8", "--format", "full", "--quiet"]) == 0
+        probs = pd.read_csv(dest).filter(like="prob_").to_numpy()
+        assert probs.shape == a.shape and np.allclose(probs, a, atol=1e-5)
+    capsys.readouterr()
+    assert main(["evaluate", str(int8_run), "--data", str(tiny_data["test"]), "--precision", "int8", "--quiet"]) == 0
+    assert "accuracy" in capsys.readouterr().out
+
+
+def test_classifier_predicts_int8_and_bad_precisions_are_one_line(int8_run, tiny_data, tmp_path, capsys):
+    import loraclf
+    from loraclf.cli import main
+    from loraclf.errors import ConfigError
+
+    clf = loraclf.Classifier.from_run(int8_run)
+    texts = pd.read_csv(tiny_data["test"])["text"].tolist()[:20]
+    assert np.allclose(clf.predict_proba(texts, precision="int8"), clf.model.predict(texts, precision="int8"))
+    with pytest.raises(ConfigError, match=r"'precision' must be one of auto, fp32, bf16, fp16, int8, got 'int4'"):
+        clf.predict(texts, precision="int4")
+    with pytest.raises(SystemExit) as e:
+        main(["predict", str(int8_run), "--input", str(tiny_data["test"]), "--output", str(tmp_path / "p.csv"),
+              "--precision", "int4"])
+    assert e.value.code == 2 and "invalid choice: 'int4'" in capsys.readouterr().err
+    assert not (tmp_path / "p.csv").exists()
+    with pytest.raises(SystemExit) as e:
+        main(["export", str(int8_run), "--output", str(tmp_path / "x"), "--quantize", "int4"])
+    assert e.value.code == 2 and not (tmp_path / "x").exists()
+
+
+def test_serving_several_runs_as_adapters_refuses_int8(int8_run):
+    from loraclf.errors import LoraclfError
+    from loraclf.serve import load_models
+
+    with pytest.raises(LoraclfError, match=r"^--precision int8 serves one run or export at a time"):
+        load_models([int8_run, int8_run], precision="int8")

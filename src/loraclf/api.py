@@ -208,7 +208,7 @@ class Classifier:
         texts: a list of strings, one string (one prediction back), or a DataFrame (its text column(s), and the
         pair column of a sentence-pair model, as the run reads them). text_pair: the second texts of a
         sentence-pair model, one per text (a string with one string). precision: as `loraclf predict --precision`
-        (auto: bf16 where the hardware computes it natively).
+        (auto: bf16 where the hardware computes it natively; int8: dynamically quantized Linear layers on the CPU).
         """
         values = self.model.decide(self._outputs(texts, text_pair, batch_size, precision, quiet, one=False))
         return values[0] if isinstance(texts, str) else values
@@ -219,24 +219,26 @@ class Classifier:
         datasets.Dataset) with the run's columns (label column, or data.label_columns; the pair column)."""
         frame = as_frame(df, "df")
         check_batch_size(batch_size)
-        device_mod.resolve(precision)
+        device_mod.resolve_inference(precision)
         with logs.quiet(quiet):
             return predict_mod.evaluate_frame(self.model, frame, "the DataFrame", batch_size, precision,
                                               progress=not quiet)
 
-    def export(self, path: str | Path, *, onnx: bool = False, overwrite: bool = False) -> Path:
-        """Write a standalone model folder (merged weights, tokenizer, model card), as `loraclf export` does."""
+    def export(self, path: str | Path, *, onnx: bool = False, overwrite: bool = False,
+               quantize: Optional[str] = None) -> Path:
+        """Write a standalone model folder (merged weights, tokenizer, model card), as `loraclf export` does;
+        quantize="int8" adds the int8 model (`loraclf export --quantize int8`)."""
         if self.model.source != "run":
             raise RunError(f"this classifier was loaded from the export folder {self.path}, which is already a "
                            f"standalone model; copy that folder, or export from its run folder")
-        return Path(export_mod.export_run(self.path, path, onnx=onnx, overwrite=overwrite))
+        return Path(export_mod.export_run(self.path, path, onnx=onnx, overwrite=overwrite, quantize=quantize))
 
     def _outputs(self, texts: TextsLike, text_pair: PairsLike, batch_size: int, precision: str, quiet: bool,
                  one: bool = True) -> np.ndarray:
         """The model's outputs for texts (and pairs); one: one string gives its row alone."""
         items, pairs = self._inputs(texts, text_pair)
         check_batch_size(batch_size)
-        device_mod.resolve(precision)
+        device_mod.resolve_inference(precision)
         with logs.quiet(quiet):
             out = self.model.predict(items, batch_size, precision, progress=not quiet, pairs=pairs)
         return out[0] if one and isinstance(texts, str) else out

@@ -11,6 +11,7 @@ from pathlib import Path
 from . import launch
 from .config import MAX_BATCH, PRECISIONS, augment_config, describe_keys, load_config, resume_config
 from .errors import LoraclfError
+from .limits import INFERENCE_PRECISIONS, INT8
 from .version import __version__
 
 EPILOG = """examples:
@@ -65,6 +66,7 @@ CONFIG_ARGS = [
 ]
 RUN = "run folder written by `loraclf train`"
 PICKLE = "read .pkl input (unpickling runs code: trusted files only)"
+INT8_HELP = "int8: the Linear layers dynamically quantized to int8, on the CPU (faster, outputs close to fp32)"
 
 COMMANDS: dict[str, dict] = {  # name -> add_parser keywords and "args", the command's arguments
     "train": dict(help="fine-tune a model and write a run folder",
@@ -89,7 +91,7 @@ COMMANDS: dict[str, dict] = {  # name -> add_parser keywords and "args", the com
         arg("--output", help="also write the metrics as JSON here"),
         arg("--batch-size", type=_batch_size, default=64),
         arg("--allow-pickle", action="store_true", help=PICKLE),
-        arg("--precision", choices=PRECISIONS, default="fp32"),
+        arg("--precision", choices=INFERENCE_PRECISIONS, default="fp32", help=INT8_HELP),
         arg("--quiet", action="store_true"),
     ]),
     "predict": dict(help="predict labels for a file of texts", args=[
@@ -102,8 +104,9 @@ COMMANDS: dict[str, dict] = {  # name -> add_parser keywords and "args", the com
         arg("--text-column", help="text column of the input (default: the run's data.text_column, else 'text')"),
         arg("--batch-size", type=_batch_size, default=64),
         arg("--allow-pickle", action="store_true", help=PICKLE),
-        arg("--precision", choices=PRECISIONS, default="auto",
-            help="auto (default): bf16 where the hardware computes it natively, else fp32; fp32 for exact outputs"),
+        arg("--precision", choices=INFERENCE_PRECISIONS, default="auto",
+            help="auto (default): bf16 where the hardware computes it natively, else fp32; fp32 for exact outputs; "
+                 + INT8_HELP),
         arg("--quiet", action="store_true"),
     ]),
     "budget": dict(help="exact trainable-parameter breakdown of a config, without loading weights", args=[
@@ -145,6 +148,9 @@ COMMANDS: dict[str, dict] = {  # name -> add_parser keywords and "args", the com
         arg("run"),
         arg("--output", required=True),
         arg("--onnx", action="store_true", help="also export ONNX and check it against PyTorch"),
+        arg("--quantize", choices=[INT8],
+            help="int8: also write model.int8.safetensors, the Linear layers dynamically quantized for CPU inference "
+                 "(predict/serve --precision int8 use it; loraclf.quantize.load_quantized loads it)"),
         arg("--overwrite", action="store_true", help="replace a non-empty --output folder"),
     ]),
     "serve": dict(help="HTTP prediction service", args=[
@@ -157,8 +163,8 @@ COMMANDS: dict[str, dict] = {  # name -> add_parser keywords and "args", the com
         arg("--max-wait-ms", type=float, default=5.0),
         arg("--max-texts", type=_positive_int, default=256),
         arg("--max-text-chars", type=_positive_int, default=20_000),
-        arg("--precision", choices=PRECISIONS, default="fp32",
-            help="auto: bf16 where the hardware computes it natively"),
+        arg("--precision", choices=INFERENCE_PRECISIONS, default="fp32",
+            help="auto: bf16 where the hardware computes it natively; " + INT8_HELP),
     ]),
     "push": dict(help="upload a run's adapter (or its merged export) to the Hugging Face Hub", args=[
         arg("run", help=RUN),
@@ -324,7 +330,7 @@ def cmd_sweep(args) -> int:
 def cmd_export(args) -> int:
     from .export import export_run
 
-    print(export_run(args.run, args.output, onnx=args.onnx, overwrite=args.overwrite))
+    print(export_run(args.run, args.output, onnx=args.onnx, overwrite=args.overwrite, quantize=args.quantize))
     return 0
 
 

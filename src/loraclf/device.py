@@ -2,6 +2,7 @@
 
 A precision is one of `auto`, `fp32`, `bf16`, `fp16` everywhere (config keys and CLI flags). `resolve()` turns
 `auto` into what this machine runs natively; `accelerate_name()` gives Accelerate's spelling (no/bf16/fp16).
+Inference (predict, evaluate, serve, Classifier) also takes `int8`: `resolve_inference()` checks that vocabulary.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ import platform
 import torch
 
 from .config import PRECISIONS
+from .limits import INFERENCE_PRECISIONS, INT8
 from .errors import ConfigError
 
-__all__ = ["PRECISIONS", "AUTOCAST_DTYPES", "resolve", "check", "accelerate_name", "bf16_supported", "hardware"]
+__all__ = ["PRECISIONS", "INFERENCE_PRECISIONS", "INT8", "AUTOCAST_DTYPES", "resolve", "resolve_inference", "check", "accelerate_name", "bf16_supported", "hardware"]
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -51,6 +53,15 @@ def resolve(precision: str, where: str = "precision") -> str:
     if precision == "auto":
         return "bf16" if bf16_supported() else "fp32"
     return precision
+
+
+def resolve_inference(precision: str, where: str = "precision") -> str:
+    """As resolve, for inference, where int8 (dynamically quantized Linear layers on the CPU) is offered too."""
+    if precision == INT8:
+        return INT8
+    if precision not in INFERENCE_PRECISIONS:
+        raise ConfigError([f"'{where}' must be one of {', '.join(INFERENCE_PRECISIONS)}, got '{precision}'"])
+    return resolve(precision, where)
 
 
 def accelerate_name(precision: str) -> str:

@@ -14,14 +14,17 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
 
 from . import card, problem, runs
 from . import model as model_mod
+from . import quantize as quantize_mod
 from .architectures import FAMILIES
-from .errors import ModelError, RunError
+from .errors import ConfigError, ModelError, RunError
+from .limits import INT8
 from .predict import CONFIG_THRESHOLDS, INFERENCE_DATA_KEYS
 from .version import __version__
 
@@ -163,8 +166,15 @@ def _export_info(run: Path, cfg, d: problem.Decision, folded: dict) -> dict:
     }
 
 
-def export_run(run: str | Path, output: str | Path, onnx: bool = False, overwrite: bool = False) -> str:
-    """Merge the run's adapter into the base weights and write a standalone model folder. Returns its path."""
+def export_run(run: str | Path, output: str | Path, onnx: bool = False, overwrite: bool = False,
+               quantize: Optional[str] = None) -> str:
+    """Merge the run's adapter into the base weights and write a standalone model folder. Returns its path.
+
+    quantize="int8" also writes model.int8.safetensors: the merged model with its Linear layers dynamically
+    quantized (loraclf.quantize; load it with loraclf.quantize.load_quantized, or `predict --precision int8`).
+    """
+    if quantize not in (None, INT8):
+        raise ConfigError([f"--quantize must be {INT8}, got '{quantize}'"])
     run = runs.open_run(run)
     output = Path(output)
     _check_output(run, output, overwrite)
@@ -190,6 +200,10 @@ def export_run(run: str | Path, output: str | Path, onnx: bool = False, overwrit
         tokenizer.save_pretrained(tmp)
         if onnx:
             info["onnx"] = export_onnx(model, tokenizer, tmp, _sample_texts(run), cfg.data.max_length)
+        if quantize:
+            path = quantize_mod.save_quantized(tmp, model)
+            info["quantized"] = {"file": path.name, "dtype": INT8, "scheme": "dynamic, nn.Linear, per-tensor",
+                                 "loader": "loraclf.quantize.load_quantized", "bytes": path.stat().st_size}
         runs.write_json(tmp / runs.EXPORT_INFO, info)
         card.write(run, tmp, "export")
     return str(output)

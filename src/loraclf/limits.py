@@ -3,6 +3,10 @@
 # the one precision vocabulary (train.mixed_precision, and --precision of predict, evaluate and serve);
 # device.py resolves it against the hardware
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# inference only (--precision of predict, evaluate, serve; Classifier.predict): int8 runs the merged model with its
+# nn.Linear layers dynamically quantized (loraclf.quantize), on the CPU, activations in fp32
+INT8 = "int8"
+INFERENCE_PRECISIONS = (*PRECISIONS, INT8)
 # upper bounds of size-like keys: far above any real use, and low enough that torch, NumPy (seeds) and the memory of
 # one machine can hold what they size, so absurd values fail in validation instead of deep in a model build
 MAX_RANK = 8192

@@ -23,6 +23,7 @@ from . import config as config_mod
 from . import data as data_mod
 from . import device as device_mod
 from . import logs, problem
+from . import quantize as quantize_mod
 from . import model as model_mod
 from . import runs
 from .config import DataConfig
@@ -146,6 +147,8 @@ class InferenceModel:
     data: DataConfig  # how inputs are read and cut: the run's data section (an export keeps it)
     source: str  # "run" or "export"
     decision: Decision = field(default_factory=Decision)  # the problem type, temperature, thresholds, scaling
+    path: Optional[Path] = None  # the folder it was loaded from
+    int8: Optional[torch.nn.Module] = field(default=None, repr=False)  # the int8 model, built on first int8 use
 
     @property
     def problem_type(self) -> str:
@@ -181,8 +184,19 @@ class InferenceModel:
                 pairs: Optional[list[str]] = None) -> np.ndarray:
         """Outputs in input order: probabilities (single- and multi-label) or values (regression)."""
         pairs = self.check_pairs(texts, pairs)
-        return predict_texts(self.model, self.tokenizer, texts, batch_size, self.max_length, precision, progress,
+        model = self.model
+        if device_mod.resolve_inference(precision) == device_mod.INT8:
+            model, precision = self.int8_model(), "fp32"  # int8 weights, fp32 activations
+        return predict_texts(model, self.tokenizer, texts, batch_size, self.max_length, precision, progress,
                              pairs=pairs, data=self.data, decision=self.decision)
+
+    def int8_model(self) -> torch.nn.Module:
+        """The model with its Linear layers dynamically quantized to int8 (loraclf.quantize), on the CPU: an
+        export's saved model.int8.safetensors where it has one, else quantized here once and kept."""
+        if self.int8 is None:
+            saved = self.path is not None and (self.path / quantize_mod.QUANTIZED_FILE).is_file()
+            self.int8 = quantize_mod.load_quantized(self.path) if saved else quantize_mod.quantize_model(self.model)
+        return self.int8
 
     def decide(self, out: np.ndarray) -> list:
         """Per row: the label (class id for integer labels, else its name), the list of label names, or the value."""
@@ -247,13 +261,14 @@ def load_inference_model(path: str | Path, device: Optional[str] = None) -> Infe
     if runs.is_export_dir(p):
         im = _load_export(p)
         im.model.eval().to(device)
+        im.path = p
         return im
     run = runs.open_run(p)
     model, tokenizer, id2label, cfg = model_mod.load_run_model(run, merge=False)
     model = model_mod.merge_adapter(model).eval().to(device)
     int_labels = runs.read_label_map(run).int_labels
     decision = problem.read_decision(run, cfg.model.problem_type)
-    return InferenceModel(model, tokenizer, id2label, cfg.data.max_length, int_labels, cfg.data, "run", decision)
+    return InferenceModel(model, tokenizer, id2label, cfg.data.max_length, int_labels, cfg.data, "run", decision, p)
 
 
 # ------------------------------------------------------------------------------------------ inputs
@@ -400,7 +415,7 @@ def predict_file(run: str | Path, input_path: str | Path, output_path: str | Pat
     """
     if fmt not in FORMATS:
         raise DataError(f"unknown --format '{fmt}'; choose competition or full")
-    device_mod.resolve(precision, "--precision")
+    device_mod.resolve_inference(precision, "--precision")
     out = Path(output_path)
     _check_suffix(out)
     if not Path(input_path).is_file():
@@ -434,7 +449,7 @@ def evaluate_frame(im: InferenceModel, df: pd.DataFrame, where: str, batch_size:
 def evaluate_file(run: str | Path, data_path: str | Path, batch_size: int = 64, allow_pickle: bool = False,
                   precision: str = "fp32", quiet: bool = False, output: Optional[str | Path] = None) -> dict:
     """Metrics of a run on a labelled file (labels mapped through the run's label map)."""
-    device_mod.resolve(precision, "--precision")
+    device_mod.resolve_inference(precision, "--precision")
     if output:
         check_output(Path(output), data_path, "--data")
     run = runs.open_run(run)

@@ -245,6 +245,9 @@ def load_models(found: list[Path], batch_size: int = 32, precision: str = "fp32"
         im = load_inference_model(p)
         served.append(Served(p.resolve().name, im.labels, im.source, partial(_model_predict, im, batch_size, precision),
                              im.decision, im.reads_pairs))
+    if attach and precision == device.INT8:
+        raise LoraclfError("--precision int8 serves one run or export at a time, not several runs as adapters on "
+                           "one base (an int8 base cannot switch adapters); serve them at fp32, or export each run")
     if attach:
         aset = adapters.load_adapters(attach)
         served += [Served(name, [a.id2label[i] for i in range(len(a.id2label))], "adapter",
@@ -285,7 +288,7 @@ def serve(model: str | Path | list[str | Path], host: str = "127.0.0.1", port: i
         raise LoraclfError("serve needs fastapi and uvicorn: pip install 'loraclf[serve]'") from None
     limits = ServeLimits(max_batch_size, max_wait_ms, max_texts, max_text_chars)
     limits.check()
-    device.resolve(precision, "--precision")
+    device.resolve_inference(precision, "--precision")
     if not 0 < port < 65536:
         raise LoraclfError(f"--port must be between 1 and 65535, got {port}")
     found = adapters.collect_runs([model] if isinstance(model, (str, Path)) else list(model))
