@@ -321,3 +321,20 @@ def test_soft_targets_take_the_class_weights_and_smoothing_and_one_hot_is_the_ha
     per = -(q * torch.log_softmax(z, -1)).sum(-1)
     assert torch.allclose(got, (per * row_w).sum() / row_w.sum(), atol=1e-6)
     assert not torch.allclose(got, loss_mod.loss_of(z, {"soft_labels": q}, _spec()), atol=1e-4)
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("train.class_weights=balanced", "'train.class_weights: balanced' counts the classes of the whole training split, "
+                                     "which a stream never holds at once"),
+    ("data.sampling=balanced", "'data.sampling: balanced' draws from every class of the whole training split, which "
+                               "a stream never holds at once; set data.sampling=random or data.streaming=false"),
+])
+def test_balanced_weights_or_sampling_on_a_stream_is_refused_in_validation(tmp_path, setting, message):
+    from loraclf.errors import ConfigError
+
+    train_file = tmp_path / "train.jsonl"
+    train_file.write_text("".join(json.dumps(r) + "\n" for r in tiny_rows(8, seed=3)))
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [f"data.train={train_file}", "data.streaming=true", "train.max_steps=4",
+                           "eval.eval_steps=2", setting])
+    assert message in str(e.value) and "\n" not in str(e.value)

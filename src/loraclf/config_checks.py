@@ -129,6 +129,13 @@ def _streaming_checks(cfg) -> list[str]:
     if cfg.augment.enabled:
         problems.append("'augment.enabled' does not apply to a stream (copies are made from the whole training set); "
                         "set augment.enabled=false or data.streaming=false")
+    if cfg.train.class_weights == "balanced":
+        problems.append("'train.class_weights: balanced' counts the classes of the whole training split, which a stream "
+                        "never holds at once; give the weights as a mapping (e.g. train.class_weights={a: 1.0, b: 3.0}) "
+                        "or set data.streaming=false")
+    if cfg.data.sampling == "balanced":
+        problems.append("'data.sampling: balanced' draws from every class of the whole training split, which a stream "
+                        "never holds at once; set data.sampling=random or data.streaming=false")
     if cfg.data.unlabeled is not None:
         problems.append("self-training (data.unlabeled) adds pseudo-labelled rows to the training set, which a stream "
                         "does not hold; set data.streaming=false")
