@@ -490,7 +490,8 @@ def write_table(args) -> None:
         "other processes used while a job ran (from /proc/stat less the job's own): "
         + (f"at most {max(others):,.0f} s in one job, {sum(others):,.0f} s over {sum(walls):,.0f} s of job wall time."
            if others else "none measured yet."),
-        "- The cores were shared with other agents' jobs (see the other CPU column), so wall times (s / epoch is "
+        "- The cores were shared with other jobs (other agents' in the first session; in the second, one other "
+        "benchmark's job or a test run at 1 thread; see the other CPU column), so wall times (s / epoch is "
         "loraclf's train_runtime_s over the epochs) are longer than on an idle machine: over all jobs, wall time was "
         + (f"{sum(walls) / max(sum(r['cpu_s'] for r in args.records if 'cpu_s' in r), 1e-9):.1f}x " if walls else "? x ")
         + "the jobs' own CPU time ('job CPU s': the job process's user + system time, start to end).",

@@ -260,9 +260,15 @@ def run_trainer(dataset: str, seed: int, limit: int | None, work: Path) -> dict:
             return 1 / (1 + np.exp(-logits))  # threshold 0.5 in multilabel_metrics (the Trainer tunes none)
         return logits.argmax(-1)
 
-    return {"val": score(dataset, va, outputs(dva)), "test": score(dataset, te, outputs(dte)),
-            "train_s": out.metrics["train_runtime"], "trainable": trainable, "steps": trainer.state.global_step,
-            "precision": "fp32"}
+    test_out = outputs(dte)
+    row = {"val": score(dataset, va, outputs(dva)), "test": score(dataset, te, test_out),
+           "train_s": out.metrics["train_runtime"], "trainable": trainable, "steps": trainer.state.global_step,
+           "precision": "fp32", "train_loss": float(out.training_loss)}
+    if dataset == "vader":  # a diagnostic of what the regression learned: the spread of its predictions
+        y = targets(dataset, te).astype(float)
+        row["test_spread"] = {"pred_mean": float(test_out.mean()), "pred_std": float(test_out.std()),
+                              "true_mean": float(y.mean()), "true_std": float(y.std())}
+    return row
 
 
 def _recompute_val(dataset: str, run_dir: Path, va) -> dict:
@@ -456,8 +462,9 @@ def render(args, rows: list) -> None:
         f"- Machine: {cpu_name()}, {os.cpu_count()} CPU cores, no GPU; torch {torch.__version__}, transformers "
         f"{transformers.__version__}, peft {peft.__version__}, scikit-learn {sklearn.__version__}, Python "
         f"{platform.python_version()}.",
-        f"- **Every job at {', '.join(map(str, threads)) or '1'} torch thread (OMP_NUM_THREADS=1), one job at a time, "
-        "machine shared** with other agents' work: times are at 1 thread on a shared machine. CPU used by other "
+        f"- **Every job at {', '.join(map(str, threads)) or '1'} torch thread (OMP_NUM_THREADS=1), one job at a time per invocation, "
+        "machine shared** with other work (another benchmark's job or a test run, each at 1 thread, on the 2 cores): "
+        "times are at 1 thread on a shared machine. CPU used by other "
         "processes while a job ran (/proc/stat busy time less the job's own): "
         + (f"median {med(other):,.0f} CPU s per job, at most {max(other):,.0f} CPU s; as a share of the job's wall "
            f"time, median {med(other_frac):.2f} and at most {max(other_frac):.2f} cores (of {os.cpu_count()})."
@@ -582,7 +589,11 @@ def render(args, rows: list) -> None:
                 lines += ["", f"Note: {LABEL[c]} on {ds}, seed(s) {', '.join(str(r['seed']) for r in bad)}: test R² "
                           + ", ".join(f"{r['test']['r2']:.3f}" for r in bad) + " (below 0: worse than predicting the "
                           "mean) and Pearson " + ", ".join(f"{r['test']['pearson']:.4f}" for r in bad)
-                          + ": that run learned no usable regression."]
+                          + ": that run learned no usable regression."
+                          + "".join(f" Seed {r['seed']}: its test predictions have mean {sp['pred_mean']:.3f} and std "
+                                    f"{sp['pred_std']:.3f}, the targets mean {sp['true_mean']:.3f} and std "
+                                    f"{sp['true_std']:.3f}; final training loss {r['train_loss']:.3f}."
+                                    for r in bad if (sp := r.get("test_spread")) and "train_loss" in r)]
     if errs:
         lines += ["", "Failed runs (last error line of the child process):", ""]
         seen = set()
