@@ -251,9 +251,16 @@ def run_trainer(dataset: str, seed: int, limit: int | None, work: Path) -> dict:
         use_cpu=not torch.cuda.is_available(), seed=seed)
     trainer = Trainer(model=model, args=args, train_dataset=dtr, data_collator=DataCollatorWithPadding(tok))
     out = trainer.train()
+    # transformers 5.x's Trainer also evaluates and predicts through a LengthGroupedSampler when
+    # train_sampling_strategy="group_by_length" (Trainer._get_eval_sampler), so predict() returns its rows in a
+    # shuffled order. Training is done: a sequential order for prediction, checked against the labels below.
+    trainer.args.train_sampling_strategy = "sequential"
 
     def outputs(ds):
-        logits = np.asarray(trainer.predict(ds).predictions, dtype=np.float64)
+        pred = trainer.predict(ds)
+        if not np.allclose(np.asarray(pred.label_ids, dtype=np.float64), np.asarray(ds["labels"], dtype=np.float64)):
+            raise RuntimeError("Trainer.predict returned its rows out of the dataset's order")
+        logits = np.asarray(pred.predictions, dtype=np.float64)
         if dataset == "vader":
             return logits.reshape(-1)
         if dataset == "ag_digest":
@@ -595,7 +602,7 @@ def render(args, rows: list) -> None:
                                     f"{sp['true_std']:.3f}; final training loss {r['train_loss']:.3f}."
                                     for r in bad if (sp := r.get("test_spread")) and "train_loss" in r)]
     if errs:
-        lines += ["", "Failed runs (last error line of the child process):", ""]
+        lines += ["", "Failed or invalid runs (the last error line of the child process, or why the row does not count):", ""]
         seen = set()
         for r in reversed(errs):
             key = (r["dataset"], r["contender"], r["error"])
