@@ -248,6 +248,14 @@ CASES = {
         lambda ws: ws.train(MULTI, "eval.calibration=temperature"),
         "'eval.calibration: temperature' is for single_label_classification",
         "model.problem_type is multi_label_classification"),
+    # calibration without a validation split cannot be asked for: every run has one (a file, or data.validation_split
+    # > 0 carved from train), and the two ways to ask for none are refused before any model loads
+    "calibration with validation_split 0": (
+        lambda ws: ws.train(SINGLE, "eval.calibration=temperature", "data.validation=null", "data.validation_split=0"),
+        "'data.validation_split' must be > 0, got 0.0", "data.validation_split"),
+    "calibration with an empty validation file": (
+        lambda ws: ws.train(SINGLE, "eval.calibration=temperature", val=lambda df: df.iloc[:0]),
+        "val.csv has a header but no rows", "add at least one row"),
     # ---------------------------------------------------------------- predict: a pair run given single texts
     "predict pair run without the pair column": (
         lambda ws: ["predict", str(ws.pair_run()), "--input", str(ws.csv("in.csv", ws.frames["test"][["title"]])),
