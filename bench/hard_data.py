@@ -233,7 +233,7 @@ def train_spec(args, folder: str, label_column: str, seed: int, extra: list[str]
     over = [f"model.name_or_path={args.model}", f"data.train={d / 'train.csv'}", f"data.validation={d / 'val.csv'}",
             f"data.test={d / 'test.csv'}", "data.text_column=text", f"data.label_column={label_column}",
             f"data.cache_dir={args.work / 'cache'}", f"train.seed={seed}", "train.num_threads=1",
-            "output.report=false", f"output.dir={args.work / 'runs'}", f"output.run_name={run}",
+            "output.report=false", f"output.dir={args.work / 'runs' / f'pid{os.getpid()}'}", f"output.run_name={run}",
             "output.overwrite=true", *extra]
     if args.limit:
         over.append("train.num_train_epochs=1")
