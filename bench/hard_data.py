@@ -448,6 +448,12 @@ COMMANDS = [
     "python bench/hard_data.py --only trec50 --seeds 0",
     "python bench/hard_data.py --only calibration --seeds 0 --arms TREC-6",
     "python bench/hard_data.py --only speeches --seeds 0 --arms 'TF-IDF,truncate 128,head_tail'",
+    # second session (2026-12-02 06:58-09:40 UTC), beside bench/tasks.py jobs:
+    "python bench/hard_data.py --only trec50 --seeds 1 2",
+    "python bench/hard_data.py --only calibration,speeches",
+    "python bench/hard_data.py --only speeches --arms chunks",
+    "python bench/hard_data.py --only speeches --arms truncate,head_tail",
+    "python bench/hard_data.py --only speeches",
 ]
 
 
