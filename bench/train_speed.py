@@ -12,7 +12,7 @@ Contenders (each in its own process, for a clean peak RSS):
                      trainable-parameter count (it may spend that budget differently); only the data keys besides
   loraclf at the     loraclf with the reference's LoRA shape and recipe written out as overrides
   reference recipe   (LORACLF_AT_REFERENCE below), in the reference's precision: the loop against the Trainer
-  levers (--levers)  the same plus one loop lever each (LEVERS below: fused AdamW, torch.compile), one run each
+  levers (--levers)  the same plus one loop lever each (LEVERS below: fused AdamW, torch.compile, no dropout), one run each
 
 The reference's hyperparameters are constants in this file and are never read from loraclf, so a better loraclf
 default moves loraclf's rows and not the reference. The reference: LoRA r=8, alpha 16, dropout 0.05, on query and
@@ -100,7 +100,12 @@ LORACLF_AT_REFERENCE = [  # loraclf at the reference's exact LoRA shape and reci
 LEVERS = {  # one loop lever each, on top of LORACLF_AT_REFERENCE (--levers): measured one at a time
     "loraclf-fused": ["optimizer.fused=true"],
     "loraclf-compile": ["train.torch_compile=true"],
+    # every dropout off (the profile's first operator is aten::bernoulli_): adapter.lora_dropout=0 here, and the
+    # encoder's own hidden/attention dropout through a copy of the model folder whose config.json sets them to 0
+    # (loraclf has no key for the encoder's dropout); a recipe change, so its accuracy is in the table beside its speed
+    "loraclf-nodropout": ["adapter.lora_dropout=0"],
 }
+NO_DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout")
 TARGETS = {  # the issue's targets, checked from the numbers in write_report
     "tta_fraction": {"agnews": 1 / 3, "trec6": 1 / 2},  # time to accuracy <= this x the reference's training time
     "test_gain": 0.005,  # final test accuracy >= the reference's + 0.5 points, at no more total wall time
@@ -114,7 +119,9 @@ LABEL = {"seed": "seed recipe as written", "stock-fp32": "stock fp32", "stock-bf
          "loraclf": "loraclf defaults (capped at the reference's count)",
          "loraclf-recipe": "loraclf at the reference recipe",
          "loraclf-fused": "lever: loraclf at the reference recipe + fused AdamW (`optimizer.fused=true`)",
-         "loraclf-compile": "lever: loraclf at the reference recipe + torch.compile (`train.torch_compile=true`)"}
+         "loraclf-compile": "lever: loraclf at the reference recipe + torch.compile (`train.torch_compile=true`)",
+         "loraclf-nodropout": "lever: loraclf at the reference recipe, every dropout 0 (`adapter.lora_dropout=0`, "
+                              "the encoder's config.json dropouts 0)"}
 
 
 def label(name: str, ref: str) -> str:
@@ -343,11 +350,29 @@ def loraclf_overrides(name: str, suite: Suite, args) -> list[str]:
     else:  # the reference recipe, in the reference's precision, and a lever where one is named
         over += LORACLF_AT_REFERENCE + [f"train.mixed_precision={args.reference.removeprefix('stock-')}"]
         over += LEVERS.get(name, [])
+    if name == "loraclf-nodropout":
+        over.append(f"model.name_or_path={no_dropout_copy(args.model or suite.model, Path(args.work))}")
     if args.threads:
         over.append(f"train.num_threads={args.threads}")
     if args.epochs:
         over.append(f"train.num_train_epochs={args.epochs}")
     return over
+
+
+def no_dropout_copy(model: str, work: Path) -> Path:
+    """A folder beside the runs holding the model's files as links and its config.json with every dropout at 0."""
+    from loraclf.sources import resolve_model
+
+    src = Path(resolve_model(model))
+    dst = work / f"{src.name}-nodropout"
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in src.iterdir():
+        if f.name != "config.json" and not (dst / f.name).exists():
+            (dst / f.name).symlink_to(f.resolve())
+    config = json.loads((src / "config.json").read_text())
+    config.update({k: 0.0 for k in NO_DROPOUT_KEYS if k in config or k != "classifier_dropout"})
+    (dst / "config.json").write_text(json.dumps(config, indent=2))
+    return dst
 
 
 def run_loraclf(name: str, suite: Suite, args) -> dict:
