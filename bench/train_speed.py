@@ -105,7 +105,6 @@ LEVERS = {  # one loop lever each, on top of LORACLF_AT_REFERENCE (--levers): me
     # (loraclf has no key for the encoder's dropout); a recipe change, so its accuracy is in the table beside its speed
     "loraclf-nodropout": ["adapter.lora_dropout=0"],
 }
-NO_DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout")
 TARGETS = {  # the targets, checked from the numbers in write_report
     "tta_fraction": {"agnews": 1 / 3, "trec6": 1 / 2},  # time to accuracy <= this x the reference's training time
     "test_gain": 0.005,  # final test accuracy >= the reference's + 0.5 points, at no more total wall time
@@ -351,7 +350,7 @@ def loraclf_overrides(name: str, suite: Suite, args) -> list[str]:
         over += LORACLF_AT_REFERENCE + [f"train.mixed_precision={args.reference.removeprefix('stock-')}"]
         over += LEVERS.get(name, [])
     if name == "loraclf-nodropout":
-        over.append(f"model.name_or_path={no_dropout_copy(args.model or suite.model, Path(args.work))}")
+        over.append(f"model.name_or_path={no_dropout_copy(args.model, Path(args.work))}")
     if args.threads:
         over.append(f"train.num_threads={args.threads}")
     if args.epochs:
@@ -370,7 +369,9 @@ def no_dropout_copy(model: str, work: Path) -> Path:
         if f.name != "config.json" and not (dst / f.name).exists():
             (dst / f.name).symlink_to(f.resolve())
     config = json.loads((src / "config.json").read_text())
-    config.update({k: 0.0 for k in NO_DROPOUT_KEYS if k in config or k != "classifier_dropout"})
+    # every *dropout* key of the config (BERT/MPNet: hidden_dropout_prob, attention_probs_dropout_prob;
+    # classifier_dropout, where null, falls back to the hidden one)
+    config.update({k: 0.0 for k, v in config.items() if "dropout" in k and isinstance(v, (int, float))})
     (dst / "config.json").write_text(json.dumps(config, indent=2))
     return dst
 
