@@ -16,13 +16,25 @@ agreement over all 2,000 test texts:
     onnxruntime fp32            65.8          1.02x         100.00%              88.40%
     onnxruntime int8            50.4          1.33x          98.00%              88.60%
 
-Both agree with bf16 autocast on 98.5% of the first 200 texts (bf16 is emulated on this CPU, so only 200). torch's is
-the faster int8 here (1.59x against 1.33x); onnxruntime's kept 9 more of 2,000 labels (0.45 points), torch's scored
-the higher test accuracy, so neither is the more faithful on this evidence. torch's also quantizes the merged model in memory, so `predict --precision int8` works from a run
-folder as well as an export and goes through the same predict path as fp32, with no ONNX export (seconds) and no
-onnx/onnxruntime install (the optional `export` extra). onnxruntime's file is smaller (23 MB against 59 MB here:
-torch keeps the embeddings fp32 beside the int8 Linear weights). `bench/predict_speed.py --onnx` repeats this
-comparison; rerun it on an idle machine, and on a CPU with VNNI/AMX, before trusting the ratio.
+Both agree with bf16 autocast on 98.5% of the first 200 texts (bf16 is emulated on this CPU, so only 200).
+
+Measured again, 2026-12-02, on an IDLE 2-core AMD EPYC Zen 4 (avx512_bf16 and avx512_vnni, no AMX), 2 threads,
+the model of bench/train_speed.py's loraclf run (471 steps), all 2,000 test texts, median of 3 rounds
+(bench/results/predict_speed.md):
+
+    contender               texts/s  vs bf16 autocast  same labels as fp32  test accuracy
+    torch fp32                   91           0.50x              -              89.55%
+    bf16 autocast               181           1.00x          99.90%             89.65%
+    torch int8 (chosen)         207           1.15x          97.95%             88.90%
+    onnxruntime int8            244           1.35x          98.10%             89.00%
+
+So neither is faster everywhere: torch's won by 1.19x on the AVX2 machine, onnxruntime's by 1.18x on the VNNI one,
+and on a CPU with native bf16 neither reaches 1.5x the bf16 path. torch's is kept because it needs nothing
+else: it quantizes the merged model in memory, so `predict --precision int8` works from a run folder as well as an
+export and goes through the same predict path as fp32, with no ONNX export (seconds) and no onnx/onnxruntime install
+(the optional `export` extra). On a VNNI CPU, `export --onnx` then onnxruntime's `quantize_dynamic` on model.onnx is
+the faster int8 (`bench/predict_speed.py --onnx` measures both). onnxruntime's file is also smaller (23 MB against
+59 MB: torch keeps the embeddings fp32 beside the int8 Linear weights).
 
 torch.ao.quantization is deprecated (torch 2.13 warns that it "will be removed in 2.10", and that quantized tensor
 types are deprecated; the named migration is torchao's `quantize_`, which loraclf does not depend on). It still works
