@@ -96,9 +96,9 @@ def suite_rows(suite_key: str, rows: list) -> list[str]:
     # is its best checkpoint's, the maximum of its evaluations, which a single lucky evaluation can set)
     lines = [f"Target: {target:.2%} val, the baseline's val accuracy at its last step (its best checkpoint, the "
              f"final val column, has {base['val']:.2%}); the baseline trained {base['train_s']:.0f} s.",
-             "", "| candidate | overrides | trainable | steps | train s | vs baseline | real tok/s | time to target s "
-             "| of baseline's train s | val acc | test acc | total wall s | other CPU s |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "", "| candidate | overrides | trainable | steps | train s | vs baseline | real tok/s | steps to target "
+             "| time to target s | of baseline's train s | val acc | test acc | total wall s | other CPU s |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name in CANDIDATES:
         r = got.get(name)
         if r is None:
@@ -106,12 +106,13 @@ def suite_rows(suite_key: str, rows: list) -> list[str]:
         over = "(loraclf at the reference recipe)" if name == "reference" else (
             " ".join(f"`{o}`" for o in CANDIDATES[name]) or "(none)")
         if "error" in r:
-            lines.append(f"| {name} | {over} | error: {r['error']} |" + " |" * 10)
+            lines.append(f"| {name} | {over} | error: {r['error']} |" + " |" * 11)
             continue
         tta = ts.time_to(r["evals"], target)
+        step = next((e["step"] for e in r["evals"] if e["train_s"] == tta), None)
         lines.append(
             f"| {name} | {over} | {r['trainable']:,} | {r['steps']} | {r['train_s']:.0f} | "
-            f"{r['train_s'] / base['train_s']:.2f}x | {r['real_tokens'] / r['train_s']:,.0f} | {ts.fmt(tta)} | "
+            f"{r['train_s'] / base['train_s']:.2f}x | {r['real_tokens'] / r['train_s']:,.0f} | {ts.fmt(step)} | {ts.fmt(tta)} | "
             f"{ts.fmt(None if tta is None else tta / base['train_s'], '{:.2f}', 'never')} | {r['val']:.2%} | "
             f"{r['test']:.2%} | {r['wall_s']:.0f} | {r['other_cpu_s']:.1f} |")
     return lines
