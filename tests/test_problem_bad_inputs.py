@@ -256,6 +256,14 @@ CASES = {
     "calibration with an empty validation file": (
         lambda ws: ws.train(SINGLE, "eval.calibration=temperature", val=lambda df: df.iloc[:0]),
         "val.csv has a header but no rows", "add at least one row"),
+    # ---------------------------------------------------------------- issue 19: train.prefix_cache=true
+    "prefix cache with every layer adapted": (
+        lambda ws: ws.train(SINGLE, "train.prefix_cache=true"),
+        "'train.prefix_cache: true' cannot apply: the lowest encoder layer carries an adapter",
+        "set adapter.layers_to_transform to adapt only the top layers"),
+    "prefix cache with augmentation": (
+        lambda ws: ws.train(SINGLE, "train.prefix_cache=true", "adapter.layers_to_transform=1", "augment.enabled=true"),
+        "'train.prefix_cache: true' does not combine with augment.enabled", "set train.prefix_cache=auto or false"),
     # ---------------------------------------------------------------- predict: a pair run given single texts
     "predict pair run without the pair column": (
         lambda ws: ["predict", str(ws.pair_run()), "--input", str(ws.csv("in.csv", ws.frames["test"][["title"]])),

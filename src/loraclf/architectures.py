@@ -5,6 +5,7 @@ A leaf module: it imports nothing of loraclf but the errors, so model, methods a
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Optional
 
@@ -27,6 +28,11 @@ class Family:
     head_out: tuple[str, ...] = ("classifier",)  # the head's final projection, trained in full by linear and lora
     # bert's pooler comes pretrained with the encoder; every other family's head dense starts random
     head_dense_pretrained: bool = False
+    # where train.prefix_cache cuts the encoder (paths inside the task model's base_model): the embeddings, and the
+    # list of layers the encoder loops over. None where the encoder does more than loop over that list (ELECTRA
+    # projects the embeddings, DeBERTa-v2 adds a convolution after layer 0), so it cannot start at layer L
+    embeddings: Optional[str] = "embeddings"
+    layers: Optional[str] = "encoder.layer"
 
 
 _BERT = Family("query", "key", "value", "attention.output.dense", ("intermediate.dense", "output.dense"),
@@ -38,12 +44,14 @@ FAMILIES: dict[str, Family] = {
     "roberta": _ROBERTA,
     "xlm-roberta": _ROBERTA,
     "camembert": _ROBERTA,
-    "electra": _ROBERTA,
+    "electra": dataclasses.replace(_ROBERTA, layers=None),
     "mpnet": Family("q", "k", "v", "attn.o", ("intermediate.dense", "output.dense"), ("classifier",), "classifier.dense",
                     ("classifier.out_proj",)),
-    "distilbert": Family("q_lin", "k_lin", "v_lin", "out_lin", ("lin1", "lin2"), ("pre_classifier", "classifier"), "pre_classifier"),
+    "distilbert": Family("q_lin", "k_lin", "v_lin", "out_lin", ("lin1", "lin2"), ("pre_classifier", "classifier"), "pre_classifier",
+                         layers="transformer.layer"),
     "deberta-v2": Family("query_proj", "key_proj", "value_proj", "attention.output.dense",
-                         ("intermediate.dense", "output.dense"), ("pooler", "classifier"), "pooler.dense"),
+                         ("intermediate.dense", "output.dense"), ("pooler", "classifier"), "pooler.dense",
+                         layers=None),
 }
 FAMILIES["deberta"] = FAMILIES["deberta-v2"]
 PRESETS = ("qv", "qkv", "attention", "all-linear")

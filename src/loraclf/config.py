@@ -184,6 +184,13 @@ class TrainConfig:
     num_threads: Optional[int] = _f(None, "CPU threads for torch (null = one per physical core).", ge=1, le=1_024)
     torch_compile: bool = _f(False, "Compile the model with torch.compile (inductor, dynamic shapes, each repeated "
                              "layer compiled once); the compile time is part of the run's wall time.")
+    prefix_cache: Union[Literal["auto"], bool] = _f(
+        "auto", "Compute the outputs of the encoder layers below the lowest adapted one (see "
+        "adapter.layers_to_transform) once per training row, with their dropout off, and start later steps at the "
+        "first adapted layer. auto = on wherever it applies (a lower layer without an adapter, no augmentation, no "
+        "stream, no torch_compile, a bert/roberta/mpnet/distilbert-type encoder); true = fail where it cannot.")
+    prefix_cache_max_mb: int = _f(2048, "train.prefix_cache: the largest cache kept in memory (MB, bf16); a larger "
+                                  "one is memory-mapped from a temporary file.", ge=1, le=10_000_000)
 
 
 @dataclass

@@ -56,7 +56,18 @@ def cross_checks(cfg) -> list[str]:
         problems.append("'adapt.rounds' > 1 needs data.unlabeled (the texts to pseudo-label)")
     if cfg.data.streaming:
         problems += _streaming_checks(cfg)
+    if cfg.train.prefix_cache is True:
+        problems += _prefix_cache_checks(cfg)
     return problems + _problem_checks(cfg) + _long_text_checks(cfg.data)
+
+
+def _prefix_cache_checks(cfg) -> list[str]:
+    """train.prefix_cache=true where the lower layers' outputs would change between epochs or cannot be kept."""
+    clashes = [(cfg.augment.enabled, "augment.enabled (each epoch's texts differ)"),
+               (cfg.data.streaming, "data.streaming (rows are read once and not kept)"),
+               (cfg.train.torch_compile, "train.torch_compile (the compiled encoder runs whole)")]
+    return [f"'train.prefix_cache: true' does not combine with {what}; set train.prefix_cache=auto or false"
+            for on, what in clashes if on]
 
 
 def _problem_checks(cfg) -> list[str]:

@@ -20,8 +20,9 @@ from ..config import DataConfig
 from . import windows
 from .read import column
 
-# per-row columns a training batch carries besides the tokens (weight, soft_labels: self-training's pseudo-labels)
-TRAIN_COLUMNS = ("input_ids", "attention_mask", "token_type_ids", "label", "weight", "soft_labels")
+# per-row columns a training batch carries besides the tokens (weight, soft_labels: self-training's pseudo-labels;
+# row: the row's position, added where train.prefix_cache looks rows up)
+TRAIN_COLUMNS = ("input_ids", "attention_mask", "token_type_ids", "label", "weight", "soft_labels", "row")
 EVAL_COLUMNS = ("input_ids", "attention_mask", "token_type_ids", "label", "index")
 
 

@@ -22,6 +22,7 @@ from ..evaluate import compute_metrics, predict_probs, scalars
 from . import inputs as inputs_mod
 from . import trackers as trackers_mod
 from .loss import loss_of
+from .prefix import ROW
 from .setup import Setup
 from .state import Interrupted, LoopState, StopSignals
 
@@ -78,9 +79,13 @@ def save(ctx: Setup, state: LoopState) -> None:
 
 def _forward_backward(ctx: Setup, state: LoopState, batch: dict) -> torch.Tensor:
     acc, cfg = ctx.accelerator, ctx.cfg
+    inputs = {k: v for k, v in batch.items() if k in MODEL_INPUTS}
     with acc.accumulate(ctx.model):
         with acc.autocast():
-            logits = ctx.model(**{k: v for k, v in batch.items() if k in MODEL_INPUTS}).logits
+            if ctx.prefix is not None:  # train.prefix_cache: the encoder starts at its first adapted layer
+                logits = ctx.prefix.logits(ctx.model, inputs, batch[ROW])
+            else:
+                logits = ctx.model(**inputs).logits
         loss = loss_of(logits, batch, ctx.loss)
         if ctx.hooks.regularizer is not None:  # e.g. AdaLoRA's orthogonality penalty
             loss = loss + ctx.hooks.regularizer()

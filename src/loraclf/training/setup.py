@@ -24,6 +24,7 @@ from ..config import Config
 from ..errors import BudgetError, RunError
 from . import inputs as inputs_mod
 from . import loss as loss_mod
+from . import prefix as prefix_mod
 from . import trackers as trackers_mod
 from .state import LoopState
 
@@ -75,6 +76,7 @@ class Setup:
     trackers: list
     loss: loss_mod.LossSpec
     decision: problem.Decision  # during training: the target scaling only (thresholds and temperature come after)
+    prefix: Optional[prefix_mod.PrefixCache] = None  # train.prefix_cache, where it applies
 
     @property
     def main(self) -> bool:
@@ -256,6 +258,9 @@ def setup(cfg: Config, resume: Optional[str | Path], splits, run_dir: Optional[P
     say(spec.describe(splits.id2label))
     hooks = methods.hooks_of(model)
     inputs = inputs_mod.build(cfg, splits, tokenizer, say)
+    prefix = prefix_mod.build(cfg, model, inputs.train_ds, say)
+    if prefix is not None:
+        inputs.train_ds = prefix_mod.with_rows(inputs.train_ds)
     plan = _plan(cfg, inputs, accelerator.num_processes)
     hooks.set_total_steps(plan.total_steps)  # AdaLoRA schedules its rank budget over all steps
     optimizer = build_optimizer(cfg, model)
@@ -268,7 +273,7 @@ def setup(cfg: Config, resume: Optional[str | Path], splits, run_dir: Optional[P
     ctx = Setup(cfg, run, resume_dir is None, started, precision, accelerator, say, splits, prepared,
                 accelerator.unwrap_model(prepared), tokenizer, params, hooks, optimizer, scheduler, inputs, plan,
                 None, [], spec, problem.Decision(cfg.model.problem_type, target_mean=spec.target_mean,
-                                                 target_std=spec.target_std))
+                                                 target_std=spec.target_std), prefix)
     _describe(ctx)
     return ctx
 
