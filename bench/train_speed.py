@@ -104,6 +104,13 @@ LEVERS = {  # one loop lever each, on top of LORACLF_AT_REFERENCE (--levers): me
     # encoder's own hidden/attention dropout through a copy of the model folder whose config.json sets them to 0
     # (loraclf has no key for the encoder's dropout); a recipe change, so its accuracy is in the table beside its speed
     "loraclf-nodropout": ["adapter.lora_dropout=0"],
+    # top-layers-only adapters at the reference's budget: query+value of the top 3 of 6 layers at r 16 (alpha 32,
+    # the reference's alpha / r) = the reference's 73,728 LoRA parameters; without and with train.prefix_cache,
+    # which computes the lower 3 layers once per row (their dropout off) and starts later steps at layer 3
+    "loraclf-top3": ["adapter.layers_to_transform=3", "adapter.r=16", "adapter.lora_alpha=32",
+                     "train.prefix_cache=false"],
+    "loraclf-top3-cache": ["adapter.layers_to_transform=3", "adapter.r=16", "adapter.lora_alpha=32",
+                           "train.prefix_cache=true"],
 }
 TARGETS = {  # the issue's targets, checked from the numbers in write_report
     "tta_fraction": {"agnews": 1 / 3, "trec6": 1 / 2},  # time to accuracy <= this x the reference's training time
@@ -120,7 +127,11 @@ LABEL = {"seed": "seed recipe as written", "stock-fp32": "stock fp32", "stock-bf
          "loraclf-fused": "lever: loraclf at the reference recipe + fused AdamW (`optimizer.fused=true`)",
          "loraclf-compile": "lever: loraclf at the reference recipe + torch.compile (`train.torch_compile=true`)",
          "loraclf-nodropout": "lever: loraclf at the reference recipe, every dropout 0 (`adapter.lora_dropout=0`, "
-                              "the encoder's config.json dropouts 0)"}
+                              "the encoder's config.json dropouts 0)",
+         "loraclf-top3": "lever: loraclf at the reference recipe, adapters on the top 3 layers only at r 16 "
+                         "(`adapter.layers_to_transform=3`, equal budget), no cache",
+         "loraclf-top3-cache": "lever: the same with the frozen-prefix cache (`train.prefix_cache=true`: layers 0-2 "
+                               "once per row)"}
 
 
 def label(name: str, ref: str) -> str:
@@ -595,17 +606,17 @@ def plan_of(args) -> list[tuple[str, str, int]]:
         out = [args.reference if n == "reference" else n for n in SUITES[key].contenders]
         return [n for n in out if n != "stock-bf16" or args.reference == "stock-bf16"]
 
+    levers = [n for n in LEVERS if args.levers or n in args.only]
     plan = []
     for rep in range(args.reps):
         for key in args.data:
             plan += [(key, name, rep) for name in names(key)]
             if rep == 0 and key == "agnews" and not args.no_seed:
                 plan.append((key, "seed", 0))
-            if rep == 0 and args.levers:  # one run per lever, after the first repetition of every contender
-                plan += [(key, name, 0) for name in LEVERS]
+            plan += [(key, name, 0) for name in levers if rep == 0]  # one run per lever, after the first repetition
     if args.large:
         plan += [("large", name, 0) for name in names("large")]
-    return plan
+    return [p for p in plan if not args.only or p[1] in args.only]
 
 
 # ------------------------------------------------------------------------------------------ the report
@@ -857,6 +868,8 @@ def parse_args():
                    help="the reference's precision: auto = bf16 where the CPU runs it natively, else fp32")
     p.add_argument("--levers", action="store_true",
                    help=f"also run each loop lever once per data suite ({', '.join(LEVERS)})")
+    p.add_argument("--only", nargs="+", default=[], choices=[*STOCK, "loraclf", "loraclf-recipe", *LEVERS],
+                   help="run only these contenders and levers (each lever named here runs without --levers)")
     p.add_argument("--profile", action="store_true", help="only profile one loraclf training step (see --profile-out)")
     p.add_argument("--profile-out", type=Path, default=ROOT / "bench" / "results" / "train_profile.md")
     p.add_argument("--work", type=Path, default=Path("/tmp/loraclf-bench-train-speed"))
