@@ -12,7 +12,9 @@ Contenders (each in its own process, for a clean peak RSS):
                      trainable-parameter count (it may spend that budget differently); only the data keys besides
   loraclf at the     loraclf with the reference's LoRA shape and recipe written out as overrides
   reference recipe   (LORACLF_AT_REFERENCE below), in the reference's precision: the loop against the Trainer
-  levers (--levers)  the same plus one loop lever each (LEVERS below: fused AdamW, torch.compile, no dropout), one run each
+  levers (--levers)  the same plus one loop lever each (LEVERS below: fused AdamW, torch.compile, no dropout,
+                     top-3-layer adapters at equal budget without and with train.prefix_cache), one run each;
+                     --only NAME... runs just the named contenders and levers
 
 The reference's hyperparameters are constants in this file and are never read from loraclf, so a better loraclf
 default moves loraclf's rows and not the reference. The reference: LoRA r=8, alpha 16, dropout 0.05, on query and
@@ -806,9 +808,11 @@ def _header(args, rows: list, head: dict, final: bool) -> list[str]:
     busy = max((r["other_cpu_s"] / max(r["process_s"], 1e-9) for r in good), default=0.0)
     lines = [
         "# Training speed: loraclf against a frozen stock Trainer + PEFT reference", "",
-        f"- {'Final' if final else '**Partial** (still running or interrupted)'} results of `python "
-        f"bench/train_speed.py{' ' + shlex.join(args.argv) if args.argv else ''}`, "
-        f"{datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}, {(time.time() - head['started']) / 60:.0f} min.",
+        f"- {'Final' if final else '**Partial** (still running or interrupted)'} results of "
+        + ", then ".join(f"`python bench/train_speed.py{' ' + shlex.join(a) if a else ''}`"
+                         for a in head.get("commands", [args.argv]))
+        + f", {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}, "
+          f"{(time.time() - head['started']) / 60:.0f} min.",
         f"- Machine: {cpu_name()}, {os.cpu_count()} CPU threads, native CPU bf16: {bf16_supported()}, no GPU; torch "
         f"{torch.__version__}, Python {platform.python_version()}; threads per contender: "
         f"{args.threads or 'each its own default'}. CPU time used by other processes while a contender ran (from "
@@ -894,6 +898,7 @@ def _start(args, suites: dict) -> tuple[dict, list]:
             sys.exit(f"{recorded} was written by an earlier version of this script or with another reference "
                      f"({head.get('reference')}, this run: {args.reference}); run without --resume")
         rows = [r for r in rows if "error" not in r]  # failed runs are run again
+    head.setdefault("commands", []).append(args.argv)  # every command that wrote this table, in order
     for key in args.data + (["large"] if args.large else []):
         if head["floors"].get(key, {}).get("model") != suites[key].model:
             head["floors"][key] = floor_of(suites[key], args.floor_seconds)
