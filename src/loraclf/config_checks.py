@@ -61,13 +61,18 @@ def cross_checks(cfg) -> list[str]:
     return problems + _problem_checks(cfg) + _long_text_checks(cfg.data)
 
 
-def _prefix_cache_checks(cfg) -> list[str]:
-    """train.prefix_cache=true where the lower layers' outputs would change between epochs or cannot be kept."""
+def prefix_cache_clashes(cfg) -> list[str]:
+    """The settings under which the lower layers' outputs change between epochs or are not kept, so
+    train.prefix_cache cannot apply: refused here for true, and the reason auto stays off (training/prefix.py)."""
     clashes = [(cfg.augment.enabled, "augment.enabled (each epoch's texts differ)"),
                (cfg.data.streaming, "data.streaming (rows are read once and not kept)"),
                (cfg.train.torch_compile, "train.torch_compile (the compiled encoder runs whole)")]
+    return [what for on, what in clashes if on]
+
+
+def _prefix_cache_checks(cfg) -> list[str]:
     return [f"'train.prefix_cache: true' does not combine with {what}; set train.prefix_cache=auto or false"
-            for on, what in clashes if on]
+            for what in prefix_cache_clashes(cfg)]
 
 
 def _problem_checks(cfg) -> list[str]:

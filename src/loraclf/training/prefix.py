@@ -25,6 +25,7 @@ import torch
 
 from ..architectures import FAMILIES
 from ..config import Config
+from ..config_checks import prefix_cache_clashes
 from ..data.read import column
 from ..errors import ConfigError, RunError
 
@@ -177,23 +178,14 @@ class PrefixCache:
             return model(inputs_embeds=states, attention_mask=inputs["attention_mask"]).logits
 
 
-def _off_reason(cfg: Config) -> str:
-    if cfg.augment.enabled:
-        return "augmentation changes the texts"
-    if cfg.data.streaming:
-        return "a stream's rows are not kept"
-    if cfg.train.torch_compile:
-        return "train.torch_compile runs the encoder whole"
-    return ""
-
-
 def build(cfg: Config, model, train_ds, say: Callable[[str], None]) -> Optional[PrefixCache]:
     """The run's cache, or None where train.prefix_cache is off or (auto) does not apply. true where it cannot apply
     fails here, before the run folder exists."""
     setting = cfg.train.prefix_cache
     if setting is False:
         return None
-    reason = _off_reason(cfg)
+    clashes = prefix_cache_clashes(cfg)
+    reason = f"with {clashes[0]}" if clashes else ""
     cut = None
     if not reason:
         cut, reason = find_cut(model)
