@@ -264,6 +264,9 @@ CASES = {
     "prefix cache with augmentation": (
         lambda ws: ws.train(SINGLE, "train.prefix_cache=true", "adapter.layers_to_transform=1", "augment.enabled=true"),
         "'train.prefix_cache: true' does not combine with augment.enabled", "set train.prefix_cache=auto or false"),
+    "fast dropout with torch.compile": (
+        lambda ws: ws.train(SINGLE, "train.fast_dropout=true", "train.torch_compile=true"),
+        "'train.fast_dropout: true' does not combine with train.torch_compile", "set train.fast_dropout=auto or false"),
     # ---------------------------------------------------------------- predict: a pair run given single texts
     "predict pair run without the pair column": (
         lambda ws: ["predict", str(ws.pair_run()), "--input", str(ws.csv("in.csv", ws.frames["test"][["title"]])),

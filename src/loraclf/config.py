@@ -189,6 +189,10 @@ class TrainConfig:
         "adapter.layers_to_transform) once per training row, with their dropout off, and start later steps at the "
         "first adapted layer. auto = on wherever it applies (a lower layer without an adapter, no augmentation, no "
         "stream, no torch_compile, a bert/roberta/mpnet/distilbert-type encoder); true = fail where it cannot.")
+    fast_dropout: Union[Literal["auto"], bool] = _f(
+        "auto", "Draw dropout masks from 16-bit uniforms, four per 64-bit random draw, instead of one Bernoulli "
+        "sample per element (every dropout of the encoder, the adapter and the head; the same expected output, a "
+        "different random stream). auto = on when training on CPU without torch_compile; true = on any device.")
     prefix_cache_max_mb: int = _f(2048, "train.prefix_cache: the largest cache kept in memory (MB, bf16); a larger "
                                   "one is memory-mapped from a temporary file.", ge=1, le=10_000_000)
 

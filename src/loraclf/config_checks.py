@@ -58,6 +58,9 @@ def cross_checks(cfg) -> list[str]:
         problems += _streaming_checks(cfg)
     if cfg.train.prefix_cache is True:
         problems += _prefix_cache_checks(cfg)
+    if cfg.train.fast_dropout is True and cfg.train.torch_compile:
+        problems.append("'train.fast_dropout: true' does not combine with train.torch_compile (the compiled model "
+                        "keeps the dropout it was traced with); set train.fast_dropout=auto or false")
     return problems + _problem_checks(cfg) + _long_text_checks(cfg.data)
 
 

@@ -4,6 +4,7 @@
     inputs.py    augmented rows, tokenized splits, each epoch's loader
     loop.py      the loop: steps, logging, evaluation, early stop, checkpoints, signals
     prefix.py    train.prefix_cache: the frozen layers below the lowest adapter, once per training row
+    dropout.py   train.fast_dropout: cheaper dropout masks for the training steps
     finish.py    best weights back, final metrics, artifacts, report
     trackers.py  TensorBoard / MLflow through Accelerate
     state.py     the loop's resumable state, signals

@@ -81,7 +81,7 @@ def _forward_backward(ctx: Setup, state: LoopState, batch: dict) -> torch.Tensor
     acc, cfg = ctx.accelerator, ctx.cfg
     inputs = {k: v for k, v in batch.items() if k in MODEL_INPUTS}
     with acc.accumulate(ctx.model):
-        with acc.autocast():
+        with acc.autocast(), (ctx.dropout.active() if ctx.dropout else contextlib.nullcontext()):
             if ctx.prefix is not None:  # train.prefix_cache: the encoder starts at its first adapted layer
                 logits = ctx.prefix.logits(ctx.model, inputs, batch[ROW])
             else:

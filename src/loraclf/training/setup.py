@@ -24,6 +24,7 @@ from ..config import Config
 from ..errors import BudgetError, RunError
 from . import inputs as inputs_mod
 from . import loss as loss_mod
+from . import dropout as dropout_mod
 from . import prefix as prefix_mod
 from . import trackers as trackers_mod
 from .state import LoopState
@@ -77,6 +78,7 @@ class Setup:
     loss: loss_mod.LossSpec
     decision: problem.Decision  # during training: the target scaling only (thresholds and temperature come after)
     prefix: Optional[prefix_mod.PrefixCache] = None  # train.prefix_cache, where it applies
+    dropout: Optional[dropout_mod.Swap] = None  # train.fast_dropout, where it is on
 
     @property
     def main(self) -> bool:
@@ -273,7 +275,8 @@ def setup(cfg: Config, resume: Optional[str | Path], splits, run_dir: Optional[P
     ctx = Setup(cfg, run, resume_dir is None, started, precision, accelerator, say, splits, prepared,
                 accelerator.unwrap_model(prepared), tokenizer, params, hooks, optimizer, scheduler, inputs, plan,
                 None, [], spec, problem.Decision(cfg.model.problem_type, target_mean=spec.target_mean,
-                                                 target_std=spec.target_std), prefix)
+                                                 target_std=spec.target_std), prefix,
+                dropout_mod.build(cfg, model, accelerator.device, say))
     _describe(ctx)
     return ctx
 
