@@ -109,6 +109,9 @@ LEVERS = {  # one loop lever each, on top of LORACLF_AT_REFERENCE (--levers): me
     # top-layers-only adapters at the reference's budget: query+value of the top 3 of 6 layers at r 16 (alpha 32,
     # the reference's alpha / r) = the reference's 73,728 LoRA parameters; without and with train.prefix_cache,
     # which computes the lower 3 layers once per row (their dropout off) and starts later steps at layer 3
+    # loraclf's cheaper dropout masks (train.fast_dropout, auto = on for CPU training) turned off: torch's
+    # Bernoulli masks, as the reference draws them; this row is the cheaper masks' "without"
+    "loraclf-torchdropout": ["train.fast_dropout=false"],
     "loraclf-top3": ["adapter.layers_to_transform=3", "adapter.r=16", "adapter.lora_alpha=32",
                      "train.prefix_cache=false"],
     "loraclf-top3-cache": ["adapter.layers_to_transform=3", "adapter.r=16", "adapter.lora_alpha=32",
@@ -130,6 +133,8 @@ LABEL = {"seed": "seed recipe as written", "stock-fp32": "stock fp32", "stock-bf
          "loraclf-compile": "lever: loraclf at the reference recipe + torch.compile (`train.torch_compile=true`)",
          "loraclf-nodropout": "lever: loraclf at the reference recipe, every dropout 0 (`adapter.lora_dropout=0`, "
                               "the encoder's config.json dropouts 0)",
+         "loraclf-torchdropout": "lever check: loraclf at the reference recipe with torch's dropout masks "
+                                 "(`train.fast_dropout=false`, i.e. without the cheaper masks loraclf draws by default)",
          "loraclf-top3": "lever: loraclf at the reference recipe, adapters on the top 3 layers only at r 16 "
                          "(`adapter.layers_to_transform=3`, equal budget), no cache",
          "loraclf-top3-cache": "lever: the same with the frozen-prefix cache (`train.prefix_cache=true`: layers 0-2 "

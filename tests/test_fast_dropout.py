@@ -53,6 +53,15 @@ def test_gradients_pass_through_the_kept_elements_only():
     torch.testing.assert_close(x.grad, kept.float() / (1 - q))
 
 
+def test_bf16_keeps_its_dtype_and_an_unbiased_scale():
+    """The scale is applied as a float: a bf16 multiplier of 1/0.9 would be 1.109 and shrink every output 0.16%."""
+    torch.manual_seed(0)
+    x = torch.full((100, 100), 5.5, dtype=torch.bfloat16)  # 5.5 x 1.109 rounds to 6.094, 5.5 / 0.9 to 6.125
+    y = dropout_mod.masked_dropout(x, 0.1)
+    assert y.dtype == torch.bfloat16
+    assert y[y != 0].float().unique().tolist() == [6.125]
+
+
 def test_identity_outside_training_and_at_p_zero():
     x = torch.randn(8, 8)
     assert dropout_mod.masked_dropout(x, 0.3, training=False) is x
@@ -73,7 +82,7 @@ def family_model(request, tmp_path_factory, minilm_path):
 
 
 def _keep_everything(monkeypatch):
-    monkeypatch.setattr(dropout_mod, "keep_mask", lambda shape, p, device: (torch.ones(shape, dtype=torch.bool), 1.0))
+    monkeypatch.setattr(dropout_mod, "keep_mask", lambda shape, p, dtype, device: (torch.ones(shape, dtype=dtype), 1.0))
 
 
 def test_the_swapped_model_computes_the_stock_one_where_nothing_is_dropped(family_model, monkeypatch):
@@ -98,7 +107,7 @@ def test_the_attention_dropout_goes_through_the_cheaper_mask_where_the_family_us
     swap = dropout_mod.swap_for(model)
     calls = []
     real = dropout_mod.keep_mask
-    dropout_mod.keep_mask = lambda shape, p, device: calls.append(tuple(shape)) or real(shape, p, device)
+    dropout_mod.keep_mask = lambda shape, p, dtype, device: calls.append(tuple(shape)) or real(shape, p, dtype, device)
     try:
         model.train()
         with swap.active():

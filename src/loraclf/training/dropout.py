@@ -2,9 +2,9 @@
 
 torch's CPU dropout draws one Bernoulli sample per element (aten::bernoulli_, the top operator of a loraclf training
 step in bench/results/train_profile.md). Here one 64-bit random draw makes four 16-bit uniforms, each compared with
-a threshold: an element is kept with probability 1 - q, q = round(p x 65536) / 65536 (p = 0.1 gives q = 0.100006),
-and scaled by 1 / (1 - q), so the expected output equals the input exactly, as torch's dropout. Only the random
-stream differs from torch's.
+a threshold, written straight into the activations' dtype: an element is kept with probability 1 - q,
+q = round(p x 65536) / 65536 (p = 0.1 gives q = 0.100006), and scaled by 1 / (1 - q), so the expected output equals
+the input exactly, as torch's dropout. Only the random stream differs from torch's.
 
 `swap_for(model).active()` is the scope of one training step: inside it every nn.Dropout of the model (the encoder's, the adapter's inputs', the
 head's) draws its mask this way, and so does the attention-probability dropout of encoders whose attention goes
@@ -28,30 +28,35 @@ LORACLF_ATTENTION = "loraclf_fast_dropout"
 _LEVELS = 1 << 16
 
 
-def keep_mask(shape: torch.Size, p: float, device) -> tuple[torch.Tensor, float]:
-    """A boolean mask of `shape` keeping each element with probability 1 - q, and the scale 1 / (1 - q)."""
+def keep_mask(shape: torch.Size, p: float, dtype: torch.dtype, device) -> tuple[torch.Tensor, float]:
+    """A mask of `shape` in `dtype`, 1 where an element is kept (probability 1 - q) and 0 elsewhere, and the scale
+    1 / (1 - q) of the kept ones.
+
+    The comparison writes 0 / 1 straight into `dtype` (a bool mask converted afterwards costs about 5x more on CPU).
+    The scale stays a float: multiplied in as a scalar it is not rounded to bf16 (1.111 would become 1.109)."""
     n = 1
     for d in shape:
         n *= d
     dropped = round(p * _LEVELS)
     bits = torch.randint(-(1 << 63), (1 << 63) - 1, ((n + 3) // 4,), dtype=torch.int64, device=device)
     uniform16 = bits.view(torch.int16)[:n].view(shape)  # four signed 16-bit uniforms per draw: -32768..32767
-    return uniform16 >= dropped - (_LEVELS // 2), _LEVELS / (_LEVELS - dropped)
+    kept = torch.ge(uniform16, dropped - (_LEVELS // 2), out=torch.empty(shape, dtype=dtype, device=device))
+    return kept, _LEVELS / (_LEVELS - dropped)
 
 
-class _MaskedScale(torch.autograd.Function):
-    """x * mask * scale, saving only the boolean mask for the backward pass (as torch's native dropout does)."""
+class _Masked(torch.autograd.Function):
+    """x * mask * scale, keeping only the mask (in x's dtype) for the backward pass."""
 
     @staticmethod
-    def forward(ctx, x, keep, scale):
-        ctx.save_for_backward(keep)
+    def forward(ctx, x, kept, scale):
+        ctx.save_for_backward(kept)
         ctx.scale = scale
-        return torch.mul(x, keep).mul_(scale)
+        return torch.mul(x, kept).mul_(scale)
 
     @staticmethod
     def backward(ctx, grad):
-        (keep,) = ctx.saved_tensors
-        return torch.mul(grad, keep).mul_(ctx.scale), None, None
+        (kept,) = ctx.saved_tensors
+        return torch.mul(grad, kept).mul_(ctx.scale), None, None
 
 
 def masked_dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
@@ -60,8 +65,8 @@ def masked_dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Te
         return x
     if p >= 1:
         return torch.zeros_like(x)
-    keep, scale = keep_mask(x.shape, p, x.device)
-    return _MaskedScale.apply(x, keep, scale)
+    kept, scale = keep_mask(x.shape, p, x.dtype, x.device)
+    return _Masked.apply(x, kept, scale)
 
 
 class FastDropout(torch.nn.Dropout):
