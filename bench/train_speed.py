@@ -13,7 +13,8 @@ Contenders (each in its own process, for a clean peak RSS):
   loraclf at the     loraclf with the reference's LoRA shape and recipe written out as overrides
   reference recipe   (LORACLF_AT_REFERENCE below), in the reference's precision: the loop against the Trainer
   levers (--levers)  the same plus one loop lever each (LEVERS below: fused AdamW, torch.compile, no dropout,
-                     top-3-layer adapters at equal budget without and with train.prefix_cache), one run each;
+                     torch's dropout masks instead of train.fast_dropout's, top-3-layer adapters at equal budget
+                     without and with train.prefix_cache), one run each;
                      --only NAME... runs just the named contenders and levers
 
 The reference's hyperparameters are constants in this file and are never read from loraclf, so a better loraclf
@@ -137,7 +138,8 @@ LABEL = {"seed": "seed recipe as written", "stock-fp32": "stock fp32", "stock-bf
                                  "(`train.fast_dropout=false`, i.e. without the cheaper masks loraclf draws by default)",
          "loraclf-top3": "lever: loraclf at the reference recipe, adapters on the top 3 layers only at r 16 "
                          "(`adapter.layers_to_transform=3`, equal budget), no cache",
-         "loraclf-top3-cache": "lever: the same with the frozen-prefix cache (`train.prefix_cache=true`: layers 0-2 "
+         "loraclf-top3-cache": "lever: loraclf at the reference recipe, adapters on the top 3 layers only at r 16 "
+                               "(equal budget) with the frozen-prefix cache (`train.prefix_cache=true`: layers 0-2 "
                                "once per row)"}
 
 

@@ -6,11 +6,12 @@ a threshold, written straight into the activations' dtype: an element is kept wi
 q = round(p x 65536) / 65536 (p = 0.1 gives q = 0.100006), and scaled by 1 / (1 - q), so the expected output equals
 the input exactly, as torch's dropout. Only the random stream differs from torch's.
 
-`swap_for(model).active()` is the scope of one training step: inside it every nn.Dropout of the model (the encoder's, the adapter's inputs', the
-head's) draws its mask this way, and so does the attention-probability dropout of encoders whose attention goes
-through transformers' attention interface (BERT, RoBERTa, DistilBERT...: registered as LORACLF_ATTENTION, the eager
-computation with this mask). On leaving it the modules and the attention implementation are as they were, so
-evaluation, checkpoints and the saved adapter are untouched.
+`swap_for(model).active()` is the scope of one training step: inside it every nn.Dropout of the model (the
+encoder's, the adapter's inputs', the head's) draws its mask this way, and so does the attention-probability dropout
+of encoders whose attention goes through transformers' attention interface (BERT, RoBERTa, DistilBERT...: registered
+there as LORACLF_ATTENTION, the eager computation with this mask, beside the eager attention mask). On leaving it
+the modules and the attention implementation are as they were, so evaluation, checkpoints and the saved adapter
+are untouched.
 """
 
 from __future__ import annotations
