@@ -1,6 +1,6 @@
 """Benchmark: what dropout costs one loraclf training step, measured in one process by switching it off and on.
 
-bench/results/train_profile.md ranks aten::bernoulli_ (dropout masks) first, at 31% of one step's self CPU time,
+bench/results/train_profile.md ranked aten::bernoulli_ (dropout masks) first, at 31% of one step's self CPU time,
 yet the no-dropout lever of bench/train_speed.py (a separate process) ran no faster. This settles it in one
 process: loraclf's defaults on MiniLM-L6 (its 32 nn.Dropout modules: embeddings, attention probabilities, both
 residual branches per layer, the LoRA inputs of query and value, the classifier), real AG News batches, bf16 autocast
