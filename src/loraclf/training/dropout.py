@@ -17,6 +17,7 @@ are untouched.
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
 from dataclasses import dataclass
 from typing import Optional
@@ -35,9 +36,7 @@ def keep_mask(shape: torch.Size, p: float, dtype: torch.dtype, device) -> tuple[
 
     The comparison writes 0 / 1 straight into `dtype` (a bool mask converted afterwards costs about 5x more on CPU).
     The scale stays a float: multiplied in as a scalar it is not rounded to bf16 (1.111 would become 1.109)."""
-    n = 1
-    for d in shape:
-        n *= d
+    n = math.prod(shape)
     dropped = round(p * _LEVELS)
     bits = torch.randint(-(1 << 63), (1 << 63) - 1, ((n + 3) // 4,), dtype=torch.int64, device=device)
     uniform16 = bits.view(torch.int16)[:n].view(shape)  # four signed 16-bit uniforms per draw: -32768..32767
