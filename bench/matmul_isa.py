@@ -75,31 +75,35 @@ def verbose_child(dtype_name: str, mkn: tuple) -> None:
         F.linear(x, w, b)
 
 
-def kernels(dtype_name: str, mkn: tuple) -> tuple[list[str], str]:
-    """(the oneDNN primitives:implementations the matmul ran, oneDNN's detected ISA) from a verbose child."""
-    env = dict(os.environ, ONEDNN_VERBOSE="1", DNNL_VERBOSE="1")
-    cmd = [sys.executable, __file__, "--child", json.dumps([dtype_name, list(mkn)])]
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout.splitlines()
+def parse_verbose(lines: list[str]) -> tuple[list[str], str]:
+    """(the matmul / inner-product primitive:implementation pairs that ran, oneDNN's detected ISA) from its log."""
     impls, isa = [], "not reported (oneDNN was not called)"
-    for line in out:
+    for line in lines:
         fields = line.split(",")
-        if not fields or fields[0] not in ("onednn_verbose", "dnnl_verbose"):
+        if fields[0] not in ("onednn_verbose", "dnnl_verbose"):
             continue
         if "isa:" in line:
             isa = line.split("isa:", 1)[1].strip()
         if "exec" in fields and "cpu" in fields:
             at = fields.index("cpu")
-            name = f"{fields[at + 1]}:{fields[at + 2]}" if len(fields) > at + 2 else fields[at + 1]
-            if name not in impls:
+            name = ":".join(fields[at + 1:at + 3])
+            if fields[at + 1] in ("matmul", "inner_product") and name not in impls:
                 impls.append(name)
     return impls, isa
 
 
-def cpu() -> tuple[str, list[str]]:
+def kernels(dtype_name: str, mkn: tuple) -> tuple[list[str], str]:
+    """parse_verbose of a child that runs the matmul with oneDNN's verbose log on."""
+    env = dict(os.environ, ONEDNN_VERBOSE="1", DNNL_VERBOSE="1")
+    cmd = [sys.executable, __file__, "--child", json.dumps([dtype_name, list(mkn)])]
+    return parse_verbose(subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout.splitlines())
+
+
+def cpu_flags() -> list[str]:
+    """Those of CPU_FLAGS that /proc/cpuinfo lists."""
     text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    name = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")), "unknown")
     flags = next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), [])
-    return name, [f for f in CPU_FLAGS if f in flags]
+    return [f for f in CPU_FLAGS if f in flags]
 
 
 def measure(seconds: float, native_bf16: bool) -> list[dict]:
@@ -118,8 +122,9 @@ def measure(seconds: float, native_bf16: bool) -> list[dict]:
 
 def report(rows: list[dict], argv: list[str], threads: int, native_bf16: bool) -> str:
     import torch
+    from loraclf.device import cpu_name
 
-    name, flags = cpu()
+    name, flags = cpu_name(), cpu_flags()
     isa = next((r["isa"] for r in rows if not r["isa"].startswith("not reported")), "not reported (oneDNN never ran)")
     amx_flags = {"amx_tile", "amx_bf16"} <= set(flags)
     bf16 = [r for r in rows if r["dtype"] == "bf16"]
@@ -157,11 +162,9 @@ def main(argv: list[str]) -> int:
         verbose_child(dtype_name, tuple(mkn))
         return 0
     import torch
+    from loraclf.device import bf16_supported
 
-    try:
-        native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        native = False
+    native = bf16_supported()
     rows = measure(args.seconds, native)
     text = report(rows, argv, torch.get_num_threads(), native)
     args.out.parent.mkdir(parents=True, exist_ok=True)
