@@ -50,6 +50,7 @@ Run (from the repository root, on an otherwise idle machine):
     python bench/train_speed.py                     # AG News + TREC-6: bench/results/train_speed.md (+ .jsonl)
     python bench/train_speed.py --resume --large    # continue it (finished runs are kept), then add MPNet-base
     python bench/train_speed.py --profile           # one loraclf training step: bench/results/train_profile.md
+    python bench/train_speed.py --profile --data trec6 --profile-out bench/results/train_profile_trec6.md
   Check the script (minutes; numbers meaningless):
     OMP_NUM_THREADS=1 python bench/train_speed.py --model TINY --large-model TINY --large --epochs 0.2 --reps 1 \\
         --no-seed --threads 1 --floor-seconds 0.3 --out /tmp/ts.md
@@ -415,8 +416,16 @@ def run_loraclf(name: str, suite: Suite, args) -> dict:
             "precision": "fp32" if m["precision"] == "no" else m["precision"], "shape": shape}
 
 
+def _matmul_share(events) -> float:
+    """The matmul operators' share of a profile's self CPU time."""
+    total = sum(e.self_cpu_time_total for e in events)
+    mm = sum(e.self_cpu_time_total for e in events if e.key in ("aten::mm", "aten::addmm", "aten::bmm"))
+    return mm / total if total else 0.0
+
+
 def run_profile(args) -> None:
-    """One loraclf training step (defaults, AG News) under torch.profiler: its top-15 operators by self CPU time."""
+    """One loraclf training step (defaults, the first --data suite) under torch.profiler: its top-15 operators by
+    self CPU time, and the matmuls' share of the step."""
     import torch
     from torch.profiler import ProfilerActivity, profile
 
@@ -425,7 +434,7 @@ def run_profile(args) -> None:
     from loraclf.runs import atomic_write_text
     from loraclf.training import loop, train
 
-    suite, forward_backward, seen = SUITES["agnews"], loop._forward_backward, {"n": 0}
+    suite, forward_backward, seen = SUITES[args.data[0]], loop._forward_backward, {"n": 0}
 
     def profiled(ctx, state, batch):
         seen["n"] += 1
@@ -435,7 +444,8 @@ def run_profile(args) -> None:
             out = forward_backward(ctx, state, batch)
         seen.update(shape=list(batch["input_ids"].shape),
                     precision="fp32" if ctx.precision == "no" else ctx.precision,
-                    table=prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+                    table=prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15),
+                    matmul=_matmul_share(prof.key_averages()))
         return out
 
     loop._forward_backward = profiled
@@ -449,9 +459,11 @@ def run_profile(args) -> None:
              f"- `python bench/train_speed.py {shlex.join(args.argv)}`, "
              f"{datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; {cpu_name()}, {torch.get_num_threads()} "
              f"torch threads, torch {torch.__version__}.",
-             f"- loraclf's defaults on AG News (`{args.model}`), training step {PROFILE_STEP} (forward, backward, "
-             f"clipping, optimizer and scheduler step), batch of {seen['shape'][0]} x {seen['shape'][1]} tokens, "
-             f"precision {seen['precision']}.",
+             f"- loraclf's defaults on {suite.title} (`{args.model}`), training step {PROFILE_STEP} (forward, "
+             f"backward, clipping, optimizer and scheduler step), batch of {seen['shape'][0]} x {seen['shape'][1]} "
+             f"tokens, precision {seen['precision']}.",
+             f"- Matmuls (aten::mm, addmm, bmm) take **{seen['matmul']:.1%}** of the step's self CPU time: with "
+             f"everything else gone this step would be at most {1 / max(seen['matmul'], 1e-9):.2f}x faster.",
              "- Top 15 operators by self CPU time (`key_averages().table(sort_by='self_cpu_time_total')`):", "",
              "```", seen["table"].rstrip(), "```", ""]
     atomic_write_text(args.profile_out, "\n".join(lines))
@@ -926,7 +938,7 @@ def main() -> int:
         sys.exit(f"data not found: {', '.join(missing)} (../shared beside the checkout)")
     args.work.mkdir(parents=True, exist_ok=True)
     if args.profile:
-        args.model = suites["agnews"].model if "agnews" in suites else suite_model(SUITES["agnews"], args)
+        args.model = suites[args.data[0]].model
         child(argparse.Namespace(**{**vars(args), "child": "profile"}))
         return 0
     if args.threads:
