@@ -84,3 +84,20 @@ def test_regression_and_multi_label_metrics():
     mm = compute_metrics(y, p, {0: "a", 1: "b"}, decision=Decision(problem.MULTI))
     assert mm["subset_accuracy"] == pytest.approx(2 / 3) and mm["hamming_loss"] == pytest.approx(1 / 6)
     assert mm["micro_f1"] == pytest.approx(2 * 3 / (2 * 3 + 1)) and mm["per_label"]["b"]["recall"] == 0.5
+
+
+def test_macro_f1_skips_classes_a_split_never_holds_nor_predicts():
+    """Four classes; the split holds only 0-2 and nothing predicts 3: macro-F1 is sklearn's, over 0-2, not a 0 for 3.
+    A class the model predicts but the split lacks still counts (as sklearn counts it)."""
+    from sklearn.metrics import f1_score
+
+    names = {i: n for i, n in enumerate("abcd")}
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    probs = np.eye(4)[[0, 1, 1, 1, 2, 0]] * 0.9 + 0.025
+    m = compute_metrics(labels, probs, names)
+    assert m["macro_f1"] == pytest.approx(f1_score(labels, probs.argmax(-1), average="macro"))
+    assert m["macro_f1"] > np.mean([m["per_class"][n]["f1"] for n in "abcd"])  # the old mean, with d's 0
+    assert m["per_class"]["d"]["support"] == 0  # the per-class table still lists every class
+    probs[5] = np.eye(4)[3] * 0.9 + 0.025  # now row 5 is predicted as d, which the split lacks
+    m = compute_metrics(labels, probs, names)
+    assert m["macro_f1"] == pytest.approx(f1_score(labels, probs.argmax(-1), average="macro"))

@@ -51,6 +51,13 @@ def reliability(labels: np.ndarray, probs: np.ndarray, bins: int = problem.ECE_B
              "accuracy": float(correct[which == b].mean()) if (which == b).any() else None} for b in range(bins)]
 
 
+def _macro(f: np.ndarray, support: np.ndarray, preds: np.ndarray, k: int) -> float:
+    """Macro-F1 over the classes a split has or the model predicts (sklearn's own set), so a class that a small
+    split never holds and the model never guesses does not count as a 0."""
+    seen = (support > 0) | (np.bincount(preds, minlength=k)[:k] > 0)
+    return float(np.mean(f[seen])) if seen.any() else 0.0
+
+
 def single_label_metrics(labels, probs, id2label: dict[int, str], loss: Optional[float] = None,
                          decision: Decision = SINGLE_DECISION) -> dict:
     """Accuracy, macro-F1, loss (NLL), ECE, per-class precision/recall/F1 and the confusion matrix."""
@@ -67,7 +74,7 @@ def single_label_metrics(labels, probs, id2label: dict[int, str], loss: Optional
         nll = float(-np.mean(np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1.0))))
     out = {
         "accuracy": float((preds == labels).mean()) if len(labels) else 0.0,
-        "macro_f1": float(np.mean(f)) if k else 0.0,
+        "macro_f1": _macro(f, s, preds, k),
         "n": int(len(labels)),
         "per_class": {
             id2label[i]: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
