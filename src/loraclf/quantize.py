@@ -28,8 +28,17 @@ the model of bench/train_speed.py's loraclf run (471 steps), all 2,000 test text
     torch int8 (chosen)         207           1.15x          97.95%             88.90%
     onnxruntime int8            244           1.35x          98.10%             89.00%
 
+Measured again, 2026-12-04, on an idle 2-core Intel Xeon with AMX (amx_bf16, amx_int8), same command
+(bench/results/predict_speed_amx.md):
+
+    contender               texts/s  vs bf16 autocast  same labels as fp32  test accuracy
+    torch fp32                  176           0.36x              -              89.55%
+    bf16 autocast (AMX)         495           1.00x         100.00%             89.55%
+    torch int8 (chosen)         266           0.54x          97.15%             88.80%
+    onnxruntime int8            314           0.63x          98.20%             89.10%
+
 So neither is faster everywhere: torch's won by 1.19x on the AVX2 machine, onnxruntime's by 1.18x on the VNNI one,
-and on a CPU with native bf16 neither reaches 1.5x the bf16 path. torch's is kept because it needs nothing
+and on a CPU with native bf16 neither reaches 1.5x the bf16 path (with AMX both are slower than bf16). torch's is kept because it needs nothing
 else: it quantizes the merged model in memory, so `predict --precision int8` works from a run folder as well as an
 export and goes through the same predict path as fp32, with no ONNX export (seconds) and no onnx/onnxruntime install
 (the optional `export` extra). On a VNNI CPU, `export --onnx` then onnxruntime's `quantize_dynamic` on model.onnx is
