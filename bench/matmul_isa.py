@@ -101,8 +101,9 @@ def kernels(dtype_name: str, mkn: tuple) -> tuple[list[str], str]:
 
 def cpu_flags() -> list[str]:
     """Those of CPU_FLAGS that /proc/cpuinfo lists."""
-    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    flags = next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), [])
+    from loraclf import device
+
+    flags = device.cpu_flags()
     return [f for f in CPU_FLAGS if f in flags]
 
 

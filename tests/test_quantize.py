@@ -183,3 +183,39 @@ def test_serving_several_runs_as_adapters_refuses_int8(int8_run):
 
     with pytest.raises(LoraclfError, match=r"^--precision int8 serves one run or export at a time"):
         load_models([int8_run, int8_run], precision="int8")
+
+
+def test_int8_says_once_that_bf16_is_faster_where_amx_runs_it(int8_run, tiny_data, monkeypatch, capsys):
+    """On a CPU with AMX, bf16 measured faster than int8 (bench/results/predict_speed_amx.md): one warning line per
+    loaded model, and none elsewhere. The CPU's flags are the one thing faked (no test can change the CPU)."""
+    from loraclf import device
+    from loraclf.predict import load_inference_model
+    from loraclf.quantize import SLOWER_ON_AMX
+
+    texts = pd.read_csv(tiny_data["test"])["text"].tolist()[:8]
+    monkeypatch.setattr(device, "bf16_supported", lambda: True)
+    monkeypatch.setattr(device, "on_cpu_only", lambda: True)
+    monkeypatch.setattr(device, "cpu_flags", lambda: {"avx512_bf16"})
+    assert not device.has_amx()
+    load_inference_model(int8_run).predict(texts, precision="int8")
+    assert SLOWER_ON_AMX not in capsys.readouterr().err
+    monkeypatch.setattr(device, "cpu_flags", lambda: {"avx512_bf16", "amx_tile", "amx_bf16"})
+    assert device.has_amx()
+    model = load_inference_model(int8_run)
+    model.predict(texts, precision="int8")
+    model.predict(texts, precision="int8")
+    assert capsys.readouterr().err.count(SLOWER_ON_AMX) == 1
+    model.predict(texts, precision="fp32")
+    assert SLOWER_ON_AMX not in capsys.readouterr().err
+
+
+def test_cpu_flags_read_this_machines_cpuinfo():
+    from loraclf import device
+
+    flags = device.cpu_flags()
+    if not Path("/proc/cpuinfo").exists():
+        assert flags == set()
+        return
+    line = next(ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags"))
+    assert flags == set(line.split(":", 1)[1].split()) and flags
+    assert device.has_amx() == (device.on_cpu_only() and "amx_bf16" in flags and device.bf16_supported())

@@ -16,7 +16,7 @@ from .config import PRECISIONS
 from .limits import INFERENCE_PRECISIONS, INT8
 from .errors import ConfigError
 
-__all__ = ["PRECISIONS", "INFERENCE_PRECISIONS", "INT8", "AUTOCAST_DTYPES", "resolve", "resolve_inference", "check", "accelerate_name", "bf16_supported", "hardware"]
+__all__ = ["PRECISIONS", "INFERENCE_PRECISIONS", "INT8", "AUTOCAST_DTYPES", "resolve", "resolve_inference", "check", "accelerate_name", "bf16_supported", "cpu_flags", "has_amx", "hardware"]
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -67,6 +67,23 @@ def resolve_inference(precision: str, where: str = "precision") -> str:
 def accelerate_name(precision: str) -> str:
     """Accelerate's mixed_precision name for a resolved precision."""
     return "no" if precision == "fp32" else precision
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (from /proc/cpuinfo where there is one; empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def has_amx() -> bool:
+    """bf16 matmuls run on Intel AMX here: a CPU-only machine whose CPU reports amx_bf16 and that oneDNN accepts."""
+    return on_cpu_only() and "amx_bf16" in cpu_flags() and bf16_supported()
 
 
 def cpu_name() -> str:

@@ -196,6 +196,8 @@ class InferenceModel:
         if self.int8 is None:
             saved = self.path is not None and (self.path / quantize_mod.QUANTIZED_FILE).is_file()
             self.int8 = quantize_mod.load_quantized(self.path) if saved else quantize_mod.quantize_model(self.model)
+            if device_mod.has_amx():
+                logs.get(__name__).warning(quantize_mod.SLOWER_ON_AMX)
         return self.int8
 
     def decide(self, out: np.ndarray) -> list:

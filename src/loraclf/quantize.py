@@ -74,6 +74,9 @@ from . import runs
 from .errors import ModelError
 
 QUANTIZED_FILE = "model.int8.safetensors"
+# said once per loaded model where bf16 runs on AMX: measured there, int8 was the slower path (the table above)
+SLOWER_ON_AMX = ("int8 on this CPU runs slower than bf16, whose matmuls use its AMX units (measured 0.54x the texts/s "
+                 "of --precision auto on a Xeon with AMX); int8 here only saves memory: --precision auto is faster")
 _FORMAT = "loraclf dynamic int8: torch.ao quantize_dynamic, nn.Linear, qint8 per-tensor"
 # The two warnings torch 2.13 gives on every quantize_dynamic call (see the module docstring).
 _KNOWN_WARNINGS = (r"torch\.ao\.quantization is deprecated", r"torch\.quantize_per_tensor, torch\.quantize_per_channel")
