@@ -69,16 +69,21 @@ def accelerate_name(precision: str) -> str:
     return "no" if precision == "fp32" else precision
 
 
-def cpu_flags() -> set[str]:
-    """The CPU's feature flags (from /proc/cpuinfo where there is one; empty elsewhere)."""
+def _cpuinfo(key: str) -> str | None:
+    """The value of the first /proc/cpuinfo line that starts with key; None where there is no such file or line."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
+                if line.startswith(key):
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return set()
+    return None
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (from /proc/cpuinfo where there is one; empty elsewhere)."""
+    return set((_cpuinfo("flags") or "").split())
 
 
 def has_amx() -> bool:
@@ -88,14 +93,7 @@ def has_amx() -> bool:
 
 def cpu_name() -> str:
     """The CPU's model name (from /proc/cpuinfo where there is one)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
 
 
 def hardware() -> dict:

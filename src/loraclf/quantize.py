@@ -38,9 +38,9 @@ Measured again, 2026-12-04, on an idle 2-core Intel Xeon with AMX (amx_bf16, amx
     onnxruntime int8            314           0.63x          98.20%             89.10%
 
 So neither is faster everywhere: torch's won by 1.19x on the AVX2 machine, onnxruntime's by 1.18x on the VNNI one,
-and on a CPU with native bf16 neither reaches 1.5x the bf16 path (with AMX both are slower than bf16). torch's is kept because it needs nothing
-else: it quantizes the merged model in memory, so `predict --precision int8` works from a run folder as well as an
-export and goes through the same predict path as fp32, with no ONNX export (seconds) and no onnx/onnxruntime install
+and on a CPU with native bf16 neither reaches 1.5x the bf16 path (with AMX both are slower than bf16). torch's is
+kept because it needs nothing else: it quantizes the merged model in memory, so `predict --precision int8` works
+from a run folder as well as an export and goes through the same predict path as fp32, with no ONNX export (seconds) and no onnx/onnxruntime install
 (the optional `export` extra). On a VNNI CPU, `export --onnx` then onnxruntime's `quantize_dynamic` on model.onnx is
 the faster int8 (`bench/predict_speed.py --onnx` measures both). onnxruntime's file is also smaller (23 MB against
 59 MB: torch keeps the embeddings fp32 beside the int8 Linear weights).
