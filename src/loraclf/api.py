@@ -162,19 +162,22 @@ class Classifier:
         self.path = Path(path)
 
     @classmethod
-    def from_run(cls, path: str | Path, device: Optional[str] = None) -> "Classifier":
-        """Load the run folder that `train` (or `loraclf train`) wrote; device: default CUDA when there is one."""
+    def from_run(cls, path: str | Path, device: Optional[str] = None, *, int8_engine: str = "auto") -> "Classifier":
+        """Load the run folder that `train` (or `loraclf train`) wrote; device: default CUDA when there is one.
+        int8_engine: whose int8 precision="int8" runs, as `loraclf predict --int8-engine` (auto, torch,
+        onnxruntime)."""
         run = runs.open_run(path)
-        return cls(predict_mod.load_inference_model(run, device), run)
+        return cls(predict_mod.load_inference_model(run, device, int8_engine), run)
 
     @classmethod
-    def from_export(cls, path: str | Path, device: Optional[str] = None) -> "Classifier":
-        """Load a folder written by `export` (or `loraclf export`)."""
+    def from_export(cls, path: str | Path, device: Optional[str] = None, *,
+                    int8_engine: str = "auto") -> "Classifier":
+        """Load a folder written by `export` (or `loraclf export`); int8_engine as in from_run."""
         p = Path(path)
         if not runs.is_export_dir(p):
             hint = "; for a run folder use Classifier.from_run" if (p / runs.CONFIG).is_file() else ""
             raise RunError(f"{p} is not an exported model folder ({runs.HF_CONFIG} is missing){hint}")
-        return cls(predict_mod.load_inference_model(p, device), p)
+        return cls(predict_mod.load_inference_model(p, device, int8_engine), p)
 
     @property
     def labels(self) -> list[str]:
@@ -208,7 +211,8 @@ class Classifier:
         texts: a list of strings, one string (one prediction back), or a DataFrame (its text column(s), and the
         pair column of a sentence-pair model, as the run reads them). text_pair: the second texts of a
         sentence-pair model, one per text (a string with one string). precision: as `loraclf predict --precision`
-        (auto: bf16 where the hardware computes it natively; int8: dynamically quantized Linear layers on the CPU).
+        (auto: bf16 where the hardware computes it natively; int8: dynamically quantized Linear layers on the CPU,
+        by the int8_engine the classifier was loaded with).
         """
         values = self.model.decide(self._outputs(texts, text_pair, batch_size, precision, quiet, one=False))
         return values[0] if isinstance(texts, str) else values

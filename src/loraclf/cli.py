@@ -11,7 +11,7 @@ from pathlib import Path
 from . import launch
 from .config import MAX_BATCH, PRECISIONS, augment_config, describe_keys, load_config, resume_config
 from .errors import LoraclfError
-from .limits import INFERENCE_PRECISIONS, INT8
+from .limits import INFERENCE_PRECISIONS, INT8, INT8_ENGINES
 from .version import __version__
 
 EPILOG = """examples:
@@ -67,6 +67,10 @@ CONFIG_ARGS = [
 RUN = "run folder written by `loraclf train`"
 PICKLE = "read .pkl input (unpickling runs code: trusted files only)"
 INT8_HELP = "int8: the Linear layers dynamically quantized to int8, on the CPU (faster, outputs close to fp32)"
+ENGINE = arg("--int8-engine", choices=INT8_ENGINES, default="auto",
+             help="whose int8 --precision int8 runs: onnxruntime (a fused ONNX graph, quantized per channel) or torch "
+                  "(torch.ao dynamic quantization); auto (default): onnxruntime on CPUs with VNNI/AMX int8 "
+                  "instructions, where it measured faster, torch elsewhere or without onnxruntime installed")
 
 COMMANDS: dict[str, dict] = {  # name -> add_parser keywords and "args", the command's arguments
     "train": dict(help="fine-tune a model and write a run folder",
@@ -92,6 +96,7 @@ COMMANDS: dict[str, dict] = {  # name -> add_parser keywords and "args", the com
         arg("--batch-size", type=_batch_size, default=64),
         arg("--allow-pickle", action="store_true", help=PICKLE),
         arg("--precision", choices=INFERENCE_PRECISIONS, default="fp32", help=INT8_HELP),
+        ENGINE,
         arg("--quiet", action="store_true"),
     ]),
     "predict": dict(help="predict labels for a file of texts", args=[
@@ -107,6 +112,7 @@ COMMANDS: dict[str, dict] = {  # name -> add_parser keywords and "args", the com
         arg("--precision", choices=INFERENCE_PRECISIONS, default="auto",
             help="auto (default): bf16 where the hardware computes it natively, else fp32; fp32 for exact outputs; "
                  + INT8_HELP),
+        ENGINE,
         arg("--quiet", action="store_true"),
     ]),
     "budget": dict(help="exact trainable-parameter breakdown of a config, without loading weights", args=[
@@ -149,8 +155,9 @@ COMMANDS: dict[str, dict] = {  # name -> add_parser keywords and "args", the com
         arg("--output", required=True),
         arg("--onnx", action="store_true", help="also export ONNX and check it against PyTorch"),
         arg("--quantize", choices=[INT8],
-            help="int8: also write model.int8.safetensors, the Linear layers dynamically quantized for CPU inference "
-                 "(predict/serve --precision int8 use it; loraclf.quantize.load_quantized loads it)"),
+            help="int8: also write the int8 model for CPU inference: model.int8.safetensors (torch; "
+                 "loraclf.quantize.load_quantized loads it) and, with onnxruntime installed, model.int8.onnx (a "
+                 "stock onnxruntime.InferenceSession runs it); predict/serve --precision int8 use them"),
         arg("--overwrite", action="store_true", help="replace a non-empty --output folder"),
     ]),
     "serve": dict(help="HTTP prediction service", args=[
@@ -165,6 +172,7 @@ COMMANDS: dict[str, dict] = {  # name -> add_parser keywords and "args", the com
         arg("--max-text-chars", type=_positive_int, default=20_000),
         arg("--precision", choices=INFERENCE_PRECISIONS, default="fp32",
             help="auto: bf16 where the hardware computes it natively; " + INT8_HELP),
+        ENGINE,
     ]),
     "push": dict(help="upload a run's adapter (or its merged export) to the Hugging Face Hub", args=[
         arg("run", help=RUN),
@@ -266,7 +274,8 @@ def _metric_lines(m: dict) -> list[str]:
 def cmd_evaluate(args) -> int:
     from .predict import evaluate_file
 
-    m = evaluate_file(args.run, args.data, args.batch_size, args.allow_pickle, args.precision, args.quiet, args.output)
+    m = evaluate_file(args.run, args.data, args.batch_size, args.allow_pickle, args.precision, args.quiet, args.output,
+                      args.int8_engine)
     print("\n".join(_metric_lines(m)))
     return 0
 
@@ -275,7 +284,7 @@ def cmd_predict(args) -> int:
     from .predict import predict_file
 
     r = predict_file(args.run, args.input, args.output, args.format, args.batch_size, args.allow_pickle,
-                     args.text_column, args.precision, args.quiet)
+                     args.text_column, args.precision, args.quiet, args.int8_engine)
     # counts: rows per predicted class (multi-label: per label); summary: regression's mean, std, min, max
     facts = {**(r.get("counts") or {}), **{k: f"{v:.4g}" for k, v in (r.get("summary") or {}).items()}}
     shown = f" ({', '.join(f'{k}: {v}' for k, v in facts.items())})" if facts else ""
@@ -338,7 +347,8 @@ def cmd_serve(args) -> int:
     from .serve import serve
 
     serve(list(args.model), host=args.host, port=args.port, max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
-          max_texts=args.max_texts, max_text_chars=args.max_text_chars, precision=args.precision)
+          max_texts=args.max_texts, max_text_chars=args.max_text_chars, precision=args.precision,
+          int8_engine=args.int8_engine)
     return 0
 
 

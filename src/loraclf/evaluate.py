@@ -180,7 +180,9 @@ def predict_logits(model, loader, accelerator=None, autocast_dtype=None, progres
     """
     model.eval()
     all_idx, all_logits, all_labels = [], [], []
-    device = accelerator.device if accelerator is not None else next(model.parameters()).device
+    first = next(model.parameters(), None)  # None: an onnxruntime graph (loraclf.onnx_graph), fed on the CPU
+    device = (accelerator.device if accelerator is not None
+              else first.device if first is not None else torch.device("cpu"))
     autocast = (torch.autocast(device_type=device.type, dtype=autocast_dtype) if autocast_dtype is not None
                 else contextlib.nullcontext())
     for batch in loader:

@@ -12,15 +12,14 @@ folder is published.
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import torch
 
 from . import card, problem, runs
 from . import model as model_mod
+from . import onnx_graph
 from . import quantize as quantize_mod
 from .architectures import FAMILIES
 from .errors import ConfigError, ModelError, RunError
@@ -28,8 +27,6 @@ from .limits import INT8
 from .predict import CONFIG_THRESHOLDS, INFERENCE_DATA_KEYS
 from .version import __version__
 
-ONNX_ATOL = 1e-4
-ONNX_RTOL = 1e-3
 ADAPTER_TAGS = ("lora_", "ia3_", "vera_", "hada_", "lokr_", "modules_to_save")  # left in the weights = not merged
 
 
@@ -40,75 +37,6 @@ def _check_output(run: Path, output: Path, overwrite: bool) -> None:
         raise RunError(f"--output {output} is a file; give a folder to write the model into")
     if output.is_dir() and any(output.iterdir()) and not overwrite:
         raise RunError(f"--output {output} already exists and is not empty; pick a new folder or pass --overwrite")
-
-
-def _sample_texts(run: Path, n: int = 32) -> list[str]:
-    """Real texts for the ONNX check: the run's validation texts, longest and shortest included."""
-    import pandas as pd
-
-    path = run / runs.VAL_PREDICTIONS
-    texts: list[str] = []
-    if path.is_file():
-        try:
-            texts = [t for t in pd.read_csv(path)["text"].astype(str).tolist() if t.strip()]
-        except Exception:  # a damaged side file must not block the export; fall back below
-            texts = []
-    if not texts:
-        texts = ["The quick brown fox jumps over the lazy dog.", "Stocks fell sharply on Monday.",
-                 "A short one.", "Scientists report a new method for measuring ocean temperatures from orbit."]
-    texts = sorted(texts, key=len)
-    pick = texts[:n // 2] + texts[-(n - n // 2):] if len(texts) > n else texts
-    return pick
-
-
-class _Logits(torch.nn.Module):
-    """ONNX graph input/outputs by name: token tensors in, logits out."""
-
-    def __init__(self, model, names: list[str]):
-        super().__init__()
-        self.model = model
-        self.names = names
-
-    def forward(self, *tensors):
-        return self.model(**dict(zip(self.names, tensors))).logits
-
-
-def export_onnx(model, tokenizer, folder: Path, texts: list[str], max_length: int) -> dict:
-    """Write folder/model.onnx (dynamic batch and sequence axes) and check it against PyTorch on texts."""
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise ModelError("--onnx needs onnx and onnxruntime: pip install 'loraclf[export]'") from None
-    accepted = inspect.signature(model.forward).parameters
-    names = [k for k in tokenizer.model_input_names if k in accepted]
-    example = tokenizer(texts[:2], padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-    wrapper = _Logits(model, names).eval()
-    path = folder / runs.ONNX_FILE
-    axes = {n: {0: "batch", 1: "sequence"} for n in names}
-    axes["logits"] = {0: "batch"}
-    try:
-        # The TorchScript exporter: no onnxscript needed, and seconds instead of a minute for an encoder.
-        torch.onnx.export(wrapper, tuple(example[n] for n in names), str(path), input_names=names,
-                          output_names=["logits"], dynamic_axes=axes, opset_version=17, dynamo=False)
-    except Exception as e:  # the exporter raises many types for unsupported operators
-        raise ModelError(f"ONNX export failed: {str(e).strip().splitlines()[0][:300]}") from None
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    worst = 0.0
-    agree = 0
-    # Two batch shapes, so a graph that baked in the example's shape fails here and not in production.
-    for chunk in (texts, texts[:3]):
-        enc = tokenizer(chunk, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-        with torch.inference_mode():
-            ref = wrapper(*(enc[n] for n in names)).float().numpy()
-        got = sess.run(["logits"], {n: enc[n].numpy().astype(np.int64) for n in names})[0]
-        if got.shape != ref.shape or not np.allclose(got, ref, atol=ONNX_ATOL, rtol=ONNX_RTOL):
-            diff = float(np.abs(got - ref).max()) if got.shape == ref.shape else float("inf")
-            raise ModelError(f"the ONNX model disagrees with PyTorch (max |diff| {diff:.2e} > {ONNX_ATOL:g}); "
-                             f"export without --onnx, or report this model type")
-        worst = max(worst, float(np.abs(got - ref).max()))
-        agree += int((got.argmax(-1) == ref.argmax(-1)).sum())
-    return {"file": runs.ONNX_FILE, "checked_texts": len(texts) + len(texts[:3]), "max_abs_diff": worst,
-            "argmax_agree": agree, "atol": ONNX_ATOL, "rtol": ONNX_RTOL, "opset": 17}
 
 
 def head_out(model) -> torch.nn.Linear:
@@ -166,12 +94,26 @@ def _export_info(run: Path, cfg, d: problem.Decision, folded: dict) -> dict:
     }
 
 
+def write_quantized(folder: Path, model, tokenizer, run: Path, max_length: int) -> dict:
+    """The int8 files of `export --quantize int8`: torch's always, onnxruntime's where it is installed (see
+    loraclf.quantize for which one `predict --precision int8` runs, and why)."""
+    path = quantize_mod.save_quantized(folder, model)
+    info = {"dtype": INT8, "engine_auto": quantize_mod.auto_engine(),
+            "torch": {"file": path.name, "scheme": "torch.ao quantize_dynamic: nn.Linear, qint8 per-tensor",
+                      "loader": "loraclf.quantize.load_quantized", "bytes": path.stat().st_size}}
+    if quantize_mod.onnxruntime_installed():
+        info["onnxruntime"] = onnx_graph.write_int8(model, tokenizer, folder, onnx_graph.sample_texts(run),
+                                                    max_length)
+    return info
+
+
 def export_run(run: str | Path, output: str | Path, onnx: bool = False, overwrite: bool = False,
                quantize: Optional[str] = None) -> str:
     """Merge the run's adapter into the base weights and write a standalone model folder. Returns its path.
 
-    quantize="int8" also writes model.int8.safetensors: the merged model with its Linear layers dynamically
-    quantized (loraclf.quantize; load it with loraclf.quantize.load_quantized, or `predict --precision int8`).
+    quantize="int8" also writes the int8 model: model.int8.safetensors (torch's dynamic quantization; load it with
+    loraclf.quantize.load_quantized) and, where onnxruntime is installed, model.int8.onnx (fused, quantized by
+    onnxruntime; a stock onnxruntime.InferenceSession runs it). `predict --precision int8` uses one of them.
     """
     if quantize not in (None, INT8):
         raise ConfigError([f"--quantize must be {INT8}, got '{quantize}'"])
@@ -199,11 +141,10 @@ def export_run(run: str | Path, output: str | Path, onnx: bool = False, overwrit
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         if onnx:
-            info["onnx"] = export_onnx(model, tokenizer, tmp, _sample_texts(run), cfg.data.max_length)
+            info["onnx"] = onnx_graph.export_onnx(model, tokenizer, tmp, onnx_graph.sample_texts(run),
+                                                  cfg.data.max_length)
         if quantize:
-            path = quantize_mod.save_quantized(tmp, model)
-            info["quantized"] = {"file": path.name, "dtype": INT8, "scheme": "dynamic, nn.Linear, per-tensor",
-                                 "loader": "loraclf.quantize.load_quantized", "bytes": path.stat().st_size}
+            info["quantized"] = write_quantized(tmp, model, tokenizer, run, cfg.data.max_length)
         runs.write_json(tmp / runs.EXPORT_INFO, info)
         card.write(run, tmp, "export")
     return str(output)

@@ -7,6 +7,8 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # nn.Linear layers dynamically quantized (loraclf.quantize), on the CPU, activations in fp32
 INT8 = "int8"
 INFERENCE_PRECISIONS = (*PRECISIONS, INT8)
+# whose int8 (--int8-engine): auto takes the one measured faster on this kind of CPU (loraclf.quantize says why)
+INT8_ENGINES = ("auto", "torch", "onnxruntime")
 # upper bounds of size-like keys: far above any real use, and low enough that torch, NumPy (seeds) and the memory of
 # one machine can hold what they size, so absurd values fail in validation instead of deep in a model build
 MAX_RANK = 8192

@@ -81,7 +81,8 @@ def _batches(enc, doc: np.ndarray, order: list[np.ndarray], keys: list[str], pad
 def _autocast_dtype(model, precision: str):
     """The autocast dtype for precision (bf16/fp16; auto resolved here); None for fp32 or a model already in half."""
     dtype = device_mod.AUTOCAST_DTYPES.get(device_mod.resolve(precision))
-    return dtype if next(model.parameters()).dtype == torch.float32 else None
+    first = next(model.parameters(), None)  # None: an onnxruntime graph (loraclf.onnx_graph), run as it is
+    return dtype if first is not None and first.dtype == torch.float32 else None
 
 
 def model_problem_type(model) -> str:
@@ -149,6 +150,7 @@ class InferenceModel:
     decision: Decision = field(default_factory=Decision)  # the problem type, temperature, thresholds, scaling
     path: Optional[Path] = None  # the folder it was loaded from
     int8: Optional[torch.nn.Module] = field(default=None, repr=False)  # the int8 model, built on first int8 use
+    int8_engine: str = "auto"  # whose int8 (loraclf.quantize.INT8_ENGINES): auto picks the faster one for this CPU
 
     @property
     def problem_type(self) -> str:
@@ -191,11 +193,11 @@ class InferenceModel:
                              pairs=pairs, data=self.data, decision=self.decision)
 
     def int8_model(self) -> torch.nn.Module:
-        """The model with its Linear layers dynamically quantized to int8 (loraclf.quantize), on the CPU: an
-        export's saved model.int8.safetensors where it has one, else quantized here once and kept."""
+        """The model with its Linear layers dynamically quantized to int8 by int8_engine (loraclf.quantize), on the
+        CPU: an export's saved int8 file of that engine where it has one, else built here once and kept."""
         if self.int8 is None:
-            saved = self.path is not None and (self.path / quantize_mod.QUANTIZED_FILE).is_file()
-            self.int8 = quantize_mod.load_quantized(self.path) if saved else quantize_mod.quantize_model(self.model)
+            self.int8 = quantize_mod.int8_model(self.model, self.tokenizer, self.path, self.max_length,
+                                                self.int8_engine)
             if device_mod.has_amx():
                 logs.get(__name__).warning(quantize_mod.SLOWER_ON_AMX)
         return self.int8
@@ -253,13 +255,19 @@ def _load_export(p: Path) -> InferenceModel:
     return InferenceModel(model, tokenizer, id2label, max_length, bool(int_labels), data, "export", decision)
 
 
-def load_inference_model(path: str | Path, device: Optional[str] = None) -> InferenceModel:
+def load_inference_model(path: str | Path, device: Optional[str] = None, int8_engine: str = "auto") -> InferenceModel:
     """Load a run folder (adapter merged into the base) or a folder written by `loraclf export`.
 
-    device: default the first CUDA GPU when there is one, else the CPU.
+    device: default the first CUDA GPU when there is one, else the CPU. int8_engine: whose int8 precision="int8"
+    runs (loraclf.quantize.INT8_ENGINES; checked here, used on first int8 use).
     """
-    p = Path(path)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    quantize_mod.resolve_engine(int8_engine, "--int8-engine")
+    im = _load(Path(path), device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    im.int8_engine = int8_engine
+    return im
+
+
+def _load(p: Path, device: str) -> InferenceModel:
     if runs.is_export_dir(p):
         im = _load_export(p)
         im.model.eval().to(device)
@@ -409,7 +417,7 @@ def _check_suffix(path: Path) -> None:
 
 def predict_file(run: str | Path, input_path: str | Path, output_path: str | Path, fmt: str = "competition",
                  batch_size: int = 64, allow_pickle: bool = False, text_column: Optional[str] = None,
-                 precision: str = "fp32", quiet: bool = False) -> dict:
+                 precision: str = "fp32", quiet: bool = False, int8_engine: str = "auto") -> dict:
     """Predict every text (or pair) of an input file and write the competition or the full format.
 
     run may be a run folder or an exported model folder. Returns rows, output, problem_type, and counts (rows
@@ -423,7 +431,7 @@ def predict_file(run: str | Path, input_path: str | Path, output_path: str | Pat
     if not Path(input_path).is_file():
         raise DataError(f"input file not found: {input_path}")
     check_output(out, input_path, "--input")
-    im = load_inference_model(run)
+    im = load_inference_model(run, int8_engine=int8_engine)
     if text_column:
         im.data.text_column = text_column
     texts, pairs, ids = read_inputs(input_path, im.data, allow_pickle or im.data.allow_pickle, bool(text_column))
@@ -449,13 +457,14 @@ def evaluate_frame(im: InferenceModel, df: pd.DataFrame, where: str, batch_size:
 
 
 def evaluate_file(run: str | Path, data_path: str | Path, batch_size: int = 64, allow_pickle: bool = False,
-                  precision: str = "fp32", quiet: bool = False, output: Optional[str | Path] = None) -> dict:
+                  precision: str = "fp32", quiet: bool = False, output: Optional[str | Path] = None,
+                  int8_engine: str = "auto") -> dict:
     """Metrics of a run on a labelled file (labels mapped through the run's label map)."""
     device_mod.resolve_inference(precision, "--precision")
     if output:
         check_output(Path(output), data_path, "--data")
     run = runs.open_run(run)
-    im = load_inference_model(run)
+    im = load_inference_model(run, int8_engine=int8_engine)
     df = data_mod.read_table(data_path, allow_pickle or im.data.allow_pickle, im.data.max_file_mb)
     metrics = evaluate_frame(im, df, str(data_path), batch_size, precision, progress=not quiet)
     notes = metrics.pop("notes")  # the key order of metrics JSON stays: ..., file, notes

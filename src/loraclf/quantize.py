@@ -1,49 +1,54 @@
-"""Dynamic int8 quantization of a merged model's nn.Linear layers, for CPU inference.
+"""Dynamic int8 quantization of a merged model's nn.Linear layers, for CPU inference, by one of two engines.
 
-Dynamic quantization stores each nn.Linear weight as int8 with one fp32 scale per tensor, and quantizes the
-activations per batch at run time. Embeddings, LayerNorm and softmax stay fp32. It needs no calibration data, which is
-why it is the one int8 mode offered here.
+Dynamic quantization stores each nn.Linear weight as int8 and quantizes the activations per batch at run time;
+embeddings, LayerNorm and softmax stay fp32. It needs no calibration data, which is why it is the one int8 mode here.
+Two engines do it, chosen by `--int8-engine` (evaluate, predict, serve; the API's `int8_engine=`):
 
-Why torch's `torch.ao.quantization.quantize_dynamic` and not onnxruntime's `quantize_dynamic` on the exported ONNX
-(`QuantType.QInt8`). Measured once, 2026-12-02, on a BUSY 2-core AMD EPYC (AVX2, no AVX512/VNNI/AMX; five other jobs
-running, so only the ratios mean anything, and loosely): packaged MiniLM-L6 trained 150 LoRA steps on AG News, merged
-and exported; 500 AG News test texts, 1 thread, length-sorted batches of 64, median of 3 alternating rounds; argmax
-agreement over all 2,000 test texts:
+- torch: `torch.ao.quantization.quantize_dynamic` on the merged model in memory, one fp32 scale per tensor.
+  Needs nothing else; the saved form is FOLDER/model.int8.safetensors (below, `load_quantized`).
+- onnxruntime (loraclf.onnx_graph): the merged model exported to ONNX, its attention, GELU and LayerNorm fused by
+  onnxruntime's transformer optimizer (BERT-layout families), then `quantize_dynamic` QInt8 with one scale per output
+  channel. Needs the `export` extra (onnx, onnxruntime); the saved form is FOLDER/model.int8.onnx, a plain ONNX file
+  any onnxruntime session runs (`loraclf.onnx_graph.load_int8` wraps one as a model).
+- auto (the default): onnxruntime where the CPU has int8 dot-product instructions (avx512_vnni, avx_vnni, amx_int8)
+  and onnxruntime is installed, torch elsewhere. That is the rule the measurements below give.
+
+Why two, and why that rule. Measured 2026-12-02 on a BUSY 2-core AMD EPYC (AVX2, no AVX512/VNNI/AMX; five other
+jobs running, so only the ratios mean anything, and loosely): packaged MiniLM-L6 trained 150 LoRA steps on AG News,
+merged and exported; 500 AG News test texts, 1 thread, length-sorted batches of 64, median of 3 alternating rounds;
+argmax agreement over all 2,000 test texts:
 
     contender               time (s)  vs torch fp32  same labels as fp32  test accuracy
     torch fp32                  67.2          1.00x               -              88.40%
-    torch int8 (chosen)         42.4          1.59x          97.55%              89.15%
+    torch int8                  42.4          1.59x          97.55%              89.15%
     onnxruntime fp32            65.8          1.02x         100.00%              88.40%
-    onnxruntime int8            50.4          1.33x          98.00%              88.60%
+    onnxruntime int8 (plain)    50.4          1.33x          98.00%              88.60%
 
-Both agree with bf16 autocast on 98.5% of the first 200 texts (bf16 is emulated on this CPU, so only 200).
+On an IDLE 2-core AMD EPYC Zen 4 (avx512_bf16 and avx512_vnni, no AMX), 2 threads, the model of
+bench/train_speed.py's loraclf run (471 steps), all 2,000 test texts, median of 3 rounds (2026-12-02 and, for the
+fused per-channel graph, 2026-12-04; bench/results/predict_speed_zen4.md):
 
-Measured again, 2026-12-02, on an IDLE 2-core AMD EPYC Zen 4 (avx512_bf16 and avx512_vnni, no AMX), 2 threads,
-the model of bench/train_speed.py's loraclf run (471 steps), all 2,000 test texts, median of 3 rounds
-(bench/results/predict_speed.md):
+    contender                              texts/s  vs bf16 autocast  same labels as fp32  test accuracy
+    torch fp32                                  91           0.50x              -              89.55%
+    bf16 autocast                              181           1.00x          99.90%             89.65%
+    torch int8                                 207           1.15x          97.95%             88.90%
+    onnxruntime int8, plain per-tensor         247           1.37x          98.35%             89.25%
+    onnxruntime int8, fused per-channel        254           1.41x          99.30%             89.60%
 
-    contender               texts/s  vs bf16 autocast  same labels as fp32  test accuracy
-    torch fp32                   91           0.50x              -              89.55%
-    bf16 autocast               181           1.00x          99.90%             89.65%
-    torch int8 (chosen)         207           1.15x          97.95%             88.90%
-    onnxruntime int8            244           1.35x          98.10%             89.00%
-
-Measured again, 2026-12-04, on an idle 2-core Intel Xeon with AMX (amx_bf16, amx_int8), same command
-(bench/results/predict_speed_amx.md):
+On an idle 2-core Intel Xeon with AMX (amx_bf16, amx_int8), same command (bench/results/predict_speed_amx.md):
 
     contender               texts/s  vs bf16 autocast  same labels as fp32  test accuracy
     torch fp32                  176           0.36x              -              89.55%
     bf16 autocast (AMX)         495           1.00x         100.00%             89.55%
-    torch int8 (chosen)         266           0.54x          97.15%             88.80%
-    onnxruntime int8            314           0.63x          98.20%             89.10%
+    torch int8                  266           0.54x          97.15%             88.80%
+    onnxruntime int8 (plain)    314           0.63x          98.20%             89.10%
 
-So neither is faster everywhere: torch's won by 1.19x on the AVX2 machine, onnxruntime's by 1.18x on the VNNI one,
-and on a CPU with native bf16 neither reaches 1.5x the bf16 path (with AMX both are slower than bf16). torch's is
-kept because it needs nothing else: it quantizes the merged model in memory, so `predict --precision int8` works
-from a run folder as well as an export and goes through the same predict path as fp32, with no ONNX export (seconds) and no onnx/onnxruntime install
-(the optional `export` extra). On a VNNI CPU, `export --onnx` then onnxruntime's `quantize_dynamic` on model.onnx is
-the faster int8 (`bench/predict_speed.py --onnx` measures both). onnxruntime's file is also smaller (23 MB against
-59 MB: torch keeps the embeddings fp32 beside the int8 Linear weights).
+So torch's won by 1.19x on the AVX2 machine (its fbgemm kernels do well there; onnxruntime's int8 GEMM gains most
+from VNNI), onnxruntime's by 1.18x-1.23x on the VNNI and AMX ones. Fusing the graph and one scale per channel took
+onnxruntime's from 98.35% to 99.30% agreement with fp32, within 0.05 points of fp32's test accuracy. On a CPU with
+native bf16 neither engine reaches 1.5x the bf16 path: 1.41x on Zen 4, and with AMX both are slower than bf16, which
+int8 on such a CPU says once (SLOWER_ON_AMX). onnxruntime's file is also smaller (23 MB against 59 MB for MiniLM:
+torch keeps the embeddings fp32 beside the int8 Linear weights).
 
 torch.ao.quantization is deprecated (torch 2.13 warns that it "will be removed in 2.10", and that quantized tensor
 types are deprecated; the named migration is torchao's `quantize_`, which loraclf does not depend on). It still works
@@ -59,24 +64,38 @@ model first; `load_quantized` does exactly that:
     from loraclf.quantize import load_quantized
     model = load_quantized("export/")                # the model built from export/config.json, quantized, loaded
     tokenizer = AutoTokenizer.from_pretrained("export/")
+
+The onnxruntime engine's file, FOLDER/model.int8.onnx, needs no loraclf: its inputs are the tokenizer's tensors
+(input_ids, attention_mask, and token_type_ids where the model takes them, int64) and its output is `logits`:
+
+    import onnxruntime, numpy as np
+    session = onnxruntime.InferenceSession("export/model.int8.onnx", providers=["CPUExecutionProvider"])
+    batch = tokenizer(["some text"], return_tensors="np")
+    names = {i.name for i in session.get_inputs()}
+    logits = session.run(["logits"], {k: v.astype(np.int64) for k, v in batch.items() if k in names})[0]
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import re
 import warnings
 from pathlib import Path
 
 import torch
 
-from . import runs
-from .errors import ModelError
+from . import device, onnx_graph, runs
+from .errors import ConfigError, ModelError
+from .limits import INT8_ENGINES
 
 QUANTIZED_FILE = "model.int8.safetensors"
+# CPU flags of int8 dot-product instructions (VNNI, AMX-INT8), where onnxruntime's int8 measured faster than torch's
+VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
 # said once per loaded model where bf16 runs on AMX: measured there, int8 was the slower path (the table above)
 SLOWER_ON_AMX = ("int8 on this CPU runs slower than bf16, whose matmuls use its AMX units (measured 0.54x the texts/s "
-                 "of --precision auto on a Xeon with AMX); int8 here only saves memory: --precision auto is faster")
+                 "of --precision auto on a Xeon with AMX with torch's int8, 0.63x with onnxruntime's); int8 here only "
+                 "saves memory: --precision auto is faster")
 _FORMAT = "loraclf dynamic int8: torch.ao quantize_dynamic, nn.Linear, qint8 per-tensor"
 # The two warnings torch 2.13 gives on every quantize_dynamic call (see the module docstring).
 _KNOWN_WARNINGS = (r"torch\.ao\.quantization is deprecated", r"torch\.quantize_per_tensor, torch\.quantize_per_channel")
@@ -212,3 +231,45 @@ def load_quantized(folder: str | Path) -> torch.nn.Module:
     with _known_warnings_silenced():
         _fill(model, tensors, path)
     return model.eval()
+
+
+# ------------------------------------------------------------------------------------------ the engine
+
+
+def onnxruntime_installed() -> bool:
+    return all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxruntime"))
+
+
+def auto_engine() -> str:
+    """The int8 engine measured faster on this kind of CPU (the module docstring): onnxruntime's where the CPU has
+    int8 dot-product instructions (VNNI, AMX) and onnxruntime is installed, torch's elsewhere."""
+    return "onnxruntime" if onnxruntime_installed() and device.cpu_flags() & VNNI_FLAGS else "torch"
+
+
+def resolve_engine(engine: str, where: str = "--int8-engine") -> str:
+    """torch or onnxruntime for an engine name (auto: auto_engine); one error line for a bad or missing one."""
+    if engine not in INT8_ENGINES:
+        raise ConfigError([f"'{where}' must be one of {', '.join(INT8_ENGINES)}, got '{engine}'"])
+    if engine == "auto":
+        return auto_engine()
+    if engine == "onnxruntime" and not onnxruntime_installed():
+        raise ConfigError([f"'{where}' onnxruntime {onnx_graph.NEEDS_ORT}; or use {where} torch"])
+    return engine
+
+
+def int8_model(model: torch.nn.Module, tokenizer, folder: Path | None, max_length: int,
+               engine: str = "auto") -> torch.nn.Module:
+    """The int8 model of a merged fp32 model, by engine: the folder's saved file of that engine where it has one
+    (`export --quantize int8`), else built here (torch: quantized in memory, under a second; onnxruntime: exported,
+    fused and quantized in a temporary folder, seconds)."""
+    engine = resolve_engine(engine)
+    if hasattr(model, "peft_config"):
+        quantize_model(model)  # the one error line for an unmerged adapter
+    if engine == "onnxruntime":
+        if folder is not None and (Path(folder) / onnx_graph.INT8_ONNX_FILE).is_file():
+            return onnx_graph.load_int8(Path(folder), model.config)
+        texts = onnx_graph.sample_texts(Path(folder)) if folder is not None else list(onnx_graph.FALLBACK_TEXTS)
+        return onnx_graph.build_int8(model, tokenizer, texts, max_length)
+    if folder is not None and (Path(folder) / QUANTIZED_FILE).is_file():
+        return load_quantized(folder)
+    return quantize_model(model)

@@ -234,15 +234,17 @@ def _adapter_predict(aset: adapters.AdapterSet, name: str, batch_size: int, prec
                              data=a.data, decision=a.decision)
 
 
-def load_models(found: list[Path], batch_size: int = 32, precision: str = "fp32") -> list[Served]:
+def load_models(found: list[Path], batch_size: int = 32, precision: str = "fp32",
+                int8_engine: str = "auto") -> list[Served]:
     """What to serve (from adapters.collect_runs): one run or export as today (its adapter merged), or several runs
-    as adapters on shared bases; exports among several models are served as they are."""
+    as adapters on shared bases; exports among several models are served as they are. int8_engine: whose int8
+    --precision int8 runs (loraclf.quantize)."""
     served, attach = [], []
     for p in found:
         if len(found) > 1 and not runs.is_export_dir(p):
             attach.append(p)
             continue
-        im = load_inference_model(p)
+        im = load_inference_model(p, int8_engine=int8_engine)
         served.append(Served(p.resolve().name, im.labels, im.source, partial(_model_predict, im, batch_size, precision),
                              im.decision, im.reads_pairs))
     if attach and precision == device.INT8:
@@ -279,7 +281,7 @@ def _run_uvicorn(app, host: str, port: int, graceful_timeout_s: float) -> None:
 
 def serve(model: str | Path | list[str | Path], host: str = "127.0.0.1", port: int = 8000, max_batch_size: int = 32,
           max_wait_ms: float = 5.0, max_texts: int = 256, max_text_chars: int = 20_000, precision: str = "fp32",
-          graceful_timeout_s: float = 30.0) -> None:
+          graceful_timeout_s: float = 30.0, int8_engine: str = "auto") -> None:
     """Serve a run, an export, several runs or a folder of runs over HTTP until SIGINT/SIGTERM (SIGTERM: exit 0)."""
     try:
         import fastapi  # noqa: F401  (the optional `serve` extra)
@@ -293,7 +295,7 @@ def serve(model: str | Path | list[str | Path], host: str = "127.0.0.1", port: i
         raise LoraclfError(f"--port must be between 1 and 65535, got {port}")
     found = adapters.collect_runs([model] if isinstance(model, (str, Path)) else list(model))
     _check_bind(host, port)
-    models = load_models(found, max(limits.max_batch_size, 1), precision)
+    models = load_models(found, max(limits.max_batch_size, 1), precision, int8_engine)
     limits.pairs = any(m.pairs for m in models)
     for m in models:
         m.predict(["warm up"], ["warm up"] if m.pairs else None)  # first call allocates: not the first client's
