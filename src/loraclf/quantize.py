@@ -25,15 +25,17 @@ argmax agreement over all 2,000 test texts:
     onnxruntime int8 (plain)    50.4          1.33x          98.00%              88.60%
 
 On an IDLE 2-core AMD EPYC Zen 4 (avx512_bf16 and avx512_vnni, no AMX), 2 threads, the model of
-bench/train_speed.py's loraclf run (471 steps), all 2,000 test texts, median of 3 rounds (2026-12-02 and, for the
-fused per-channel graph, 2026-12-04; bench/results/predict_speed_zen4.md):
+bench/train_speed.py's loraclf run (471 steps), all 2,000 test texts, batch 64, median of 3 rounds, 2026-12-04
+(bench/results/predict_speed_zen4.md; an earlier run, bench/results/predict_speed.md, gave bf16 181, torch int8 207
+and unfused onnxruntime int8 244 texts/s):
 
     contender                              texts/s  vs bf16 autocast  same labels as fp32  test accuracy
-    torch fp32                                  91           0.50x              -              89.55%
-    bf16 autocast                              181           1.00x          99.90%             89.65%
-    torch int8                                 207           1.15x          97.95%             88.90%
-    onnxruntime int8, plain per-tensor         247           1.37x          98.35%             89.25%
-    onnxruntime int8, fused per-channel        254           1.41x          99.30%             89.60%
+    torch fp32                                  99           0.51x              -              89.55%
+    bf16 autocast                              196           1.00x         100.00%             89.55%
+    torch int8                                 199           1.02x          97.35%             88.70%
+    onnxruntime int8, by hand: unfused,
+      per-tensor (quantize_dynamic defaults)   253           1.29x          98.35%             89.25%
+    onnxruntime int8, fused per-channel        258           1.32x          99.30%             89.60%
 
 On an idle 2-core Intel Xeon with AMX (amx_bf16, amx_int8), same command (bench/results/predict_speed_amx.md):
 
@@ -44,10 +46,10 @@ On an idle 2-core Intel Xeon with AMX (amx_bf16, amx_int8), same command (bench/
     onnxruntime int8 (plain)    314           0.63x          98.20%             89.10%
 
 So torch's won by 1.19x on the AVX2 machine (its fbgemm kernels do well there; onnxruntime's int8 GEMM gains most
-from VNNI), onnxruntime's by 1.18x-1.23x on the VNNI and AMX ones. Fusing the graph and one scale per channel took
-onnxruntime's from 98.35% to 99.30% agreement with fp32, within 0.05 points of fp32's test accuracy. On a CPU with
-native bf16 neither engine reaches 1.5x the bf16 path: 1.41x on Zen 4, and with AMX both are slower than bf16, which
-int8 on such a CPU says once (SLOWER_ON_AMX). onnxruntime's file is also smaller (23 MB against 59 MB for MiniLM:
+from VNNI), onnxruntime's by 1.18x-1.30x on the VNNI and AMX ones. Fusing the graph and one scale per channel took
+onnxruntime's from 98.35% to 99.30% agreement with fp32 and to fp32's test accuracy (+0.05 points), at the same
+speed. On a CPU with native bf16 neither engine reaches 1.5x the bf16 path: 1.32x on Zen 4, and with AMX both are
+slower than bf16, which int8 on such a CPU says once (SLOWER_ON_AMX). onnxruntime's file is also smaller (23 MB against 59 MB for MiniLM:
 torch keeps the embeddings fp32 beside the int8 Linear weights).
 
 torch.ao.quantization is deprecated (torch 2.13 warns that it "will be removed in 2.10", and that quantized tensor
