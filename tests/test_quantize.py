@@ -330,3 +330,20 @@ def test_bad_int8_engine_is_one_line(int8_run, tiny_data, tmp_path, capsys):
               "--precision", "int8", "--int8-engine", "tpu"])
     assert e.value.code == 2 and "invalid choice: 'tpu'" in capsys.readouterr().err
     assert not (tmp_path / "p.csv").exists()
+
+
+def test_int8_defaults_to_smaller_batches_and_an_explicit_batch_size_wins(int8_run, tiny_data, monkeypatch):
+    """batch_size None: PREDICT_BATCH, INT8_PREDICT_BATCH for int8 (faster there, loraclf.limits); a given one stays."""
+    import loraclf.predict as predict_mod
+    from loraclf.limits import INT8_PREDICT_BATCH, PREDICT_BATCH
+    from loraclf.predict import load_inference_model
+
+    seen = []
+    real = predict_mod.token_batches
+    monkeypatch.setattr(predict_mod, "token_batches", lambda lengths, bs, cap: seen.append(bs) or real(lengths, bs, cap))
+    im = load_inference_model(int8_run, int8_engine="torch")
+    texts = pd.read_csv(tiny_data["test"])["text"].tolist()
+    for precision in ("fp32", "int8"):
+        im.predict(texts, precision=precision)
+        im.predict(texts, batch_size=8, precision=precision)
+    assert seen == [PREDICT_BATCH, 8, INT8_PREDICT_BATCH, 8] and INT8_PREDICT_BATCH < PREDICT_BATCH

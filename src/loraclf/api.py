@@ -149,6 +149,9 @@ def write_frame(df: pd.DataFrame, folder: Path, name: str) -> Path:
 
 
 def check_batch_size(batch_size: Any) -> None:
+    """None (the precision's default batch, loraclf.limits) or an integer in range."""
+    if batch_size is None:
+        return
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= MAX_BATCH:
         raise ConfigError([f"'batch_size' must be an integer from 1 to {MAX_BATCH:,}, got {batch_size!r}"])
 
@@ -189,7 +192,7 @@ class Classifier:
         """single_label_classification, multi_label_classification or regression (model.problem_type)."""
         return self.model.problem_type
 
-    def predict_proba(self, texts: TextsLike, text_pair: PairsLike = None, *, batch_size: int = 64,
+    def predict_proba(self, texts: TextsLike, text_pair: PairsLike = None, *, batch_size: Optional[int] = None,
                       precision: str = "fp32", quiet: bool = False) -> np.ndarray:
         """Probabilities, one row per text in input order, columns in `labels` order (1-D for one string).
 
@@ -202,7 +205,7 @@ class Classifier:
                              "(model.problem_type=regression); use predict for its values")
         return self._outputs(texts, text_pair, batch_size, precision, quiet)
 
-    def predict(self, texts: TextsLike, text_pair: PairsLike = None, *, batch_size: int = 64,
+    def predict(self, texts: TextsLike, text_pair: PairsLike = None, *, batch_size: Optional[int] = None,
                 precision: str = "fp32", quiet: bool = False):
         """Predictions in input order, as `loraclf predict` makes them: a label per text (class ids for integer
         labels, else names; a tuned binary threshold applies), a list of label names per text (multi-label, by the
@@ -217,7 +220,7 @@ class Classifier:
         values = self.model.decide(self._outputs(texts, text_pair, batch_size, precision, quiet, one=False))
         return values[0] if isinstance(texts, str) else values
 
-    def evaluate(self, df: FrameLike, *, batch_size: int = 64, precision: str = "fp32",
+    def evaluate(self, df: FrameLike, *, batch_size: Optional[int] = None, precision: str = "fp32",
                  quiet: bool = False) -> dict:
         """The metrics `loraclf evaluate` computes for the model's problem type, on a labelled DataFrame (or
         datasets.Dataset) with the run's columns (label column, or data.label_columns; the pair column)."""
@@ -237,8 +240,8 @@ class Classifier:
                            f"standalone model; copy that folder, or export from its run folder")
         return Path(export_mod.export_run(self.path, path, onnx=onnx, overwrite=overwrite, quantize=quantize))
 
-    def _outputs(self, texts: TextsLike, text_pair: PairsLike, batch_size: int, precision: str, quiet: bool,
-                 one: bool = True) -> np.ndarray:
+    def _outputs(self, texts: TextsLike, text_pair: PairsLike, batch_size: Optional[int], precision: str,
+                 quiet: bool, one: bool = True) -> np.ndarray:
         """The model's outputs for texts (and pairs); one: one string gives its row alone."""
         items, pairs = self._inputs(texts, text_pair)
         check_batch_size(batch_size)

@@ -11,7 +11,7 @@ from pathlib import Path
 from . import launch
 from .config import MAX_BATCH, PRECISIONS, augment_config, describe_keys, load_config, resume_config
 from .errors import LoraclfError
-from .limits import INFERENCE_PRECISIONS, INT8, INT8_ENGINES
+from .limits import INFERENCE_PRECISIONS, INT8, INT8_ENGINES, INT8_PREDICT_BATCH, PREDICT_BATCH
 from .version import __version__
 
 EPILOG = """examples:
@@ -67,6 +67,9 @@ CONFIG_ARGS = [
 RUN = "run folder written by `loraclf train`"
 PICKLE = "read .pkl input (unpickling runs code: trusted files only)"
 INT8_HELP = "int8: the Linear layers dynamically quantized to int8, on the CPU (faster, outputs close to fp32)"
+BATCH = arg("--batch-size", type=_batch_size, default=None,
+            help=f"texts per batch (short texts go up to 4x as many, under the same token budget); default "
+                 f"{PREDICT_BATCH}, {INT8_PREDICT_BATCH} with --precision int8 (measured faster there)")
 ENGINE = arg("--int8-engine", choices=INT8_ENGINES, default="auto",
              help="whose int8 --precision int8 runs: onnxruntime (a fused ONNX graph, quantized per channel) or torch "
                   "(torch.ao dynamic quantization); auto (default): onnxruntime on CPUs with VNNI/AMX int8 "
@@ -93,7 +96,7 @@ COMMANDS: dict[str, dict] = {  # name -> add_parser keywords and "args", the com
         arg("run", help=RUN),
         arg("--data", required=True, help="labelled file (.csv .tsv .json .jsonl .parquet)"),
         arg("--output", help="also write the metrics as JSON here"),
-        arg("--batch-size", type=_batch_size, default=64),
+        BATCH,
         arg("--allow-pickle", action="store_true", help=PICKLE),
         arg("--precision", choices=INFERENCE_PRECISIONS, default="fp32", help=INT8_HELP),
         ENGINE,
@@ -107,7 +110,7 @@ COMMANDS: dict[str, dict] = {  # name -> add_parser keywords and "args", the com
         arg("--format", choices=["competition", "full"], default="competition",
             help="competition: ID,Label; full: label name, confidence and one probability column per class"),
         arg("--text-column", help="text column of the input (default: the run's data.text_column, else 'text')"),
-        arg("--batch-size", type=_batch_size, default=64),
+        BATCH,
         arg("--allow-pickle", action="store_true", help=PICKLE),
         arg("--precision", choices=INFERENCE_PRECISIONS, default="auto",
             help="auto (default): bf16 where the hardware computes it natively, else fp32; fp32 for exact outputs; "

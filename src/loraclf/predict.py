@@ -29,6 +29,7 @@ from . import runs
 from .config import DataConfig
 from .data import read_texts, targets, windows
 from .errors import ConfigError, DataError, ModelError, did_you_mean
+from .limits import INT8_PREDICT_BATCH, PREDICT_BATCH
 from .evaluate import compute_metrics, predict_probs
 from .problem import MULTI, REGRESSION, SINGLE, Decision
 
@@ -182,13 +183,15 @@ class InferenceModel:
             raise DataError("text_pair must hold strings, one second text per text")
         return pairs
 
-    def predict(self, texts: list[str], batch_size: int = 64, precision: str = "fp32", progress: bool = False,
-                pairs: Optional[list[str]] = None) -> np.ndarray:
-        """Outputs in input order: probabilities (single- and multi-label) or values (regression)."""
+    def predict(self, texts: list[str], batch_size: Optional[int] = None, precision: str = "fp32",
+                progress: bool = False, pairs: Optional[list[str]] = None) -> np.ndarray:
+        """Outputs in input order: probabilities (single- and multi-label) or values (regression). batch_size None:
+        PREDICT_BATCH, or INT8_PREDICT_BATCH for int8 (loraclf.limits says why)."""
         pairs = self.check_pairs(texts, pairs)
-        model = self.model
+        model, default = self.model, PREDICT_BATCH
         if device_mod.resolve_inference(precision) == device_mod.INT8:
-            model, precision = self.int8_model(), "fp32"  # int8 weights, fp32 activations
+            model, precision, default = self.int8_model(), "fp32", INT8_PREDICT_BATCH  # int8 weights, fp32 activations
+        batch_size = batch_size or default
         return predict_texts(model, self.tokenizer, texts, batch_size, self.max_length, precision, progress,
                              pairs=pairs, data=self.data, decision=self.decision)
 
@@ -416,7 +419,7 @@ def _check_suffix(path: Path) -> None:
 
 
 def predict_file(run: str | Path, input_path: str | Path, output_path: str | Path, fmt: str = "competition",
-                 batch_size: int = 64, allow_pickle: bool = False, text_column: Optional[str] = None,
+                 batch_size: Optional[int] = None, allow_pickle: bool = False, text_column: Optional[str] = None,
                  precision: str = "fp32", quiet: bool = False, int8_engine: str = "auto") -> dict:
     """Predict every text (or pair) of an input file and write the competition or the full format.
 
@@ -441,8 +444,8 @@ def predict_file(run: str | Path, input_path: str | Path, output_path: str | Pat
     return {"rows": len(texts), "output": str(out), "problem_type": im.problem_type, key: summary(outputs, im)}
 
 
-def evaluate_frame(im: InferenceModel, df: pd.DataFrame, where: str, batch_size: int = 64, precision: str = "fp32",
-                   progress: bool = False) -> dict:
+def evaluate_frame(im: InferenceModel, df: pd.DataFrame, where: str, batch_size: Optional[int] = None,
+                   precision: str = "fp32", progress: bool = False) -> dict:
     """The problem type's metrics on a labelled DataFrame, cleaned as training cleans it and its labels encoded
     through the model's label map (data.label_columns: the file's 0/1 columns)."""
     notes: list[str] = []
@@ -456,7 +459,7 @@ def evaluate_frame(im: InferenceModel, df: pd.DataFrame, where: str, batch_size:
     return metrics
 
 
-def evaluate_file(run: str | Path, data_path: str | Path, batch_size: int = 64, allow_pickle: bool = False,
+def evaluate_file(run: str | Path, data_path: str | Path, batch_size: Optional[int] = None, allow_pickle: bool = False,
                   precision: str = "fp32", quiet: bool = False, output: Optional[str | Path] = None,
                   int8_engine: str = "auto") -> dict:
     """Metrics of a run on a labelled file (labels mapped through the run's label map)."""

@@ -37,6 +37,10 @@ and unfused onnxruntime int8 244 texts/s):
       per-tensor (quantize_dynamic defaults)   253           1.29x          98.35%             89.25%
     onnxruntime int8, fused per-channel        258           1.32x          99.30%             89.60%
 
+At batch 16 (bench/results/predict_speed_zen4_bs16.md, same command with --batch-size 16) bf16 stays at 197
+texts/s and int8 speeds up: onnxruntime fused per-channel 291 (1.48x, 89.35%), torch 297 (1.51x, 89.05%), hence
+limits.INT8_PREDICT_BATCH.
+
 On an idle 2-core Intel Xeon with AMX (amx_bf16, amx_int8), same command (bench/results/predict_speed_amx.md):
 
     contender               texts/s  vs bf16 autocast  same labels as fp32  test accuracy
