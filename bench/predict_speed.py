@@ -46,16 +46,6 @@ ROOT = Path(__file__).resolve().parents[1]
 AG = ROOT.parent / "shared" / "data" / "ag_news"
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def train_run(work: Path, steps: int) -> Path:
     from loraclf.config import load_config
     from loraclf.training import train
@@ -266,7 +256,7 @@ def header(args, run, train_s, im, tokens, other: float, wall: float) -> list[st
     import torch
     import transformers
 
-    from loraclf.device import bf16_supported
+    from loraclf.device import bf16_supported, cpu_name
 
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     n = len(tokens)

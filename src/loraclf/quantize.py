@@ -119,13 +119,18 @@ def quantized_linears(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
     return {name: mod for name, mod in model.named_modules() if isinstance(mod, kind)}
 
 
+def check_merged(model: torch.nn.Module) -> None:
+    """One error line for a model whose adapter is not merged: int8 (either engine) quantizes merged weights."""
+    if hasattr(model, "peft_config"):
+        raise ModelError("int8 quantization needs the merged model (adapter folded into the base weights); merge it "
+                         "first (model.merge_adapter) or predict with --precision fp32")
+
+
 def quantize_model(model: torch.nn.Module) -> torch.nn.Module:
     """A copy of a merged fp32 model with every nn.Linear dynamically quantized to int8, in eval mode, on the CPU."""
     import copy
 
-    if hasattr(model, "peft_config"):
-        raise ModelError("int8 quantization needs the merged model (adapter folded into the base weights); merge it "
-                         "first (model.merge_adapter) or predict with --precision fp32")
+    check_merged(model)
     if quantized_linears(model):
         return model
     return _quantize(copy.deepcopy(model))
@@ -269,8 +274,7 @@ def int8_model(model: torch.nn.Module, tokenizer, folder: Path | None, max_lengt
     (`export --quantize int8`), else built here (torch: quantized in memory, under a second; onnxruntime: exported,
     fused and quantized in a temporary folder, seconds)."""
     engine = resolve_engine(engine)
-    if hasattr(model, "peft_config"):
-        quantize_model(model)  # the one error line for an unmerged adapter
+    check_merged(model)
     if engine == "onnxruntime":
         if folder is not None and (Path(folder) / onnx_graph.INT8_ONNX_FILE).is_file():
             return onnx_graph.load_int8(Path(folder), model.config)
