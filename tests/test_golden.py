@@ -2,7 +2,7 @@
 are what they were when the golden files under tests/golden/ were written (before the code was regrouped).
 
 The run folder is compared file by file after removing what changes from run to run (timestamps, durations, the
-output folder, set orders PEFT leaves to hash randomisation, the tokenizer's transient padding state). On the machine
+output folder, set orders PEFT leaves to hash randomisation, the tokenizer's transient padding state, the python and numpy RNG states in a checkpoint, which depend on what\nran earlier in the process). On the machine
 class that wrote the golden files (tests/golden/machine.json: CPU model and flags, torch) every file must then be
 byte-identical; on another CPU the float kernels differ, so there the weights are compared by name, shape and size,
 and the numbers in the JSON files within a relative 1e-3.
@@ -82,12 +82,18 @@ def _normal_text(rel: str, text: str, out_dir: Path) -> str:
     if rel.endswith(".jsonl"):
         return "".join(json.dumps(_drop_timing(json.loads(ln)), sort_keys=True) + "\n" for ln in text.splitlines())
     if rel.endswith("COMPLETE"):  # the checksum manifest: state.json holds the train time
-        obj = {k: v for k, v in json.loads(text).items() if k != "state.json"}
+        obj = {k: v for k, v in json.loads(text).items() if k not in ("state.json", "rng.pt")}
         return json.dumps(obj, indent=1, sort_keys=True) + "\n"
     if rel.endswith(".html"):
         text = re.sub(r"finished \d{4}-\d\d-\d\dT[\d:]+", "finished TIME", text)
         text = re.sub(r"<table class=\"hw\">.*?</table>", "<table class=\"hw\">HARDWARE</table>", text, flags=re.S)
     return text
+
+
+def _torch_rng(path: Path) -> bytes:
+    import torch
+
+    return torch.load(path, weights_only=False)["torch"].numpy().tobytes()
 
 
 def _snapshot(run: Path, out_dir: Path) -> dict[str, str]:
@@ -98,7 +104,9 @@ def _snapshot(run: Path, out_dir: Path) -> dict[str, str]:
             continue
         rel = p.relative_to(run).as_posix()
         data = p.read_bytes()
-        if rel.endswith(BINARY):
+        if rel.endswith("rng.pt"):  # python's and numpy's states depend on what ran before in the process
+            snap[rel] = f"{hashlib.sha256(_torch_rng(p)).hexdigest()} {len(data)}"
+        elif rel.endswith(BINARY):
             snap[rel] = f"{hashlib.sha256(data).hexdigest()} {len(data)}"
         else:
             snap[rel] = _normal_text(rel, data.decode("utf-8"), out_dir)
@@ -140,10 +148,11 @@ def test_help_and_run_folder_match_the_golden_files(tmp_path, capsys, monkeypatc
     golden = json.loads((GOLDEN / "run.json").read_text())
     assert sorted(snap) == sorted(golden), "the run folder's files changed"
     same_machine = _machine() == json.loads((GOLDEN / "machine.json").read_text())
+    differ = [rel for rel in golden if snap[rel] != golden[rel]]
     for rel, want in golden.items():
         got = snap[rel]
         if same_machine or not (rel.endswith(BINARY) or rel.endswith((".json", ".jsonl", "COMPLETE", ".csv", ".html"))):
-            assert got == want, f"{rel} differs from the golden run folder"
+            assert got == want, f"{rel} differs from the golden run folder (all that differ: {differ})"
         elif rel.endswith(BINARY):
             assert got.split()[1] == want.split()[1], f"{rel}: size changed"
         elif rel.endswith("COMPLETE"):
