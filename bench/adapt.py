@@ -17,17 +17,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-AG = ROOT.parent / "shared" / "data" / "ag_news"
+import common
+
+AG = common.DATA / "ag_news"
 ARMS = (("no adaptation (teacher)", 0), ("self-training, 1 round", 1), ("self-training, 3 rounds", 3))
 
 
@@ -55,21 +52,15 @@ def mean_sd(xs: list[float]) -> str:
 
 
 def write_table(args, per_seed: list, started: float, final: bool) -> None:
-    from loraclf.device import hardware
-
     total = time.time() - started
-
-    hw = hardware()
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     lines = [
         "# Self-training on an unlabeled, shifted target domain",
         "",
-        f"Date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; commit {commit}; machine: {hw['cpu']}, "
-        f"{hw['cpu_count']} CPUs, torch {hw['torch']}, {platform.python_version()}; "
-        f"total wall time {total / 60:.1f} min.",
+        *common.machine_lines([common.Load(s["other_cpu_s"], s["wall_s"]) for s in per_seed], what="seed",
+                              timings=False),
+        f"- Total wall time {total / 60:.1f} min.",
         "",
-        "Command: `" + (f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} " if os.environ.get("OMP_NUM_THREADS") else "")
-        + "python bench/adapt.py " + " ".join(sys.argv[1:]) + "`",
+        f"Command: `{common.command('adapt.py')}`",
         "",
         "Source (labelled): AG News `train.csv` (5,000) and `val.csv` (600), full `text` (title + description). "
         "Target (unlabeled): the `title` column of `test.csv` alone (2,000 headlines); its labels are used only to "
@@ -115,8 +106,7 @@ def write_table(args, per_seed: list, started: float, final: bool) -> None:
     lines += ["", "Kept pseudo-labels per class (World / Sports / Business / Sci/Tech), round 0 of each seed: "
               + "; ".join(f"seed {s['seed']}: " + " / ".join(str(v) for v in s["quality"][0]["kept_per_class"].values())
                           for s in per_seed if s["quality"]), ""]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n")
+    common.write_text(args.out, "\n".join(lines) + "\n")
     (args.work / "bench.json").write_text(json.dumps(per_seed, indent=1, default=str))
     if final:
         print("\n".join(lines))
@@ -136,7 +126,7 @@ def main() -> int:
     p.add_argument("--precision", default="auto")
     p.add_argument("--model", default="packaged:minilm-l6", help="another model folder, only to check this script")
     p.add_argument("--work", type=Path, default=Path("/tmp/loraclf-bench-adapt"))
-    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "adapt.md")
+    p.add_argument("--out", type=Path, default=common.RESULTS / "adapt.md")
     args = p.parse_args()
     if not AG.is_dir():
         sys.exit(f"AG News not found at {AG} (../shared beside the checkout)")
@@ -149,7 +139,7 @@ def main() -> int:
     started = time.time()
     per_seed = []
     for seed in range(args.seeds):
-        t = time.time()
+        meter = common.LoadMeter()
         cfg = load_config(None, overrides(args, seed, args.work))
         result = self_train(cfg, quiet=True)
         rounds = result.rounds
@@ -162,7 +152,9 @@ def main() -> int:
                             "kept_accuracy": float((pl["label_id"].to_numpy()[kept] == truth[kept]).mean()) if kept.any() else None,
                             "kept_per_class": rounds[r]["pseudo_labels"]["kept_per_class"],
                             "agreement": rounds[r + 1]["pseudo_labels"]["agreement_with_previous"]})
-        per_seed.append({"seed": seed, "rounds": rounds, "quality": quality, "wall_s": round(time.time() - t, 1)})
+        load = meter.read()
+        per_seed.append({"seed": seed, "rounds": rounds, "quality": quality, "wall_s": round(load.wall_s, 1),
+                         "other_cpu_s": round(load.other_cpu_s, 1)})
         print(json.dumps({"seed": seed, "target": [r["target"]["accuracy"] for r in rounds],
                           "val": [r["val"]["accuracy"] for r in rounds], "wall_s": per_seed[-1]["wall_s"]}), flush=True)
         write_table(args, per_seed, started, final=seed == args.seeds - 1)  # partial tables survive an interruption

@@ -17,16 +17,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
-import subprocess
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-AG = ROOT.parent / "shared" / "data" / "ag_news"
+import common
+
+AG = common.DATA / "ag_news"
 TRAIN_ROWS = 5000
 ARMS = ("baseline", "augmented")
 
@@ -65,7 +63,7 @@ def main() -> int:
     p.add_argument("--precision", default="auto")
     p.add_argument("--model", default="packaged:minilm-l6", help="another model only to check the script quickly")
     p.add_argument("--work", type=Path, default=Path("/tmp/loraclf-bench-augment"))
-    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "augment.md")
+    p.add_argument("--out", type=Path, default=common.RESULTS / "augment.md")
     p.add_argument("--render-only", action="store_true", help="rewrite --out from the finished runs in --work")
     args = p.parse_args()
     args.eval_steps = args.eval_steps or args.steps
@@ -85,12 +83,13 @@ def main() -> int:
     started = time.time()
     for seed in args.seeds:
         for arm in ARMS:
-            t = time.time()
+            meter = common.LoadMeter()
             result = train(load_config(None, overrides(args, arm, seed)), quiet=True)
-            m = result.metrics
+            m, load = result.metrics, meter.read()
             runs.append({"arm": arm, "seed": seed, "test": m["test"]["accuracy"], "test_f1": m["test"]["macro_f1"],
                          "val": m["val"]["accuracy"], "best_step": m["best_step"], "steps": m["global_step"],
-                         "precision": m["precision"], "wall_s": round(time.time() - t, 1)})
+                         "precision": m["precision"], "wall_s": round(load.wall_s, 1),
+                         "other_cpu_s": round(load.other_cpu_s, 1)})
             print(json.dumps(runs[-1]), flush=True)
             # the table is rewritten after every run, so that a run cut short still leaves its finished seeds
             write(args, runs, time.time() - started)
@@ -103,7 +102,6 @@ def write(args, runs: list[dict], total: float) -> None:
 
     from loraclf.augment import augment_dataset
     from loraclf.config import AugmentConfig
-    from loraclf.device import hardware
 
     def pick(arm: str, key: str) -> list[float]:
         return [r[key] for r in runs if r["arm"] == arm and r["seed"] in done]
@@ -111,16 +109,13 @@ def write(args, runs: list[dict], total: float) -> None:
     done = [s for s in args.seeds if sum(r["seed"] == s for r in runs) == len(ARMS)]  # seeds with both arms
     sample = pd.read_csv(AG / "train.csv", nrows=3)["text"].tolist()
     augmented, _ = augment_dataset(sample, [0] * len(sample), AugmentConfig(synonym_p=args.synonym_p), args.seeds[0])
-    hw = hardware()
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     rows_seen = args.steps * args.batch_size
     lines = [
         "# EDA augmentation on AG News (packaged MiniLM-L6)",
         "",
-        f"Date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; commit {commit} (plus uncommitted work "
-        f"of parallel engineers); machine: {hw['cpu']}, {hw['cpu_count']} CPUs, torch "
-        f"{hw['torch']}, Python {platform.python_version()}, precision {runs[0]['precision']}; total wall time "
-        f"{total / 60:.1f} min.",
+        *common.machine_lines([common.Load(r["other_cpu_s"], r["wall_s"]) for r in runs if "other_cpu_s" in r],
+                              what="training run", timings=False),
+        f"- Precision {runs[0]['precision']}; total wall time {total / 60:.1f} min.",
         "",
         "Command: `" + " ".join(["flock /tmp/loraclf-cpu.lock python bench/augment.py",
                                  *(a for a in sys.argv[1:] if a != "--render-only")]) + "`",
@@ -147,9 +142,8 @@ def write(args, runs: list[dict], total: float) -> None:
         lines += [
             f"## Accuracy, mean ± sample standard deviation over seeds {', '.join(map(str, done))} (points)",
             "",
-            "| arm | test accuracy | test macro-F1 | val accuracy"
-            + (" (selection split)" if args.eval_steps < args.steps else "") + " |",
-            "| --- | --- | --- | --- |",
+            *common.md_table(["arm", "test accuracy", "test macro-F1", "val accuracy"
+                              + (" (selection split)" if args.eval_steps < args.steps else "")]),
         ]
         for arm in ARMS:
             lines.append(f"| {arm} | {mean_sd(pick(arm, 'test'))} | {mean_sd(pick(arm, 'test_f1'))} | "
@@ -180,8 +174,7 @@ def write(args, runs: list[dict], total: float) -> None:
     lines += [
         "## Per run",
         "",
-        "| seed | arm | test acc. | test macro-F1 | val acc. | best step | wall |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        *common.md_table(["seed", "arm", "test acc.", "test macro-F1", "val acc.", "best step", "wall"]),
     ]
     for r in runs:
         lines.append(f"| {r['seed']} | {r['arm']} | {100 * r['test']:.2f} | {100 * r['test_f1']:.2f} | "
@@ -193,8 +186,7 @@ def write(args, runs: list[dict], total: float) -> None:
     for before, after in zip(sample, augmented[len(sample):]):
         lines += [f"- `{before}`", f"  `{after}`"]
     lines.append("")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n")
+    common.write_text(args.out, "\n".join(lines) + "\n")
     (args.work / "bench.json").write_text(json.dumps(runs, indent=1))
 
 

@@ -28,11 +28,11 @@ import contextlib
 import statistics
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "ag_news"
+import common
+
+DATA = common.DATA / "ag_news"
 MODES = ("stock", "no dropout", "cheaper masks")
 
 
@@ -95,28 +95,26 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--batches", type=int, default=8, help="batches of 32 per mode and round")
-    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "dropout_cost.md")
+    p.add_argument("--out", type=Path, default=common.RESULTS / "dropout_cost.md")
     args = p.parse_args()
     import torch
 
-    from loraclf.device import bf16_supported
-
     model, batches = build(32, args.batches)
-    bf16 = bf16_supported()
+    bf16 = common.bf16_supported()
+    meter = common.LoadMeter()
     res = measure(model, batches, args.rounds, bf16)
+    load = meter.read()
     med = {m: statistics.median(v) for m, v in res["per_step"].items()}
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), "?")
     lines = ["# What dropout costs a loraclf training step (one process, modes alternating)", "",
-             f"- `python bench/dropout_cost.py {' '.join(sys.argv[1:])}`, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.",
-             f"- Machine: {cpu}, {torch.get_num_threads()} torch threads, precision {'bf16' if bf16 else 'fp32'}; "
-             f"torch {torch.__version__}.",
+             f"- `{common.command('dropout_cost.py')}`.",
+             *common.machine_lines([load], what="the timed steps"),
+             f"- {torch.get_num_threads()} torch threads, precision {'bf16' if bf16 else 'fp32'}.",
              f"- loraclf defaults on `packaged:minilm-l6` ({res['dropouts']} nn.Dropout modules), the first "
              f"{len(batches) * 32} AG News training texts in {len(batches)} batches of 32 ({res['tokens'] / len(batches) / 32:.0f} real "
              f"tokens per text, {res['padded'] / len(batches) / 32:.0f} with padding: "
              "batched in length order, as loraclf's length-grouped training), forward + backward + AdamW; median over "
              f"{args.rounds} rounds.", "",
-             "| mode | ms per step | rounds (ms) | vs stock |", "| --- | --- | --- | --- |"]
+             *common.md_table(["mode", "ms per step", "rounds (ms)", "vs stock"])]
     for m in MODES:
         rounds = ", ".join(f"{x * 1000:.0f}" for x in res["per_step"][m])
         lines.append(f"| {m} | {med[m] * 1000:.0f} | {rounds} | {med['stock'] / med[m]:.3f}x |")
@@ -124,7 +122,7 @@ def main() -> int:
               f"keeps SDPA's kernel). The cheaper masks cut {1 - med['cheaper masks'] / med['stock']:.1%}: besides the "
               "masks, their training steps run transformers' eager attention computation instead of SDPA's kernel "
               "with dropout, so they can beat 'no dropout'."]
-    args.out.write_text("\n".join(lines) + "\n")
+    common.write_text(args.out, "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
 

@@ -30,17 +30,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
+import common
+
+ROOT, DATA = common.ROOT, common.DATA
 AG_LABELS = "[World, Sports, Business, Sci/Tech]"
 
 TREC50 = [  # (arm, overrides)
@@ -87,12 +85,6 @@ GROUPS = ("trec50", "trec50x", "speeches", "calibration")
 
 
 # ------------------------------------------------------------------------------------------ children
-
-
-def _peak_rss_mb() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def child_train(spec: dict) -> dict:
@@ -179,17 +171,10 @@ def child_tfidf(spec: dict) -> dict:
 def child(args) -> None:
     spec = json.loads(Path(args.child).read_text())
     out = child_tfidf(spec) if spec["kind"] == "tfidf" else child_train(spec)
-    out["peak_rss_mb"] = round(_peak_rss_mb(), 1)
-    Path(spec["result"]).write_text(json.dumps(out))
+    Path(spec["result"]).write_text(json.dumps(out))  # its peak RSS: measured by the parent (common.run_child)
 
 
 # ------------------------------------------------------------------------------------------ driver
-
-
-def _busy_cpu_s() -> float:
-    """CPU seconds all processes have used on this machine since boot (/proc/stat: all but idle and iowait)."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
 
 
 def run_child(args, rec: dict, spec: dict) -> dict:
@@ -198,22 +183,14 @@ def run_child(args, rec: dict, spec: dict) -> dict:
     spec["result"] = str(args.work / f"{name}.json")
     spec_path = args.work / f"{name}.spec.json"
     spec_path.write_text(json.dumps(spec))
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
-               HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
-    busy0, t0 = _busy_cpu_s(), time.time()
-    err_path = args.work / f"{name}.stderr"
-    with open(err_path, "w") as err:
-        proc = subprocess.Popen([sys.executable, __file__, "--child", str(spec_path)], cwd=ROOT, env=env,
-                                stdout=subprocess.DEVNULL, stderr=err)
-        _, status, ru = os.wait4(proc.pid, 0)
-    own = ru.ru_utime + ru.ru_stime
-    rec.update(wall_s=round(time.time() - t0, 1), cpu_s=round(own, 1),
-               other_cpu_s=round(max(_busy_cpu_s() - busy0 - own, 0.0), 1))
-    if os.waitstatus_to_exitcode(status) != 0:
-        lines = err_path.read_text().strip().splitlines() or ["?"]
-        rec["error"] = lines[-1][:300]
+    job = common.run_child([sys.executable, __file__, "--child", str(spec_path)], cwd=ROOT, env=common.OFFLINE_ENV,
+                           threads=1, stdout="discard")
+    (args.work / f"{name}.stderr").write_text(job.stderr)
+    rec.update(wall_s=round(job.wall_s, 1), cpu_s=round(job.cpu_s, 1), other_cpu_s=round(job.other_cpu_s, 1))
+    if not job.ok:
+        rec["error"] = job.error()
         return rec
-    rec.update(json.loads(Path(spec["result"]).read_text()))
+    rec.update(json.loads(Path(spec["result"]).read_text()), peak_rss_mb=round(job.peak_rss_mb, 1))
     return rec
 
 
@@ -247,8 +224,7 @@ def measure(args, rec: dict, spec: dict) -> None:
     rec = run_child(args, rec, spec)
     shutil.rmtree(args.work / "runs", ignore_errors=True)  # keep only the numbers
     args.records.append(rec)
-    with open(args.raw, "a", encoding="utf-8") as f:
-        f.write(json.dumps(rec) + "\n")
+    common.append_jsonl(args.raw, rec)
     print(json.dumps({k: rec.get(k) for k in ("group", "arm", "seed", "wall_s", "error")}
                      | {"test": rec.get("test"), "calibration_test": rec.get("calibration", {}).get("test")}),
           flush=True)
@@ -361,9 +337,8 @@ def trec_table(args) -> list[str]:
         "test labels or predictions (sklearn's set, and metrics.json's own macro_f1). mean (min–max) over seeds. Δ vs none = test macro-F1 / accuracy points; target: "
         "macro-F1 ≥ +3 with accuracy ≥ −0.5.",
         "",
-        "| arm | test macro-F1 % | test accuracy % | test macro-F1 seen % | val macro-F1 % | Δ vs none, target | "
-        "wall s / epoch | job CPU s | peak RSS MB | other CPU s (max) | n |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        *common.md_table(["arm", "test macro-F1 %", "test accuracy %", "test macro-F1 seen %", "val macro-F1 %",
+                          "Δ vs none, target", "wall s / epoch", "job CPU s", "peak RSS MB", "other CPU s (max)", "n"]),
     ]
     lines += _imbalance_rows(args, TREC50, base_f1, base_acc)
     extra = [a for a in TREC50_EXTRA if _ok(args, "trec50", a[0])]
@@ -390,9 +365,8 @@ def speech_table(args) -> list[str]:
         + " The TF-IDF anchor is deterministic (one run); its s / epoch is the whole fit over 4 values of C. "
         "mean (min–max) over seeds; test n counts documents.",
         "",
-        "| arm | test accuracy % | test macro-F1 % | val accuracy % | val macro-F1 % | test n | wall s / epoch | "
-        "job CPU s | peak RSS MB | other CPU s (max) | n |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        *common.md_table(["arm", "test accuracy %", "test macro-F1 %", "val accuracy %", "val macro-F1 %", "test n",
+                          "wall s / epoch", "job CPU s", "peak RSS MB", "other CPU s (max)", "n"]),
     ]
     for arm in ["TF-IDF + logistic regression"] + [a for a, _ in SPEECH + CHUNKS]:
         rs = _ok(args, "speeches", arm)
@@ -420,10 +394,9 @@ def calib_table(args) -> list[str]:
         "is under its bf16 autocast). AG News: 5,000 / 600 / 2,000; TREC-6: 3,769 / 542 / 1,070. loraclf defaults "
         "otherwise (3 epochs). Target: test ECE after ≤ half of before, accuracy unchanged.",
         "",
-        "| data | seed | T | test ECE before → after | test NLL before → after | val ECE before → after | "
-        "test acc before / after % | argmax moved | predict ECE | target | wall s / epoch | job CPU s | peak RSS MB | "
-        "other CPU s |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        *common.md_table(["data", "seed", "T", "test ECE before → after", "test NLL before → after",
+                          "val ECE before → after", "test acc before / after %", "argmax moved", "predict ECE", "target",
+                          "wall s / epoch", "job CPU s", "peak RSS MB", "other CPU s"]),
     ]
     for arm, _, _ in CALIB:
         for r in sorted(_ok(args, "calibration", arm), key=lambda r: r["seed"]):
@@ -478,27 +451,19 @@ def _ok_seed(args, group: str, arm: str, seed: int) -> bool:
 
 
 def write_table(args) -> None:
-    from loraclf.device import cpu_name
-    from loraclf.runs import atomic_write_text
-
-    import torch
-
     others = [r["other_cpu_s"] for r in args.records if "other_cpu_s" in r]
     walls = [r["wall_s"] for r in args.records if "wall_s" in r]
     lines = [
         "# Hard data: imbalance, long documents, calibration (MiniLM-L6, one thread)",
         "",
-        f"- Last written by `python bench/hard_data.py {' '.join(sys.argv[1:])}`".rstrip() + f" (rows measured "
-        "earlier by other invocations are resumed from the .jsonl; the commands are listed at the end); started "
-        f"{args.started}, "
-        f"last update {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}."
-        + (f" **--limit {args.limit}: a check of the script, not results.**" if args.limit else ""),
-        f"- Machine: {cpu_name()}, {os.cpu_count()} CPU cores shared with other jobs, no GPU; torch "
-        f"{torch.__version__}, Python {platform.python_version()}. Every job ran alone of this benchmark's jobs "
-        "(serially), in its own process, at ONE torch thread (`train.num_threads=1`, OMP_NUM_THREADS=1). CPU time "
-        "other processes used while a job ran (from /proc/stat less the job's own): "
-        + (f"at most {max(others):,.0f} s in one job, {sum(others):,.0f} s over {sum(walls):,.0f} s of job wall time."
-           if others else "none measured yet."),
+        f"- Last written by `{common.command('hard_data.py')}` (rows measured earlier by other invocations are resumed "
+        f"from the .jsonl; the commands are listed at the end); started {args.started}, last update "
+        f"{common.utc_now()}." + (f" **--limit {args.limit}: a check of the script, not results.**" if args.limit else ""),
+        *common.machine_lines([common.Load(r["other_cpu_s"], r["wall_s"]) for r in args.records
+                               if "other_cpu_s" in r], what="job", timings=False),
+        "- Every job ran alone of this benchmark's jobs (serially), in its own process, at ONE torch thread "
+        "(`train.num_threads=1`, OMP_NUM_THREADS=1). CPU time other processes used while a job ran: "
+        + (f"{sum(others):,.0f} s over {sum(walls):,.0f} s of job wall time." if others else "none measured yet."),
         "- The cores were shared with other jobs (other agents' in the first session; in the second, one other "
         "benchmark's job or a test run at 1 thread; see the other CPU column), so wall times (s / epoch is "
         "loraclf's train_runtime_s over the epochs) are longer than on an idle machine: over all jobs, wall time was "
@@ -517,7 +482,7 @@ def write_table(args) -> None:
     if errors:
         lines += ["", "Failed jobs:"] + [f"- {r['group']} {r['arm']} seed {r['seed']}: {r['error']}" for r in errors]
     lines += ["", f"Raw per-job numbers: `{args.raw.name}` beside this file.", ""]
-    atomic_write_text(args.out, "\n".join(lines))
+    common.write_text(args.out, "\n".join(lines))
 
 
 def main() -> int:
@@ -532,7 +497,7 @@ def main() -> int:
     p.add_argument("--speech-epochs", type=float, default=3.0)
     p.add_argument("--model", default="packaged:minilm-l6")
     p.add_argument("--work", type=Path, default=Path("/tmp/loraclf-bench-hard"))
-    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "hard_data.md")
+    p.add_argument("--out", type=Path, default=common.RESULTS / "hard_data.md")
     args = p.parse_args()
     if args.child:
         child(args)
@@ -545,9 +510,8 @@ def main() -> int:
         return 2
     args.work.mkdir(parents=True, exist_ok=True)
     args.raw = args.out.with_suffix(".jsonl")
-    args.records = [json.loads(x) for x in args.raw.read_text().splitlines() if x.strip()] if args.raw.exists() else []
-    args.records = [r for r in args.records if "error" not in r]  # failed rows are measured again
-    args.started = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    args.records = [r for r in common.read_jsonl(args.raw) if "error" not in r]  # failed rows are measured again
+    args.started = common.utc_now()
     for g in groups if not args.table_only else []:
         {"trec50": lambda: run_trec50(args, TREC50), "trec50x": lambda: run_trec50(args, TREC50_EXTRA),
          "speeches": lambda: run_speeches(args), "calibration": lambda: run_calibration(args)}[g]()

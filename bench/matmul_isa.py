@@ -22,17 +22,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+import common
+
 TOKENS = 32 * 52  # a training batch of AG News at its mean length
 MODELS = {"MiniLM-L6": (384, 1536), "MPNet-base": (768, 3072)}
-CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16", "amx_int8")
 
 
 def shapes() -> dict:
@@ -94,17 +91,11 @@ def parse_verbose(lines: list[str]) -> tuple[list[str], str]:
 
 def kernels(dtype_name: str, mkn: tuple) -> tuple[list[str], str]:
     """parse_verbose of a child that runs the matmul with oneDNN's verbose log on."""
-    env = dict(os.environ, ONEDNN_VERBOSE="1", DNNL_VERBOSE="1")
     cmd = [sys.executable, __file__, "--child", json.dumps([dtype_name, list(mkn)])]
-    return parse_verbose(subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout.splitlines())
-
-
-def cpu_flags() -> list[str]:
-    """Those of CPU_FLAGS that /proc/cpuinfo lists."""
-    from loraclf import device
-
-    flags = device.cpu_flags()
-    return [f for f in CPU_FLAGS if f in flags]
+    child = common.run_child(cmd, env={"ONEDNN_VERBOSE": "1", "DNNL_VERBOSE": "1"})
+    if not child.ok:
+        raise SystemExit(f"{' '.join(cmd)} failed: {child.error()}")
+    return parse_verbose(child.stdout.splitlines())
 
 
 def measure(seconds: float, native_bf16: bool) -> list[dict]:
@@ -121,26 +112,24 @@ def measure(seconds: float, native_bf16: bool) -> list[dict]:
     return rows
 
 
-def report(rows: list[dict], argv: list[str], threads: int, native_bf16: bool) -> str:
+def report(rows: list[dict], argv: list[str], threads: int, native_bf16: bool, load: common.Load) -> str:
     import torch
-    from loraclf.device import cpu_name
 
-    name, flags = cpu_name(), cpu_flags()
+    machine = common.machine()
+    flags = machine.flags
     isa = next((r["isa"] for r in rows if not r["isa"].startswith("not reported")), "not reported (oneDNN never ran)")
     amx_flags = {"amx_tile", "amx_bf16"} <= set(flags)
     bf16 = [r for r in rows if r["dtype"] == "bf16"]
     verdict = ("**bf16 matmuls take the AMX path**" if bf16 and all(r["amx"] for r in bf16) else
                "**bf16 matmuls do not take the AMX path**" + ("" if amx_flags else " (this CPU has no AMX)"))
     lines = ["# Matmul kernels and rates: the AMX check (issue 19, lever 4)", "",
-             f"- `{' '.join(['python', 'bench/matmul_isa.py', *argv])}`, "
-             f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}.",
-             f"- Machine: {name}, {os.cpu_count()} CPU threads, {threads} torch threads; CPU flags present of "
-             f"{', '.join(CPU_FLAGS)}: {', '.join(flags) or 'none'}; torch {torch.__version__}, CPU capability "
-             f"{torch.backends.cpu.get_cpu_capability()}, native bf16 (oneDNN's check): {native_bf16}; oneDNN's "
-             f"detected ISA: {isa}.",
+             f"- `{common.command('matmul_isa.py', argv)}`.",
+             *common.machine_lines([load], what="the measurements", m=machine),
+             f"- {threads} torch threads; torch's CPU capability {torch.backends.cpu.get_cpu_capability()}, native "
+             f"bf16 (oneDNN's check): {native_bf16}; oneDNN's detected ISA: {isa}.",
              f"- Verdict: {verdict}.", "",
-             "| dtype | shape (F.linear with bias) | GFLOP/s | kernel (oneDNN primitive:implementation) | AMX |",
-             "| --- | --- | --- | --- | --- |"]
+             *common.md_table(["dtype", "shape (F.linear with bias)", "GFLOP/s",
+                               "kernel (oneDNN primitive:implementation)", "AMX"])]
     for r in rows:
         kern = ", ".join(f"`{k}`" for k in r["kernels"]) or "not oneDNN (MKL/BLAS or torch's own kernel)"
         lines.append(f"| {r['dtype']}{' (emulated, 1 call)' if r['single'] else ''} | {r['shape']} | "
@@ -155,7 +144,7 @@ def report(rows: list[dict], argv: list[str], threads: int, native_bf16: bool) -
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     p.add_argument("--seconds", type=float, default=2.0, help="seconds per rate measurement (native dtypes)")
-    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "matmul_isa.md")
+    p.add_argument("--out", type=Path, default=common.RESULTS / "matmul_isa.md")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
@@ -163,13 +152,12 @@ def main(argv: list[str]) -> int:
         verbose_child(dtype_name, tuple(mkn))
         return 0
     import torch
-    from loraclf.device import bf16_supported
 
-    native = bf16_supported()
+    native = common.bf16_supported()
+    meter = common.LoadMeter()
     rows = measure(args.seconds, native)
-    text = report(rows, argv, torch.get_num_threads(), native)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
+    text = report(rows, argv, torch.get_num_threads(), native, meter.read())
+    common.write_text(args.out, text)
     print(text)
     return 0
 

@@ -32,18 +32,14 @@ Run (from the repository root):
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
-import subprocess
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
-from loraclf.runs import atomic_write_text
+import common
 
-ROOT = Path(__file__).resolve().parents[1]
-AG = ROOT.parent / "shared" / "data" / "ag_news"
+AG = common.DATA / "ag_news"
 
 
 def train_run(work: Path, steps: int) -> Path:
@@ -121,16 +117,6 @@ def onnx_contenders(export: Path, work: Path, im, texts: list[str], batch_size: 
              lambda s=sess: labels(s)) for what, (p, sess) in zip(("fp32", "int8"), sessions.items())]
 
 
-def _cpu_s() -> tuple[float, float]:
-    """(CPU seconds every process on the machine has used since boot, CPU seconds of this process)."""
-    import os
-    import resource
-
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK"), ru.ru_utime + ru.ru_stime
-
-
 def _agreement(preds: dict, name: str, other: str):
     return float((preds[name] == preds[other]).mean()) if other in preds else None
 
@@ -153,7 +139,7 @@ def parse_args():
     ap.add_argument("--max-chars", type=int, default=None, help="cut texts (for checking the script on a tiny model)")
     ap.add_argument("--onnx", action="store_true", help="add the onnxruntime rows: loraclf's onnxruntime int8 engine "
                     "and hand-written onnxruntime fp32 and int8 (needs loraclf[export])")
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "predict_speed.md"))
+    ap.add_argument("--out", default=str(common.RESULTS / "predict_speed.md"))
     return ap.parse_args()
 
 
@@ -189,14 +175,13 @@ def build_contenders(args, export: Path, texts: list[str], test_csv: Path):
     import pandas as pd
     from transformers import pipeline
 
-    from loraclf.device import bf16_supported
     from loraclf.predict import load_inference_model, predict_file, predict_texts
 
     clf = pipeline("text-classification", model=str(export), device="cpu")
     im = load_inference_model(export, int8_engine="torch")
     names = [im.id2label[i] for i in range(len(im.id2label))]
     models = {FP32: (im.model, "fp32"), TORCH_INT8: (im.int8_model(), "fp32")}
-    if bf16_supported():
+    if common.bf16_supported():
         models[BF16] = (im.model, "bf16")
     if args.onnx:
         models[ORT_INT8] = (load_inference_model(export, int8_engine="onnxruntime").int8_model(), "fp32")
@@ -230,15 +215,14 @@ def time_rounds(contenders, repeats: int):
 
     times = {name: [] for name, _ in contenders}
     preds = {}
-    (busy0, own0), wall0 = _cpu_s(), time.perf_counter()
+    meter = common.LoadMeter()
     for r in range(repeats):
         for name, fn in contenders:
             start = time.perf_counter()
             preds[name] = np.asarray(fn())
             times[name].append(time.perf_counter() - start)
             print(f"round {r + 1}: {name}: {times[name][-1]:.2f} s", file=sys.stderr, flush=True)
-    (busy1, own1), wall = _cpu_s(), time.perf_counter() - wall0
-    return times, preds, max((busy1 - busy0) - (own1 - own0), 0.0), wall
+    return times, preds, meter.read()
 
 
 def table_rows(contenders, times, preds, truth, n: int) -> list:
@@ -252,23 +236,16 @@ def table_rows(contenders, times, preds, truth, n: int) -> list:
     return rows
 
 
-def header(args, run, train_s, im, tokens, other: float, wall: float) -> list[str]:
+def header(args, run, train_s, im, tokens, load: common.Load) -> list[str]:
     import torch
     import transformers
 
-    from loraclf.device import bf16_supported, cpu_name
-
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     n = len(tokens)
     return [
         "# Prediction throughput: `loraclf predict` vs `transformers.pipeline`",
         "",
-        f"- Date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}, commit {commit}",
-        f"- Machine: {cpu_name()}, {torch.get_num_threads()} torch threads, native CPU bf16: {bf16_supported()}; "
-        f"torch {torch.__version__}, transformers {transformers.__version__}, Python {platform.python_version()}",
-        f"- Machine load: other processes used {other:,.0f} CPU s during the {wall:,.0f} s of timed rounds (/proc/stat "
-        f"less this process)" + (": **the machine was busy, so these timings are not results**."
-                                 if other > 0.05 * wall else "."),
+        *common.machine_lines([load], what="timed rounds"),
+        f"- {torch.get_num_threads()} torch threads; transformers {transformers.__version__}.",
         f"- Model: packaged MiniLM-L6 (BERT, 6 layers, hidden 384), LoRA trained {args.train_steps} steps"
         f"{f' (run {run})' if args.run else f' ({train_s:.0f} s)'}, merged and exported with `loraclf export "
         f"--quantize int8` (fp32 weights and both engines' int8 files). Every contender uses that exported folder.",
@@ -276,11 +253,11 @@ def header(args, run, train_s, im, tokens, other: float, wall: float) -> list[st
         f"{int((tokens > im.max_length).sum())} longer than loraclf's max_length {im.max_length} (cut by loraclf, "
         f"not by the pipeline, which does not truncate by default): hence the agreement column.",
         f"- Timing: median of {args.repeats} rounds, contenders alternating within each round, after one warm-up call.",
-        "- Command: `" + " ".join(["python bench/predict_speed.py", *sys.argv[1:]]) + "`",
+        f"- Command: `{common.command('predict_speed.py')}`",
         "",
-        f"| contender | median s | texts/s | vs pipeline defaults | vs pipeline batch {args.batch_size} | same labels "
-        "as pipeline | as loraclf fp32 | as loraclf bf16 | test accuracy | rounds (s) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        *common.md_table(["contender", "median s", "texts/s", "vs pipeline defaults",
+                          f"vs pipeline batch {args.batch_size}", "same labels as pipeline", "as loraclf fp32",
+                          "as loraclf bf16", "test accuracy", "rounds (s)"], align="l" + "r" * 8 + "l"),
     ]
 
 
@@ -333,20 +310,20 @@ def main() -> None:
     run, train_s, export, texts, test_csv = prepare(args)
     contenders, im, names, tokens = build_contenders(args, export, texts, test_csv)
     truth = test_labels(run, names, len(texts))
-    times, preds, other, wall = time_rounds(contenders, args.repeats)
+    times, preds, load = time_rounds(contenders, args.repeats)
     rows = table_rows(contenders, times, preds, truth, len(texts))
 
     def int8_outputs(model):
         return predict_texts(model, im.tokenizer, texts, args.batch_size, im.max_length, "fp32")
 
     saved_same = bool(np.array_equal(int8_outputs(im.int8_model()), int8_outputs(quantize_model(im.model))))
-    lines = header(args, run, train_s, im, tokens, other, wall)
+    lines = header(args, run, train_s, im, tokens, load)
     for name, med, tps, r_base, r_fair, agree, ts, acc in rows:
         shown = " | ".join("-" if a is None else f"{a:.2%}" for a in agree)
         lines.append(f"| {name} | {med:.2f} | {tps:.0f} | {r_base:.2f}x | {r_fair:.2f}x | {shown} | {acc:.2%} | "
                      f"{', '.join(f'{t:.2f}' for t in ts)} |")
     lines += int8_lines(rows, saved_same, len(texts)) + result_lines(rows)
-    atomic_write_text(args.out, "\n".join(lines))
+    common.write_text(Path(args.out), "\n".join(lines))
     print("\n".join(lines))
 
 

@@ -23,14 +23,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
-import time
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import train_speed as ts  # noqa: E402  (the shared suites, the reference recipe and the time-to-accuracy rule)
+import common
+import train_speed_contenders as ts  # the shared suites, the reference recipe and loraclf's instrumented loop
+from train_speed_report import fmt, time_to  # the time-to-accuracy rule
 
 CANDIDATES = {  # name -> overrides on top of the data keys, the cap and the schedule
     "reference": ts.LORACLF_AT_REFERENCE,
@@ -57,7 +56,7 @@ def child(name: str, suite_key: str, seed: int, work: Path, out: Path) -> None:
     suite = ts.SUITES[suite_key]
     cap = sum(p.numel() for p in ts.reference_model(suite.model, len(ts.label_names(suite))).parameters()
               if p.requires_grad)  # the stock reference's trainable count (223,108 on AG News), as train_speed.py
-    seen = ts._instrument(loop)
+    seen = ts.instrument_loop(loop)
     over = ts.data_overrides(suite, suite.model) + [
         f"budget.max_trainable_params={cap}", f"eval.eval_steps={ts.EVAL_STEPS}", f"train.seed={seed}",
         "output.report=false", f"output.dir={work}", f"output.run_name={name}-{suite_key}", "output.overwrite=true"]
@@ -78,16 +77,14 @@ def run_one(name: str, suite_key: str, args) -> dict:
     result.unlink(missing_ok=True)
     cmd = [sys.executable, __file__, "--child", name, "--suite", suite_key, "--seed", str(args.seed),
            "--work", str(args.work), "--result", str(result)]
-    busy0, own0, t = ts._busy_cpu_s(), ts._children_cpu_s(), time.time()
-    proc = subprocess.run(cmd, stderr=subprocess.PIPE, text=True)
-    other = (ts._busy_cpu_s() - busy0) - (ts._children_cpu_s() - own0)
-    if proc.returncode != 0 or not result.exists():
-        sys.stderr.write(proc.stderr or "")
-        out = {"error": ((proc.stderr or "").strip().splitlines() or [f"exit code {proc.returncode}"])[-1][:300]}
+    job = common.run_child(cmd, stdout="inherit")
+    if not job.ok or not result.exists():
+        sys.stderr.write(job.stderr)
+        out = {"error": job.error()}
     else:
         out = json.loads(result.read_text())
-    out.update(candidate=name, suite=suite_key, seed=args.seed, wall_s=round(time.time() - t, 1),
-               other_cpu_s=round(max(other, 0.0), 1))
+    out.update(candidate=name, suite=suite_key, seed=args.seed, wall_s=round(job.wall_s, 1),
+               other_cpu_s=round(job.other_cpu_s, 1))
     return out
 
 
@@ -100,10 +97,10 @@ def suite_rows(suite_key: str, rows: list) -> list[str]:
     target = base["evals"][-1]["accuracy"]  # its last step's val: what the recipe reaches (loraclf's own final val
     # is its best checkpoint's, the maximum of its evaluations, which a single lucky evaluation can set)
     lines = [f"Target: {target:.2%} val, the baseline's val accuracy at its last step (its best checkpoint, the "
-             f"final val column, has {base['val']:.2%}); the baseline trained {base['train_s']:.0f} s.",
-             "", "| candidate | overrides | trainable | steps | train s | vs baseline | real tok/s | steps to target "
-             "| time to target s | of baseline's train s | val acc | test acc | total wall s | other CPU s |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             f"final val column, has {base['val']:.2%}); the baseline trained {base['train_s']:.0f} s.", ""]
+    lines += common.md_table(["candidate", "overrides", "trainable", "steps", "train s", "vs baseline", "real tok/s",
+                              "steps to target", "time to target s", "of baseline's train s", "val acc", "test acc",
+                              "total wall s", "other CPU s"])
     for name in CANDIDATES:
         r = got.get(name)
         if r is None:
@@ -113,30 +110,22 @@ def suite_rows(suite_key: str, rows: list) -> list[str]:
         if "error" in r:
             lines.append(f"| {name} | {over} | error: {r['error']} |" + " |" * 11)
             continue
-        tta = ts.time_to(r["evals"], target)
+        tta = time_to(r["evals"], target)
         step = next((e["step"] for e in r["evals"] if e["train_s"] == tta), None)
         lines.append(
             f"| {name} | {over} | {r['trainable']:,} | {r['steps']} | {r['train_s']:.0f} | "
-            f"{r['train_s'] / base['train_s']:.2f}x | {r['real_tokens'] / r['train_s']:,.0f} | {ts.fmt(step)} | {ts.fmt(tta)} | "
-            f"{ts.fmt(None if tta is None else tta / base['train_s'], '{:.2f}', 'never')} | {r['val']:.2%} | "
+            f"{r['train_s'] / base['train_s']:.2f}x | {r['real_tokens'] / r['train_s']:,.0f} | {fmt(step)} | {fmt(tta)} | "
+            f"{fmt(None if tta is None else tta / base['train_s'], '{:.2f}', 'never')} | {r['val']:.2%} | "
             f"{r['test']:.2%} | {r['wall_s']:.0f} | {r['other_cpu_s']:.1f} |")
     return lines
 
 
 def write_report(args, rows: list, started: str) -> None:
-    import platform
-
-    import torch
-
-    from loraclf.device import bf16_supported
-
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), platform.processor())
+    loads = [common.Load(r["other_cpu_s"], r["wall_s"]) for r in rows if "error" not in r]
     lines = ["# Recipe screen: default-recipe candidates against the reference recipe (issue 19, lever 1)", "",
-             f"- `python bench/recipe_screen.py {' '.join(sys.argv[1:])}`, started {started}, "
-             f"updated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.",
-             f"- Machine: {cpu}, {torch.get_num_threads()} CPU threads, native CPU bf16: {bf16_supported()}, no GPU; "
-             f"torch {torch.__version__}. Each run alone, in its own process; 'other CPU s' is what other processes "
+             f"- `{common.command('recipe_screen.py')}`, started {started}, updated {common.utc_now()}.",
+             *common.machine_lines(loads),
+             "- Each run alone, in its own process, at torch's default threads; 'other CPU s' is what other processes "
              "used meanwhile.",
              f"- Every run: MiniLM-L6 (`{ts.MINILM}`), `budget.max_trainable_params` = the stock reference's trainable "
              f"count (r=8 alpha 16 on query+value, pooler+classifier: 223,108 on AG News), evaluation every "
@@ -145,8 +134,8 @@ def write_report(args, rows: list, started: str) -> None:
     for key in ("agnews", "trec6"):
         if any(r["suite"] == key for r in rows):
             lines += [f"## {ts.SUITES[key].title}", ""] + suite_rows(key, rows) + [""]
-    args.out.write_text("\n".join(lines))
-    args.out.with_suffix(".jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    common.write_text(args.out, "\n".join(lines))
+    common.write_text(args.out.with_suffix(".jsonl"), "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def parse_args():
@@ -156,7 +145,7 @@ def parse_args():
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--resume", action="store_true", help="keep the rows of the .jsonl beside --out; run the rest")
     p.add_argument("--work", type=Path, default=Path("/tmp/loraclf-bench-recipe-screen"))
-    p.add_argument("--out", type=Path, default=ts.ROOT / "bench" / "results" / "recipe_screen.md")
+    p.add_argument("--out", type=Path, default=common.RESULTS / "recipe_screen.md")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--suite", help=argparse.SUPPRESS)
     p.add_argument("--result", type=Path, help=argparse.SUPPRESS)
@@ -173,7 +162,7 @@ def main() -> int:
     rows = [json.loads(x) for x in jsonl.read_text().splitlines()] if args.resume and jsonl.exists() else []
     done = {(r["suite"], r["candidate"]) for r in rows if "error" not in r}
     names = ["reference"] + [n for n in (args.only or CANDIDATES) if n != "reference"]
-    started = f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC"
+    started = common.utc_now()
     for key in args.data:
         for name in names:
             if (key, name) in done:

@@ -24,17 +24,16 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
-import platform
 import shutil
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-AG_TRAIN = ROOT.parent / "shared" / "data" / "ag_news" / "train.csv"
+import common
+
+ROOT = common.ROOT
+AG_TRAIN = common.DATA / "ag_news" / "train.csv"
 BASELINE_REV = "597484e"  # data.py before the memory-mapped path
 
 
@@ -111,18 +110,15 @@ def child(impl: str, job: str, train: str, val: str, steps: int, work: Path) -> 
 
 
 def run_child(impl: str, job: str, train: Path, val: Path, steps: int, work: Path, cache: Path) -> dict:
-    env = dict(os.environ, LORACLF_CACHE=str(cache), HF_DATASETS_DISABLE_PROGRESS_BARS="1", TOKENIZERS_PARALLELISM="false")
+    env = {"LORACLF_CACHE": str(cache), "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "TOKENIZERS_PARALLELISM": "false"}
     cmd = [sys.executable, __file__, "_child", impl, job, str(train), str(val), str(steps), str(work)]
-    t0 = time.perf_counter()
-    p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
-    out = p.stdout.read()
-    _, status, usage = os.wait4(p.pid, 0)
-    p.returncode = os.waitstatus_to_exitcode(status)
+    p = common.run_child(cmd, env=env, cwd=ROOT, stderr="stdout")
+    out = p.stdout
     if p.returncode != 0 or "RESULT " not in out:
         raise SystemExit(f"{impl} {job} on {train.name} failed (rc {p.returncode}):\n{out[-3000:]}")
     res = json.loads(out.split("RESULT ", 1)[1].splitlines()[0])
-    res["wall_s"] = time.perf_counter() - t0
-    res["peak_rss_mb"] = usage.ru_maxrss / 1024  # KiB on Linux
+    # peak RSS: os.wait4's ru_maxrss, its workers included
+    res.update(wall_s=p.wall_s, peak_rss_mb=p.peak_rss_mb, other_cpu_s=round(p.other_cpu_s, 1))
     return res
 
 
@@ -134,11 +130,12 @@ def size_name(n: int) -> str:
 
 
 def render(results: list[dict], args, commands: str) -> str:
+    cells = [r[k] for r in results for k in ("tok_first", "tok_cached", "train")]
     lines = [
         "# Large training files: tokenization cache and training peak memory",
         "",
-        f"Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC. Machine: {platform.machine()}, {os.cpu_count()} cores, "
-        f"Python {platform.python_version()}.",
+        *common.machine_lines([common.Load(c["other_cpu_s"], c["wall_s"]) for c in cells if "other_cpu_s" in c],
+                              what="cell"),
         "",
         f"Command: `{commands}`",
         "",
@@ -149,9 +146,9 @@ def render(results: list[dict], args, commands: str) -> str:
         "`new` is the current data path (files >= 16 MB read as memory-mapped Arrow through `datasets`, cleaned in "
         "cached batched maps; lengths as a numpy array); `old` is data.py at " + BASELINE_REV + " (pandas in memory).",
         "",
-        "| data path | rows | file MB | load, first (s) | tokenize, first (s) | load, cached (s) | tokenize, cached (s) | "
-        "cached speed-up: tokenize / load+tokenize | tokenize peak RSS (MB) | train peak RSS (MB) | train RSS vs smallest |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        *common.md_table(["data path", "rows", "file MB", "load, first (s)", "tokenize, first (s)", "load, cached (s)",
+                          "tokenize, cached (s)", "cached speed-up: tokenize / load+tokenize",
+                          "tokenize peak RSS (MB)", "train peak RSS (MB)", "train RSS vs smallest"], align="l" + "r" * 10),
     ]
     for impl in dict.fromkeys(r["impl"] for r in results):
         rows = [r for r in results if r["impl"] == impl]
@@ -192,7 +189,7 @@ def main() -> None:
                 merged[(r["impl"], r["rows"])] = r
         results = sorted(merged.values(), key=lambda r: (r["impl"] != "new", r["rows"]))
         cmd = f"python bench/scale.py --render {args.render} --note <the notes below> --out {args.out}"
-        Path(args.out).write_text(render(results, args, cmd))
+        common.write_text(Path(args.out), render(results, args, cmd))
         return print(f"wrote {args.out}")
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -212,8 +209,8 @@ def main() -> None:
             results = [x for x in results if not (x["impl"] == impl and x["rows"] == n)] + [r]
             store.write_text(json.dumps(results, indent=1))
             results.sort(key=lambda r: (r["impl"] != "new", r["rows"]))
-            cmd = "python bench/scale.py " + " ".join(sys.argv[1:])
-            Path(args.out).write_text(render(results, args, cmd.strip()))  # after every cell: a cut-off run still reports
+            cmd = common.command("scale.py")
+            common.write_text(Path(args.out), render(results, args, cmd.strip()))  # after every cell: a cut-off run still reports
             print(f"wrote {args.out}", flush=True)
 
 

@@ -18,49 +18,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import platform
-import socket
 import statistics
-import subprocess
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
-from loraclf.runs import atomic_write_text
+import common
 
-ROOT = Path(__file__).resolve().parents[1]
-AG = ROOT.parent / "shared" / "data" / "ag_news"
+AG = common.DATA / "ag_news"
 CONFIGS = (("micro-batching on", ["--max-batch-size", "64", "--max-wait-ms", "5"]),
            ("micro-batching off (baseline)", ["--max-batch-size", "1", "--max-wait-ms", "0"]))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(model: Path, extra: list[str], log: Path):
-    import httpx
-
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([sys.executable, "-m", "loraclf", "serve", str(model), "--port", str(port), *extra],
-                            stdout=open(log, "w"), stderr=subprocess.STDOUT,
-                            env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited:\n{log.read_text()[-2000:]}")
-        try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise SystemExit("server did not start in 180 s")
 
 
 async def load(url: str, texts: list[str], concurrency: int, max_requests: int, max_seconds: float) -> dict:
@@ -90,10 +57,9 @@ async def load(url: str, texts: list[str], concurrency: int, max_requests: int, 
         await asyncio.gather(*(client(c, http) for c in range(concurrency)))
         wall = time.perf_counter() - start
         stats = (await http.get("/stats")).json()
-    lat = sorted(latencies)
-    q = lambda p: lat[min(len(lat) - 1, int(round(p * (len(lat) - 1))))] * 1000  # noqa: E731
-    return {"requests": len(lat), "errors": len(errors), "error_kinds": sorted(set(errors)), "wall_s": wall,
-            "rps": len(lat) / wall, "p50_ms": q(0.50), "p99_ms": q(0.99), "max_ms": lat[-1] * 1000,
+    q = lambda p: common.percentile_ms(latencies, p)  # noqa: E731
+    return {"requests": len(latencies), "errors": len(errors), "error_kinds": sorted(set(errors)), "wall_s": wall,
+            "rps": len(latencies) / wall, "p50_ms": q(0.50), "p99_ms": q(0.99), "max_ms": max(latencies) * 1000,
             "batches": stats["batches"], "mean_batch": stats["texts"] / max(stats["batches"], 1)}
 
 
@@ -104,19 +70,20 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=2000, help="requests per configuration and round (cap)")
     ap.add_argument("--seconds", type=float, default=60.0, help="time cap per configuration and round")
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "serve_load.md"))
+    ap.add_argument("--out", default=str(common.RESULTS / "serve_load.md"))
     args = ap.parse_args()
     import pandas as pd
-    import torch
 
     model = Path(args.model)
     if not model.is_dir():
         raise SystemExit(f"{model} not found; run bench/predict_speed.py first or pass --model")
     texts = pd.read_csv(AG / "test.csv")["text"].tolist()
     results = {name: [] for name, _ in CONFIGS}
+    meter = common.LoadMeter()
     for r in range(args.rounds):
         for name, extra in CONFIGS:
-            proc, url = start_server(model, extra, Path(f"/tmp/loraclf-serve-load-{os.getpid()}.log"))
+            proc, url = common.start_server([model], extra, Path(f"/tmp/loraclf-serve-load-{os.getpid()}.log"),
+                                            ready="/health", timeout_s=180, poll_s=0.2)
             try:
                 res = asyncio.run(load(url, texts, args.concurrency, args.requests, args.seconds))
             finally:
@@ -129,23 +96,20 @@ def main() -> None:
         return statistics.median(x[key] for x in results[name])
 
     on, off = CONFIGS[0][0], CONFIGS[1][0]
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
     lines = [
         "# `loraclf serve` under load (loopback)",
         "",
-        f"- Date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}, commit {commit}",
-        f"- Machine: {cpu}, {os.cpu_count()} cores shared by server and client (and other jobs: heavy ones are "
-        f"serialised by `flock /tmp/loraclf-cpu.lock`); torch {torch.__version__}",
+        *common.machine_lines([meter.read()], what="the benchmark (server starts and load rounds)"),
+        f"- The {os.cpu_count()} CPU threads are shared by server and client (and other jobs: heavy ones are "
+        f"serialised by `flock {common.CPU_LOCK}`).",
         f"- Model: `{model}` (MiniLM-L6 exported by bench/predict_speed.py), fp32.",
         f"- Load: {args.concurrency} concurrent clients, one AG News test text per request, back to back; each "
         f"configuration stops at {args.requests} requests or {args.seconds:g} s; {args.rounds} rounds alternating; "
         f"medians shown.",
         "- Command: `" + " ".join(["flock /tmp/loraclf-cpu.lock python bench/serve_load.py", *sys.argv[1:]]) + "`",
         "",
-        "| configuration | requests | errors | requests/s | p50 ms | p99 ms | max ms | texts per forward pass |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        *common.md_table(["configuration", "requests", "errors", "requests/s", "p50 ms", "p99 ms", "max ms",
+                          "texts per forward pass"], align="l" + "r" * 7),
     ]
     for name, _ in CONFIGS:
         total_err = sum(x["errors"] for x in results[name])
@@ -161,7 +125,7 @@ def main() -> None:
         f"{' (' + ', '.join(sorted({k for rs in results.values() for x in rs for k in x['error_kinds']})) + ')' if errors else ''}.",
         "",
     ]
-    atomic_write_text(args.out, "\n".join(lines))
+    common.write_text(Path(args.out), "\n".join(lines))
     print("\n".join(lines))
 
 

@@ -5,7 +5,7 @@ The 10 runs are the packaged MiniLM-L6 with LoRA, each with its own label set fr
 topics, pairs and triples of them, one-vs-rest; TREC: the 6 coarse classes, the 50 fine ones, subsets). They train
 for a few steps only: memory and speed do not depend on accuracy. Each server runs in a child process on a free
 127.0.0.1 port; peak RSS is the kernel's high-water mark (VmHWM) after the load. Other processes' CPU time during the
-benchmark is measured with psutil and printed with the table.
+benchmark (/proc/stat less this benchmark's own) is printed with the table.
 
 Run (from the repository root; about 5 minutes on 2 cores):
     flock /tmp/loraclf-cpu.lock python bench/serve_multi.py          # writes bench/results/serve_multi.md
@@ -18,22 +18,17 @@ import argparse
 import asyncio
 import os
 import random
-import socket
-import subprocess
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
-import psutil
-
-from loraclf import device, logs
+import common
+from loraclf import logs
 from loraclf.config import load_config
-from loraclf.runs import atomic_write_text, read_label_map
+from loraclf.runs import read_label_map
 from loraclf.training import train
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
+DATA = common.DATA
 AG_NAMES = ["World", "Sports", "Business", "SciTech"]
 # name -> (data set, label column, kept labels or None for all, relabel)
 RUNS = {
@@ -87,36 +82,6 @@ def train_runs(work: Path, steps: int) -> list[Path]:
     return done
 
 
-def start_server(models: list[Path], log: Path):
-    import httpx
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([sys.executable, "-m", "loraclf", "serve", *map(str, models), "--port", str(port),
-                             "--max-batch-size", "32", "--max-wait-ms", "5"], stdout=open(log, "w"),
-                            stderr=subprocess.STDOUT, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited:\n{log.read_text()[-2000:]}")
-        try:
-            if httpx.get(url + "/v1/models", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            pass
-        time.sleep(0.3)
-    proc.kill()
-    raise SystemExit("server did not start in 300 s")
-
-
-def memory_mb(pid: int) -> tuple[float, float]:
-    """(peak RSS, current RSS) of a process in MiB, from /proc/PID/status."""
-    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
-    return int(fields["VmHWM"].split()[0]) / 1024, int(fields["VmRSS"].split()[0]) / 1024
-
-
 async def mixed_load(url: str, texts: list[str], concurrency: int, n: int) -> dict:
     """n one-text requests spread over every served model at random, concurrency at a time."""
     import httpx
@@ -142,35 +107,21 @@ async def mixed_load(url: str, texts: list[str], concurrency: int, n: int) -> di
         start = time.perf_counter()
         await asyncio.gather(*(one(name, text) for name, text in plan))
         wall = time.perf_counter() - start
-    lat = sorted(latencies)
-    q = lambda p: lat[min(len(lat) - 1, int(round(p * (len(lat) - 1))))] * 1000  # noqa: E731
-    return {"requests": len(lat), "errors": len(errors), "rps": len(lat) / wall, "p50_ms": q(0.5), "p99_ms": q(0.99)}
+    return {"requests": len(latencies), "errors": len(errors), "rps": len(latencies) / wall,
+            "p50_ms": common.percentile_ms(latencies, 0.5), "p99_ms": common.percentile_ms(latencies, 0.99)}
 
 
 def measure(models: list[Path], texts: list[str], work: Path, concurrency: int, requests: int, load: bool) -> dict:
-    proc, url = start_server(models, work / f"serve-{len(models)}-{models[0].name}.log")
+    proc, url = common.start_server(models, ["--max-batch-size", "32", "--max-wait-ms", "5"],
+                                    work / f"serve-{len(models)}-{models[0].name}.log", ready="/v1/models",
+                                    timeout_s=300, poll_s=0.3)
     try:
         res = asyncio.run(mixed_load(url, texts, concurrency, requests if load else 20))
-        peak, rss = memory_mb(proc.pid)
+        peak, rss = common.live_memory_mb(proc.pid)
     finally:
         proc.terminate()
         code = proc.wait(60)
     return {**res, "peak_mb": peak, "rss_mb": rss, "exit": code}
-
-
-def cpu_snapshot() -> dict[int, float]:
-    """CPU seconds so far of every live process, by pid."""
-    out = {}
-    for p in psutil.process_iter(["pid", "cpu_times"]):
-        if p.info["cpu_times"] is not None:
-            out[p.info["pid"]] = p.info["cpu_times"].user + p.info["cpu_times"].system
-    return out
-
-
-def other_cpu_seconds(before: dict[int, float], exclude: set[int]) -> float:
-    """CPU seconds that processes other than this benchmark's used since before (those still alive at the end)."""
-    after = cpu_snapshot()
-    return sum(t - before.get(pid, 0.0) for pid, t in after.items() if pid not in exclude)
 
 
 def main() -> None:
@@ -179,23 +130,20 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3, help="training steps per run")
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--requests", type=int, default=400, help="requests of the mixed load per multi-run server")
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "serve_multi.md"))
+    ap.add_argument("--out", default=str(common.RESULTS / "serve_multi.md"))
     args = ap.parse_args()
     import pandas as pd
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    snap, t0 = cpu_snapshot(), time.perf_counter()
+    meter = common.LoadMeter()
     runs = train_runs(work, args.steps)
     texts = pd.read_csv(DATA / "ag_news" / "test.csv")["text"].tolist()[:500]
     one_server = {n: measure(runs[:n], texts, work, args.concurrency, args.requests, True) for n in (1, 3, 10)}
     for n, r in one_server.items():
         print(f"one server, {n} run(s): {r}", file=sys.stderr, flush=True)
     separate = [measure([run], texts, work, args.concurrency, args.requests, False) for run in runs]
-    wall = time.perf_counter() - t0
-    mine = {os.getpid(), *(c.pid for c in psutil.Process().children(recursive=True))}
-    others = other_cpu_seconds(snap, mine)
-    write_table(args, runs, one_server, separate, wall, others)
+    write_table(args, runs, one_server, separate, meter.read())
 
 
 NOTES = """- The separate single-run servers were each started and sent 20 requests, not the full load, so their sum is a
@@ -205,19 +153,16 @@ NOTES = """- The separate single-run servers were each started and sent 20 reque
 """
 
 
-def write_table(args, runs, one_server: dict, separate: list[dict], wall: float, others: float) -> None:
+def write_table(args, runs, one_server: dict, separate: list[dict], load: common.Load) -> None:
     import torch
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     base = one_server[1]["peak_mb"]
     lines = [
         "# Many adapters on one base: `loraclf serve RUN RUN ...` (loopback)", "",
-        f"- Date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}, commit {commit}",
-        f"- Machine: {device.cpu_name()}, {os.cpu_count()} cores shared by the server and the load client; torch "
-        f"{torch.__version__}, {torch.get_num_threads()} threads, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}",
-        f"- Other processes used {others:.0f} CPU-seconds during the {wall:.0f} s of the benchmark "
-        f"({100 * others / wall:.0f}% of one core; psutil); it ran under `flock /tmp/loraclf-cpu.lock`, so no test ran "
-        f"beside it.",
+        *common.machine_lines([load], what="the benchmark"),
+        f"- The {os.cpu_count()} CPU threads are shared by the server and the load client; {torch.get_num_threads()} "
+        f"torch threads, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}. It ran under "
+        f"`flock {common.CPU_LOCK}`, so no test ran beside it.",
         f"- Runs: packaged MiniLM-L6 + LoRA (defaults), each trained for {args.steps} steps on 400 rows of its data "
         f"(memory and speed do not depend on accuracy): "
         + ", ".join(f"`{r.name}` ({len(read_label_map(r).id2label)} classes)" for r in runs) + ".",
@@ -226,9 +171,9 @@ def write_table(args, runs, one_server: dict, separate: list[dict], wall: float,
         f"- Load: {args.requests} one-text requests, each to a model drawn at random, {args.concurrency} at a time; "
         "`--max-batch-size 32 --max-wait-ms 5`; fp32.",
         "- Command: `" + " ".join(["flock /tmp/loraclf-cpu.lock python bench/serve_multi.py", *sys.argv[1:]]) + "`", "",
-        "| runs served | one server: peak RSS MiB | x one run | N separate servers: sum of peak RSS MiB | "
-        "requests | errors | requests/s | p50 ms | p99 ms |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        *common.md_table(["runs served", "one server: peak RSS MiB", "x one run",
+                          "N separate servers: sum of peak RSS MiB", "requests", "errors", "requests/s", "p50 ms",
+                          "p99 ms"], align="r" * 9),
     ]
     for n, r in one_server.items():
         lines.append(f"| {n} | {r['peak_mb']:.0f} | {r['peak_mb'] / base:.2f} | "
@@ -240,7 +185,7 @@ def write_table(args, runs, one_server: dict, separate: list[dict], wall: float,
     lines += ["", f"**Result:** 10 adapters on one base take {ten:.2f}x the peak RSS of one run (target: under 1.5x) "
               f"and {one_server[10]['peak_mb'] / sum(s['peak_mb'] for s in separate):.2f}x that of 10 separate "
               f"servers. Errors: {errors}. Server exit codes after SIGTERM: {exits}.", "", NOTES]
-    atomic_write_text(args.out, "\n".join(lines))
+    common.write_text(Path(args.out), "\n".join(lines))
     print("\n".join(lines))
 
 

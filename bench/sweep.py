@@ -12,21 +12,21 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 import sys
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-TEST = ROOT.parent / "shared" / "data" / "ag_news" / "test.csv"
+import common
+
+ROOT = common.ROOT
+TEST = common.DATA / "ag_news" / "test.csv"
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sweep", default=str(ROOT / "configs" / "sweep_agnews_minilm.yaml"))
     ap.add_argument("--storage", help="Optuna storage URL (default: the SQLite file in the sweep folder)")
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "sweep.md"))
+    ap.add_argument("--out", default=str(common.RESULTS / "sweep.md"))
     ap.add_argument("--n-trials", type=int, help="at most this many new trials now (0: only score and write the table)")
     ap.add_argument("--timeout", type=float, help="start no new trial after this many seconds")
     ap.add_argument("--until", help="start no new trial after this UTC time (HH:MM), e.g. a shared machine's deadline")
@@ -35,19 +35,17 @@ def main() -> int:
     from loraclf.predict import evaluate_file
     from loraclf.runs import SWEEP_SUMMARY as SUMMARY
     from loraclf.sweep import load_sweep, run_sweep
-    from loraclf.device import hardware
 
     if not TEST.is_file():
         sys.exit(f"AG News test split not found at {TEST} (../shared beside the checkout)")
-    started = time.time()
+    meter = common.LoadMeter()
     if args.until:
-        now = datetime.now(timezone.utc)
-        hh, mm = map(int, args.until.split(":"))
-        left = (now.replace(hour=hh, minute=mm, second=0, microsecond=0) - now).total_seconds()
+        left = (common.stop_time(args.until) - datetime.now(timezone.utc)).total_seconds()
         args.timeout = max(1.0, min(args.timeout or left, left))
         print(f"starting no trial after {args.until} UTC ({args.timeout:.0f} s from now)", file=sys.stderr)
     folder = run_sweep(args.sweep, storage=args.storage, n_trials=args.n_trials, timeout=args.timeout)
-    sweep_wall = time.time() - started
+    load = meter.read()
+    sweep_wall = load.wall_s
     spec = load_sweep(args.sweep)
     with open(folder / SUMMARY, newline="") as f:
         rows = list(csv.DictReader(f))
@@ -62,16 +60,13 @@ def main() -> int:
 
     counts = {s: sum(r["state"] == s for r in rows) for s in ("COMPLETE", "PRUNED", "REJECTED", "FAIL", "SKIPPED")}
     finished = counts["COMPLETE"] + counts["PRUNED"] + counts["REJECTED"]
-    hw = hardware()
     keys = [p.key for p in spec.space]
     lines = [
         "# Sweep: learning rate, LoRA rank and target preset, MiniLM-L6 on AG News, 1M budget",
         "",
-        f"- Date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
-        f"- Machine: {hw.get('cpu')}, {hw.get('cpu_count')} CPU threads, torch {hw.get('torch')}, no GPU; "
-        "run times depend on what else the machine ran and are only comparable within this table.",
-        "- Command: `" + (f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} " if os.environ.get("OMP_NUM_THREADS") else "")
-        + " ".join(["python", "bench/sweep.py", *sys.argv[1:]]) + "` (which runs "
+        *common.machine_lines([load], what="the sweep", timings=False),
+        "- Run times depend on what else the machine ran and are only comparable within this table.",
+        f"- Command: `{common.command('sweep.py')}` (which runs "
         "`loraclf sweep configs/sweep_agnews_minilm.yaml`, then scores two run folders on the test split with "
         "`loraclf.predict.evaluate_file`)",
         f"- Sweep file: `configs/sweep_agnews_minilm.yaml`: base `configs/agnews_minilm.yaml`, 200 optimizer steps of "
@@ -87,8 +82,8 @@ def main() -> int:
         "",
         "## Test accuracy: best trial against the base config (same 200 steps, same seed)",
         "",
-        "| config | lr | r | target_modules | trainable params | val accuracy | test accuracy | test macro-F1 |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        *common.md_table(["config", "lr", "r", "target_modules", "trainable params", "val accuracy", "test accuracy",
+                          "test macro-F1"]),
     ]
     for name, (row, m) in test.items():
         lines.append(f"| {name} | {float(row['train.learning_rate']):.2e} | {row['adapter.r']} | {row['adapter.target_modules']} "
@@ -109,8 +104,8 @@ def main() -> int:
         "",
         "## Every trial (sweep_summary.csv)",
         "",
-        f"| trial | state | {' | '.join(keys)} | trainable params | val accuracy | last step | run time s | note |",
-        "| --- | --- |" + " --- |" * len(keys) + " --- | --- | --- | --- | --- |",
+        *common.md_table(["trial", "state", *keys, "trainable params", "val accuracy", "last step", "run time s",
+                          "note"]),
     ]
     for r in rows:
         vals = []
@@ -124,7 +119,7 @@ def main() -> int:
                      f"{r['run_time_s']} | {note} |")
     lines += ["", "Val accuracy of a pruned trial is its last reported value. Plots: "
               f"`{folder}/plots/` (history, importances, metric against each searched key)."]
-    Path(args.out).write_text("\n".join(lines) + "\n")
+    common.write_text(Path(args.out), "\n".join(lines) + "\n")
     print(f"wrote {args.out}")
     return 0
 
