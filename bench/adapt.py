@@ -133,7 +133,7 @@ def main() -> int:
 
     import pandas as pd
 
-    from loraclf.adapt import self_train
+    from loraclf.training.self_train import self_train
     from loraclf.config import load_config
     truth = pd.read_csv(AG / "test.csv")["label"].to_numpy()
     started = time.time()

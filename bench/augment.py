@@ -100,7 +100,7 @@ def main() -> int:
 def write(args, runs: list[dict], total: float) -> None:
     import pandas as pd
 
-    from loraclf.augment import augment_dataset
+    from loraclf.data.augment import augment_dataset
     from loraclf.config import AugmentConfig
 
     def pick(arm: str, key: str) -> list[float]:

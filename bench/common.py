@@ -4,7 +4,7 @@ processes used meanwhile, its peak RSS), the machine header of a results table, 
 The scripts import it as `common` (a script's own folder is the first entry of sys.path). It is the one place where
 the benchmarks' bookkeeping imports loraclf (the CPU's name and flags, native bf16, atomic writes), so a move inside
 loraclf changes this file; the scripts import loraclf themselves only for what they measure. Importing it loads
-neither torch nor loraclf.device (see _device), so a child process that imports it measures its own peak RSS as before.
+neither torch nor loraclf.base.device (see _device), so a child process that imports it measures its own peak RSS as before.
 
 Linux only: the machine's busy time comes from /proc/stat and a live process's peak RSS from /proc/PID/status.
 """
@@ -46,11 +46,11 @@ OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_
 
 
 def _device() -> ModuleType:
-    """loraclf.device, imported on first use: it imports torch (about 200 MB of RSS), which a child process whose peak
+    """loraclf.base.device, imported on first use: it imports torch (about 200 MB of RSS), which a child process whose peak
     RSS is measured without torch (bench/hard_data.py's TF-IDF anchor) must not pay for."""
-    import loraclf.device
+    import loraclf.base.device
 
-    return loraclf.device
+    return loraclf.base.device
 
 
 def cpu_name() -> str:

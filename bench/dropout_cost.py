@@ -65,7 +65,7 @@ def measure(model, batches, rounds: int, bf16: bool) -> dict:
     drops = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
     ps = [m.p for m in drops]
 
-    from loraclf.training.dropout import swap_for
+    from loraclf.training.speed.dropout import swap_for
 
     swap = swap_for(model)
 

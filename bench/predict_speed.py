@@ -6,11 +6,11 @@ alternating, each contender classifies the 2,000 texts of ../shared/data/ag_news
 
     pipeline (defaults)       transformers.pipeline("text-classification", model=EXPORT)(texts)
     pipeline (batch_size=64)  the same with batch_size=64: a fairer baseline
-    loraclf fp32              loraclf.predict.predict_texts on the same exported model (what `loraclf predict` runs)
+    loraclf fp32              loraclf.infer.engine.predict_texts on the same exported model (what `loraclf predict` runs)
     loraclf bf16 autocast     the same under --precision bf16 (only where the CPU has native bf16)
     loraclf int8, torch       `predict --precision int8 --int8-engine torch` on an `export --quantize int8` folder:
                               its model.int8.safetensors (torch.ao dynamic quantization of every nn.Linear), checked
-                              to give exactly the in-memory loraclf.quantize.quantize_model outputs
+                              to give exactly the in-memory loraclf.infer.int8.quantize_model outputs
     loraclf int8, onnxruntime with --onnx: `--int8-engine onnxruntime` on the same folder: its model.int8.onnx
                               (fused graph, per-channel QInt8), run through loraclf's predict path
     onnxruntime fp32 / int8   with --onnx: the export's model.onnx, and onnxruntime.quantization.quantize_dynamic of
@@ -89,7 +89,7 @@ def onnx_contenders(export: Path, work: Path, im, texts: list[str], batch_size: 
     import torch
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from loraclf.predict import token_batches
+    from loraclf.infer.engine import token_batches
 
     int8 = work / "model.int8.onnx"
     quantize_dynamic(str(export / "model.onnx"), str(int8), weight_type=QuantType.QInt8)
@@ -150,7 +150,7 @@ def prepare(args):
     import pandas as pd
     import yaml
 
-    from loraclf.export import export_run
+    from loraclf.publish.export import export_run
 
     work = Path(args.work)
     t0 = time.perf_counter()
@@ -175,7 +175,7 @@ def build_contenders(args, export: Path, texts: list[str], test_csv: Path):
     import pandas as pd
     from transformers import pipeline
 
-    from loraclf.predict import load_inference_model, predict_file, predict_texts
+    from loraclf.infer.engine import load_inference_model, predict_file, predict_texts
 
     clf = pipeline("text-classification", model=str(export), device="cpu")
     im = load_inference_model(export, int8_engine="torch")
@@ -262,7 +262,7 @@ def header(args, run, train_s, im, tokens, load: common.Load) -> list[str]:
 
 
 def int8_lines(rows, saved_same: bool, n: int) -> list[str]:
-    from loraclf.quantize import auto_engine
+    from loraclf.infer.int8 import auto_engine
 
     by = {r[0]: r for r in rows}
     auto = ORT_INT8 if auto_engine() == "onnxruntime" and ORT_INT8 in by else TORCH_INT8
@@ -303,8 +303,8 @@ def result_lines(rows) -> list[str]:
 def main() -> None:
     import numpy as np
 
-    from loraclf.predict import predict_texts
-    from loraclf.quantize import quantize_model
+    from loraclf.infer.engine import predict_texts
+    from loraclf.infer.int8 import quantize_model
 
     args = parse_args()
     run, train_s, export, texts, test_csv = prepare(args)

@@ -87,7 +87,8 @@ def child(impl: str, job: str, train: str, val: str, steps: int, work: Path) -> 
     _use_impl(impl, work)
     overrides = [f"data.train={train}", f"data.validation={val}"]
     if job == "tokenize":
-        from loraclf import data, sources
+        from loraclf import data
+        from loraclf.base import sources
         from loraclf.config import load_config
         from transformers import AutoTokenizer
 

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import common
-from loraclf import logs
+from loraclf.base import logs
 from loraclf.config import load_config
 from loraclf.runs import read_label_map
 from loraclf.training import train

@@ -177,7 +177,7 @@ def run_trainer(dataset: str, seed: int, limit: int | None, work: Path) -> dict:
     from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
                               TrainingArguments)
 
-    from loraclf.sources import resolve_model
+    from loraclf.base.sources import resolve_model
 
     c = TRAINER
     path = resolve_model(MODEL)

@@ -126,7 +126,7 @@ def label_names(suite: Suite) -> list[str]:
 
 
 def model_path(name: str) -> str:
-    from loraclf.sources import resolve_model
+    from loraclf.base.sources import resolve_model
 
     return resolve_model(name)
 

@@ -1,4 +1,4 @@
-"""Self-training (loraclf.adapt): pseudo-label selection, per-round records, model selection, bad unlabeled input."""
+"""Self-training (loraclf.training.self_train): pseudo-label selection, per-round records, model selection, bad unlabeled input."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 
 from loraclf import cli, runs
-from loraclf.adapt import agreement, select_pseudo_labels, self_train, student_train_set
+from loraclf.training.self_train import agreement, select_pseudo_labels, self_train, student_train_set
 from loraclf.config import load_config
-from loraclf.errors import ConfigError, DataError, LoraclfError
+from loraclf.base.errors import ConfigError, DataError, LoraclfError
 from loraclf.runs import ADAPT, PSEUDO_LABELS
 
 # ------------------------------------------------------------------------------------------ selection (exact)
@@ -70,7 +70,7 @@ def test_student_train_set_weights_and_soft_labels():
 def test_consistency_adds_augmented_views_carrying_their_pseudo_label():
     import datasets
 
-    from loraclf.augment import get_wordnet
+    from loraclf.data.augment import get_wordnet
 
     try:
         get_wordnet()
@@ -173,7 +173,7 @@ def test_final_run_folder_is_the_last_student(two_rounds):
     assert metrics["target"]["accuracy"] == runs.read_json(run / ADAPT)["rounds"][2]["target"]["accuracy"]
     assert not (run / runs.CHECKPOINTS).exists() and not any(p.name.endswith(".tmp") for p in run.parent.iterdir())
     # and it serves predict like any run
-    from loraclf.predict import predict_file
+    from loraclf.infer.engine import predict_file
 
     out = run.parent / "pred.csv"
     assert predict_file(run, run / runs.ROUNDS / "round-0" / PSEUDO_LABELS, out, quiet=True)["rows"] == 80
@@ -188,7 +188,7 @@ def _target_with_labels(src: Path, dst: Path, label) -> Path:
 
 def test_unlabeled_and_target_data_never_select_the_model(base_overrides, tiny_data, tmp_path, monkeypatch):
     """Validation is always the labelled val split; changing the target labels changes no weight and no choice."""
-    import loraclf.adapt as adapt_mod  # self_train calls the train() it imported
+    import loraclf.training.self_train as adapt_mod  # self_train calls the train() it imported
     from safetensors.torch import load_file
 
     seen = []
@@ -286,7 +286,7 @@ def test_fp16_training_precision_also_serves_the_teachers_predictions(tiny_bert,
     import torch
 
     from loraclf.model import load_run_model
-    from loraclf.predict import predict_texts
+    from loraclf.infer.engine import predict_texts
 
     topics = {"sports": "the team won the match in the final minute", "business": "shares fell as the bank cut rates"}
     rows = [{"text": f"{t} number {i}", "label": name} for i in range(12) for name, t in topics.items()]

@@ -1,5 +1,5 @@
 """The Python API: loraclf.train and loraclf.Classifier sit on the CLI's library functions and give its outputs;
-bad input raises a loraclf.errors exception with one line; the README's "Python API" blocks run as written."""
+bad input raises a loraclf.base.errors exception with one line; the README's "Python API" blocks run as written."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import loraclf
 import loraclf.api
 from loraclf import cli, runs
 from loraclf.config import load_config, resume_config
-from loraclf.errors import ConfigError, DataError, RunError
+from loraclf.base.errors import ConfigError, DataError, RunError
 from loraclf.training import train as train_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -220,7 +220,7 @@ def test_a_datasets_dataset_stands_in_for_a_dataframe():
 
 
 def test_progress_bars_draw_in_jupyter_and_stay_off_when_quiet(monkeypatch):
-    from loraclf import logs
+    from loraclf.base import logs
 
     class Pipe:
         def isatty(self):

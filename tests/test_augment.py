@@ -15,10 +15,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from loraclf import augment
-from loraclf.augment import Augmenter, augment_dataset, augment_file, get_wordnet
+from loraclf.data import augment
+from loraclf.data.augment import Augmenter, augment_dataset, augment_file, get_wordnet
 from loraclf.config import AugmentConfig
-from loraclf.errors import ConfigError, DataError, LoraclfError
+from loraclf.base.errors import ConfigError, DataError, LoraclfError
 
 SENTENCE = "The market rallied after strong quarterly earnings reports"  # 8 distinct words, one stopword
 
@@ -250,7 +250,7 @@ def test_augment_dataset_same_seed_same_text_other_seed_other_text():
 
 def test_augment_dataset_does_not_depend_on_the_hash_seed():
     script = (
-        "from loraclf.augment import augment_dataset; from loraclf.config import AugmentConfig; import json, sys; "
+        "from loraclf.data.augment import augment_dataset; from loraclf.config import AugmentConfig; import json, sys; "
         "cfg = AugmentConfig(**json.loads(sys.argv[1])); texts = json.loads(sys.argv[2]); "
         "print(json.dumps(augment_dataset(texts, list(range(len(texts))), cfg, 1)[0]))"
     )

@@ -87,7 +87,7 @@ def test_md_table():
 def test_machine_header_fields():
     import torch
 
-    from loraclf.device import bf16_supported, cpu_flags, cpu_name
+    from loraclf.base.device import bf16_supported, cpu_flags, cpu_name
 
     m = common.machine()
     assert m.cpu == cpu_name()

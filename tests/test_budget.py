@@ -14,11 +14,11 @@ import pytest
 import torch
 
 from conftest import make_tiny_model
-from loraclf import budget
+from loraclf.model import budget
 from loraclf import model as model_mod
 from loraclf.cli import main
 from loraclf.config import load_config
-from loraclf.errors import BudgetError, ModelError
+from loraclf.base.errors import BudgetError, ModelError
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED_CONFIG = ROOT / "configs" / "agnews_roberta_seed.yaml"

@@ -8,7 +8,8 @@ import json
 import pandas as pd
 import pytest
 
-from loraclf import card, runs
+from loraclf.publish import card
+from loraclf import runs
 from loraclf.config import load_config
 from loraclf.training import train
 
@@ -68,7 +69,7 @@ def test_adapter_card_parses_offline_and_holds_the_runs_metrics(card_run):
 def test_export_card_parses_offline_and_holds_the_runs_metrics(card_run, tmp_path):
     from huggingface_hub import ModelCard
 
-    from loraclf.export import export_run
+    from loraclf.publish.export import export_run
 
     folder = tmp_path / "export"
     export_run(card_run, folder)
@@ -90,7 +91,7 @@ def test_base_model_and_dataset_ids():
 
 
 def test_push_stages_the_exact_adapter_folder(card_run, tmp_path):
-    from loraclf import push
+    from loraclf.publish import push
 
     folder = push.stage(card_run, tmp_path / "upload", "adapter")
     names = sorted(p.name for p in folder.iterdir())
@@ -102,8 +103,8 @@ def test_push_stages_the_exact_adapter_folder(card_run, tmp_path):
 
 
 def test_push_fails_offline_with_one_line(card_run, monkeypatch):
-    from loraclf import push
-    from loraclf.errors import RunError
+    from loraclf.publish import push
+    from loraclf.base.errors import RunError
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(RunError) as e:

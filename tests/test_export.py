@@ -15,10 +15,10 @@ import torch
 
 from loraclf.cli import main
 from loraclf.config import load_config
-from loraclf.errors import LoraclfError
-from loraclf.export import export_run
+from loraclf.base.errors import LoraclfError
+from loraclf.publish.export import export_run
 from loraclf.runs import EXPORT_INFO
-from loraclf.predict import load_inference_model, predict_file, predict_texts, token_batches
+from loraclf.infer.engine import load_inference_model, predict_file, predict_texts, token_batches
 from loraclf.training import train
 
 from helpers_infer import tiny_run_overrides

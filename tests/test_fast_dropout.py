@@ -15,7 +15,7 @@ import torch
 from conftest import make_tiny_model
 from loraclf import model as model_mod
 from loraclf.config import from_dict, load_config
-from loraclf.training import dropout as dropout_mod
+from loraclf.training.speed import dropout as dropout_mod
 
 TEXTS = ["stocks fell sharply as oil prices rose", "the team won the cup final", "a new chip for phones", "rain"]
 

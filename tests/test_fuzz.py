@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from loraclf import config as config_mod
 from loraclf.config import Config, DataConfig, from_dict, load_config
 from loraclf.data import normalise_label, build_label_map, encode_labels, load_splits, read_table
-from loraclf.errors import ConfigError, DataError, LoraclfError
+from loraclf.base.errors import ConfigError, DataError, LoraclfError
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
 FUZZ_FILES = settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck))

@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 
 from conftest import tiny_rows
-from loraclf import problem
+from loraclf import task as problem
 from loraclf.config import load_config
-from loraclf.evaluate import pool_windows, predict_logits
+from loraclf.infer.evaluate import pool_windows, predict_logits
 from loraclf.training import loss as loss_mod
 from loraclf.training import train
 
@@ -245,7 +245,7 @@ def test_a_chunked_run_counts_documents_and_pools_its_windows(tiny_bert, tmp_pat
 
 def test_f1_thresholds_temperature_and_loss_json_on_a_binary_run(tiny_bert, tmp_path):
     from loraclf import Classifier
-    from loraclf.evaluate import calibration_error
+    from loraclf.infer.evaluate import calibration_error
 
     def binary(n, seed):  # Sports against the rest: 1 in 4 rows positive
         return [{"text": r["text"], "label": int(r["label"] == 1)} for r in tiny_rows(n, seed)]
@@ -330,7 +330,7 @@ def test_soft_targets_take_the_class_weights_and_smoothing_and_one_hot_is_the_ha
                                "a stream never holds at once; set data.sampling=random or data.streaming=false"),
 ])
 def test_balanced_weights_or_sampling_on_a_stream_is_refused_in_validation(tmp_path, setting, message):
-    from loraclf.errors import ConfigError
+    from loraclf.base.errors import ConfigError
 
     train_file = tmp_path / "train.jsonl"
     train_file.write_text("".join(json.dumps(r) + "\n" for r in tiny_rows(8, seed=3)))

@@ -11,11 +11,11 @@ import pandas as pd
 import pytest
 import torch
 
-from loraclf import budget
+from loraclf.model import budget
 from loraclf import model as model_mod
 from loraclf import runs
 from loraclf.config import load_config
-from loraclf.errors import ConfigError, ModelError
+from loraclf.base.errors import ConfigError, ModelError
 from loraclf.training import build_optimizer, set_seed, train
 
 H, LAYERS, LABELS = 32, 2, 4  # the tiny_bert fixture: hidden 32, 2 layers; tiny_data: 4 AG-News-shaped classes
@@ -100,7 +100,7 @@ def test_method_trains_counts_exactly_and_reloads_identically(case, tiny_overrid
     torch.testing.assert_close(_logits(stock, tok, texts), want, atol=2e-5, rtol=1e-4)
 
     # evaluate and predict go through the reloaded (merged) model and agree with the in-training test metrics
-    from loraclf.predict import evaluate_file, predict_file
+    from loraclf.infer.engine import evaluate_file, predict_file
 
     ev = evaluate_file(run, tiny_data["test"], quiet=True)
     assert ev["accuracy"] == pytest.approx(result.metrics["test"]["accuracy"], abs=1e-9)

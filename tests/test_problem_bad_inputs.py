@@ -20,7 +20,7 @@ import pytest
 import loraclf
 from loraclf import cli
 from loraclf.config import load_config, parse_override
-from loraclf.errors import ConfigError, DataError, LoraclfError
+from loraclf.base.errors import ConfigError, DataError, LoraclfError
 from loraclf.training import train
 
 from test_problem_types import MULTI, NAMES, PAIRS, REGRESSION, SINGLE, problem_rows, type_overrides

@@ -14,13 +14,13 @@ import pandas as pd
 import pytest
 import torch
 
-from loraclf import problem
+from loraclf import task as problem
 from loraclf.api import Classifier
 from loraclf.cli import main
 from loraclf.config import load_config
-from loraclf.errors import DataError, ModelError
-from loraclf.export import export_run
-from loraclf.predict import evaluate_file, load_inference_model, predict_file
+from loraclf.base.errors import DataError, ModelError
+from loraclf.publish.export import export_run
+from loraclf.infer.engine import evaluate_file, load_inference_model, predict_file
 from loraclf.training import train
 
 from conftest import CLASS_WORDS, tiny_rows

@@ -16,10 +16,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from loraclf import budget, cli, compare, problem, report, runs
-from loraclf.adapt import Pseudo, pseudo_labels, select_confident, self_train, student_train_set
+from loraclf.model import budget
+from loraclf import cli, task as problem, runs
+from loraclf.report import html as report
+from loraclf.report import figures, files as report_files
+from loraclf.report import compare
+from loraclf.training.self_train import Pseudo, pseudo_labels, select_confident, self_train, student_train_set
 from loraclf.config import load_config
-from loraclf.errors import ConfigError, LoraclfError
+from loraclf.base.errors import ConfigError, LoraclfError
 from loraclf.sweep import load_sweep, trial_config
 from loraclf.training import train
 
@@ -102,15 +106,15 @@ def test_regression_report_has_predicted_vs_true_and_residuals(trained):
 
     rows = _val_rows(run)
     y, pred = np.array([float(r["label"]) for r in rows]), np.array([float(r["predicted"]) for r in rows])
-    fig = report.plot_predicted_vs_true(y, pred)
+    fig = figures.plot_predicted_vs_true(y, pred)
     ax = fig.axes[0]
     np.testing.assert_allclose(ax.collections[0].get_offsets(), np.c_[y, pred])
     diagonal = _labelled_lines(fig)["y = x"]
     np.testing.assert_allclose(diagonal.get_xdata(), diagonal.get_ydata())
-    hist = report.plot_residuals(pred - y)
+    hist = figures.plot_residuals(pred - y)
     assert sum(p.get_height() for p in hist.axes[0].patches) == len(rows)
 
-    lines = _labelled_lines(report.plot_curves(report.load_run(run)))
+    lines = _labelled_lines(figures.plot_curves(report_files.load_run(run)))
     history = [r for r in runs.read_jsonl(run / runs.HISTORY) if r["type"] == "eval"]
     assert list(lines["validation RMSE"].get_ydata()) == [r["rmse"] for r in history]
     assert "validation Pearson r" in lines and "validation accuracy" not in lines
@@ -129,14 +133,14 @@ def test_multi_label_report_has_per_label_bars_and_thresholds(trained):
     for name, t in zip(per_label, thresholds):
         assert f"<td>{name}</td>" in page and f"<td>{t:.3f}</td>" in page
 
-    fig = report.plot_per_label(per_label)
+    fig = figures.plot_per_label(per_label)
     bars, threshold_bars = fig.axes[0].patches, fig.axes[1].patches
     assert len(bars) == 3 * len(per_label)
     np.testing.assert_allclose([b.get_height() for b in threshold_bars], thresholds)
     f1 = [b.get_height() for b in bars[2 * len(per_label):]]
     np.testing.assert_allclose(f1, [v["f1"] for v in per_label.values()])
     # the worst example has the most wrong labels of any row
-    worst = report.confidently_wrong(report.load_run(run))
+    worst = report.confidently_wrong(report_files.load_run(run))
     errors = [len(set(r["labels"].split("|")) ^ set(filter(None, r["predicted"].split("|")))) for r in _val_rows(run)]
     assert worst and worst[0]["errors"] == max(errors)
 
@@ -152,7 +156,7 @@ def test_calibrated_single_label_report_has_a_reliability_diagram(trained):
     for key in ("ece_before", "ece_after", "nll_before", "nll_after"):
         assert f"<td>{cal['val'][key]:.4f}</td>" in table and f"<td>{cal['test'][key]:.4f}</td>" in table
     rows = _val_rows(run)
-    fig = report.plot_reliability(np.array([float(r["confidence"]) for r in rows]),
+    fig = figures.plot_reliability(np.array([float(r["confidence"]) for r in rows]),
                                   np.array([r["label"] == r["predicted"] for r in rows]))
     assert sum(p.get_height() for p in fig.axes[1].patches) == len(rows)
     assert "accuracy per confidence bin" in _labelled_lines(fig)
@@ -187,7 +191,7 @@ def test_compare_two_regression_runs_and_refuse_mixed_types(trained, tmp_path, c
         assert float(row["val_rmse"]) == pytest.approx(m["val"]["rmse"])
         assert float(row["test_mae"]) == pytest.approx(m["test"]["mae"])
     assert "| train.learning_rate | 0.005 | 0.001 |" in (out / "compare.md").read_text()
-    fig = compare.plot_compare([report.load_run(a), report.load_run(b)], ["a", "b"])
+    fig = compare.plot_compare([report_files.load_run(a), report_files.load_run(b)], ["a", "b"])
     assert [ax.get_title() for ax in fig.axes if ax.get_lines()][2:] == ["validation RMSE", "validation MAE"]
 
     assert cli.main(["compare", str(a), str(trained["multi"]), "--output", str(tmp_path / "mixed")]) == 2

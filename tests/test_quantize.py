@@ -1,4 +1,4 @@
-"""Dynamic int8 quantization (loraclf.quantize): agreement with fp32, the saved form, and bad input."""
+"""Dynamic int8 quantization (loraclf.infer.int8): agreement with fp32, the saved form, and bad input."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from conftest import tiny_rows
-from loraclf.errors import ModelError
-from loraclf.predict import predict_texts
-from loraclf.onnx_graph import INT8_ONNX_FILE
-from loraclf.quantize import QUANTIZED_FILE, load_quantized, quantize_model, quantized_linears, save_quantized
+from loraclf.base.errors import ModelError
+from loraclf.infer.engine import predict_texts
+from loraclf.infer.onnx import INT8_ONNX_FILE
+from loraclf.infer.int8 import QUANTIZED_FILE, load_quantized, quantize_model, quantized_linears, save_quantized
 
 TEXTS = [r["text"] for r in tiny_rows(120, seed=7)]
 
@@ -150,8 +150,8 @@ def int8_export(int8_run, tmp_path_factory) -> Path:
 @pytest.mark.parametrize("engine", ["torch", "onnxruntime"])
 def test_export_quantize_and_predict_precision_int8(engine, int8_run, int8_export, tiny_data, tmp_path, capsys):
     from loraclf.cli import main
-    from loraclf.onnx_graph import OnnxClassifier
-    from loraclf.predict import load_inference_model
+    from loraclf.infer.onnx import OnnxClassifier
+    from loraclf.infer.engine import load_inference_model
 
     out = int8_export
     texts = pd.read_csv(tiny_data["test"])["text"].tolist()
@@ -184,7 +184,7 @@ def test_the_int8_onnx_file_runs_in_a_stock_onnxruntime_session(int8_export, tin
     import onnxruntime as ort
     from transformers import AutoTokenizer
 
-    from loraclf.predict import load_inference_model
+    from loraclf.infer.engine import load_inference_model
 
     texts = pd.read_csv(tiny_data["test"])["text"].tolist()[:16]
     sess = ort.InferenceSession(str(int8_export / INT8_ONNX_FILE), providers=["CPUExecutionProvider"])
@@ -199,7 +199,7 @@ def test_the_int8_onnx_file_runs_in_a_stock_onnxruntime_session(int8_export, tin
 def test_classifier_predicts_int8_and_bad_precisions_are_one_line(int8_run, tiny_data, tmp_path, capsys):
     import loraclf
     from loraclf.cli import main
-    from loraclf.errors import ConfigError
+    from loraclf.base.errors import ConfigError
 
     clf = loraclf.Classifier.from_run(int8_run)
     texts = pd.read_csv(tiny_data["test"])["text"].tolist()[:20]
@@ -217,7 +217,7 @@ def test_classifier_predicts_int8_and_bad_precisions_are_one_line(int8_run, tiny
 
 
 def test_serving_several_runs_as_adapters_refuses_int8(int8_run):
-    from loraclf.errors import LoraclfError
+    from loraclf.base.errors import LoraclfError
     from loraclf.serve import load_models
 
     with pytest.raises(LoraclfError, match=r"^--precision int8 serves one run or export at a time"):
@@ -227,9 +227,9 @@ def test_serving_several_runs_as_adapters_refuses_int8(int8_run):
 def test_int8_says_once_that_bf16_is_faster_where_amx_runs_it(int8_run, tiny_data, monkeypatch, capsys):
     """On a CPU with AMX, bf16 measured faster than int8 (bench/results/predict_speed_amx.md): one warning line per
     loaded model, and none elsewhere. The CPU's flags are the one thing faked (no test can change the CPU)."""
-    from loraclf import device
-    from loraclf.predict import load_inference_model
-    from loraclf.quantize import SLOWER_ON_AMX
+    from loraclf.base import device
+    from loraclf.infer.engine import load_inference_model
+    from loraclf.infer.int8 import SLOWER_ON_AMX
 
     texts = pd.read_csv(tiny_data["test"])["text"].tolist()[:8]
     monkeypatch.setattr(device, "bf16_supported", lambda: True)
@@ -249,7 +249,7 @@ def test_int8_says_once_that_bf16_is_faster_where_amx_runs_it(int8_run, tiny_dat
 
 
 def test_cpu_flags_read_this_machines_cpuinfo():
-    from loraclf import device
+    from loraclf.base import device
 
     flags = device.cpu_flags()
     if not Path("/proc/cpuinfo").exists():
@@ -264,7 +264,7 @@ def test_cpu_flags_read_this_machines_cpuinfo():
 
 
 def test_onnxruntime_int8_agrees_with_fp32_on_most_rows(tiny_bert, tmp_path):
-    from loraclf.onnx_graph import OnnxClassifier, write_int8
+    from loraclf.infer.onnx import OnnxClassifier, write_int8
 
     model, tok = _fp32(tiny_bert)
     info = write_int8(model, tok, tmp_path, TEXTS[:32], 64)
@@ -281,7 +281,7 @@ def test_onnxruntime_int8_agrees_with_fp32_on_most_rows(tiny_bert, tmp_path):
 
 def test_int8_onnx_without_fusion_still_works(tiny_bert, tmp_path, monkeypatch):
     """A family outside the fused list, or a graph the optimizer cannot read, is quantized unfused."""
-    from loraclf import onnx_graph
+    from loraclf.infer import onnx as onnx_graph
 
     model, tok = _fp32(tiny_bert)
     monkeypatch.setattr(onnx_graph, "FUSED_TYPES", ())
@@ -301,8 +301,9 @@ def test_int8_onnx_without_fusion_still_works(tiny_bert, tmp_path, monkeypatch):
 def test_auto_engine_follows_the_cpus_int8_instructions(monkeypatch):
     """onnxruntime where the CPU has VNNI or AMX-INT8 (measured faster there), torch elsewhere and without
     onnxruntime. The CPU's flags and the install are the things faked (no test can change them)."""
-    from loraclf import device, quantize
-    from loraclf.errors import ConfigError
+    from loraclf.base import device
+    from loraclf.infer import int8 as quantize
+    from loraclf.base.errors import ConfigError
 
     for flags, want in (({"avx2", "avx512_vnni"}, "onnxruntime"), ({"avx2", "avx_vnni"}, "onnxruntime"),
                         ({"amx_bf16", "amx_int8"}, "onnxruntime"), ({"avx2", "fma"}, "torch"), (set(), "torch")):
@@ -321,7 +322,7 @@ def test_auto_engine_follows_the_cpus_int8_instructions(monkeypatch):
 def test_bad_int8_engine_is_one_line(int8_run, tiny_data, tmp_path, capsys):
     import loraclf
     from loraclf.cli import main
-    from loraclf.errors import ConfigError
+    from loraclf.base.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"^'--int8-engine' must be one of auto, torch, onnxruntime, got 'tpu'$"):
         loraclf.Classifier.from_run(int8_run, int8_engine="tpu")
@@ -333,10 +334,10 @@ def test_bad_int8_engine_is_one_line(int8_run, tiny_data, tmp_path, capsys):
 
 
 def test_int8_defaults_to_smaller_batches_and_an_explicit_batch_size_wins(int8_run, tiny_data, monkeypatch):
-    """batch_size None: PREDICT_BATCH, INT8_PREDICT_BATCH for int8 (faster there, loraclf.limits); a given one stays."""
-    import loraclf.predict as predict_mod
-    from loraclf.limits import INT8_PREDICT_BATCH, PREDICT_BATCH
-    from loraclf.predict import load_inference_model
+    """batch_size None: PREDICT_BATCH, INT8_PREDICT_BATCH for int8 (faster there, loraclf.config.limits); a given one stays."""
+    import loraclf.infer.engine as predict_mod
+    from loraclf.config.limits import INT8_PREDICT_BATCH, PREDICT_BATCH
+    from loraclf.infer.engine import load_inference_model
 
     seen = []
     real = predict_mod.token_batches

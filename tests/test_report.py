@@ -22,13 +22,15 @@ from PIL import Image
 
 from conftest import IN_CI
 
-from loraclf import compare, report, runs
+from loraclf.report import compare
+from loraclf import report, runs
+from loraclf.report import figures, files as report_files
 from loraclf.cli import main
 from loraclf.config import load_config
 from loraclf.training import train
 
 CURVE_NAMES = ["train loss", "validation loss", "validation accuracy", "validation macro-F1", "learning rate"]
-# the line colours report.plot_curves uses, in CURVE_NAMES order
+# the line colours figures.plot_curves uses, in CURVE_NAMES order
 CURVE_COLOURS = [(0x1F, 0x77, 0xB4), (0xD6, 0x27, 0x28), (0x2C, 0xA0, 0x2C), (0x94, 0x67, 0xBD), (0x7F, 0x7F, 0x7F)]
 
 
@@ -106,7 +108,7 @@ def test_curves_png_has_the_expected_curves(two_runs):
     for name, colour in zip(CURVE_NAMES, CURVE_COLOURS):
         assert _has_colour(img, colour), f"no pixels of the {name} curve's colour in curves.png"
 
-    fig = report.plot_curves(report.load_run(run_a))
+    fig = figures.plot_curves(report_files.load_run(run_a))
     lines = [ln for ax in fig.axes for ln in ax.get_lines() if not ln.get_label().startswith("_")]
     assert [ln.get_label() for ln in lines] == CURVE_NAMES
     history = runs.read_jsonl(run_a / runs.HISTORY)
@@ -124,7 +126,7 @@ def test_confusion_png_has_label_names_counts_and_normalised(two_runs):
     img = _png_info(run_a / "report" / "confusion.png")
     assert img.width >= 600 and img.height >= 300
     val = runs.read_json(run_a / runs.METRICS)["val"]
-    fig = report.plot_confusion(val["confusion_matrix"], val["labels"])
+    fig = figures.plot_confusion(val["confusion_matrix"], val["labels"])
     heatmaps = [ax for ax in fig.axes if ax.images]
     assert len(heatmaps) == 2
     for ax in heatmaps:
@@ -207,7 +209,7 @@ def test_compare_two_runs(two_runs, tmp_path):
     assert {rows[0]["train.learning_rate"], rows[1]["train.learning_rate"]} == {"0.005", "0.001"}
     img = _png_info(out / "curves.png")
     assert img.width >= 800
-    fig = compare.plot_compare([report.load_run(run_a), report.load_run(run_b)], ["a", "b"])
+    fig = compare.plot_compare([report_files.load_run(run_a), report_files.load_run(run_b)], ["a", "b"])
     per_panel = [[ln.get_label() for ln in ax.get_lines()] for ax in fig.axes if ax.get_lines()]
     assert per_panel == [["a", "b"]] * 4
 

@@ -33,7 +33,7 @@ SERVER = r"""
 import json, os, sys
 import torch, transformers, peft, accelerate, datasets, sklearn.model_selection, safetensors.torch
 import transformers.models.bert.modeling_bert
-import loraclf.cli, loraclf.training, loraclf.data, loraclf.model, loraclf.predict
+import loraclf.cli, loraclf.training, loraclf.data, loraclf.model, loraclf.infer.engine
 print(json.dumps({"ready": True}), flush=True)
 for line in sys.stdin:
     job = json.loads(line)
@@ -223,7 +223,7 @@ def test_sigkill_at_10_random_points_then_resume_matches_uninterrupted(setup):
                                       f"{Path(f'{log}.err').read_text()[-2000:]}"
         newest = newest_valid = None
         if (run / runs.CONFIG).exists():
-            from loraclf.checkpoint import newest_valid_checkpoint
+            from loraclf.runs.checkpoints import newest_valid_checkpoint
 
             newest = _newest_step(run)
             newest_valid = newest_valid_checkpoint(run, log=lambda m: None)
@@ -272,7 +272,7 @@ def test_sigint_and_sigterm_save_a_checkpoint_and_exit_conventionally(setup, fir
 
 def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(tiny_overrides, capsys):
     from loraclf.config import load_config
-    from loraclf.checkpoint import newest_valid_checkpoint
+    from loraclf.runs.checkpoints import newest_valid_checkpoint
     from loraclf.training import train
 
     over = tiny_overrides + ["output.save_steps=1", "output.save_total_limit=10", "train.num_threads=1"]
@@ -332,7 +332,7 @@ def test_a_checkpoint_pickle_that_would_run_code_is_refused(tiny_overrides, tmp_
     import hashlib
 
     from loraclf.config import load_config
-    from loraclf.errors import RunError
+    from loraclf.base.errors import RunError
     from loraclf.training import train
 
     cfg = load_config(None, tiny_overrides + ["output.save_steps=3"])
@@ -380,7 +380,7 @@ def test_sigterm_to_one_of_two_processes_checkpoints_all_of_them(tiny_bert, tiny
     finally:
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGKILL)
-    from loraclf.checkpoint import verify_checkpoint
+    from loraclf.runs.checkpoints import verify_checkpoint
 
     assert "SIGTERM received: saved checkpoint step-" in err, err[-3000:]
     newest = runs.latest_checkpoint(run)

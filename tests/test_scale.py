@@ -11,7 +11,7 @@ import torch
 
 import loraclf.data as data
 from loraclf.config import load_config
-from loraclf.errors import DataError
+from loraclf.base.errors import DataError
 
 
 @pytest.fixture

@@ -18,8 +18,8 @@ import pytest
 
 from loraclf.cli import main
 from loraclf.config import load_config
-from loraclf.export import export_run
-from loraclf.predict import load_inference_model
+from loraclf.publish.export import export_run
+from loraclf.infer.engine import load_inference_model
 from loraclf.training import train
 
 from helpers_infer import Server, free_port, tiny_run_overrides

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from loraclf import adapters
+from loraclf.serve import multi_adapter as adapters
 from loraclf.cli import main
 from loraclf.config import load_config
 from loraclf.training import train
@@ -173,7 +173,7 @@ def test_runs_given_one_by_one_and_duplicate_names(runs_root, tmp_path, capsys):
 
 def test_adapters_on_one_base_predict_like_each_run(runs_root, texts, reference):
     """In process: the three heads (2, 3 and 4 outputs) sit on one base model, each active in turn."""
-    from loraclf.predict import predict_texts
+    from loraclf.infer.engine import predict_texts
 
     aset = adapters.load_adapters([runs_root / n for n in LABEL_SETS], device="cpu")
     assert aset.bases == 1 and len({id(a.model) for a in aset.adapters.values()}) == 1
@@ -186,7 +186,7 @@ def test_adapters_on_one_base_predict_like_each_run(runs_root, texts, reference)
 
 def test_runs_of_another_method_and_an_export_are_served_beside_the_adapters(runs_root, texts, reference, tmp_path):
     """An IA3 run needs its own copy of the base (PEFT keeps one method per model); an export is served as it is."""
-    from loraclf.export import export_run
+    from loraclf.publish.export import export_run
     from loraclf.serve import load_models
 
     cfg = load_config(runs_root / "pair" / "config.yaml", ["adapter.method=ia3", f"output.dir={tmp_path}",
@@ -202,6 +202,6 @@ def test_runs_of_another_method_and_an_export_are_served_beside_the_adapters(run
         want = reference[name].iloc[:5][[f"prob_{n}" for n in LABEL_SETS[name]]].to_numpy()
         np.testing.assert_allclose(m.predict(texts[:5]), want, atol=1e-5)
     assert m.labels == LABEL_SETS["quad"] and models[1].labels == LABEL_SETS["pair"]
-    from loraclf.predict import load_inference_model
+    from loraclf.infer.engine import load_inference_model
 
     np.testing.assert_allclose(models[1].predict(texts[:5]), load_inference_model(ia3).predict(texts[:5]), atol=1e-5)

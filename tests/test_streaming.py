@@ -17,7 +17,7 @@ import pytest
 import loraclf.data as data
 from loraclf import runs
 from loraclf.config import load_config
-from loraclf.errors import ConfigError, DataError
+from loraclf.base.errors import ConfigError, DataError
 
 # one torch thread: on a small shared machine more threads than free cores make the tiny model several times slower
 STREAM = ["data.streaming=true", "data.shuffle_buffer_size=64", "train.num_threads=1"]

@@ -21,7 +21,7 @@ from conftest import IN_CI  # noqa: E402
 
 from loraclf import cli  # noqa: E402
 from loraclf.config import load_config  # noqa: E402
-from loraclf.errors import ConfigError  # noqa: E402
+from loraclf.base.errors import ConfigError  # noqa: E402
 from loraclf.sweep import SweepError, load_sweep, run_sweep, with_driver  # noqa: E402
 
 PG_URL = os.environ.get("LORACLF_TEST_POSTGRES_URL", "postgresql://loraclf:loraclf@127.0.0.1:5432/loraclf_test")

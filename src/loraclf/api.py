@@ -3,7 +3,7 @@ evaluate and export.
 
 It calls the same library functions as the CLI (config.from_dict, train.train, predict.*, export.export_run), so a
 run trained here is the run `loraclf train` would write, with the same checks. Bad input raises a
-`loraclf.errors.LoraclfError` subclass whose message is the CLI's one line; nothing here exits the process.
+`loraclf.base.errors.LoraclfError` subclass whose message is the CLI's one line; nothing here exits the process.
 """
 
 from __future__ import annotations
@@ -18,14 +18,16 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 import pandas as pd
 
-from . import adapt, logs, problem, runs
-from . import device as device_mod
+from .training import self_train as adapt
+from .base import logs
+from . import task as problem, runs
+from .base import device as device_mod
 from . import config as config_mod
 from . import data as data_mod
-from . import export as export_mod
-from . import predict as predict_mod
+from .publish import export as export_mod
+from .infer import engine as predict_mod
 from .config import MAX_BATCH, Config
-from .errors import ConfigError, DataError, ModelError, RunError
+from .base.errors import ConfigError, DataError, ModelError, RunError
 from .training import train as train_run
 
 __all__ = ["train", "Classifier", "TrainResult", "ConfigLike", "FrameLike", "TextsLike", "PairsLike"]
@@ -149,7 +151,7 @@ def write_frame(df: pd.DataFrame, folder: Path, name: str) -> Path:
 
 
 def check_batch_size(batch_size: Any) -> None:
-    """None (the precision's default batch, loraclf.limits) or an integer in range."""
+    """None (the precision's default batch, loraclf.config.limits) or an integer in range."""
     if batch_size is None:
         return
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= MAX_BATCH:

@@ -15,7 +15,7 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-from .. import sources
+from ..base import sources
 from ..config import DataConfig
 from . import windows
 from .read import column

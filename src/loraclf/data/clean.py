@@ -13,9 +13,9 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-from .. import logs
+from ..base import logs
 from ..config import DataConfig
-from ..errors import DataError, did_you_mean
+from ..base.errors import DataError, did_you_mean
 from .read import column, read_table
 
 logger = logs.get(__name__)

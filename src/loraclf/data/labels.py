@@ -9,7 +9,7 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-from ..errors import DataError
+from ..base.errors import DataError
 
 
 def normalise_label(v):

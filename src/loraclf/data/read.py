@@ -14,9 +14,9 @@ from typing import Optional
 
 import pandas as pd
 
-from .. import sources
+from ..base import sources
 from ..config import DataConfig
-from ..errors import DataError, did_you_mean, first_line
+from ..base.errors import DataError, did_you_mean, first_line
 
 READERS = {
     ".csv": "csv",

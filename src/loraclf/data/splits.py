@@ -14,10 +14,10 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-from .. import logs, sources
+from ..base import logs, sources
 from ..config import DataConfig
-from ..problem import MULTI, SINGLE
-from ..errors import DataError
+from ..task import MULTI, SINGLE
+from ..base.errors import DataError
 from . import targets
 from .clean import check_columns, clean_arrow, clean_frame, is_missing, label_source, text_columns
 from .labels import build_label_map, encode_arrow, normalise_label

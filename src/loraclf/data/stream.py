@@ -4,7 +4,7 @@ every other path (clean.clean_batch), labels encoded, tokenized as it is read, a
 from __future__ import annotations
 
 from ..config import DataConfig
-from ..errors import DataError
+from ..base.errors import DataError
 from .batches import collator
 from .clean import clean_batch, text_columns
 from .labels import encode_labels

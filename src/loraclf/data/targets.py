@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from ..config import DataConfig
-from ..errors import DataError
+from ..base.errors import DataError
 
 DELIMITER_HINTS = ("|", ";", ",")
 

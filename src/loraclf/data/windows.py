@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Optional
 
 from ..config import DataConfig
-from ..errors import ConfigError
+from ..base.errors import ConfigError
 
 
 def encode(tokenizer, texts: list[str], pairs: Optional[list[str]], data: DataConfig) -> dict:

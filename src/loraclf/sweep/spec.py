@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from .. import problem, runs
+from .. import task as problem, runs
 from ..config import Config, flatten, from_dict, read_yaml, resolve_paths, set_path
-from ..errors import ConfigError, did_you_mean
+from ..base.errors import ConfigError, did_you_mean
 
 
 

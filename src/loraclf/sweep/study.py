@@ -19,9 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from .. import budget, data, logs, runs
+from ..model import budget
+from .. import data, runs
+from ..base import logs
 from ..config import Config
-from ..errors import BudgetError, ConfigError, LoraclfError
+from ..base.errors import BudgetError, ConfigError, LoraclfError
 from ..training import train
 from .results import test_attr, write_results
 from .spec import Param, SweepSpec, load_sweep, shown_params, trial_config

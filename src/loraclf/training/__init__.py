@@ -15,9 +15,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Optional
 
-from .. import logs
+from ..base import logs
 from ..config import Config
-from ..errors import LoraclfError
+from ..base.errors import LoraclfError
 from .finish import TrainResult, finish
 from .loop import fit
 from .setup import build_optimizer, default_run_name, eval_loader, prepare, restore, set_seed, setup, start_trackers

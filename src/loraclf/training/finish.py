@@ -9,10 +9,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import card, checkpoint, device, problem, report, runs
+from ..publish import card
+from ..runs import checkpoints as checkpoint
+from ..base import device
+from .. import task as problem, report, runs
 from .. import model as model_mod
-from ..evaluate import compute_metrics, predict_logits
-from . import decide
+from ..infer.evaluate import compute_metrics, predict_logits
+from . import calibrate as decide
 from . import trackers as trackers_mod
 from .setup import Setup, eval_loader
 from .state import LoopState

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from .. import augment
+from ..data import augment
 from .. import data as data_mod
 from ..config import Config
 

@@ -16,13 +16,15 @@ from typing import Callable, Optional
 
 import torch
 
-from .. import checkpoint, logs, problem, runs
-from ..errors import DataError
-from ..evaluate import compute_metrics, predict_probs, scalars
+from ..runs import checkpoints as checkpoint
+from ..base import logs
+from .. import task as problem, runs
+from ..base.errors import DataError
+from ..infer.evaluate import compute_metrics, predict_probs, scalars
 from . import inputs as inputs_mod
 from . import trackers as trackers_mod
 from .loss import loss_of
-from .prefix import ROW
+from .speed.prefix import ROW
 from .setup import Setup
 from .state import Interrupted, LoopState, StopSignals
 

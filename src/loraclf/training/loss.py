@@ -12,10 +12,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .. import problem
+from .. import task as problem
 from ..config import Config
-from ..errors import DataError
-from ..problem import MULTI, REGRESSION
+from ..base.errors import DataError
+from ..task import MULTI, REGRESSION
 
 
 @dataclass

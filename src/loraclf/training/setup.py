@@ -17,15 +17,19 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from .. import augment, budget, checkpoint, device, logs, methods, problem, runs
+from ..data import augment
+from ..model import budget, methods
+from ..runs import checkpoints as checkpoint
+from ..base import device, logs
+from .. import task as problem, runs
 from .. import data as data_mod
 from .. import model as model_mod
 from ..config import Config
-from ..errors import BudgetError, RunError
+from ..base.errors import BudgetError, RunError
 from . import inputs as inputs_mod
 from . import loss as loss_mod
-from . import dropout as dropout_mod
-from . import prefix as prefix_mod
+from .speed import dropout as dropout_mod
+from .speed import prefix as prefix_mod
 from . import trackers as trackers_mod
 from .state import LoopState
 

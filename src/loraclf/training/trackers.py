@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .. import runs
 from ..config import Config, flatten
-from ..errors import RunError, first_line
+from ..base.errors import RunError, first_line
 
 
 def mlflow_uri(cfg: Config, run: Path) -> str:

@@ -1,0 +1,161 @@
+"""The checks of a built config that involve more than one key; config.from_dict reports them with the rest."""
+
+from __future__ import annotations
+
+from ..base import sources
+from ..base.errors import did_you_mean
+from .limits import MAX_RANK
+from ..task import LOSSES, MULTI, REGRESSION, SCALARS, SINGLE
+
+TRACKERS = ("tensorboard", "mlflow")
+
+
+def cross_checks(cfg) -> list[str]:
+    problems = []
+    name = cfg.output.run_name
+    if name is not None and (name in ("", ".", "..") or "/" in name or "\\" in name or "\0" in name):
+        # a run writes only inside output.dir/run_name; a name with a path in it could point anywhere
+        problems.append(f"'output.run_name' must be a plain folder name (no '/' or '..'), got {name!r}; "
+                        f"put the parent folder in output.dir")
+    for name in cfg.track:
+        if name not in TRACKERS:
+            problems.append(f"'track' has unknown tracker '{name}'{did_you_mean(name, TRACKERS)}; choose from {', '.join(TRACKERS)}")
+    if isinstance(cfg.adapter.r, int) and cfg.adapter.r < 1:
+        problems.append(f"'adapter.r' must be >= 1 or 'auto', got {cfg.adapter.r}")
+    if isinstance(cfg.adapter.r, int) and cfg.adapter.r > MAX_RANK:
+        problems.append(f"'adapter.r' must be <= {MAX_RANK} or 'auto', got {cfg.adapter.r}")
+    if cfg.adapter.r == "auto" and cfg.budget.max_trainable_params is None:
+        problems.append("'adapter.r: auto' needs budget.max_trainable_params (the cap the rank is fitted under)")
+    if cfg.adapter.r == "auto" and cfg.adapter.method == "ia3":
+        problems.append("'adapter.r: auto' does not apply to adapter.method ia3, which has no rank (its size is fixed "
+                        "by the target modules); set adapter.r to a number or choose fewer adapter.target_modules")
+    if (cfg.adapter.method == "adalora" and cfg.adapter.init_r is not None and isinstance(cfg.adapter.r, int)
+            and cfg.adapter.init_r < cfg.adapter.r):
+        problems.append(f"'adapter.init_r' ({cfg.adapter.init_r}) must be >= adapter.r ({cfg.adapter.r}), AdaLoRA's target rank")
+    if cfg.adapter.lokr_decompose_factor == 0:
+        problems.append("'adapter.lokr_decompose_factor' must be -1 (automatic) or a factor >= 1, got 0")
+    if isinstance(cfg.adapter.target_modules, list) and not cfg.adapter.target_modules:
+        problems.append("'adapter.target_modules' is an empty list; give a preset (qv) or module names")
+    if cfg.data.train is None and cfg.data.name is None:
+        problems.append("no training data: set data.train to a file or data.name to a dataset (e.g. ag_news)")
+    tc = cfg.data.text_column
+    if isinstance(tc, list) and not tc:
+        problems.append("'data.text_column' is an empty list; name at least one column")
+    names = cfg.data.label_names or []
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        problems.append(f"'data.label_names' names {', '.join(repr(n) for n in twice)} more than once; each class id "
+                        f"needs its own name")
+    if len(cfg.optimizer.betas) != 2 or not all(0 <= b < 1 for b in cfg.optimizer.betas):
+        problems.append(f"'optimizer.betas' must be two numbers in [0, 1), got {cfg.optimizer.betas}")
+    if cfg.optimizer.name == "loraplus" and cfg.adapter.method not in ("lora", "dora", "rslora", "pissa"):
+        problems.append(f"'optimizer.name: loraplus' needs a LoRA-family adapter.method, got '{cfg.adapter.method}'")
+    if cfg.data.validation_split >= 1 and not float(cfg.data.validation_split).is_integer():
+        problems.append(f"'data.validation_split' >= 1 is a row count and must be whole, got {cfg.data.validation_split}")
+    if cfg.data.unlabeled is None and cfg.adapt.rounds > 1:
+        problems.append("'adapt.rounds' > 1 needs data.unlabeled (the texts to pseudo-label)")
+    if cfg.data.streaming:
+        problems += _streaming_checks(cfg)
+    if cfg.train.prefix_cache is True:
+        problems += _prefix_cache_checks(cfg)
+    if cfg.train.fast_dropout is True and cfg.train.torch_compile:
+        problems.append("'train.fast_dropout: true' does not combine with train.torch_compile (the compiled model "
+                        "keeps the dropout it was traced with); set train.fast_dropout=auto or false")
+    return problems + _problem_checks(cfg) + _long_text_checks(cfg.data)
+
+
+def prefix_cache_clashes(cfg) -> list[str]:
+    """The settings under which the lower layers' outputs change between epochs or are not kept, so
+    train.prefix_cache cannot apply: refused here for true, and the reason auto stays off (training/prefix.py)."""
+    clashes = [(cfg.augment.enabled, "augment.enabled (each epoch's texts differ)"),
+               (cfg.data.streaming, "data.streaming (rows are read once and not kept)"),
+               (cfg.train.torch_compile, "train.torch_compile (the compiled encoder runs whole)")]
+    return [what for on, what in clashes if on]
+
+
+def _prefix_cache_checks(cfg) -> list[str]:
+    return [f"'train.prefix_cache: true' does not combine with {what}; set train.prefix_cache=auto or false"
+            for what in prefix_cache_clashes(cfg)]
+
+
+def _problem_checks(cfg) -> list[str]:
+    """Settings that only some problem types have (see problem.py)."""
+    pt, problems = cfg.model.problem_type, []
+    fit = f"model.problem_type is {pt}"
+    if cfg.train.loss is not None and cfg.train.loss not in LOSSES[pt]:
+        problems.append(f"'train.loss' {cfg.train.loss} does not fit {pt}; choose {' or '.join(LOSSES[pt])}")
+    metric = cfg.eval.metric_for_best_model
+    if metric is not None and metric not in SCALARS[pt]:
+        problems.append(f"'eval.metric_for_best_model' {metric!r} is not a {pt} metric{did_you_mean(metric, SCALARS[pt])}; "
+                        f"choose from {', '.join(SCALARS[pt])}")
+    if pt == REGRESSION and cfg.eval.tune_thresholds in ("f1", "fbeta"):
+        problems.append(f"'eval.tune_thresholds' {cfg.eval.tune_thresholds} needs classes, but {fit}; set it to auto or none")
+    if pt != SINGLE and cfg.eval.calibration != "none":
+        problems.append(f"'eval.calibration: {cfg.eval.calibration}' is for single_label_classification, but {fit}")
+    if pt != MULTI and (cfg.data.label_delimiter is not None or cfg.data.label_columns is not None):
+        key = "data.label_delimiter" if cfg.data.label_delimiter is not None else "data.label_columns"
+        problems.append(f"'{key}' gives label sets, which need model.problem_type=multi_label_classification ({fit})")
+    if cfg.data.label_delimiter == "":
+        problems.append("'data.label_delimiter' is empty; in YAML quote it (label_delimiter: \"|\"), since a bare | "
+                        "starts a block of text")
+    if cfg.data.label_columns is not None and len(cfg.data.label_columns) < 2:
+        problems.append("'data.label_columns' needs at least two 0/1 columns, one per label")
+    if pt == REGRESSION and cfg.train.class_weights != "none":
+        problems.append(f"'train.class_weights' needs classes, but {fit}; remove it")
+    if pt != SINGLE and cfg.data.sampling == "balanced":
+        problems.append(f"'data.sampling: balanced' draws classes equally often: single_label_classification only ({fit})")
+    if pt != SINGLE and cfg.train.label_smoothing:
+        problems.append(f"'train.label_smoothing' is for single-label cross-entropy ({fit})")
+    if isinstance(cfg.train.class_weights, dict):
+        bad = {k: v for k, v in cfg.train.class_weights.items() if not v > 0}
+        if bad:
+            k, v = next(iter(bad.items()))
+            problems.append(f"'train.class_weights' must be positive numbers; label {k!r} has {v:g}")
+    if cfg.data.streaming and (pt != SINGLE or cfg.data.text_pair_column is not None):
+        problems.append("'data.streaming: true' trains single-label classification of single texts; set "
+                        "data.streaming=false for other problem types or sentence pairs")
+    if cfg.data.streaming and cfg.data.long_text == "chunks":
+        problems.append("'data.long_text: chunks' does not apply to a stream; set data.streaming=false")
+    return problems
+
+
+def _long_text_checks(data) -> list[str]:
+    problems = []
+    if data.long_text == "chunks" and data.stride >= data.max_length:
+        problems.append(f"'data.stride' ({data.stride}) must be smaller than data.max_length ({data.max_length}): "
+                        f"windows advance by max_length - stride tokens")
+    if data.long_text == "head_tail" and data.head_tokens is not None and data.head_tokens >= data.max_length:
+        problems.append(f"'data.head_tokens' ({data.head_tokens}) must be smaller than data.max_length "
+                        f"({data.max_length}), which also holds the tail and the special tokens")
+    if data.long_text != "truncate" and data.text_pair_column is not None:
+        problems.append(f"'data.long_text: {data.long_text}' applies to single texts; sentence pairs are cut by "
+                        f"data.truncation")
+    return problems
+
+
+def _streaming_checks(cfg) -> list[str]:
+    """A stream has no length and is read once per pass, so whatever needs either is refused up front."""
+    problems = []
+    if cfg.train.max_steps is None:
+        problems.append("'data.streaming: true' needs train.max_steps: a stream's length is unknown, so "
+                        "train.num_train_epochs cannot set the schedule (e.g. train.max_steps=5000)")
+    if cfg.eval.eval_steps is None:
+        problems.append("'data.streaming: true' needs eval.eval_steps: 'once per epoch' needs the stream's length "
+                        "(e.g. eval.eval_steps=500)")
+    if cfg.data.train is None and sources.is_packaged(cfg.data.name):
+        problems.append(f"'data.streaming: true' streams a file (data.train) or a hub dataset (data.name); "
+                        f"{cfg.data.name} is small and read whole, so set data.streaming=false")
+    if cfg.augment.enabled:
+        problems.append("'augment.enabled' does not apply to a stream (copies are made from the whole training set); "
+                        "set augment.enabled=false or data.streaming=false")
+    if cfg.train.class_weights == "balanced":
+        problems.append("'train.class_weights: balanced' counts the classes of the whole training split, which a stream "
+                        "never holds at once; give the weights as a mapping (e.g. train.class_weights={a: 1.0, b: 3.0}) "
+                        "or set data.streaming=false")
+    if cfg.data.sampling == "balanced":
+        problems.append("'data.sampling: balanced' draws from every class of the whole training split, which a stream "
+                        "never holds at once; set data.sampling=random or data.streaming=false")
+    if cfg.data.unlabeled is not None:
+        problems.append("self-training (data.unlabeled) adds pseudo-labelled rows to the training set, which a stream "
+                        "does not hold; set data.streaming=false")
+    return problems

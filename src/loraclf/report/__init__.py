@@ -1,0 +1,3 @@
+"""TODO: report"""
+
+from .html import progress_table, write_report  # noqa: F401

@@ -1,0 +1,494 @@
+"""Self-training on an unlabeled target domain: teacher -> pseudo-labels -> student, for adapt.rounds rounds.
+
+Round 0 trains a teacher on the labelled data as usual. Each later round pseudo-labels data.unlabeled with the
+previous round's model, keeps the confident ones (adapt.threshold and/or the class-balanced quota
+adapt.top_fraction_per_class), and trains a student from the base model again on labelled + pseudo-labelled rows.
+Every student has the teacher's shape, so the parameter budget is checked exactly as for a plain run.
+
+Each problem type has its pseudo-label and its confidence (`pseudo_labels`):
+
+    single_label_classification   the most probable class; confidence = its probability
+    multi_label_classification    the label set under the run's per-label thresholds; confidence = that of the least
+                                  sure label, where a label's confidence is p when it is predicted (p >= its
+                                  threshold) and 1 - p when it is not: a row passes adapt.threshold only when every
+                                  label is confidently on its side
+    regression                    the predicted value; confidence = agreement between two views: the model on the
+                                  text and on a copy with 10% of its words deleted (EDA random deletion, no WordNet),
+                                  1 - |difference| / (std of the labelled targets), so adapt.threshold=0.9 keeps the
+                                  values that move by at most 0.1 std
+
+adapt.top_fraction_per_class balances per predicted class (single-label); for the other types, which have no one
+class per row, it keeps at most ceil(fraction x N) rows overall, most confident first. adapt.weighting=soft trains
+on the probabilities as targets (single-label: soft cross-entropy; multi-label: BCE on the label probabilities);
+regression has no probabilities, so soft is refused there.
+
+Model selection never sees the unlabeled texts nor data.target_eval: inside each round the best checkpoint is the
+one with the best labelled validation metric (train.py does this), and the final model is always the last round's
+student. Layout of the run folder:
+
+    RUN/                 a normal run folder for the final student (predict, evaluate and export use it)
+      adapt.json         per round: rows trained on, pseudo-labels kept (per class), agreement with the previous
+                         round, val / target / test metrics
+      rounds/round-K/    the run folder of round K (0 = teacher), plus pseudo_labels.csv: that model's label,
+                         confidence and class probabilities for every unlabeled text, and whether each was kept
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from ..data import augment
+from ..base import logs
+from .. import task as problem, runs
+from .. import data as data_mod
+from .. import model as model_mod
+from ..config import AugmentConfig, Config
+from ..data import Splits
+from ..data.targets import encode as encode_targets
+from ..base.errors import DataError, LoraclfError
+from ..infer.evaluate import compute_metrics
+from ..infer.engine import predict_texts
+from . import default_run_name, train
+
+logger = logs.get(__name__)
+# regression's second view: each unlabeled text with this share of its words deleted (needs no WordNet)
+SECOND_VIEW = AugmentConfig(enabled=True, synonym_p=0.0, insert_p=0.0, swap_p=0.0, delete_p=0.1, num_copies=1)
+
+
+@dataclass
+class AdaptResult:
+    run_dir: Path
+    metrics: dict  # the final student's metrics.json (plus "target" when data.target_eval is set)
+    rounds: list = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------------------ inputs
+
+
+def _target_data_cfg(cfg: Config):
+    column = cfg.adapt.target_text_column
+    return dataclasses.replace(cfg.data, text_column=column) if column is not None else cfg.data
+
+
+def _read(path, dcfg, key: str):
+    try:
+        return data_mod.read_table(path, dcfg.allow_pickle, dcfg.max_file_mb)
+    except DataError as e:
+        raise DataError(f"{key}: {e}") from None
+
+
+def read_unlabeled(path: str | Path, cfg: Config, log=None) -> list[str]:
+    """The non-empty texts of an unlabeled file; a file with no usable text is an error."""
+    say = logs.sink(log, logger)
+    dcfg = _target_data_cfg(cfg)
+    df = _read(path, dcfg, "data.unlabeled")
+    if len(df) == 0:
+        raise DataError(f"data.unlabeled {path} has no rows; give a file of target-domain texts")
+    if isinstance(dcfg.text_column, str) and dcfg.text_column not in df.columns and len(df.columns) == 1:
+        df = df.rename(columns={df.columns[0]: dcfg.text_column})  # a one-column file is the texts
+    where = f"data.unlabeled {path}"
+    try:
+        text = data_mod.select_text(df, dcfg, where)
+    except DataError as e:
+        raise DataError(str(e).replace("(set data.text_column)", "(set adapt.target_text_column)")) from None
+    texts = [t[: dcfg.max_text_chars] for t in text if t is not None]
+    if not texts:
+        raise DataError(f"{where} has no usable texts (all {len(df)} are empty)")
+    if len(texts) < len(df):
+        say(f"{where}: dropped {len(df) - len(texts)} empty texts")
+    return texts
+
+
+def read_target_eval(path: str | Path, cfg: Config, id2label: dict[int, str], log=None) -> tuple[list[str], np.ndarray]:
+    """Texts and encoded labels (class ids, multi-hot rows or values) of the labelled target file (reporting only)."""
+    dcfg = _target_data_cfg(cfg)
+    pt = cfg.model.problem_type
+    df = _read(path, dcfg, "data.target_eval")
+    where = f"data.target_eval {path}"
+    clean = data_mod.clean_frame(df, dcfg, where, True, log, problem_type=pt)
+    return clean["text"].tolist(), np.asarray(encode_targets(pt, clean["label"], id2label, dcfg, where))
+
+
+def _check(cfg: Config) -> None:
+    if cfg.data.unlabeled is None:
+        raise LoraclfError("self-training needs data.unlabeled: a file of target-domain texts")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise LoraclfError("self-training runs in one process; drop --nproc")
+    if cfg.adapt.threshold is None and cfg.adapt.top_fraction_per_class is None:
+        raise LoraclfError("adapt.threshold and adapt.top_fraction_per_class are both null, which would keep every "
+                           "pseudo-label; set one (e.g. adapt.threshold=0.9)")
+    if cfg.data.text_pair_column is not None:
+        raise LoraclfError("self-training (data.unlabeled) reads single texts; drop data.text_pair_column or train "
+                           "without data.unlabeled")
+    if cfg.model.problem_type == problem.REGRESSION and cfg.adapt.weighting == "soft":
+        raise LoraclfError("adapt.weighting=soft needs class probabilities, which regression has none of; use "
+                           "adapt.weighting=none or confidence")
+    if cfg.adapt.consistency:
+        augment.Augmenter(cfg.augment)  # fails now, not after the teacher, on all-zero rates or a missing WordNet
+
+
+# ------------------------------------------------------------------------------------------ pseudo-labels
+
+
+def select_pseudo_labels(probs: np.ndarray, threshold: Optional[float] = None,
+                         top_fraction_per_class: Optional[float] = None) -> np.ndarray:
+    """Indices (ascending) of the pseudo-labels to keep.
+
+    threshold: keep those whose top probability is at least this. top_fraction_per_class: then keep, per predicted
+    class, at most ceil(fraction * N / K) of them, most confident first, so that no class floods the student.
+    """
+    probs = np.asarray(probs)
+    n, k = probs.shape
+    conf = probs.max(-1)
+    pred = probs.argmax(-1)
+    keep = np.ones(n, dtype=bool) if threshold is None else conf >= threshold
+    if top_fraction_per_class is not None:
+        quota = int(np.ceil(top_fraction_per_class * n / k))
+        capped = np.zeros(n, dtype=bool)
+        for c in range(k):
+            idx = np.flatnonzero(keep & (pred == c))
+            best = idx[np.argsort(-conf[idx], kind="stable")[:quota]]
+            capped[best] = True
+        keep = capped
+    return np.flatnonzero(keep)
+
+
+def select_confident(confidence: np.ndarray, threshold: Optional[float] = None,
+                     top_fraction: Optional[float] = None) -> np.ndarray:
+    """Multi-label and regression: indices (ascending) of the rows with confidence >= threshold, then at most
+    ceil(top_fraction x N) of them, most confident first."""
+    conf = np.asarray(confidence, dtype=np.float64)
+    keep = np.ones(len(conf), dtype=bool) if threshold is None else conf >= threshold
+    if top_fraction is not None:
+        idx = np.flatnonzero(keep)
+        best = idx[np.argsort(-conf[idx], kind="stable")[:int(np.ceil(top_fraction * len(conf)))]]
+        keep = np.zeros(len(conf), dtype=bool)
+        keep[best] = True
+    return np.flatnonzero(keep)
+
+
+@dataclass
+class Pseudo:
+    """One model's pseudo-labels over the unlabeled texts, in the problem type's terms (see the module docstring)."""
+
+    out: np.ndarray  # outputs: class probabilities, label probabilities, or values
+    labels: np.ndarray  # what a student trains on: class ids, 0/1 rows, or values
+    confidence: np.ndarray  # one per text
+    second: Optional[np.ndarray] = None  # regression: the values on the second view
+
+
+def pseudo_labels(out: np.ndarray, decision: problem.Decision, second: Optional[np.ndarray] = None,
+                  scale: float = 1.0) -> Pseudo:
+    """The pseudo-labels and confidences of a model's outputs (regression: and of its outputs on the second view)."""
+    out = np.asarray(out, dtype=np.float64)
+    if decision.problem_type == problem.MULTI:
+        labels = problem.predictions(out, decision).astype(np.float64)
+        return Pseudo(out, labels, np.where(labels > 0, out, 1.0 - out).min(-1, initial=1.0))
+    if decision.problem_type == problem.REGRESSION:
+        conf = np.clip(1.0 - np.abs(out - second) / (scale if scale > 0 else 1.0), 0.0, 1.0)
+        return Pseudo(out, out, conf, np.asarray(second, dtype=np.float64))
+    return Pseudo(out, out.argmax(-1), out.max(-1))
+
+
+def select(pseudo: Pseudo, problem_type: str, cfg: Config) -> np.ndarray:
+    """The kept pseudo-labels' indices under adapt.threshold and adapt.top_fraction_per_class."""
+    if problem_type == problem.SINGLE:
+        return select_pseudo_labels(pseudo.out, cfg.adapt.threshold, cfg.adapt.top_fraction_per_class)
+    return select_confident(pseudo.confidence, cfg.adapt.threshold, cfg.adapt.top_fraction_per_class)
+
+
+def _per_class(labels: np.ndarray, id2label: dict[int, str]) -> dict[str, int]:
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(id2label))
+    return {id2label[i]: int(counts[i]) for i in range(len(id2label))}
+
+
+def _counts(pseudo: Pseudo, rows: np.ndarray, problem_type: str, id2label: dict[int, str]) -> dict:
+    """Pseudo-labels per class or per label; regression: the values' mean, std, min and max."""
+    labels = pseudo.labels[rows]
+    if problem_type == problem.MULTI:
+        return {id2label[j]: int(labels[:, j].sum()) for j in range(len(id2label))}
+    if problem_type == problem.REGRESSION:
+        return ({"mean": float(labels.mean()), "std": float(labels.std()), "min": float(labels.min()),
+                 "max": float(labels.max())} if len(labels) else {})
+    return _per_class(labels, id2label)
+
+
+def agreement(prev_probs: np.ndarray, prev_kept: np.ndarray, probs: np.ndarray, kept: np.ndarray,
+              same: Optional[np.ndarray] = None) -> dict:
+    """How this round's pseudo-labels compare with the previous round's. same: per text, whether the two rounds'
+    pseudo-labels agree (default: equal argmax classes)."""
+    if same is None:
+        same = prev_probs.argmax(-1) == probs.argmax(-1)
+    both = np.intersect1d(prev_kept, kept)
+    return {
+        "all": float(same.mean()),  # over every unlabeled text
+        "kept_in_both": int(len(both)),
+        "kept": float(same[both].mean()) if len(both) else None,
+        "kept_jaccard": float(len(both) / max(len(np.union1d(prev_kept, kept)), 1)),
+    }
+
+
+def _same(prev: Pseudo, cur: Pseudo, problem_type: str, scale: float) -> np.ndarray:
+    """Per text, whether two rounds agree: same class, same label set, or values within 0.1 std of the targets."""
+    if problem_type == problem.MULTI:
+        return (prev.labels == cur.labels).all(-1)
+    if problem_type == problem.REGRESSION:
+        return np.abs(prev.labels - cur.labels) <= 0.1 * (scale if scale > 0 else 1.0)
+    return prev.labels == cur.labels
+
+
+def student_train_set(labelled, texts: list[str], probs: np.ndarray, kept: np.ndarray, cfg: Config, seed: int,
+                      pseudo: Optional[Pseudo] = None):
+    """Labelled rows + kept pseudo-labelled rows (+ their augmented views when adapt.consistency), as a Dataset.
+
+    weighting=confidence adds a `weight` column (1 for labelled rows); weighting=soft trains on the teacher's
+    probabilities: single-label as `soft_labels` (one-hot for labelled rows), multi-label as the label targets.
+    pseudo: the pseudo-labels of another problem type (default: single-label, from probs).
+    """
+    import datasets
+
+    pt = cfg.model.problem_type
+    pseudo = pseudo if pseudo is not None else Pseudo(probs, np.asarray(probs).argmax(-1), np.asarray(probs).max(-1))
+    p_texts, rows = [texts[i] for i in kept], list(range(len(kept)))
+    n_aug = 0
+    if cfg.adapt.consistency and len(kept):
+        p_texts, rows = augment.augment_dataset(p_texts, rows, cfg.augment, seed)
+        n_aug = len(p_texts) - len(kept)
+    soft = cfg.adapt.weighting == "soft"
+    targets = (pseudo.out if soft and pt == problem.MULTI else pseudo.labels)[kept]
+    lab_labels = list(labelled["label"])
+    p_labels = [_as_label(targets[r], pt) for r in rows]
+    out = {"text": list(labelled["text"]) + p_texts, "label": [_as_label(y, pt) for y in lab_labels] + p_labels}
+    if cfg.adapt.weighting == "confidence":
+        out["weight"] = [1.0] * len(lab_labels) + [float(pseudo.confidence[kept][r]) for r in rows]
+    elif soft and pt == problem.SINGLE:
+        k = pseudo.out.shape[1]
+        eye = np.eye(k, dtype=np.float32)
+        out["soft_labels"] = ([eye[int(y)].tolist() for y in lab_labels]
+                              + [pseudo.out[kept][r].astype(np.float32).tolist() for r in rows])
+    return datasets.Dataset.from_dict(out), n_aug
+
+
+def _as_label(y, problem_type: str):
+    if problem_type == problem.MULTI:
+        return [float(v) for v in y]
+    return float(y) if problem_type == problem.REGRESSION else int(y)
+
+
+# ------------------------------------------------------------------------------------------ the rounds
+
+
+def _metrics_brief(m: Optional[dict], problem_type: str) -> Optional[dict]:
+    if m is None:
+        return None
+    return {k: m[k] for k in (*problem.SCALARS[problem_type], "n") if k in m}
+
+
+def _write_pseudo_labels(path: Path, texts, pseudo: Pseudo, kept, id2label, problem_type: str) -> None:
+    """pseudo_labels.csv: every unlabeled text, its pseudo-label, confidence and outputs, and whether it was kept."""
+    import pandas as pd
+
+    mask = np.zeros(len(texts), dtype=bool)
+    mask[kept] = True
+    df = pd.DataFrame({"index": np.arange(len(texts)), "text": texts})
+    if problem_type == problem.REGRESSION:
+        df["pseudo_label"] = pseudo.labels.round(6)
+        df["second_view"] = pseudo.second.round(6)
+    elif problem_type == problem.MULTI:
+        df["pseudo_label"] = ["|".join(id2label[j] for j in np.flatnonzero(row > 0)) for row in pseudo.labels]
+    else:
+        df["pseudo_label"] = [id2label[int(i)] for i in pseudo.labels]
+        df["label_id"] = pseudo.labels
+    df["confidence"] = pseudo.confidence.round(6)
+    df["kept"] = mask
+    if problem_type != problem.REGRESSION:
+        for i in range(len(id2label)):
+            df[f"prob_{id2label[i]}"] = pseudo.out[:, i]
+    runs.atomic_write_text(path, df.to_csv(index=False))
+
+
+def _publish_final(round_dir: Path, run: Path) -> None:
+    """Copy the last student's run folder (without its checkpoints) to the top of RUN."""
+    for p in round_dir.iterdir():
+        if p.name in (runs.CHECKPOINTS, runs.PSEUDO_LABELS) or p.name.startswith("."):
+            continue
+        if p.is_dir():
+            shutil.copytree(p, run / p.name)
+        else:
+            shutil.copy2(p, run / p.name)
+
+
+@dataclass
+class _Inputs:
+    """Everything self-training reads, checked before anything is written."""
+
+    run: Path
+    splits: Splits
+    unlabeled: list[str]
+    target: Optional[tuple[list[str], np.ndarray]]  # data.target_eval: texts and encoded labels
+    second_view: Optional[list[str]] = None  # regression: the unlabeled texts with words deleted
+    scale: float = 1.0  # regression: the std of the labelled targets (agreement is measured in it)
+
+    @property
+    def problem_type(self) -> str:
+        return self.splits.problem_type
+
+
+@dataclass
+class _Round:
+    """What one round leaves: its pseudo-labels (for the next student) and its metrics (for the last round's)."""
+
+    pseudo: Pseudo
+    kept: np.ndarray
+    metrics: dict  # the round's metrics.json, plus "target"
+
+
+def _second_view(texts: list[str], seed: int) -> list[str]:
+    """Regression's second view: each text with SECOND_VIEW.delete_p of its words deleted."""
+    import random
+
+    aug, rng = augment.Augmenter(SECOND_VIEW), random.Random(seed)
+    return [aug.augment(t, rng) for t in texts]
+
+
+def _setup(cfg: Config) -> _Inputs:
+    _check(cfg)
+    run = runs.new_run_dir(cfg.output.dir, cfg.output.run_name or default_run_name(cfg), cfg.output.overwrite)
+    splits = data_mod.load_splits(cfg.data, problem_type=cfg.model.problem_type)
+    unlabeled = read_unlabeled(cfg.data.unlabeled, cfg)
+    target = read_target_eval(cfg.data.target_eval, cfg, splits.id2label) if cfg.data.target_eval else None
+    logger.info(f"self-training: {len(splits.train):,} labelled + {len(unlabeled):,} unlabeled texts, "
+                f"{cfg.adapt.rounds} round(s)")
+    inputs = _Inputs(run, splits, unlabeled, target)
+    if splits.problem_type == problem.REGRESSION:
+        inputs.second_view = _second_view(unlabeled, cfg.train.seed)
+        inputs.scale = float(np.std(data_mod.train_labels(splits))) or 1.0
+    return inputs
+
+
+def _summary(cfg: Config, inputs: _Inputs) -> dict:
+    """adapt.json, without its rounds yet."""
+    target = inputs.target
+    metric = problem.best_metric(inputs.problem_type, cfg.eval.metric_for_best_model)
+    return {"settings": dataclasses.asdict(cfg.adapt), "problem_type": inputs.problem_type,
+            "unlabeled": {"file": str(cfg.data.unlabeled), "rows": len(inputs.unlabeled)},
+            "target_eval": ({"file": str(cfg.data.target_eval), "rows": len(target[0])} if target else None),
+            "selection": f"best checkpoint of each round by labelled val {metric}; final model = last round's student",
+            "final_round": cfg.adapt.rounds, "rounds": []}
+
+
+def _label_texts(cfg: Config, round_dir: Path, inputs: _Inputs) -> tuple[Pseudo, Optional[dict]]:
+    """The round's model over the unlabeled texts (under the round's decision.json): their pseudo-labels, and the
+    target metrics if any."""
+    model, tokenizer, _, _ = model_mod.load_run_model(round_dir)
+    decision = problem.read_decision(round_dir, inputs.problem_type)
+
+    def predict(texts: list[str]) -> np.ndarray:
+        return predict_texts(model, tokenizer, texts, cfg.eval.per_device_eval_batch_size, cfg.data.max_length,
+                             cfg.train.mixed_precision, data=cfg.data, decision=decision)
+
+    out = predict(inputs.unlabeled)
+    second = predict(inputs.second_view) if inputs.second_view is not None else None
+    pseudo = pseudo_labels(out, decision, second, inputs.scale)
+    if inputs.target is None:
+        return pseudo, None
+    texts, labels = inputs.target
+    same = texts == inputs.unlabeled  # e.g. the unlabeled texts with their held-back labels
+    return pseudo, compute_metrics(labels, out if same else predict(texts), inputs.splits.id2label, decision=decision)
+
+
+def _pseudo_label_stats(cfg: Config, r: int, pseudo: Pseudo, kept, prev: Optional[_Round], inputs: _Inputs) -> dict:
+    pt, id2label = inputs.problem_type, inputs.splits.id2label
+    same = _same(prev.pseudo, pseudo, pt, inputs.scale) if prev else None
+    return {
+        "predicted_per_class": _counts(pseudo, np.arange(len(pseudo.labels)), pt, id2label),
+        "kept": int(len(kept)),
+        "kept_per_class": _counts(pseudo, kept, pt, id2label),
+        "mean_confidence_kept": float(pseudo.confidence[kept].mean()) if len(kept) else None,
+        "used_by_next_round": r < cfg.adapt.rounds,
+        "agreement_with_previous": agreement(prev.pseudo.out, prev.kept, pseudo.out, kept, same) if prev else None,
+    }
+
+
+def _round_record(pt: str, r: int, result, rows: dict, stats: dict, target_metrics: Optional[dict]) -> dict:
+    """One round's entry in adapt.json."""
+    return {
+        "round": r, "role": "teacher" if r == 0 else "student", "run": f"{runs.ROUNDS}/round-{r}",
+        "train_rows": rows,
+        "best_step": result.metrics["best_step"],
+        "val": _metrics_brief(result.metrics["val"], pt),
+        "target": _metrics_brief(target_metrics, pt),
+        "test": _metrics_brief(result.metrics.get("test"), pt),
+        "pseudo_labels": stats,
+        "train_runtime_s": result.metrics.get("train_runtime_s"),
+    }
+
+
+def _one_round(cfg: Config, r: int, inputs: _Inputs, train_set, rows: dict, prev: Optional[_Round],
+               tmp: Path, quiet: bool) -> tuple[_Round, dict]:
+    """Train round r on train_set, pseudo-label the unlabeled texts with it; returns the round and its record."""
+    logger.info(f"round {r} ({'teacher' if r == 0 else 'student'}): training on {len(train_set):,} rows")
+    round_cfg = dataclasses.replace(cfg, output=dataclasses.replace(cfg.output, overwrite=False))
+    round_dir = tmp / runs.ROUNDS / f"round-{r}"
+    result = train(round_cfg, quiet=quiet, splits=dataclasses.replace(inputs.splits, train=train_set),
+                   run_dir=round_dir)
+    pt, main = inputs.problem_type, problem.main_metric(inputs.problem_type)
+    pseudo, target_metrics = _label_texts(cfg, round_dir, inputs)
+    kept = select(pseudo, pt, cfg)
+    _write_pseudo_labels(round_dir / runs.PSEUDO_LABELS, inputs.unlabeled, pseudo, kept, inputs.splits.id2label, pt)
+    stats = _pseudo_label_stats(cfg, r, pseudo, kept, prev, inputs)
+    rec = _round_record(pt, r, result, rows, stats, target_metrics)
+    tgt = f", target {main} {target_metrics[main]:.4f}" if target_metrics else ""
+    logger.info(f"round {r}: val {main} {rec['val'][main]:.4f}{tgt}; kept {len(kept):,}/"
+                f"{len(inputs.unlabeled):,} pseudo-labels {stats['kept_per_class']}")
+    if len(kept) == 0 and r < cfg.adapt.rounds:
+        logger.info("no pseudo-label passed the selection; the next student trains on the labelled data alone "
+                    "(lower adapt.threshold to keep some)")
+    metrics = dict(result.metrics)
+    if target_metrics is not None:
+        metrics["target"] = target_metrics
+    return _Round(pseudo, kept, metrics), rec
+
+
+def _rounds(cfg: Config, inputs: _Inputs, summary: dict, tmp: Path, quiet: bool) -> dict:
+    """Teacher, then adapt.rounds students, each recorded in tmp/adapt.json; returns the last round's metrics."""
+    labelled = inputs.splits.train
+    train_set, prev = labelled, None
+    rows = {"total": len(labelled), "labelled": len(labelled), "pseudo": 0, "augmented": 0}
+    for r in range(cfg.adapt.rounds + 1):
+        prev, rec = _one_round(cfg, r, inputs, train_set, rows, prev, tmp, quiet)
+        summary["rounds"].append(rec)
+        runs.write_json(tmp / runs.ADAPT, summary)
+        if r < cfg.adapt.rounds:
+            train_set, n_aug = student_train_set(labelled, inputs.unlabeled, prev.pseudo.out, prev.kept, cfg,
+                                                 cfg.train.seed + r, prev.pseudo)
+            rows = {"total": len(train_set), "labelled": len(labelled), "pseudo": int(len(prev.kept)),
+                    "augmented": n_aug}
+    return prev.metrics
+
+
+def self_train(cfg: Config, quiet: bool = False) -> AdaptResult:
+    """Train a teacher, then adapt.rounds students on labelled + pseudo-labelled data; write one run folder."""
+    started = time.time()
+    with logs.quiet(quiet):
+        inputs = _setup(cfg)  # every input is checked before anything is written
+        summary = _summary(cfg, inputs)
+        with runs.atomic_dir(inputs.run) as tmp:  # replaces an old RUN (output.overwrite) only once all succeeded
+            metrics = _rounds(cfg, inputs, summary, tmp, quiet)
+            _publish_final(tmp / runs.ROUNDS / f"round-{cfg.adapt.rounds}", tmp)
+            metrics["adapt"] = {"rounds": cfg.adapt.rounds, "summary": runs.ADAPT,
+                                "wall_time_s": round(time.time() - started, 2)}
+            runs.write_json(tmp / runs.METRICS, metrics)
+            summary["wall_time_s"] = round(time.time() - started, 2)
+            runs.write_json(tmp / runs.ADAPT, summary)
+        logger.info(f"self-training done: final student in {inputs.run}, per-round records in "
+                    f"{inputs.run / runs.ADAPT}")
+    return AdaptResult(inputs.run, metrics, summary["rounds"])
