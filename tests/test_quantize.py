@@ -336,7 +336,7 @@ def test_bad_int8_engine_is_one_line(int8_run, tiny_data, tmp_path, capsys):
 def test_int8_defaults_to_smaller_batches_and_an_explicit_batch_size_wins(int8_run, tiny_data, monkeypatch):
     """batch_size None: PREDICT_BATCH, INT8_PREDICT_BATCH for int8 (faster there, loraclf.config.limits); a given one stays."""
     import loraclf.infer.engine as predict_mod
-    from loraclf.config.limits import INT8_PREDICT_BATCH, PREDICT_BATCH
+    from loraclf.config import INT8_PREDICT_BATCH, PREDICT_BATCH
     from loraclf.infer.engine import load_inference_model
 
     seen = []

@@ -1,29 +1,9 @@
-"""TODO: cli"""
+"""The command line: `parser` holds every verb's arguments as data and builds the argparse parser, `commands` holds
+one handler per verb that calls a library function and maps its errors to one line and an exit code, and `launch`
+re-runs `train --nproc N` through `accelerate launch`. It may import every other package of loraclf, but holds no
+logic of its own. At import it loads only the config and the base, never torch, so `loraclf --help`, `config` and
+`validate` start fast; each verb imports its library module when it runs.
+"""
 
-from .commands import (  # noqa: F401
-    EPILOG,
-    arg,
-    CONFIG_ARGS,
-    RUN,
-    PICKLE,
-    INT8_HELP,
-    BATCH,
-    ENGINE,
-    COMMANDS,
-    build_parser,
-    cmd_config,
-    cmd_validate,
-    cmd_train,
-    cmd_evaluate,
-    cmd_predict,
-    cmd_budget,
-    cmd_augment,
-    cmd_report,
-    cmd_compare,
-    cmd_sweep,
-    cmd_export,
-    cmd_serve,
-    cmd_push,
-    HANDLERS,
-    main,
-)
+from .commands import main  # noqa: F401
+from .parser import COMMANDS, build_parser  # noqa: F401

@@ -30,7 +30,7 @@ from .. import runs
 from ..config import DataConfig
 from ..data import read_texts, targets, windows
 from ..base.errors import ConfigError, DataError, ModelError, did_you_mean
-from ..config.limits import INT8_PREDICT_BATCH, PREDICT_BATCH
+from ..config import INT8_PREDICT_BATCH, PREDICT_BATCH
 from .evaluate import compute_metrics, predict_probs
 from ..task import MULTI, REGRESSION, SINGLE, Decision
 

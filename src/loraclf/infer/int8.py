@@ -95,7 +95,7 @@ from ..base import device
 from . import onnx as onnx_graph
 from .. import runs
 from ..base.errors import ConfigError, ModelError
-from ..config.limits import INT8_ENGINES
+from ..base.device import INT8_ENGINES
 
 QUANTIZED_FILE = "model.int8.safetensors"
 # CPU flags of int8 dot-product instructions (VNNI, AMX-INT8), where onnxruntime's int8 measured faster than torch's

@@ -24,7 +24,7 @@ from ..infer import onnx as onnx_graph
 from ..infer import int8 as quantize_mod
 from ..model.architectures import FAMILIES
 from ..base.errors import ConfigError, ModelError, RunError
-from ..config.limits import INT8
+from ..base.device import INT8
 from ..infer.engine import CONFIG_THRESHOLDS, INFERENCE_DATA_KEYS
 from ..base.version import __version__
 

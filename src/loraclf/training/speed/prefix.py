@@ -25,7 +25,7 @@ import torch
 
 from ...model.architectures import FAMILIES
 from ...config import Config
-from ...config.checks import prefix_cache_clashes
+from ...config import prefix_cache_clashes
 from ...data.read import column
 from ...base.errors import ConfigError, RunError
 

@@ -1,0 +1,199 @@
+"""The `loraclf` command line as data: each verb's arguments (COMMANDS), the argparse types that bound them, and
+the parser with the tool's one-line error style. Nothing here imports more than the config's bounds and the base."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..base.device import INFERENCE_PRECISIONS, INT8, INT8_ENGINES
+from ..base.version import __version__
+from ..config import INT8_PREDICT_BATCH, MAX_BATCH, PREDICT_BATCH
+
+EPILOG = """examples:
+  loraclf train                                   # MiniLM-L6 + LoRA on TREC-6, offline, a few minutes on CPU
+  loraclf train configs/agnews_minilm.yaml train.learning_rate=2e-3
+  loraclf config configs/agnews_roberta_seed.yaml # print the resolved config
+  loraclf budget configs/agnews_roberta_seed.yaml # exact trainable-parameter breakdown
+  loraclf predict runs/RUN --input test.csv --output submission.csv
+  loraclf evaluate runs/RUN --data test.csv
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with the tool's error style: one line on stderr, exit code 2 (argparse prints the usage block too)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _count(upper: int):
+    """An argparse type: an integer from 1 to upper (a bound keeps absurd sizes out of torch and the allocator)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+        if value > upper:
+            shown = value if len(str(value)) < 20 else f"a {len(str(value))}-digit number"
+            raise argparse.ArgumentTypeError(f"expected an integer <= {upper:,}, got {shown}")
+        return value
+    parse.__name__ = "integer"
+    return parse
+
+
+_positive_int = _count(2**31 - 1)
+_batch_size = _count(MAX_BATCH)
+
+
+# ------------------------------------------------------------------------------------------ the commands
+
+
+def arg(*flags: str, **kwargs) -> tuple[tuple[str, ...], dict]:
+    """One add_argument call of a command, written down as data."""
+    return flags, kwargs
+
+
+CONFIG_ARGS = [
+    arg("config", nargs="?", help="YAML config holding only differences from the defaults (none = all defaults)"),
+    arg("overrides", nargs="*", help="section.key=value overrides, e.g. train.learning_rate=3e-4"),
+]
+RUN = "run folder written by `loraclf train`"
+PICKLE = "read .pkl input (unpickling runs code: trusted files only)"
+INT8_HELP = "int8: the Linear layers dynamically quantized to int8, on the CPU (faster, outputs close to fp32)"
+BATCH = arg("--batch-size", type=_batch_size, default=None,
+            help=f"texts per batch (short texts go up to 4x as many, under the same token budget); default "
+                 f"{PREDICT_BATCH}, {INT8_PREDICT_BATCH} with --precision int8 (measured faster there)")
+ENGINE = arg("--int8-engine", choices=INT8_ENGINES, default="auto",
+             help="whose int8 --precision int8 runs: onnxruntime (a fused ONNX graph, quantized per channel) or torch "
+                  "(torch.ao dynamic quantization); auto (default): onnxruntime on CPUs with VNNI/AMX int8 "
+                  "instructions, where it measured faster, torch elsewhere or without onnxruntime installed")
+
+COMMANDS: dict[str, dict] = {  # name -> add_parser keywords and "args", the command's arguments
+    "train": dict(help="fine-tune a model and write a run folder",
+                  description="Fine-tune as configured (model.problem_type: single_label_classification, "
+                              "multi_label_classification or regression). Prints the run folder; writes adapter/, "
+                              "metrics.json, decision.json, history.jsonl, val_predictions.csv and report/ into it.",
+                  args=[
+        *CONFIG_ARGS,
+        arg("--resume", metavar="RUN", help="continue RUN from its newest complete checkpoint"),
+        arg("--nproc", type=_positive_int, default=None, help="re-launch through `accelerate launch` with N processes"),
+        arg("--quiet", action="store_true", help="no progress bars or log lines"),
+        arg("--json", action="store_true", help="print the final metrics as JSON on stdout"),
+    ]),
+    "config": dict(help="print the resolved config (defaults + file + overrides)", args=[
+        *CONFIG_ARGS,
+        arg("--keys", action="store_true", help="list every config key with its type, default and meaning"),
+    ]),
+    "validate": dict(help="check a config without loading any model", args=CONFIG_ARGS),
+    "evaluate": dict(help="metrics of a trained run on a labelled file (the run's problem type's metrics)", args=[
+        arg("run", help=RUN),
+        arg("--data", required=True, help="labelled file (.csv .tsv .json .jsonl .parquet)"),
+        arg("--output", help="also write the metrics as JSON here"),
+        BATCH,
+        arg("--allow-pickle", action="store_true", help=PICKLE),
+        arg("--precision", choices=INFERENCE_PRECISIONS, default="fp32", help=INT8_HELP),
+        ENGINE,
+        arg("--quiet", action="store_true"),
+    ]),
+    "predict": dict(help="predict labels for a file of texts", args=[
+        arg("run", help=RUN),
+        arg("--input", required=True,
+            help="texts: .csv .tsv .json .jsonl .parquet .txt (one per line), .pkl with --allow-pickle"),
+        arg("--output", required=True, help="where to write predictions (.csv .tsv .jsonl .parquet)"),
+        arg("--format", choices=["competition", "full"], default="competition",
+            help="competition: ID,Label; full: label name, confidence and one probability column per class"),
+        arg("--text-column", help="text column of the input (default: the run's data.text_column, else 'text')"),
+        BATCH,
+        arg("--allow-pickle", action="store_true", help=PICKLE),
+        arg("--precision", choices=INFERENCE_PRECISIONS, default="auto",
+            help="auto (default): bf16 where the hardware computes it natively, else fp32; fp32 for exact outputs; "
+                 + INT8_HELP),
+        ENGINE,
+        arg("--quiet", action="store_true"),
+    ]),
+    "budget": dict(help="exact trainable-parameter breakdown of a config, without loading weights", args=[
+        *CONFIG_ARGS,
+        arg("--json", action="store_true", help="print the breakdown as JSON"),
+        arg("--num-labels", type=_count(100_000),
+            help="model outputs: the number of classes or labels (default: data.label_names, data.label_columns "
+                 "for multi-label, else read from the training labels); regression has 1"),
+    ]),
+    "augment": dict(help="write EDA-augmented copies of a labelled file", args=[
+        arg("--input", required=True),
+        arg("--output", required=True),
+        arg("--config", dest="aug_config", help="YAML config whose augment: section to use"),
+        *(arg(f"--{name}-p", type=float) for name in ("synonym", "insert", "swap", "delete")),
+        arg("--num-copies", type=int),  # bounded by augment.num_copies's own check, which names the key
+        arg("--seed", type=int, default=42),
+        arg("--text-column", default="text"),
+        arg("--label-column", default="label"),
+        arg("--allow-pickle", action="store_true"),
+        arg("--show", type=int, default=5, help="before/after pairs to print"),
+    ]),
+    "report": dict(help="(re)write RUN/report/: curves, the problem type's figures (confusion matrix, per-label bars, "
+                        "or predicted vs true and residuals), report.html", args=[arg("run")]),
+    "compare": dict(help="overlay the curves of several runs of one problem type and tabulate their differences",
+                    args=[
+        arg("runs", nargs="+"),
+        arg("--output", required=True),
+    ]),
+    "sweep": dict(help="hyperparameter search on Optuna", args=[
+        arg("sweep_file", help="sweep YAML: base config + search space"),
+        arg("--storage", help="Optuna RDB URL shared by workers (sqlite:///x.db, postgresql://...)"),
+        arg("--study", help="study name (workers with the same name cooperate)"),
+        arg("--n-trials", type=int,
+            help="at most this many trials by this worker (the file's n_trials caps the whole study)"),
+        arg("--timeout", type=float, help="stop starting trials after this many seconds (overrides the file)"),
+        arg("--quiet", action="store_true"),
+    ]),
+    "export": dict(help="write a standalone merged model folder (stock transformers can load it)", args=[
+        arg("run"),
+        arg("--output", required=True),
+        arg("--onnx", action="store_true", help="also export ONNX and check it against PyTorch"),
+        arg("--quantize", choices=[INT8],
+            help="int8: also write the int8 model for CPU inference: model.int8.safetensors (torch; "
+                 "loraclf.infer.int8.load_quantized loads it) and, with onnxruntime installed, model.int8.onnx (a "
+                 "stock onnxruntime.InferenceSession runs it); predict/serve --precision int8 use them"),
+        arg("--overwrite", action="store_true", help="replace a non-empty --output folder"),
+    ]),
+    "serve": dict(help="HTTP prediction service", args=[
+        arg("model", nargs="+", metavar="RUN",
+            help="a run folder or an exported model folder; several runs (or a folder of runs) are served as adapters "
+                 "on one shared base, at /v1/models/{name}/predict"),
+        arg("--host", default="127.0.0.1"),
+        arg("--port", type=int, default=8000),
+        arg("--max-batch-size", type=_positive_int, default=32),
+        arg("--max-wait-ms", type=float, default=5.0),
+        arg("--max-texts", type=_positive_int, default=256),
+        arg("--max-text-chars", type=_positive_int, default=20_000),
+        arg("--precision", choices=INFERENCE_PRECISIONS, default="fp32",
+            help="auto: bf16 where the hardware computes it natively; " + INT8_HELP),
+        ENGINE,
+    ]),
+    "push": dict(help="upload a run's adapter (or its merged export) to the Hugging Face Hub", args=[
+        arg("run", help=RUN),
+        arg("repo_id", metavar="REPO_ID", help="user/name or org/name; created if it does not exist"),
+        arg("--what", choices=["adapter", "export"], default="adapter",
+            help="adapter: the PEFT files, tokenizer and model card; export: the merged standalone model"),
+        arg("--private", action="store_true", help="create the repo as private"),
+    ]),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="loraclf",
+        description="Fine-tune pretrained encoders with PEFT adapters (LoRA and relatives) for text classification, "
+                    "under a trainable-parameter budget.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, spec in COMMANDS.items():
+        spec = dict(spec)
+        args = spec.pop("args")
+        p = sub.add_parser(name, **spec)
+        for flags, kwargs in args:
+            p.add_argument(*flags, **kwargs)
+    return parser
