@@ -62,15 +62,17 @@ def _help_texts(capsys, monkeypatch) -> dict[str, str]:
 
 def _drop_timing(obj):
     if isinstance(obj, dict):
+        if isinstance(obj.get("hardware"), dict):  # the machine it ran on (kernel, memory): names kept, values not
+            obj = {**obj, "hardware": {k: "MACHINE" for k in obj["hardware"]}}
         return {k: _drop_timing(v) for k, v in obj.items() if k not in TIMING_KEYS}
     if isinstance(obj, list):
         return [_drop_timing(v) for v in obj]
     return obj
 
 
-def _normal_text(rel: str, text: str, out_dir: Path) -> str:
-    """A run-folder text file with what changes from run to run removed."""
-    text = text.replace(str(out_dir), "OUT")
+def _normal_text(rel: str, text: str, out_dir: Path, model_dir: Path) -> str:
+    """A run-folder text file with what changes from run to run (or clone to clone) removed."""
+    text = text.replace(str(out_dir), "OUT").replace(str(model_dir), "MODEL")
     if rel.endswith(".json") and rel != "checkpoints/step-6/COMPLETE":
         obj = _drop_timing(json.loads(text))
         if rel.endswith("adapter_config.json") and isinstance(obj.get("target_modules"), list):
@@ -96,7 +98,7 @@ def _torch_rng(path: Path) -> bytes:
     return torch.load(path, weights_only=False)["torch"].numpy().tobytes()
 
 
-def _snapshot(run: Path, out_dir: Path) -> dict[str, str]:
+def _snapshot(run: Path, out_dir: Path, model_dir: Path) -> dict[str, str]:
     """rel path -> normalised text, or 'sha256 size' for a binary file."""
     snap = {}
     for p in sorted(run.rglob("*")):
@@ -109,7 +111,7 @@ def _snapshot(run: Path, out_dir: Path) -> dict[str, str]:
         elif rel.endswith(BINARY):
             snap[rel] = f"{hashlib.sha256(data).hexdigest()} {len(data)}"
         else:
-            snap[rel] = _normal_text(rel, data.decode("utf-8"), out_dir)
+            snap[rel] = _normal_text(rel, data.decode("utf-8"), out_dir, model_dir)
     return snap
 
 
@@ -139,7 +141,7 @@ def test_help_and_run_folder_match_the_golden_files(tmp_path, capsys, monkeypatc
     monkeypatch.chdir(tmp_path)
     out_dir = tmp_path / "runs"
     assert main(["train", *TRAIN_ARGS, f"output.dir={out_dir}", "--quiet"]) == 0
-    snap = _snapshot(out_dir / "golden", out_dir)
+    snap = _snapshot(out_dir / "golden", out_dir, minilm_path)
     if WRITE:
         _write(snap, helps)
         pytest.skip("golden files written")
