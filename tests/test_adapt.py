@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 
 from loraclf import cli, runs
-from loraclf.training.self_train import agreement, select_pseudo_labels, self_train, student_train_set
+from loraclf.training.pseudo_labels import agreement, select_pseudo_labels, student_train_set
+from loraclf.training.self_train import self_train
 from loraclf.config import load_config
 from loraclf.base.errors import ConfigError, DataError, LoraclfError
 from loraclf.runs import ADAPT, PSEUDO_LABELS
@@ -70,7 +71,7 @@ def test_student_train_set_weights_and_soft_labels():
 def test_consistency_adds_augmented_views_carrying_their_pseudo_label():
     import datasets
 
-    from loraclf.data.augment import get_wordnet
+    from loraclf.data.wordnet import get_wordnet
 
     try:
         get_wordnet()

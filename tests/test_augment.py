@@ -15,8 +15,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from loraclf.data import augment
-from loraclf.data.augment import Augmenter, augment_dataset, augment_file, get_wordnet
+from loraclf.data import wordnet as augment  # the WordNet names (WORDNET_ENV, LEXNAMES_TEXT, ...) moved to data.wordnet
+from loraclf.data.augment import Augmenter, augment_dataset, augment_file
+from loraclf.data.wordnet import get_wordnet
 from loraclf.config import AugmentConfig
 from loraclf.base.errors import ConfigError, DataError, LoraclfError
 

@@ -21,7 +21,8 @@ from loraclf import cli, task as problem, runs
 from loraclf.report import html as report
 from loraclf.report import figures, files as report_files
 from loraclf.report import compare
-from loraclf.training.self_train import Pseudo, pseudo_labels, select_confident, self_train, student_train_set
+from loraclf.training.pseudo_labels import Pseudo, pseudo_labels, select_confident, student_train_set
+from loraclf.training.self_train import self_train
 from loraclf.config import load_config
 from loraclf.base.errors import ConfigError, LoraclfError
 from loraclf.sweep import load_sweep, trial_config

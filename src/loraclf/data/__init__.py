@@ -1,12 +1,19 @@
 """Data: sources -> columns -> label map -> split -> tokenize -> batches, one module per stage.
 
-read      the one table reader (files through pandas, Arrow or a stream; hub datasets)
-clean     the one cleaning path (text columns joined, empty rows dropped or refused, long texts cut)
-labels    the label map and label encoding (classes)
-targets   label sets (multi-label) and numbers (regression), and the label map and encoding by problem type
-splits    train/validation/test with the label map (load_splits; load_stream_splits with data.streaming)
-batches   tokenize (cached as Arrow), padding, the length-grouped order, the loaders
-stream    one pass over a training stream, tokenized as it is read (data.streaming)
+It owns reading, cleaning, label encoding, splitting, tokenizing and batching of every text, in training and in
+prediction, and the EDA augmentation of training texts. It may import config, task, runs and base; never the model,
+training, inference or anything above.
+
+    read      the one table reader (files through pandas, Arrow or a stream; hub datasets)
+    clean     the one cleaning path (text columns joined, empty rows dropped or refused, long texts cut)
+    labels    the label map and label encoding (classes)
+    targets   label sets (multi-label) and numbers (regression), and the label map and encoding by problem type
+    splits    train/validation/test with the label map (load_splits; load_stream_splits with data.streaming)
+    windows   texts as token ids per data.long_text: truncated, head + tail, or sliding windows
+    batches   tokenize (cached as Arrow), padding, the length-grouped order, the loaders
+    stream    one pass over a training stream, tokenized as it is read (data.streaming)
+    augment   EDA copies of training texts (augment.*, `loraclf augment`)
+    wordnet   WordNet and the stopwords, found and read offline, for augment's synonyms
 """
 
 from .batches import (EVAL_COLUMNS, TRAIN_COLUMNS, LengthGroupedSampler, cache_dir, collator, eval_loader,

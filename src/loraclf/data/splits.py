@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 import pandas as pd
@@ -19,19 +19,22 @@ from ..config import DataConfig
 from ..task import MULTI, SINGLE
 from ..base.errors import DataError
 from . import targets
-from .clean import check_columns, clean_arrow, clean_frame, is_missing, label_source, text_columns
+from .clean import check_columns, clean_arrow, clean_frame, is_missing, text_columns
 from .labels import build_label_map, encode_arrow, normalise_label
 from .read import READERS, column, read_hub, read_split, stream_head
 from .stream import stream_where
+
+if TYPE_CHECKING:  # annotations only: the code imports datasets where it uses it
+    import datasets
 
 logger = logs.get(__name__)
 
 
 @dataclass
 class Splits:
-    train: "datasets.Dataset"  # noqa: F821  (an IterableDataset of raw rows with data.streaming)
-    validation: "datasets.Dataset"  # noqa: F821
-    test: Optional["datasets.Dataset"]  # noqa: F821
+    train: datasets.Dataset | datasets.IterableDataset  # a stream of raw rows with data.streaming
+    validation: datasets.Dataset
+    test: Optional[datasets.Dataset]
     id2label: dict[int, str]
     notes: list[str] = field(default_factory=list)
     int_labels: bool = False  # the raw labels were integers (predict's ID,Label then writes ids, not names)

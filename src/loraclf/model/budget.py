@@ -1,177 +1,29 @@
-"""Trainable-parameter budget: exact accounting, enforcement of budget.max_trainable_params, and rank fitting.
+"""Trainable-parameter budget: the exact count, enforcement of budget.max_trainable_params, rank fitting, and the
+`loraclf budget` report.
 
-Every count comes from the model that `train` builds (model.attach_adapter), instantiated on the meta device from
-the model config alone: shapes without storage, so no weights are read and roberta-base is counted in a fraction
-of a second. Nothing here knows a method's parameter formula; a rank is fitted by counting built models.
+The counts are those of the model `train` builds, made on the meta device from the model config alone (counting.py);
+the report's rows come from param_table.py.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import re
-import warnings
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Optional
 
 from ..base import logs
 from . import methods
 from .. import task as problem
 from .. import model as model_mod
 from .architectures import resolve_targets
+from .counting import RankCounter, max_rank, model_shape, trainable_count
+from .param_table import breakdown
 from ..config import Config
-from ..base.errors import BudgetError, LoraclfError, ModelError
+from ..base.errors import BudgetError, LoraclfError
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logs.get(__name__)
-
-# Published shapes of a few well-known hub models, used only when their config.json is neither reachable nor in the
-# local Hugging Face cache, so that `loraclf budget` answers offline (and without the hub client's ~25 s of retries).
-# Trainable counts depend only on these shapes; vocab and positions only change the model total.
-_KNOWN: dict[str, Callable[[], object]] = {}
-
-
-def _known_configs() -> dict[str, Callable[[], object]]:
-    if _KNOWN:
-        return _KNOWN
-    from transformers import (BertConfig, DebertaV2Config, DistilBertConfig, ElectraConfig, MPNetConfig,
-                              RobertaConfig)
-
-    roberta = dict(vocab_size=50265, max_position_embeddings=514, type_vocab_size=1, pad_token_id=1,
-                   bos_token_id=0, eos_token_id=2, layer_norm_eps=1e-5)
-    large = dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096)
-    table = {
-        "roberta-base": lambda: RobertaConfig(**roberta),
-        "roberta-large": lambda: RobertaConfig(**roberta, **large),
-        "bert-base-uncased": lambda: BertConfig(),
-        "bert-base-cased": lambda: BertConfig(vocab_size=28996),
-        "bert-large-uncased": lambda: BertConfig(**large),
-        "distilbert-base-uncased": lambda: DistilBertConfig(),
-        "microsoft/mpnet-base": lambda: MPNetConfig(vocab_size=30527, max_position_embeddings=514),
-        "google/electra-base-discriminator": lambda: ElectraConfig(embedding_size=768, hidden_size=768,
-                                                                   num_attention_heads=12, intermediate_size=3072),
-        "microsoft/deberta-v3-base": lambda: DebertaV2Config(
-            vocab_size=128100, hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
-            relative_attention=True, position_buckets=256, norm_rel_ebd="layer_norm", share_att_key=True,
-            pos_att_type=["p2c", "c2p"], layer_norm_eps=1e-7, max_relative_positions=-1, position_biased_input=False,
-            type_vocab_size=0),
-    }
-    for org, names in (("FacebookAI", ("roberta-base", "roberta-large")),
-                       ("google-bert", ("bert-base-uncased", "bert-base-cased", "bert-large-uncased")),
-                       ("distilbert", ("distilbert-base-uncased",))):
-        for n in names:
-            table[f"{org}/{n}"] = table[n]
-    _KNOWN.update(table)
-    return _KNOWN
-
-
-# ------------------------------------------------------------------------------------------ building on meta
-
-
-@dataclasses.dataclass
-class _Shape:
-    """A model config resolved for counting, with a note on where it came from."""
-
-    config: object
-    source: str
-
-
-def model_shape(cfg: Config, num_labels: int) -> _Shape:
-    """The model config for cfg.model with num_labels, from config.json, else from the built-in table above."""
-    import transformers
-
-    transformers.logging.set_verbosity_error()  # not quiet_transformers(): it imports datasets, a second of startup
-    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
-    id2label = {i: f"LABEL_{i}" for i in range(num_labels)}
-    name = cfg.model.name_or_path
-    known = _known_configs().get(name)
-    if known is not None:
-        from transformers import AutoConfig
-
-        try:  # the cache first: a hub lookup that cannot connect retries for ~25 s before failing
-            mc = AutoConfig.from_pretrained(name, revision=cfg.model.revision, local_files_only=True,
-                                            num_labels=num_labels, id2label=id2label,
-                                            problem_type=cfg.model.problem_type,
-                                            label2id={v: k for k, v in id2label.items()})
-            return _Shape(mc, "config.json (local Hugging Face cache)")
-        except (OSError, ValueError):
-            mc = known()
-            mc.num_labels = num_labels
-            mc.id2label, mc.label2id = id2label, {v: k for k, v in id2label.items()}
-            mc.problem_type = cfg.model.problem_type
-            return _Shape(mc, f"loraclf's built-in copy of {name}'s published shape (its config.json is not in the "
-                              f"local Hugging Face cache)")
-    path, mc = model_mod.load_model_config(cfg, id2label)
-    return _Shape(mc, f"{path}/config.json")
-
-
-def _meta_base(cfg: Config, shape: _Shape):
-    import torch
-    from transformers import AutoModelForSequenceClassification
-
-    try:
-        with torch.device("meta"):
-            return AutoModelForSequenceClassification.from_config(
-                shape.config, trust_remote_code=cfg.model.trust_remote_code)
-    except (ValueError, KeyError) as e:
-        raise ModelError(f"cannot build a sequence classifier from the config of '{cfg.model.name_or_path}': "
-                         f"{str(e).splitlines()[0][:200]}") from None
-
-
-class _Counter:
-    """Builds the adapted model on the meta device for any rank, reusing one meta base model."""
-
-    def __init__(self, cfg: Config, shape: _Shape):
-        self.cfg, self.shape = cfg, shape
-        self.base = _meta_base(cfg, shape)
-        self.cache: dict[int, int] = {}
-        self.models: dict[int, object] = {}
-
-    def build(self, r):
-        cfg = dataclasses.replace(self.cfg, adapter=dataclasses.replace(self.cfg.adapter, r=r))
-        # PiSSA-style inits need real weights; methods.py uses the plain init on meta, which has the same shapes
-        return model_mod.attach_adapter(copy.deepcopy(self.base), cfg)
-
-    def count(self, r: int) -> int:
-        if r not in self.cache:
-            model = self.build(r)
-            self.models[r] = model
-            self.cache[r] = trainable_count(model)
-        return self.cache[r]
-
-    def model(self, r: int):
-        self.count(r)
-        return self.models[r]
-
-    def largest_fitting(self, cap: int, r_max: int, start: int = 1) -> Optional[int]:
-        """The largest r in [1, r_max] with count(r) <= cap (counts never fall as r grows), or None."""
-        # LoRA-like counts are affine in r: guess from the counts at start and start + 1, then confirm exactly at
-        # the guess and one above (usually the configured rank and the next, already counted)
-        start = max(1, min(start, r_max - 1))
-        slope = self.count(start + 1) - self.count(start) if r_max >= 2 else 0
-        if slope > 0:
-            guess = max(1, min(r_max, start + (cap - self.count(start)) // slope))
-            if self.count(guess) <= cap and (guess == r_max or self.count(guess + 1) > cap):
-                return guess
-        if self.count(1) > cap:
-            return None
-        lo, hi = 1, 2
-        while hi <= r_max and self.count(hi) <= cap:  # lo fits; double until hi does not
-            lo, hi = hi, hi * 2
-        hi = min(hi, r_max + 1)
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            if self.count(mid) <= cap:
-                lo = mid
-            else:
-                hi = mid
-        return lo
-
-
-def _r_max(mc) -> int:
-    """No rank above the model width helps (a rank-r update of a d x k matrix has rank <= min(d, k))."""
-    for attr in ("hidden_size", "dim", "d_model"):
-        if isinstance(getattr(mc, attr, None), int):
-            return int(getattr(mc, attr))
-    return 4096
 
 
 def _rankless(cfg: Config) -> bool:
@@ -182,7 +34,7 @@ def count_trainable(cfg: Config, num_labels: int) -> int:
     """Exact trainable-parameter count of the model `train` would build for cfg (adapter.r must be an int)."""
     if cfg.adapter.r == "auto":
         raise BudgetError("count_trainable needs an integer adapter.r; resolve 'auto' with budget.enforce first")
-    return _Counter(cfg, model_shape(cfg, num_labels)).count(cfg.adapter.r)
+    return RankCounter(cfg, model_shape(cfg, num_labels)).count(cfg.adapter.r)
 
 
 # ------------------------------------------------------------------------------------------ enforcement
@@ -202,8 +54,8 @@ def enforce(cfg: Config, num_labels: int, log=None) -> Config:
         # the method has no rank: there is nothing to fit, only the cap to check
         cfg = dataclasses.replace(cfg, adapter=dataclasses.replace(cfg.adapter, r=1))
         r = 1
-    counter = _Counter(cfg, model_shape(cfg, num_labels))
-    r_max = _r_max(counter.shape.config)
+    counter = RankCounter(cfg, model_shape(cfg, num_labels))
+    r_max = max_rank(counter.shape.config)
     what = _what(cfg)
     if r == "auto":
         best = counter.largest_fitting(cap, r_max)
@@ -239,15 +91,10 @@ def _no_rank_fits(n1: int, cap: int, what: str, lead: bool = True) -> str:
             f"or raise the cap")
 
 
-# ------------------------------------------------------------------------------------------ the one count
+# ------------------------------------------------------------------------------------------ params.json
 
 
-def trainable_count(model) -> int:
-    """The one trainable-parameter count: every parameter that gets a gradient."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-def param_breakdown(model) -> dict:
+def param_breakdown(model: torch.nn.Module) -> dict:
     """Trainable parameters split into adapter, head and other, with the model total."""
     adapter = head = other = 0
     total = 0
@@ -286,7 +133,6 @@ def format_breakdown(b: dict) -> str:
             f"adapter {b['adapter']:,}, head {b['head']:,}" + (f", other {b['other']:,}" if b["other"] else ""))
 
 
-
 # ------------------------------------------------------------------------------------------ the report
 
 
@@ -318,88 +164,6 @@ def resolve_num_labels(cfg: Config, num_labels: Optional[int] = None) -> tuple[i
     return len(splits.id2label), "the training labels"
 
 
-_LAYER = re.compile(r"^.*?\.\d+\.")  # everything up to the first layer index: roberta.encoder.layer.3.
-
-
-def _plain(name: str) -> str:
-    name = name.removeprefix("base_model.model.")
-    return re.sub(r"\.modules_to_save\.[^.]+", "", name)
-
-
-def _shape(t) -> str:
-    return " x ".join(str(d) for d in t.shape)
-
-
-def _tally(rows: dict, key, p, trainable: bool, **fields) -> None:
-    row = rows.setdefault(key, {"params": 0, "trainable": 0, **fields})
-    row["params"] += p.numel()
-    row["trainable"] += p.numel() if trainable else 0
-
-
-def _rows(model, head_roots: tuple, head_lora: Optional[str]) -> tuple[dict, dict, dict, int, int]:
-    """One pass over the parameters: (adapter, head, other) rows, the model total and PEFT's spare head copies."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    tuners = {n.removeprefix("base_model.model."): m for n, m in model.named_modules() if isinstance(m, BaseTunerLayer)}
-    adapter, head, other = {}, {}, {}
-    total = spare = 0
-
-    def in_head(path: str) -> bool:
-        return any(path == h or path.startswith(h + ".") or path.endswith("." + h) or ("." + h + ".") in path
-                   for h in head_roots)
-
-    for name, p in model.named_parameters():
-        if ".original_module." in name:  # PEFT's frozen spare copy of a modules_to_save layer
-            spare += p.numel()
-            continue
-        total += p.numel()
-        path = _plain(name)
-        owner = next((t for t in tuners if path.startswith(t + ".")), None)
-        if owner is not None and not path[len(owner) + 1:].startswith("base_layer."):
-            kind = path[len(owner) + 1:].split(".")[0]  # lora_A, lora_B, lora_magnitude_vector, ia3_l, ...
-            if head_lora and owner == head_lora:
-                _tally(head, (owner, kind), p, p.requires_grad, shape=_shape(p))
-            else:
-                _tally(adapter, (_LAYER.sub("", owner), kind), p, p.requires_grad, layers=0, shape=_shape(p))
-                adapter[(_LAYER.sub("", owner), kind)]["layers"] += 1
-            continue
-        if owner is not None:
-            path = owner + path[len(owner) + len(".base_layer"):]
-        module = path.rpartition(".")[0]
-        if ".modules_to_save." in name or in_head(module):
-            _tally(head, (module, "weights"), p, p.requires_grad, shape="")
-            row = head[(module, "weights")]
-            row["shape"] = (row["shape"] + " + " if row["shape"] else "") + _shape(p)
-        elif p.requires_grad:
-            _tally(other, _LAYER.sub("", path), p, True, layers=0, shape=_shape(p))
-            other[_LAYER.sub("", path)]["layers"] += 1
-    return adapter, head, other, total, spare
-
-
-def breakdown(model, head_modules: list[str], head_lora: Optional[str]) -> dict:
-    """Parameters of a built PeftModel by role: adapter rows per target module type and parameter kind, head rows
-    layer by layer, other trainable rows (biases, LayerNorms), and totals."""
-    head_roots = tuple(head_modules) + ((head_lora,) if head_lora else ())
-    adapter, head, other, total, spare = _rows(model, head_roots, head_lora)
-    adapter_rows = [{"module": m, "param": k, **v} for (m, k), v in adapter.items()]
-    head_rows = [{"module": m, "param": k, **v} for (m, k), v in head.items()]
-    other_rows = [{"param": k, **v} for k, v in other.items()]
-    added = sum(r["params"] for r in adapter_rows) + sum(r["params"] for r in head_rows if r["param"] != "weights")
-    trainable = sum(r["trainable"] for r in adapter_rows + head_rows + other_rows)
-    exact = trainable_count(model)
-    assert trainable == exact, (trainable, exact)  # every trainable parameter is in exactly one row
-    return {
-        "adapter_rows": adapter_rows, "head_rows": head_rows, "other_rows": other_rows,
-        "adapter_params": sum(r["trainable"] for r in adapter_rows),
-        "head_params": sum(r["trainable"] for r in head_rows),
-        "other_params": sum(r["trainable"] for r in other_rows),
-        "trainable": trainable, "base_params": total - added, "model_params": total,
-        "percent": 100.0 * trainable / total if total else 0.0,
-        # PEFT's print_trainable_parameters (and the run's params.json) also count the spare copies
-        "peft_all_params": total + spare, "peft_percent": 100.0 * trainable / (total + spare) if total else 0.0,
-    }
-
-
 def budget_report(cfg: Config, num_labels: Optional[int] = None) -> dict:
     """Everything `loraclf budget` prints: the exact trainable breakdown of the model train would build, the cap,
     and the largest rank under it. Reads no weights (the model is built on the meta device)."""
@@ -411,8 +175,8 @@ def budget_report(cfg: Config, num_labels: Optional[int] = None) -> dict:
         cfg = dataclasses.replace(cfg, adapter=dataclasses.replace(cfg.adapter, r=1))
         r = 1
     shape = model_shape(cfg, n_labels)
-    counter = _Counter(cfg, shape)
-    r_max = _r_max(shape.config)
+    counter = RankCounter(cfg, shape)
+    r_max = max_rank(shape.config)
     best = None
     if cap is not None and not _rankless(cfg):
         best = counter.largest_fitting(cap, r_max, start=r if isinstance(r, int) else 1)

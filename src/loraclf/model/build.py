@@ -12,7 +12,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 
@@ -22,6 +22,10 @@ from ..base import sources
 from .architectures import FAMILIES, head_modules, resolve_targets
 from ..config import Config, load_run_config
 from ..base.errors import ModelError, did_you_mean
+
+if TYPE_CHECKING:  # annotations only: the code imports these where it uses them
+    from peft import PeftModel
+    from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 
 # ------------------------------------------------------------------------------------------ loading
@@ -51,7 +55,7 @@ def _check_model_path(path: str) -> None:
                          f"folder saved with save_pretrained")
 
 
-def load_model_config(cfg: Config, id2label: Optional[dict[int, str]] = None):
+def load_model_config(cfg: Config, id2label: Optional[dict[int, str]] = None) -> tuple[str, PretrainedConfig]:
     from transformers import AutoConfig
 
     path = sources.resolve_model(cfg.model.name_or_path)
@@ -75,7 +79,7 @@ def _load_error(name: str, e: Exception) -> str:
     return f"cannot load model '{name}': {first[:300]} (check the name, the path, or the network)"
 
 
-def load_tokenizer(path: str, cfg: Config):
+def load_tokenizer(path: str, cfg: Config) -> PreTrainedTokenizerBase:
     from transformers import AutoTokenizer
 
     try:
@@ -88,7 +92,7 @@ def load_tokenizer(path: str, cfg: Config):
     return tok
 
 
-def load_base(cfg: Config, id2label: dict[int, str], path: str, model_config):
+def load_base(cfg: Config, id2label: dict[int, str], path: str, model_config: PretrainedConfig) -> PreTrainedModel:
     from transformers import AutoModelForSequenceClassification
 
     kwargs = {}
@@ -167,7 +171,7 @@ def head_plan(model, head: str) -> HeadPlan:
     raise ModelError(f"unknown adapter.head '{head}'{did_you_mean(head, HEADS)}; choose from {', '.join(HEADS)}")
 
 
-def attach_adapter(base, cfg: Config, total_steps: Optional[int] = None):
+def attach_adapter(base: PreTrainedModel, cfg: Config, total_steps: Optional[int] = None) -> PeftModel:
     """Wrap a base classifier with the configured adapter and head design. Returns the PeftModel.
 
     The one path from base model to trainable model: train uses it on loaded weights, budget on the meta device
@@ -220,7 +224,8 @@ def _freeze_head_dense(model, plan: HeadPlan) -> None:
         raise ModelError(f"head layer {plan.frozen} is not inside the trained head {plan.modules_to_save}")
 
 
-def build_model(cfg: Config, id2label: dict[int, str], total_steps: Optional[int] = None):
+def build_model(cfg: Config, id2label: dict[int, str], total_steps: Optional[int] = None
+                ) -> tuple[PeftModel, PreTrainedTokenizerBase]:
     """Load the base encoder with a fresh head and wrap it with the configured adapter. Returns (model, tokenizer)."""
     quiet_transformers()
     path, mc = load_model_config(cfg, id2label)

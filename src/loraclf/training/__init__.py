@@ -1,13 +1,20 @@
-"""Training, on Accelerate. Reads top to bottom: setup -> fit -> finish.
+"""Training, on Accelerate: one run from a config to a complete run folder, and self-training over rounds of runs.
 
-    setup.py     run folder path, Accelerate, data, budget and model, optimizer, step plan, resume
-    inputs.py    augmented rows, tokenized splits, each epoch's loader
-    loop.py      the loop: steps, logging, evaluation, early stop, checkpoints, signals
-    prefix.py    train.prefix_cache: the frozen layers below the lowest adapter, once per training row
-    dropout.py   train.fast_dropout: cheaper dropout masks for the training steps
-    finish.py    best weights back, final metrics, artifacts, report
-    trackers.py  TensorBoard / MLflow through Accelerate
-    state.py     the loop's resumable state, signals
+Reads top to bottom: setup -> fit -> finish. It may import model, data, infer (evaluation and prediction), publish
+(the model card), report, runs, config, task and base; only the faces (cli, api) and sweep import it, and
+inference, serving, artifacts and reports never do.
+
+    setup.py          run folder path, Accelerate, data, budget and model, optimizer, step plan, resume
+    inputs.py         augmented rows, tokenized splits, each epoch's loader
+    loss.py           the loss of each problem type, with its weights and the regression target scaling
+    trackers.py       TensorBoard / MLflow through Accelerate
+    state.py          the loop's resumable state, signals
+    loop.py           the loop: steps, logging, evaluation, early stop, checkpoints, signals
+    speed/            speed levers of the step: prefix.py (train.prefix_cache), dropout.py (train.fast_dropout)
+    calibrate.py      after the last step: temperature and decision thresholds, fitted on validation
+    finish.py         best weights back, final metrics, artifacts, report
+    self_train.py     self-training (data.unlabeled): teacher -> pseudo-labels -> student, round by round
+    pseudo_labels.py  pseudo-labels and their confidence per problem type, their selection, the student's train set
 """
 
 from __future__ import annotations

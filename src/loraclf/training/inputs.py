@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 from ..data import augment
 from .. import data as data_mod
 from ..config import Config
+from ..data import Splits
+
+if TYPE_CHECKING:  # annotations only: the code imports these where it uses them
+    import datasets
+    from accelerate import Accelerator
+    from torch.utils.data import DataLoader
+    from transformers import PreTrainedTokenizerBase
 
 EXTRA_COLUMNS = ("weight", "soft_labels")  # per-row columns (pseudo-labels) that follow their rows into batches
 
@@ -16,13 +23,13 @@ EXTRA_COLUMNS = ("weight", "soft_labels")  # per-row columns (pseudo-labels) tha
 class Inputs:
     """What the loop reads: the raw train rows (pre-tokenization) and the tokenized splits."""
 
-    train_raw: object
-    train_ds: Optional[object]  # None for a stream (data.streaming): it is tokenized as the loop reads it
-    val_ds: object
-    test_ds: Optional[object]
+    train_raw: datasets.Dataset | datasets.IterableDataset  # a stream with data.streaming
+    train_ds: Optional[datasets.Dataset]  # None for a stream (data.streaming): it is tokenized as the loop reads it
+    val_ds: datasets.Dataset
+    test_ds: Optional[datasets.Dataset]
 
 
-def _augmented(ds, cfg: Config, seed: int, say: Callable[[str], None]):
+def _augmented(ds: datasets.Dataset, cfg: Config, seed: int, say: Callable[[str], None]) -> datasets.Dataset:
     import datasets
 
     # rows are tracked by index so per-row columns (weight, soft_labels of pseudo-labels) follow their copies
@@ -46,14 +53,14 @@ def _augmented(ds, cfg: Config, seed: int, say: Callable[[str], None]):
     return datasets.Dataset.from_dict(out)
 
 
-def _with_extras(ds, raw):
+def _with_extras(ds: datasets.Dataset, raw: datasets.Dataset) -> datasets.Dataset:
     for extra in EXTRA_COLUMNS:
         if extra in raw.column_names:
             ds = ds.add_column(extra, raw[extra])
     return ds
 
 
-def build(cfg: Config, splits, tokenizer, say: Callable[[str], None]) -> Inputs:
+def build(cfg: Config, splits: Splits, tokenizer: PreTrainedTokenizerBase, say: Callable[[str], None]) -> Inputs:
     train_raw = splits.train
     if cfg.augment.enabled:
         # per_epoch draws epoch 0's copies here too (the same seed the loop would use), so that the epoch length
@@ -68,8 +75,9 @@ def build(cfg: Config, splits, tokenizer, say: Callable[[str], None]) -> Inputs:
     return Inputs(train_raw, train_ds, val_ds, test_ds)
 
 
-def epoch_loader(cfg: Config, inputs: Inputs, splits, tokenizer, accelerator, epoch: int, samples_done: int,
-                 say: Callable[[str], None]):
+def epoch_loader(cfg: Config, inputs: Inputs, splits: Splits, tokenizer: PreTrainedTokenizerBase,
+                 accelerator: Accelerator, epoch: int, samples_done: int,
+                 say: Callable[[str], None]) -> tuple[DataLoader, int, Optional[int]]:
     """(loader, batches already done in this epoch, batches in the epoch or None for a stream)."""
     bs, n_proc = cfg.train.per_device_train_batch_size, accelerator.num_processes
     if cfg.data.streaming:

@@ -9,10 +9,10 @@ import dataclasses
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import numpy as np
 import torch
@@ -26,12 +26,21 @@ from .. import data as data_mod
 from .. import model as model_mod
 from ..config import Config
 from ..base.errors import BudgetError, RunError
+from ..data import Splits
 from . import inputs as inputs_mod
 from . import loss as loss_mod
 from .speed import dropout as dropout_mod
 from .speed import prefix as prefix_mod
 from . import trackers as trackers_mod
 from .state import LoopState
+
+if TYPE_CHECKING:  # annotations only: the code imports these where it uses them
+    import datasets
+    from accelerate import Accelerator
+    from peft import PeftModel
+    from torch.optim.lr_scheduler import LRScheduler
+    from torch.utils.data import DataLoader
+    from transformers import PreTrainedTokenizerBase
 
 logger = logs.get(__name__)
 
@@ -63,26 +72,29 @@ class Setup:
     cfg: Config
     run: Path
     fresh: bool  # a new run (not --resume)
-    started: float
+    started: float  # time.time() at the start, for metrics.json's wall time
     precision: str  # Accelerate's name: no, bf16, fp16
-    accelerator: object
-    say: Callable[[str], None]
-    splits: object
-    model: object  # as prepared by Accelerate (wrapped in DDP when several processes)
-    unwrapped: object
-    tokenizer: object
-    params: dict
-    hooks: methods.MethodHooks
-    optimizer: object
-    scheduler: object
+    accelerator: Accelerator
+    say: Callable[[str], None]  # logs on the main process only
+    # the data
+    splits: Splits
     inputs: inputs_mod.Inputs
+    # the model
+    model: torch.nn.Module  # as prepared by Accelerate (wrapped in DDP when several processes)
+    unwrapped: PeftModel  # the same model unwrapped: what checkpoints, the saved adapter and the hooks see
+    tokenizer: PreTrainedTokenizerBase
+    params: dict  # the trainable-parameter breakdown (budget.param_breakdown), params.json
+    hooks: methods.MethodHooks
+    # the optimization
+    optimizer: torch.optim.Optimizer  # as prepared by Accelerate
+    scheduler: LRScheduler  # stepped once per optimizer step
     plan: StepPlan
-    val_loader: object  # prepared after the resume (restore), as the loop's first step
-    trackers: list
     loss: loss_mod.LossSpec
     decision: problem.Decision  # during training: the target scaling only (thresholds and temperature come after)
     prefix: Optional[prefix_mod.PrefixCache] = None  # train.prefix_cache, where it applies
     dropout: Optional[dropout_mod.Swap] = None  # train.fast_dropout, where it is on
+    val_loader: Optional[DataLoader] = None  # prepared after the resume (restore), as the loop's first step
+    trackers: list[str] = field(default_factory=list)  # the started trackers (start_trackers, after the resume)
 
     @property
     def main(self) -> bool:
@@ -106,7 +118,7 @@ def _no_decay(name: str) -> bool:
     return n.endswith(".bias") or "layernorm" in n or "layer_norm" in n or ".ln" in n or "norm.weight" in n
 
 
-def build_optimizer(cfg: Config, model):
+def build_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
     """AdamW with no weight decay on biases and LayerNorm, or PEFT's LoRA+ optimizer."""
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     kw = dict(lr=cfg.train.learning_rate, betas=tuple(cfg.optimizer.betas), eps=cfg.optimizer.eps)
@@ -129,14 +141,15 @@ def build_optimizer(cfg: Config, model):
     return torch.optim.AdamW(groups, foreach=True, **kw)
 
 
-def build_scheduler(cfg: Config, optimizer, total_steps: int):
+def build_scheduler(cfg: Config, optimizer: torch.optim.Optimizer, total_steps: int) -> tuple[LRScheduler, int]:
     from transformers import get_scheduler
 
     warmup = cfg.train.warmup_steps if cfg.train.warmup_steps is not None else int(math.ceil(cfg.train.warmup_ratio * total_steps))
     return get_scheduler(cfg.train.lr_scheduler_type, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps), warmup
 
 
-def prepare(cfg: Config, log: Optional[Callable[[str], None]] = None, splits=None):
+def prepare(cfg: Config, log: Optional[Callable[[str], None]] = None, splits: Optional[Splits] = None
+            ) -> tuple[Config, Splits, PeftModel, PreTrainedTokenizerBase, dict]:
     """Setup that can fail on bad input: data, budget, model. Nothing is written to disk here."""
     log = logs.sink(log, logger)
     if cfg.augment.enabled:
@@ -169,7 +182,7 @@ def _fresh_accelerate_state() -> None:
     GradientState._reset_state()
 
 
-def _accelerator(cfg: Config, run: Path, precision: str):
+def _accelerator(cfg: Config, run: Path, precision: str) -> Accelerator:
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, TorchDynamoPlugin
 
@@ -241,7 +254,7 @@ def _run_path(cfg: Config, resume: Optional[Path], run_dir: Optional[Path]) -> P
                                                 cfg.output.overwrite)
 
 
-def setup(cfg: Config, resume: Optional[str | Path], splits, run_dir: Optional[Path]) -> Setup:
+def setup(cfg: Config, resume: Optional[str | Path], splits: Optional[Splits], run_dir: Optional[Path]) -> Setup:
     """Everything before the first step; the run folder exists (whole) when this returns."""
     started = time.time()
     precision = _training_precision(cfg)
@@ -276,11 +289,13 @@ def setup(cfg: Config, resume: Optional[str | Path], splits, run_dir: Optional[P
     if resume_dir is None and accelerator.is_main_process:
         _create_run_folder(run, cfg, splits, params, spec)
     accelerator.wait_for_everyone()
-    ctx = Setup(cfg, run, resume_dir is None, started, precision, accelerator, say, splits, prepared,
-                accelerator.unwrap_model(prepared), tokenizer, params, hooks, optimizer, scheduler, inputs, plan,
-                None, [], spec, problem.Decision(cfg.model.problem_type, target_mean=spec.target_mean,
-                                                 target_std=spec.target_std), prefix,
-                dropout_mod.build(cfg, model, accelerator.device, say))
+    ctx = Setup(cfg=cfg, run=run, fresh=resume_dir is None, started=started, precision=precision,
+                accelerator=accelerator, say=say, splits=splits, inputs=inputs,
+                model=prepared, unwrapped=accelerator.unwrap_model(prepared), tokenizer=tokenizer, params=params,
+                hooks=hooks, optimizer=optimizer, scheduler=scheduler, plan=plan, loss=spec,
+                decision=problem.Decision(cfg.model.problem_type, target_mean=spec.target_mean,
+                                          target_std=spec.target_std),
+                prefix=prefix, dropout=dropout_mod.build(cfg, model, accelerator.device, say))
     _describe(ctx)
     return ctx
 
@@ -314,5 +329,5 @@ def restore(ctx: Setup) -> LoopState:
     return state
 
 
-def eval_loader(ctx: Setup, ds):
+def eval_loader(ctx: Setup, ds: datasets.Dataset) -> DataLoader:
     return ctx.accelerator.prepare(data_mod.eval_loader(ds, ctx.tokenizer, ctx.cfg.eval.per_device_eval_batch_size))
