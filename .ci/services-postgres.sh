@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Start PostgreSQL on loopback and create the database + user that tests/test_sweep.py uses.
+# Start PostgreSQL on loopback and create the database + user that tests/sweep/test_sweep.py uses.
 # Idempotent: safe to run again while the server is up. Prints the URL on its last line, e.g.
 #   export LORACLF_TEST_POSTGRES_URL=$(.ci/services-postgres.sh | tail -n1)
 # Needs Debian's postgresql package (.ci/apt-sweep.txt) and root (or the postgres user via sudo).

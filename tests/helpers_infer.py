@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -62,3 +63,23 @@ class Server:
                 self.proc.kill()
                 self.proc.wait(10)
         return self.proc.returncode
+
+
+# Python with loraclf and peft made unimportable: what a stock transformers user has
+BLOCKED_PYTHON = textwrap.dedent("""
+    import sys
+    for _name in ("loraclf", "peft"):
+        sys.modules[_name] = None
+    try:
+        import peft
+        raise SystemExit("peft import was not blocked")
+    except ImportError:
+        pass
+""")
+
+
+def run_blocked(code: str) -> str:
+    r = subprocess.run([sys.executable, "-c", BLOCKED_PYTHON + textwrap.dedent(code)], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return r.stdout

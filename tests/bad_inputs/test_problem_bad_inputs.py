@@ -23,7 +23,7 @@ from loraclf.config import load_config, parse_override
 from loraclf.base.errors import ConfigError, DataError, LoraclfError
 from loraclf.training import train
 
-from test_problem_types import MULTI, NAMES, PAIRS, REGRESSION, SINGLE, problem_rows, type_overrides
+from helpers_problem import MULTI, NAMES, PAIRS, REGRESSION, SINGLE, problem_rows, type_overrides
 
 FLAGS = ["is_" + n for n in NAMES]  # data.label_columns: one 0/1 column per topic
 

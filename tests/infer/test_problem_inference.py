@@ -25,7 +25,7 @@ from loraclf.training import train
 
 from conftest import CLASS_WORDS, tiny_rows
 from helpers_infer import Server
-from test_export import run_blocked
+from helpers_infer import run_blocked
 
 NAMES = ("World", "Sports", "Business", "Tech")
 FLAGS = [f"is_{n.lower()}" for n in NAMES]

@@ -25,7 +25,7 @@ from loraclf.base.errors import ConfigError  # noqa: E402
 from loraclf.sweep import SweepError, load_sweep, run_sweep, with_driver  # noqa: E402
 
 PG_URL = os.environ.get("LORACLF_TEST_POSTGRES_URL", "postgresql://loraclf:loraclf@127.0.0.1:5432/loraclf_test")
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _overrides(tiny_overrides, **extra) -> dict:

@@ -4,14 +4,11 @@ anything but the tool's own error types (LoraclfError subclasses), whatever they
 from __future__ import annotations
 
 import json
-import math
 import string
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pytest
-from hypothesis import HealthCheck, assume, example, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from loraclf import config as config_mod

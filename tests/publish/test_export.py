@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -15,29 +12,16 @@ import torch
 
 from loraclf.cli import main
 from loraclf.config import load_config
-from loraclf.base.errors import LoraclfError
 from loraclf.publish.export import export_run
 from loraclf.runs import EXPORT_INFO
-from loraclf.infer.engine import load_inference_model, predict_file, predict_texts, token_batches
+from loraclf.infer.engine import load_inference_model, predict_file, token_batches
 from loraclf.training import train
 
-from helpers_infer import tiny_run_overrides
+from helpers_infer import run_blocked, tiny_run_overrides
 
 # A child interpreter in which loraclf and peft cannot be imported (None in sys.modules is how Python marks a
 # module as unimportable; transformers' availability probe then sees peft as not installed): proves the export
 # stands alone.
-BLOCKED_PYTHON = textwrap.dedent("""
-    import sys
-    for _name in ("loraclf", "peft"):
-        sys.modules[_name] = None
-    try:
-        import peft
-        raise SystemExit("peft import was not blocked")
-    except ImportError:
-        pass
-""")
-
-
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, tiny_bert, tiny_data) -> Path:
     root = tmp_path_factory.mktemp("export_tiny")
@@ -52,13 +36,6 @@ def tiny_export(tiny_run, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("exported") / "model"
     export_run(tiny_run, out, onnx=True)
     return out
-
-
-def run_blocked(code: str) -> str:
-    r = subprocess.run([sys.executable, "-c", BLOCKED_PYTHON + textwrap.dedent(code)], capture_output=True,
-                       text=True, timeout=120)
-    assert r.returncode == 0, r.stderr[-2000:]
-    return r.stdout
 
 
 # ------------------------------------------------------------------------------------------ batching

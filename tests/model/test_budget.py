@@ -20,7 +20,7 @@ from loraclf.cli import main
 from loraclf.config import load_config
 from loraclf.base.errors import BudgetError, ModelError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SEED_CONFIG = ROOT / "configs" / "agnews_roberta_seed.yaml"
 FAMILIES = ("roberta", "bert", "mpnet", "distilbert", "deberta-v2")
 HEADS = ("full", "linear", "lora")

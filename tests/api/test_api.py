@@ -21,7 +21,7 @@ from loraclf.config import load_config, resume_config
 from loraclf.base.errors import ConfigError, DataError, RunError
 from loraclf.training import train as train_run
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 WORDS = {"sport": "match goal team coach league cup", "money": "bank shares market profit trade loan",
          "space": "rocket orbit moon planet launch star"}
 

@@ -7,7 +7,7 @@ class that wrote the golden files (tests/golden/machine.json: CPU model and flag
 byte-identical; on another CPU the float kernels differ, so there the weights are compared by name, shape and size,
 and the numbers in the JSON files within a relative 1e-3.
 
-Regenerate (only when a change is meant to alter outputs): LORACLF_WRITE_GOLDEN=1 pytest tests/test_golden.py
+Regenerate (only when a change is meant to alter outputs): LORACLF_WRITE_GOLDEN=1 pytest tests/cli/test_golden.py
 """
 
 from __future__ import annotations
