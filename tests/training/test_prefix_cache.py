@@ -2,6 +2,10 @@
 
 The cached path must give the whole model's logits (eval mode, so dropout does not differ), read the rows it has
 seen instead of recomputing them, give the same states whatever rows share a batch, and leave the model whole.
+
+The logits compared come from models drawn at std 1/sqrt(hidden) (helpers_varied), whose logits differ from text to
+text by far more than the tolerance; the tiny models' own logits (~0.008, the same for every text) sat inside it, so
+all-zero cached states passed. test_the_tolerance_catches_zeroed_states_and_a_skipped_layer keeps that honest.
 """
 
 from __future__ import annotations
@@ -13,11 +17,15 @@ import pytest
 import torch
 
 from conftest import make_tiny_model
+from helpers_varied import varied_model
 from loraclf import model as model_mod
 from loraclf.config import from_dict, load_config
 from loraclf.training.speed import prefix as prefix_mod
 from loraclf.training import train
 
+# the cache keeps bf16: measured max error 0.0035 on logits up to 1.0; a wrong state (zeroed, or layer 0 skipped)
+# moves them by 0.5 or more
+TOL = {"atol": 1e-2, "rtol": 1e-2}
 TEXTS = ["stocks fell sharply as oil prices rose", "the team won the cup final", "a new chip for phones",
          "talks on the border treaty resumed today after a long pause in the capital", "rain", "markets rallied"]
 
@@ -41,9 +49,15 @@ def _cache(model, tok, max_mb=1024):
     return prefix_mod.PrefixCache(cut, np.array(lengths), max_mb)
 
 
+def _assert_logits_close(got: torch.Tensor, want: torch.Tensor) -> None:
+    """got == want within the bf16 tolerance, where the texts' logits differ by 10x the tolerance or more."""
+    assert float((want.max(0).values - want.min(0).values).min()) > 10 * TOL["atol"], want  # the check can fail
+    torch.testing.assert_close(got, want, **TOL)
+
+
 @pytest.fixture(scope="module", params=["bert", "roberta", "distilbert", "mpnet"])
 def family_model(request, tmp_path_factory, minilm_path):
-    return make_tiny_model(tmp_path_factory.mktemp(request.param) / "m", minilm_path, request.param)
+    return varied_model(tmp_path_factory.mktemp(request.param) / "m", minilm_path, request.param)
 
 
 def test_cached_path_gives_the_whole_models_logits(family_model):
@@ -57,11 +71,28 @@ def test_cached_path_gives_the_whole_models_logits(family_model):
         first = cache.logits(model, batch, rows)  # fills every row
         assert cache.filled.all()
         again = cache.logits(model, batch, rows)  # reads them
-    torch.testing.assert_close(first, whole, atol=2e-2, rtol=2e-2)  # the cache keeps bf16
+    _assert_logits_close(first, whole)
     torch.testing.assert_close(again, first)
     # the model is whole again: its own forward still runs every layer from the tokens
     with torch.no_grad():
         torch.testing.assert_close(model(**batch).logits, whole)
+
+
+def test_the_tolerance_catches_zeroed_states_and_a_skipped_layer(family_model):
+    """Planted errors: states of all zeros, and states computed without layer 0 (the embeddings' output cached as
+    layer 1's input), must fail the comparison the cached path passes."""
+    model, tok = _model(family_model)
+    rows, batch = np.arange(len(TEXTS)), _batch(tok, TEXTS)
+    zeroed, skipped = _cache(model, tok), _cache(model, tok)
+    skipped.cut._bottom = torch.nn.ModuleList()  # the bottom pass runs the embeddings only
+    with torch.no_grad():
+        whole = model(**batch).logits
+        zeroed.logits(model, batch, rows)
+        zeroed.store.zero_()
+        wrong = {"zeroed": zeroed.logits(model, batch, rows), "layer 0 skipped": skipped.logits(model, batch, rows)}
+    for logits in wrong.values():
+        with pytest.raises(AssertionError, match="Tensor-likes are not close"):
+            _assert_logits_close(logits, whole)
 
 
 def test_rows_are_read_back_not_recomputed_and_padding_does_not_matter(tiny_bert):
@@ -99,9 +130,10 @@ def test_no_cut_where_the_lowest_layer_is_adapted_or_the_family_cannot_start_ins
     assert cut is None and "electra encoder cannot start at an inner layer" in reason
 
 
-def test_a_head_only_adapter_caches_the_whole_encoder(tiny_bert):
-    cfg = from_dict({"model": {"name_or_path": str(tiny_bert)}, "adapter": {"target_modules": ["query"],
-                                                                          "layers_to_transform": 1}})
+def test_a_head_only_adapter_caches_the_whole_encoder(tmp_path, minilm_path):
+    folder = varied_model(tmp_path / "bert", minilm_path)
+    cfg = from_dict({"model": {"name_or_path": str(folder)}, "adapter": {"target_modules": ["query"],
+                                                                       "layers_to_transform": 1}})
     model, tok = model_mod.build_model(cfg, {0: "a", 1: "b"})
     for p in model.get_base_model().bert.encoder.parameters():  # freeze the adapters too: only the head trains
         p.requires_grad_(False)
@@ -109,8 +141,7 @@ def test_a_head_only_adapter_caches_the_whole_encoder(tiny_bert):
     assert cache.cut.start == 2  # both layers cached; each step runs the head only
     batch = _batch(tok, TEXTS)
     with torch.no_grad():
-        torch.testing.assert_close(cache.logits(model, batch, np.arange(len(TEXTS))), model(**batch).logits,
-                                   atol=2e-2, rtol=2e-2)
+        _assert_logits_close(cache.logits(model, batch, np.arange(len(TEXTS))), model(**batch).logits)
 
 
 def _history(run):
@@ -153,13 +184,23 @@ def test_the_packaged_minilm_learns_trec6_through_the_cache(tmp_path, minilm_pat
     assert r.metrics["val"]["accuracy"] > 0.6  # 6 classes, the largest 23%
 
 
-def test_off_and_auto_give_the_same_model_where_nothing_is_random(no_dropout_bert, tiny_overrides):
-    """With dropout 0 everywhere the cache changes nothing but the cost: the runs' evaluations agree."""
+def test_off_and_auto_give_the_same_model_where_nothing_is_random(tmp_path, minilm_path, tiny_overrides,
+                                                                  monkeypatch):
+    """With dropout 0 everywhere the cache changes nothing but the cost: the runs' losses agree, within a tolerance
+    that a cache holding the wrong states (layer 0 skipped) exceeds."""
+    model = varied_model(tmp_path / "bert", minilm_path, dropout=False)
     base = [o for o in tiny_overrides if not o.startswith(("model.name_or_path", "output.run_name"))]
-    base += [f"model.name_or_path={no_dropout_bert}", "adapter.layers_to_transform=1", "adapter.lora_dropout=0"]
-    runs = {}
-    for setting in ("false", "auto"):
-        runs[setting] = train(load_config(None, base + [f"train.prefix_cache={setting}",
-                                                        f"output.run_name=cache-{setting}"]), quiet=True).run_dir
-    off, on = ([r["loss"] for r in _history(runs[s]) if r["type"] == "train"] for s in ("false", "auto"))
-    np.testing.assert_allclose(on, off, rtol=2e-2)  # bf16 keeping is the only difference
+    base += [f"model.name_or_path={model}", "adapter.layers_to_transform=1", "adapter.lora_dropout=0"]
+
+    def losses(setting: str, name: str) -> np.ndarray:
+        r = train(load_config(None, base + [f"train.prefix_cache={setting}", f"output.run_name={name}"]), quiet=True)
+        return np.array([h["loss"] for h in _history(r.run_dir) if h["type"] in ("train", "eval")] +
+                        [r.metrics["val"]["loss"], r.metrics["test"]["loss"]])
+
+    off, on = losses("false", "cache-off"), losses("auto", "cache-auto")
+    monkeypatch.setattr(prefix_mod.Cut, "bottom", lambda cut: cut._swapped(getattr(cut.backbone, cut.embeddings),
+                                                                          torch.nn.ModuleList()))
+    planted = losses("auto", "layer0-skipped")
+    np.testing.assert_allclose(on, off, rtol=2e-3)  # bf16 keeping is the only difference
+    with pytest.raises(AssertionError, match="Not equal to tolerance"):
+        np.testing.assert_allclose(planted, off, rtol=2e-3)
