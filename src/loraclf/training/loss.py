@@ -114,32 +114,34 @@ def loss_of(logits: torch.Tensor, batch: dict, spec: LossSpec) -> torch.Tensor:
 
 
 def _single_label(logits, batch, spec: LossSpec):
-    """Per-row loss and, with class weights, the per-row weight the mean is normalised by (as torch's CE does)."""
+    """Per-row loss and, with class weights, the per-row weight the mean is normalised by (as torch's CE does).
+
+    Every variant is one formula over a target distribution q (one-hot for hard labels):
+    row loss = sum_k w_k q~_k (1 - p_k)^gamma (-log p_k), mean normalised by sum_rows sum_k w_k q_k, where q~ is q
+    smoothed as torch smooths hard labels, w the class weights (1 without) and gamma 0 unless the loss is focal.
+    Hard labels without focal are torch's cross_entropy(weight=, label_smoothing=) itself."""
     w = torch.tensor(spec.class_weights, device=logits.device) if spec.class_weights is not None else None
     if "soft_labels" in batch:
-        return _soft(logits, batch["soft_labels"].float(), w, spec)
+        return _targeted(logits, batch["soft_labels"].float(), w, spec)
     y = batch["labels"].long()
-    ce = F.cross_entropy(logits, y, reduction="none", label_smoothing=spec.label_smoothing)
     if spec.name == "focal":
-        p_t = torch.exp(-F.cross_entropy(logits, y, reduction="none"))
-        ce = (1 - p_t).pow(spec.focal_gamma) * ce
-    if w is None:
-        return ce, None
-    return ce * w[y], w[y]
+        return _targeted(logits, F.one_hot(y, logits.shape[-1]).float(), w, spec)
+    ce = F.cross_entropy(logits, y, weight=w, reduction="none", label_smoothing=spec.label_smoothing)
+    return ce, (None if w is None else w[y])
 
 
-def _soft(logits, q, w, spec: LossSpec):
-    """Probability targets (self-training's soft pseudo-labels): smoothed as torch smooths hard labels, and each row
-    weighed by its expected class weight, so one-hot targets give exactly the hard-label loss."""
-    if spec.label_smoothing:
-        q_s = q * (1 - spec.label_smoothing) + spec.label_smoothing / q.shape[-1]
-    else:
-        q_s = q
-    per = -(q_s * torch.log_softmax(logits, -1)).sum(-1)
+def _targeted(logits, q, w, spec: LossSpec):
+    """Probability targets (self-training's soft pseudo-labels, or one-hot rows for the focal loss): smoothed as
+    torch smooths hard labels, each class's term weighed by its class weight and, for focal, by (1 - p_k)^gamma;
+    each row's mean weight is its expected class weight, so one-hot targets give exactly the hard-label loss."""
+    q_s = q * (1 - spec.label_smoothing) + spec.label_smoothing / q.shape[-1] if spec.label_smoothing else q
+    log_p = torch.log_softmax(logits, -1)
+    terms = -q_s * log_p
+    if spec.name == "focal":
+        terms = (1 - log_p.exp()).pow(spec.focal_gamma) * terms
     if w is None:
-        return per, None
-    row_w = (q * w).sum(-1)
-    return per * row_w, row_w
+        return terms.sum(-1), None
+    return (terms * w).sum(-1), (q * w).sum(-1)
 
 
 def _multi_label(logits, batch, spec: LossSpec):
