@@ -7,8 +7,13 @@ the report's rows come from param_table.py.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from typing import TYPE_CHECKING, Optional
+import random
+from typing import Iterator, Optional
+
+import numpy as np
+import torch
 
 from ..base import logs
 from . import methods
@@ -19,9 +24,6 @@ from .counting import RankCounter, max_rank, model_shape, trainable_count
 from .param_table import breakdown
 from ..config import Config
 from ..base.errors import BudgetError, LoraclfError
-
-if TYPE_CHECKING:
-    import torch
 
 logger = logs.get(__name__)
 
@@ -40,11 +42,34 @@ def count_trainable(cfg: Config, num_labels: int) -> int:
 # ------------------------------------------------------------------------------------------ enforcement
 
 
+@contextlib.contextmanager
+def random_streams_kept() -> Iterator[None]:
+    """Leave torch's (CPU), python's and numpy's random streams as they were on entry.
+
+    Counting builds models on the meta device, and module initialisation draws from torch's global generator even
+    there; train counts after seeding, so without this a cap would change the initialisation and dropout a seed
+    gives. CUDA's generators are not forked: meta-device models never draw from them, and forking them would
+    initialise CUDA before Accelerate places the processes."""
+    py, npy = random.getstate(), np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            yield
+    finally:
+        random.setstate(py)
+        np.random.set_state(npy)
+
+
 def enforce(cfg: Config, num_labels: int, log=None) -> Config:
     """Resolve adapter.r=auto to the largest rank under budget.max_trainable_params, and refuse an adapter over it.
 
-    Called by train before any weights are loaded; returns cfg with an integer adapter.r.
+    Called by train before any weights are loaded, after the seed; returns cfg with an integer adapter.r and leaves
+    every random stream where it was, so a cap that does not bind changes nothing a seed produces.
     """
+    with random_streams_kept():
+        return _enforce(cfg, num_labels, log)
+
+
+def _enforce(cfg: Config, num_labels: int, log=None) -> Config:
     cap = cfg.budget.max_trainable_params
     r = cfg.adapter.r
     log = logs.sink(log, logger)
