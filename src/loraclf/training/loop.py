@@ -95,11 +95,18 @@ def _forward_backward(ctx: Setup, state: LoopState, batch: dict) -> torch.Tensor
         if acc.sync_gradients and cfg.train.max_grad_norm:
             acc.clip_grad_norm_(ctx.model.parameters(), cfg.train.max_grad_norm)
         ctx.optimizer.step()
-        if acc.sync_gradients:
+        if optimizer_stepped(acc):
             ctx.scheduler.step()
             ctx.hooks.after_step(state.step + 1)  # e.g. AdaLoRA's update_and_allocate: reads the gradients
         ctx.optimizer.zero_grad(set_to_none=True)
     return loss
+
+
+def optimizer_stepped(acc) -> bool:
+    """Whether the optimizer really changed the weights in this batch: not an accumulation batch, and not a step
+    fp16's GradScaler skipped for an overflow. Only then do the learning-rate schedule and the adapter's hooks
+    advance (an overflow's gradients are inf, which AdaLoRA's importance scores must not read)."""
+    return acc.sync_gradients and not acc.optimizer_step_was_skipped
 
 
 def _log_train(ctx: Setup, state: LoopState, win: _Window, at_epoch: float) -> None:
