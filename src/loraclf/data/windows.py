@@ -19,10 +19,37 @@ def encode(tokenizer, texts: list[str], pairs: Optional[list[str]], data: DataCo
         return _chunks(tokenizer, texts, data)
     if data.long_text == "head_tail":
         return _head_tail(tokenizer, texts, data)
-    enc = dict(tokenizer(texts, list(pairs) if pairs is not None else None,
-                         truncation=data.truncation if pairs is not None else True, max_length=data.max_length))
+    if pairs is not None:
+        texts, pairs = cut_long_sides(tokenizer, texts, list(pairs), data.max_length)
+    enc = dict(tokenizer(texts, pairs, truncation=data.truncation if pairs is not None else True,
+                         max_length=data.max_length))
     enc["doc"] = list(range(len(texts)))
     return enc
+
+
+PAIR_MARGIN = 32  # tokens kept past max_length when a side is cut, so the cut never changes the tokens truncation keeps
+
+
+def cut_long_sides(tokenizer, texts: list[str], pairs: list[str], max_length: int) -> tuple[list[str], list[str]]:
+    """Each side of a pair cut to max_length + PAIR_MARGIN tokens (at a token's end) before the pair is tokenized.
+
+    The fast tokenizers build every overflow window of both sides of a truncated pair, the product of the two
+    sides' windows: two 5k-token texts make ~1,600 windows and hundreds of MB for the one row kept, so a request of
+    long pairs could take a server's memory. No side can keep more than max_length tokens, so the rows are the same.
+    """
+    long_at = 4 * (max_length + PAIR_MARGIN)  # shorter sides have too few tokens for the product to matter
+    out = []
+    for side in (texts, pairs):
+        idx = [i for i, t in enumerate(side) if isinstance(t, str) and len(t) > long_at]
+        side = list(side)
+        if idx:
+            enc = tokenizer([side[i] for i in idx], add_special_tokens=False, truncation=True,
+                            max_length=max_length + PAIR_MARGIN, return_offsets_mapping=True)
+            for i, offsets in zip(idx, enc["offset_mapping"]):
+                if offsets:
+                    side[i] = side[i][: offsets[-1][1]]
+        out.append(side)
+    return out[0], out[1]
 
 
 def _chunks(tokenizer, texts: list[str], data: DataConfig) -> dict:
