@@ -124,7 +124,7 @@ def _readback(run: Path, test_csv: str, label_column: str, m: dict, np) -> dict:
     import pandas as pd
 
     from loraclf import Classifier
-    from loraclf.infer.evaluate import calibration_error
+    from loraclf.infer.metrics import calibration_error
 
     df = pd.read_csv(test_csv)
     clf = Classifier.from_run(run)

@@ -6,7 +6,7 @@ alternating, each contender classifies the 2,000 texts of ../shared/data/ag_news
 
     pipeline (defaults)       transformers.pipeline("text-classification", model=EXPORT)(texts)
     pipeline (batch_size=64)  the same with batch_size=64: a fairer baseline
-    loraclf fp32              loraclf.infer.engine.predict_texts on the same exported model (what `loraclf predict` runs)
+    loraclf fp32              loraclf.infer.forward.predict_texts on the same exported model (what `loraclf predict` runs)
     loraclf bf16 autocast     the same under --precision bf16 (only where the CPU has native bf16)
     loraclf int8, torch       `predict --precision int8 --int8-engine torch` on an `export --quantize int8` folder:
                               its model.int8.safetensors (torch.ao dynamic quantization of every nn.Linear), checked
@@ -89,7 +89,7 @@ def onnx_contenders(export: Path, work: Path, im, texts: list[str], batch_size: 
     import torch
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from loraclf.infer.engine import token_batches
+    from loraclf.infer.forward import token_batches
 
     int8 = work / "model.int8.onnx"
     quantize_dynamic(str(export / "model.onnx"), str(int8), weight_type=QuantType.QInt8)
@@ -175,7 +175,9 @@ def build_contenders(args, export: Path, texts: list[str], test_csv: Path):
     import pandas as pd
     from transformers import pipeline
 
-    from loraclf.infer.engine import load_inference_model, predict_file, predict_texts
+    from loraclf.infer.engine import load_inference_model
+    from loraclf.infer.files import predict_file
+    from loraclf.infer.forward import predict_texts
 
     clf = pipeline("text-classification", model=str(export), device="cpu")
     im = load_inference_model(export, int8_engine="torch")
@@ -303,7 +305,7 @@ def result_lines(rows) -> list[str]:
 def main() -> None:
     import numpy as np
 
-    from loraclf.infer.engine import predict_texts
+    from loraclf.infer.forward import predict_texts
     from loraclf.infer.int8 import quantize_model
 
     args = parse_args()

@@ -32,7 +32,7 @@ def main() -> int:
     ap.add_argument("--until", help="start no new trial after this UTC time (HH:MM), e.g. a shared machine's deadline")
     args = ap.parse_args()
 
-    from loraclf.infer.engine import evaluate_file
+    from loraclf.infer.files import evaluate_file
     from loraclf.runs import SWEEP_SUMMARY as SUMMARY
     from loraclf.sweep import load_sweep, run_sweep
 
@@ -68,7 +68,7 @@ def main() -> int:
         "- Run times depend on what else the machine ran and are only comparable within this table.",
         f"- Command: `{common.command('sweep.py')}` (which runs "
         "`loraclf sweep configs/sweep_agnews_minilm.yaml`, then scores two run folders on the test split with "
-        "`loraclf.infer.engine.evaluate_file`)",
+        "`loraclf.infer.files.evaluate_file`)",
         f"- Sweep file: `configs/sweep_agnews_minilm.yaml`: base `configs/agnews_minilm.yaml`, 200 optimizer steps of "
         f"batch 32, 64 tokens, evaluation every 50 steps; TPE sampler (6 random start-up trials), median pruner (after 4 "
         f"trials, from step 100); n_trials {spec.n_trials}; trial 0 is the base config (lr 1e-3, r=11, qv).",

@@ -83,3 +83,13 @@ def run_blocked(code: str) -> str:
                        text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     return r.stdout
+
+
+def load_run_model(path, merge: bool = True):
+    """(model, tokenizer, id2label, config) of a run folder: the run opened once, its adapter loaded (merged)."""
+    from loraclf import runs
+    from loraclf.model import load_trained
+
+    run = runs.Run.open(path)
+    model, tokenizer = load_trained(run, merge=merge)
+    return model, tokenizer, run.id2label, run.config

@@ -25,7 +25,9 @@ from .base import device as device_mod
 from . import config as config_mod
 from . import data as data_mod
 from .publish import export as export_mod
-from .infer import engine as predict_mod
+from .infer import files as files_mod
+from .infer import inputs as inputs_mod
+from .infer.engine import InferenceModel, load_inference_model
 from .config import MAX_BATCH, Config
 from .base.errors import ConfigError, DataError, ModelError, RunError
 from .training import train as train_run
@@ -162,27 +164,29 @@ class Classifier:
     """A trained model, from a run folder (`from_run`) or an exported model folder (`from_export`): single-label,
     multi-label or regression (`problem_type`), of single texts or sentence pairs."""
 
-    def __init__(self, model: predict_mod.InferenceModel, path: Path):
+    def __init__(self, model: InferenceModel, source: runs.ModelFolder):
         self.model = model
-        self.path = Path(path)
+        self.source = source  # the opened run or export folder
+
+    @property
+    def path(self) -> Path:
+        """The folder the classifier was loaded from."""
+        return self.source.path
 
     @classmethod
     def from_run(cls, path: str | Path, device: Optional[str] = None, *, int8_engine: str = "auto") -> "Classifier":
         """Load the run folder that `train` (or `loraclf train`) wrote; device: default CUDA when there is one.
         int8_engine: whose int8 precision="int8" runs, as `loraclf predict --int8-engine` (auto, torch,
         onnxruntime)."""
-        run = runs.open_run(path)
-        return cls(predict_mod.load_inference_model(run, device, int8_engine), run)
+        run = runs.Run.open(path)
+        return cls(load_inference_model(run, device, int8_engine), run)
 
     @classmethod
     def from_export(cls, path: str | Path, device: Optional[str] = None, *,
                     int8_engine: str = "auto") -> "Classifier":
         """Load a folder written by `export` (or `loraclf export`); int8_engine as in from_run."""
-        p = Path(path)
-        if not runs.is_export_dir(p):
-            hint = "; for a run folder use Classifier.from_run" if (p / runs.CONFIG).is_file() else ""
-            raise RunError(f"{p} is not an exported model folder ({runs.HF_CONFIG} is missing){hint}")
-        return cls(predict_mod.load_inference_model(p, device, int8_engine), p)
+        folder = runs.ExportFolder.open(path)
+        return cls(load_inference_model(folder, device, int8_engine), folder)
 
     @property
     def labels(self) -> list[str]:
@@ -230,7 +234,7 @@ class Classifier:
         check_batch_size(batch_size)
         device_mod.resolve_inference(precision)
         with logs.quiet(quiet):
-            return predict_mod.evaluate_frame(self.model, frame, "the DataFrame", batch_size, precision,
+            return files_mod.evaluate_frame(self.model, frame, "the DataFrame", batch_size, precision,
                                               progress=not quiet)
 
     def export(self, path: str | Path, *, onnx: bool = False, overwrite: bool = False,
@@ -240,7 +244,7 @@ class Classifier:
         if self.model.source != "run":
             raise RunError(f"this classifier was loaded from the export folder {self.path}, which is already a "
                            f"standalone model; copy that folder, or export from its run folder")
-        return Path(export_mod.export_run(self.path, path, onnx=onnx, overwrite=overwrite, quantize=quantize))
+        return Path(export_mod.export_run(self.source, path, onnx=onnx, overwrite=overwrite, quantize=quantize))
 
     def _outputs(self, texts: TextsLike, text_pair: PairsLike, batch_size: Optional[int], precision: str,
                  quiet: bool, one: bool = True) -> np.ndarray:
@@ -253,25 +257,7 @@ class Classifier:
         return out[0] if one and isinstance(texts, str) else out
 
     def _inputs(self, texts: TextsLike, text_pair: PairsLike) -> tuple[list[str], Optional[list[str]]]:
-        if isinstance(texts, pd.DataFrame) or type(texts).__name__ == "Dataset":
-            if text_pair is not None:
-                raise DataError("text_pair goes with a list of texts; a DataFrame brings its own pair column "
-                                f"(data.text_pair_column={self.model.data.text_pair_column!r})")
-            return predict_mod.frame_inputs(as_frame(texts, "texts"), self.model.data, "the DataFrame")
-        items = self._texts(texts)
-        pairs = [text_pair] if isinstance(texts, str) and isinstance(text_pair, str) else text_pair
-        if pairs is not None and not isinstance(pairs, (list, tuple, pd.Series, np.ndarray)):
-            raise DataError(f"text_pair must be a list of strings (one string with one text), got "
-                            f"{type(text_pair).__name__}")
-        return items, self.model.check_pairs(items, None if pairs is None else list(pairs))
-
-    def _texts(self, texts: TextsLike) -> list[str]:
-        if isinstance(texts, str):
-            return [texts]
-        if isinstance(texts, (list, tuple, pd.Series, np.ndarray)) and all(isinstance(t, str) for t in texts):
-            return list(texts)
-        raise DataError(f"texts must be a list of strings, one string or a DataFrame, got {type(texts).__name__}"
-                        + (" holding non-strings" if isinstance(texts, (list, tuple)) else ""))
+        return inputs_mod.from_values(texts, text_pair, self.model.data, as_frame)
 
     def __repr__(self) -> str:
         return f"Classifier({str(self.path)!r}, labels={self.labels})"

@@ -7,7 +7,8 @@
     regression                    a number per text: one output, MSE (or Huber), targets optionally standardised
 
 A run's `decision.json` (`Decision`) holds what turns logits into outputs after training: the temperature, the
-thresholds and the target scaling. predict, evaluate, serve and export all read it from here.
+thresholds and the target scaling; loraclf.runs reads and checks it, predict, evaluate, serve and export apply it
+through `outputs` and `predictions` here.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from typing import Optional
 
 import numpy as np
 
-from . import runs
 
 SINGLE = "single_label_classification"
 MULTI = "multi_label_classification"
@@ -162,22 +162,3 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     opt.step(closure)
     t = float(log_t.exp().item())
     return t if math.isfinite(t) and t > 0 else 1.0
-
-
-def read_decision(run, problem_type: str = SINGLE) -> Decision:
-    """RUN/decision.json, shape-checked; a run written before it existed is single-label with argmax."""
-    from pathlib import Path
-
-    path = Path(run) / runs.DECISION
-    if not path.is_file():
-        return Decision(problem_type)
-    obj = runs.read_json_object(path, {"problem_type": str})
-    if obj["problem_type"] not in PROBLEM_TYPES:
-        raise runs.damaged(path, f"unknown problem_type {obj['problem_type']!r}")
-    d = Decision.from_json(obj)
-    if not (isinstance(d.temperature, (int, float)) and d.temperature > 0):
-        raise runs.damaged(path, "'temperature' must be a positive number")
-    if d.thresholds is not None and not (isinstance(d.thresholds, list)
-                                         and all(isinstance(t, (int, float)) for t in d.thresholds)):
-        raise runs.damaged(path, "'thresholds' must be a list of numbers")
-    return d

@@ -17,7 +17,8 @@ import yaml
 import loraclf
 import loraclf.api
 from loraclf import cli, runs
-from loraclf.config import load_config, resume_config
+from loraclf.config import load_config
+from loraclf.runs import resume_config
 from loraclf.base.errors import ConfigError, DataError, RunError
 from loraclf.training import train as train_run
 

@@ -330,8 +330,8 @@ print(json.dumps(probs.tolist()))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     stock = np.array(json.loads(out.stdout))
 
-    from loraclf.model import load_run_model
-    from loraclf.infer.engine import predict_texts
+    from helpers_infer import load_run_model
+    from loraclf.infer.forward import predict_texts
 
     model, tok, _, _ = load_run_model(trained.run_dir)
     ours = predict_texts(model, tok, pd.read_csv(tiny_data["test"])["text"].tolist(), max_length=32)

@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 
 from conftest import tiny_rows
-from loraclf import task as problem
+from loraclf import runs, task as problem
 from loraclf.config import load_config
-from loraclf.infer.evaluate import pool_windows, predict_logits
+from loraclf.infer.forward import pool_windows, predict_logits
 from loraclf.training import loss as loss_mod
 from loraclf.training import train
 
@@ -245,7 +245,7 @@ def test_a_chunked_run_counts_documents_and_pools_its_windows(tiny_bert, tmp_pat
 
 def test_f1_thresholds_temperature_and_loss_json_on_a_binary_run(tiny_bert, tmp_path):
     from loraclf import Classifier
-    from loraclf.infer.evaluate import calibration_error
+    from loraclf.infer.metrics import calibration_error
 
     def binary(n, seed):  # Sports against the rest: 1 in 4 rows positive
         return [{"text": r["text"], "label": int(r["label"] == 1)} for r in tiny_rows(n, seed)]
@@ -259,7 +259,7 @@ def test_f1_thresholds_temperature_and_loss_json_on_a_binary_run(tiny_bert, tmp_
     assert lj["name"] == "cross_entropy"
     assert lj["class_weights"] == pytest.approx({"0": 160 / (2 * counts[0]), "1": 160 / (2 * counts[1])})
 
-    decision = problem.read_decision(run, SINGLE)
+    decision = runs.Run.open(run).decision
     saved = json.loads((run / "decision.json").read_text())
     assert saved["thresholds"] == decision.thresholds and len(decision.thresholds) == 1
     assert saved["threshold_metric"] == "f1" and decision.temperature != 1.0

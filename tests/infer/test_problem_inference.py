@@ -20,7 +20,8 @@ from loraclf.cli import main
 from loraclf.config import load_config
 from loraclf.base.errors import DataError, ModelError
 from loraclf.publish.export import export_run
-from loraclf.infer.engine import evaluate_file, load_inference_model, predict_file
+from loraclf.infer.files import evaluate_file, predict_file
+from loraclf.infer.engine import load_inference_model
 from loraclf.training import train
 
 from conftest import CLASS_WORDS, tiny_rows

@@ -12,7 +12,7 @@ import torch
 
 from conftest import tiny_rows
 from loraclf.base.errors import ModelError
-from loraclf.infer.engine import predict_texts
+from loraclf.infer.forward import predict_texts
 from loraclf.infer.onnx import INT8_ONNX_FILE
 from loraclf.infer.int8 import QUANTIZED_FILE, load_quantized, quantize_model, quantized_linears, save_quantized
 
@@ -335,7 +335,7 @@ def test_bad_int8_engine_is_one_line(int8_run, tiny_data, tmp_path, capsys):
 
 def test_int8_defaults_to_smaller_batches_and_an_explicit_batch_size_wins(int8_run, tiny_data, monkeypatch):
     """batch_size None: PREDICT_BATCH, INT8_PREDICT_BATCH for int8 (faster there, loraclf.config.limits); a given one stays."""
-    import loraclf.infer.engine as predict_mod
+    import loraclf.infer.forward as predict_mod
     from loraclf.config import INT8_PREDICT_BATCH, PREDICT_BATCH
     from loraclf.infer.engine import load_inference_model
 

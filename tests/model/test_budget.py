@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from conftest import make_tiny_model
+from helpers_infer import load_run_model
 from loraclf.model import budget
 from loraclf import model as model_mod
 from loraclf.cli import main
@@ -276,7 +277,7 @@ def test_trained_run_reloads_in_loraclf(tiny_overrides, tmp_path, head, minilm_p
     val = pd.read_csv(result.run_dir / "val_predictions.csv")
     tok = None
     for merge in (True, False):
-        model, tok, id2label, _ = model_mod.load_run_model(result.run_dir, merge=merge)
+        model, tok, id2label, _ = load_run_model(result.run_dir, merge=merge)
         enc = tok(list(val["text"]), return_tensors="pt", padding=True, truncation=True, max_length=32)
         with torch.no_grad():
             probs = torch.softmax(model(**enc).logits.float(), -1)

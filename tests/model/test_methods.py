@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
+from helpers_infer import load_run_model
 from loraclf.model import budget
 from loraclf import model as model_mod
 from loraclf import runs
@@ -87,8 +88,8 @@ def test_method_trains_counts_exactly_and_reloads_identically(case, tiny_overrid
     # save -> reload: identical logits merged, unmerged, and in stock PEFT on a fresh base model
     texts = pd.read_csv(tiny_data["val"])["text"].tolist()[:12]
     want = _logits(trained, captured["tokenizer"], texts)
-    merged, tok, _, _ = model_mod.load_run_model(run, merge=True)
-    unmerged, _, _, _ = model_mod.load_run_model(run, merge=False)
+    merged, tok, _, _ = load_run_model(run, merge=True)
+    unmerged, _, _, _ = load_run_model(run, merge=False)
     torch.testing.assert_close(_logits(merged, tok, texts), want, atol=2e-5, rtol=1e-4)
     torch.testing.assert_close(_logits(unmerged, tok, texts), want, atol=2e-5, rtol=1e-4)
 
@@ -100,7 +101,7 @@ def test_method_trains_counts_exactly_and_reloads_identically(case, tiny_overrid
     torch.testing.assert_close(_logits(stock, tok, texts), want, atol=2e-5, rtol=1e-4)
 
     # evaluate and predict go through the reloaded (merged) model and agree with the in-training test metrics
-    from loraclf.infer.engine import evaluate_file, predict_file
+    from loraclf.infer.files import evaluate_file, predict_file
 
     ev = evaluate_file(run, tiny_data["test"], quiet=True)
     assert ev["accuracy"] == pytest.approx(result.metrics["test"]["accuracy"], abs=1e-9)

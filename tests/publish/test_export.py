@@ -14,7 +14,9 @@ from loraclf.cli import main
 from loraclf.config import load_config
 from loraclf.publish.export import export_run
 from loraclf.runs import EXPORT_INFO
-from loraclf.infer.engine import load_inference_model, predict_file, token_batches
+from loraclf.infer.engine import load_inference_model
+from loraclf.infer.files import predict_file
+from loraclf.infer.forward import token_batches
 from loraclf.training import train
 
 from helpers_infer import run_blocked, tiny_run_overrides

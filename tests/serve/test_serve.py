@@ -254,3 +254,19 @@ def test_push_offline_is_one_line_exit_2_and_writes_nothing(tiny_run, tmp_path, 
     assert {p: p.stat().st_mtime_ns for p in tiny_run.rglob("*")} == before
     assert set(Path(tempfile.gettempdir()).glob("loraclf-push-*")) == staged
     assert not any(p for p in tmp_path.rglob("*") if p.is_file())
+
+
+def test_serve_int8_predicts_in_the_batches_predict_uses(tiny_run, texts, monkeypatch):
+    """`serve --precision int8` runs each pass in INT8_PREDICT_BATCH texts, as `predict --precision int8` does, and
+    fp32 in the micro-batch size (issue 42: it used 32 for both)."""
+    import loraclf.infer.forward as forward
+    from loraclf.config import INT8_PREDICT_BATCH
+    from loraclf.serve.app import load_models
+
+    seen = []
+    real = forward.token_batches
+    monkeypatch.setattr(forward, "token_batches", lambda lengths, bs, cap: seen.append(bs) or real(lengths, bs, cap))
+    for precision in ("int8", "fp32"):
+        (served,) = load_models([tiny_run], batch_size=32, precision=precision, int8_engine="torch")
+        served.predict(texts[:40])
+    assert seen == [INT8_PREDICT_BATCH, 32] and INT8_PREDICT_BATCH != 32

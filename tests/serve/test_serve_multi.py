@@ -173,7 +173,7 @@ def test_runs_given_one_by_one_and_duplicate_names(runs_root, tmp_path, capsys):
 
 def test_adapters_on_one_base_predict_like_each_run(runs_root, texts, reference):
     """In process: the three heads (2, 3 and 4 outputs) sit on one base model, each active in turn."""
-    from loraclf.infer.engine import predict_texts
+    from loraclf.infer.forward import predict_texts
 
     aset = adapters.load_adapters([runs_root / n for n in LABEL_SETS], device="cpu")
     assert aset.bases == 1 and len({id(a.model) for a in aset.adapters.values()}) == 1

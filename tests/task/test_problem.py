@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from loraclf import task as problem
-from loraclf.infer.evaluate import compute_metrics, pool_windows
+from loraclf.infer.metrics import compute_metrics
+from loraclf.infer.forward import pool_windows
 from loraclf.task import Decision
 
 

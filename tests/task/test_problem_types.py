@@ -19,9 +19,9 @@ import torch
 
 import loraclf
 from conftest import SHARED, need
+from helpers_infer import load_run_model
 from loraclf.model import budget
 from loraclf import task as problem, runs
-from loraclf import model as model_mod
 from loraclf.config import load_config
 from loraclf.data import windows
 from loraclf.training import train
@@ -53,7 +53,7 @@ def overrides(kind: str, model: Path, data: dict[str, Path], root: Path, *extra:
 def reloaded_outputs(run: Path) -> tuple[np.ndarray, pd.DataFrame, str]:
     """The validation outputs recomputed from the run folder alone: the reloaded model on val_predictions.csv's
     texts, tokenized as the run's data section says, turned into outputs by decision.json."""
-    model, tokenizer, id2label, cfg = model_mod.load_run_model(run)
+    model, tokenizer, id2label, cfg = load_run_model(run)
     pt = cfg.model.problem_type
     val = pd.read_csv(run / runs.VAL_PREDICTIONS, keep_default_na=False)
     pairs = val["text_pair"].astype(str).tolist() if "text_pair" in val else None
@@ -64,7 +64,7 @@ def reloaded_outputs(run: Path) -> tuple[np.ndarray, pd.DataFrame, str]:
         for row in range(len(enc["input_ids"])):  # one at a time: no padding, nothing shared between rows
             logits.append(model(**{k: torch.tensor([enc[k][row]]) for k in keys}).logits.float()[0].numpy())
     assert enc["doc"] == list(range(len(val)))  # truncate: one row per text
-    return problem.outputs(np.stack(logits), problem.read_decision(run, pt)), val, pt
+    return problem.outputs(np.stack(logits), runs.Run.open(run).decision), val, pt
 
 
 def api_outputs(run: Path, val: pd.DataFrame, pt: str) -> tuple[np.ndarray, list]:
@@ -82,7 +82,7 @@ def check_reload(run: Path) -> None:
     out, val, pt = reloaded_outputs(run)
     api_out, api_pred = api_outputs(run, val, pt)
     np.testing.assert_allclose(api_out, out, atol=2e-5)
-    decision = problem.read_decision(run, pt)
+    decision = runs.Run.open(run).decision
     id2label = runs.read_label_map(run).id2label
     if pt == REGRESSION:
         np.testing.assert_allclose(out, val["predicted"].to_numpy(float), atol=2e-5)

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from conftest import make_tiny_model
+from helpers_infer import load_run_model
 from helpers_varied import varied_model
 from loraclf import model as model_mod
 from loraclf.config import from_dict, load_config
@@ -158,7 +159,7 @@ def test_a_run_with_top_layer_adapters_uses_the_cache_and_saves_a_stock_adapter(
     assert [r["step"] for r in _history(result.run_dir) if r["type"] == "eval"] == [10, 20]
     cfg = json.loads((result.run_dir / "adapter" / "adapter_config.json").read_text())
     assert cfg["layers_to_transform"] == [1]  # PEFT's own key: the adapter loads into the whole stock model
-    model = model_mod.load_run_model(result.run_dir)[0]
+    model = load_run_model(result.run_dir)[0]
     assert sum(1 for n, _ in model.named_modules() if n.endswith("encoder.layer.0.attention.self.query")) == 1
 
 

@@ -126,7 +126,7 @@ def test_every_round_is_recorded(two_rounds, tiny_data):
     n_unlabeled = len(pd.read_csv(tiny_data["test"]))
     assert summary["unlabeled"]["rows"] == n_unlabeled and summary["final_round"] == 2
     for r, rec in enumerate(rounds):
-        round_dir = runs.open_run(run / rec["run"])  # each round is a complete run folder
+        round_dir = runs.Run.open(run / rec["run"]).path  # each round is a complete run folder
         pl = pd.read_csv(round_dir / PSEUDO_LABELS)
         assert len(pl) == n_unlabeled
         stats = rec["pseudo_labels"]
@@ -165,7 +165,7 @@ def test_kept_pseudo_labels_follow_the_selection(two_rounds):
 def test_final_run_folder_is_the_last_student(two_rounds):
     run = two_rounds.run_dir
     last = run / runs.ROUNDS / "round-2"
-    runs.open_run(run)
+    runs.Run.open(run)
     assert (run / runs.ADAPTER / "adapter_model.safetensors").read_bytes() == \
         (last / runs.ADAPTER / "adapter_model.safetensors").read_bytes()
     metrics = runs.read_json(run / runs.METRICS)
@@ -173,7 +173,7 @@ def test_final_run_folder_is_the_last_student(two_rounds):
     assert metrics["target"]["accuracy"] == runs.read_json(run / ADAPT)["rounds"][2]["target"]["accuracy"]
     assert not (run / runs.CHECKPOINTS).exists() and not any(p.name.endswith(".tmp") for p in run.parent.iterdir())
     # and it serves predict like any run
-    from loraclf.infer.engine import predict_file
+    from loraclf.infer.files import predict_file
 
     out = run.parent / "pred.csv"
     assert predict_file(run, run / runs.ROUNDS / "round-0" / PSEUDO_LABELS, out, quiet=True)["rows"] == 80
@@ -285,8 +285,8 @@ def test_fp16_training_precision_also_serves_the_teachers_predictions(tiny_bert,
     teacher had trained, when predict knew only fp32/bf16)."""
     import torch
 
-    from loraclf.model import load_run_model
-    from loraclf.infer.engine import predict_texts
+    from helpers_infer import load_run_model
+    from loraclf.infer.forward import predict_texts
 
     topics = {"sports": "the team won the match in the final minute", "business": "shares fell as the bank cut rates"}
     rows = [{"text": f"{t} number {i}", "label": name} for i in range(12) for name, t in topics.items()]

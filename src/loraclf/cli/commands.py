@@ -11,7 +11,8 @@ from pathlib import Path
 from . import launch
 from .parser import build_parser
 from ..base.errors import LoraclfError
-from ..config import augment_config, describe_keys, load_config, resume_config
+from ..config import augment_config, describe_keys, load_config
+from ..runs import resume_config
 
 
 # Each verb's module is imported when the verb runs, so a command loads only what it uses: torch alone takes ~3 s,
@@ -84,7 +85,7 @@ def _metric_lines(m: dict) -> list[str]:
 
 
 def cmd_evaluate(args) -> int:
-    from ..infer.engine import evaluate_file
+    from ..infer.files import evaluate_file
 
     m = evaluate_file(args.run, args.data, args.batch_size, args.allow_pickle, args.precision, args.quiet, args.output,
                       args.int8_engine)
@@ -93,7 +94,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from ..infer.engine import predict_file
+    from ..infer.files import predict_file
 
     r = predict_file(args.run, args.input, args.output, args.format, args.batch_size, args.allow_pickle,
                      args.text_column, args.precision, args.quiet, args.int8_engine)

@@ -1,8 +1,7 @@
 """The config: every default as typed dataclasses (schema), reading a YAML file and `key=value` overrides into one
 validated Config (load), and the type, range and cross-key checks that report every problem together (validate).
-It may import only loraclf.base (errors, the precision vocabulary, packaged-source names), loraclf.task (the
-problem types with their losses and metrics) and loraclf.runs (the name of a run's config.yaml), and none of them
-loads torch, so `loraclf config` and `validate` run without it. Callers import from this package, not its modules.
+It may import only loraclf.base (errors, the precision vocabulary, packaged-source names) and loraclf.task (the
+problem types with their losses and metrics), and none of them loads torch, so `loraclf config` and `validate` run without it. Callers import from this package, not its modules.
 """
 
 from .schema import (  # noqa: F401
@@ -27,10 +26,8 @@ from .load import (  # noqa: F401
     set_path,
     load_yaml_text,
     read_yaml,
-    load_run_config,
     from_dict,
     load_config,
-    resume_config,
     augment_config,
     resolve_paths,
     config_tree,

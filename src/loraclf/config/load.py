@@ -15,8 +15,7 @@ from typing import Any, Optional, Union
 
 import yaml
 
-from .. import runs
-from ..base.errors import ConfigError, RunError
+from ..base.errors import ConfigError
 from .schema import AugmentConfig, Config
 from .validate import build, cross_checks
 
@@ -85,17 +84,6 @@ def read_yaml(path: str | Path) -> dict:
     return data
 
 
-def load_run_config(run: str | Path) -> Config:
-    """RUN/config.yaml as a validated Config; a file that parses but does not validate is reported as damaged."""
-    path = Path(run) / runs.CONFIG
-    try:
-        tree = read_yaml(path)
-        return from_dict(tree)
-    except ConfigError as e:
-        raise RunError(f"{path} is damaged or was written by another version ({e}); restore it or train the run "
-                       f"again") from None
-
-
 def from_dict(data: dict) -> Config:
     """Build and validate a Config; raises ConfigError listing every problem."""
     problems: list[str] = []
@@ -120,22 +108,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if problems:
         raise ConfigError(problems)
     resolve_paths(data, Path(path).resolve().parent if path else None)
-    return from_dict(data)
-
-
-def resume_config(run: str | Path, overrides: list[str] | None = None) -> Config:
-    """The config saved in RUN (config.yaml, its paths already absolute) <- key=value overrides, validated."""
-    saved = Path(run) / runs.CONFIG
-    if not Path(run).is_dir():
-        raise RunError(f"cannot resume: run folder {run} not found (give the folder that `loraclf train` printed)")
-    if not saved.is_file():
-        raise RunError(f"cannot resume: {saved} not found; {run} is not a loraclf run folder "
-                       f"(give the folder that `loraclf train` printed)")
-    load_run_config(run)  # the saved file itself must validate: damage is named as such, not as an override problem
-    data = read_yaml(saved)
-    for text in overrides or []:
-        keys, value = parse_override(text)
-        set_path(data, keys, value)
     return from_dict(data)
 
 

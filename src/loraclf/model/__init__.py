@@ -25,6 +25,7 @@ from .build import (  # noqa: F401
     attach_adapter,
     build_model,
     save_adapter,
-    load_run_model,
+    load_trained,
+    check_finite,
     merge_adapter,
 )

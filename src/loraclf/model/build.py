@@ -20,7 +20,7 @@ from . import methods
 from .. import runs
 from ..base import sources
 from .architectures import FAMILIES, head_modules, resolve_targets
-from ..config import Config, load_run_config
+from ..config import Config
 from ..base.errors import ModelError, did_you_mean
 
 if TYPE_CHECKING:  # annotations only: the code imports these where it uses them
@@ -279,33 +279,41 @@ def _fold_head_lora(model, out_dir: Path, name: Optional[str]) -> None:
     conf_path.write_text(json.dumps(conf, indent=2, sort_keys=True))
 
 
-def load_run_model(run: str | Path, merge: bool = True, device: str = "cpu"):
-    """Rebuild the trained classifier from a run folder. Returns (model, tokenizer, id2label, cfg).
+def check_finite(model, where: Path) -> None:
+    """An adapter whose weights hold NaN or inf predicts garbage without a word: refuse it, naming the tensor."""
+    for name, p in model.named_parameters():
+        if ("lora_" in name or "modules_to_save" in name or "ia3_" in name or "vera_" in name or "hada_" in name
+                or "lokr_" in name) and not bool(torch.isfinite(p).all()):
+            raise ModelError(f"{where} holds NaN or infinite weights ({name.removeprefix('base_model.model.')}); "
+                             f"the adapter is damaged or training diverged: train the run again, with a lower "
+                             f"train.learning_rate if it diverged")
+
+
+def load_trained(run: runs.Run, merge: bool = True, device: str = "cpu"):
+    """Rebuild the trained classifier of an opened run folder. Returns (model, tokenizer).
 
     LoRA-family adapters are merged into the base weights for inference (faster, identical outputs).
     """
     from peft import PeftModel
 
-    run = runs.open_run(run)
-    cfg = load_run_config(run)
-    id2label = runs.read_label_map(run).id2label
+    cfg, id2label = run.config, run.id2label
     quiet_transformers()
     path, mc = load_model_config(cfg, id2label)
-    tok_dir = run / runs.TOKENIZER
-    tokenizer = load_tokenizer(str(tok_dir) if tok_dir.is_dir() else path, cfg)
+    tokenizer = load_tokenizer(str(run.tokenizer_dir) if run.tokenizer_dir.is_dir() else path, cfg)
     base = load_base(cfg, id2label, path, mc)
     try:
         with methods.quiet_reload():
-            model = PeftModel.from_pretrained(base, str(run / runs.ADAPTER))
+            model = PeftModel.from_pretrained(base, str(run.adapter_dir))
     except Exception as e:  # safetensors/peft raise many types for a damaged adapter
-        raise ModelError(f"cannot load the adapter in {run / runs.ADAPTER}: {str(e).splitlines()[0][:200]}") from None
+        raise ModelError(f"cannot load the adapter in {run.adapter_dir}: {str(e).splitlines()[0][:200]}") from None
+    check_finite(model, run.adapter_dir)
     if merge and hasattr(model, "merge_and_unload"):
         try:
             model = model.merge_and_unload()
         except Exception:
             pass  # methods that cannot merge still predict correctly unmerged
     model.eval().to(device)
-    return model, tokenizer, id2label, cfg
+    return model, tokenizer
 
 
 # --- merging an adapter for inference and export

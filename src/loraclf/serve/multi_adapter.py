@@ -4,7 +4,7 @@ under the run's name (PEFT multi-adapter), each with its own trained head and la
 Heads of runs with different label counts differ in shape: the adapter's copy of each head Linear is replaced by
 one of the saved shape before its weights are loaded. Runs of different problem types (and sentence-pair runs) share
 a base too: each adapter keeps its run's decision (problem type, temperature, thresholds, target scaling) and data
-section (pairs, long-text windows). Inference goes through `predict.predict_texts` with the adapter made active by
+section (pairs, long-text windows). Inference goes through `infer.forward.predict_texts` with the adapter made active by
 `AdapterSet.use`, which holds a lock so one forward pass never runs under another's adapter.
 """
 
@@ -15,7 +15,7 @@ import hashlib
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import TYPE_CHECKING, Iterator, Optional
 
 import torch
 
@@ -23,8 +23,11 @@ from ..base import logs, sources
 from ..model import methods
 from .. import task as problem, runs
 from .. import model as model_mod
-from ..config import Config, DataConfig, from_dict
+from ..config import Config, DataConfig
 from ..base.errors import ModelError, RunError, first_line
+
+if TYPE_CHECKING:  # annotations only
+    from transformers import PreTrainedTokenizerBase
 
 logger = logs.get(__name__)
 
@@ -35,10 +38,10 @@ class Adapter:
     inputs are read (data) and its logits become outputs (decision)."""
 
     name: str
-    run: Path
+    run: runs.Run
     id2label: dict[int, str]
     max_length: int
-    tokenizer: object
+    tokenizer: PreTrainedTokenizerBase
     model: torch.nn.Module
     data: DataConfig = field(default_factory=DataConfig)
     decision: problem.Decision = field(default_factory=problem.Decision)
@@ -84,12 +87,6 @@ def collect_runs(paths: list[str | Path]) -> list[Path]:
                            f"name, so rename one")
         names[p.name] = p
     return found
-
-
-def _run_config(run: Path) -> Config:
-    import yaml
-
-    return from_dict(yaml.safe_load((run / runs.CONFIG).read_text(encoding="utf-8")))
 
 
 def _base_key(cfg: Config, adapter_dir: Path) -> tuple:
@@ -145,45 +142,45 @@ def _attach(model, name: str, adapter_dir: Path) -> None:
                          f"{result.unexpected_keys[0]}")
 
 
-def _load_group(group: list[tuple[str, Path, Config]], device: str, tokenizers: dict) -> dict[str, Adapter]:
+def _load_group(group: list[runs.Run], device: str, tokenizers: dict) -> dict[str, Adapter]:
     """One base model with the adapters of every run in group attached."""
     from peft import PeftModel
 
-    first_name, first_run, cfg = group[0]
-    id2label = runs.read_label_map(first_run).id2label
-    path, mc = model_mod.load_model_config(cfg, id2label)
-    base = model_mod.load_base(cfg, id2label, path, mc)
+    first = group[0]
+    path, mc = model_mod.load_model_config(first.config, first.id2label)
+    base = model_mod.load_base(first.config, first.id2label, path, mc)
     try:
         with methods.quiet_reload():
-            model = PeftModel.from_pretrained(base, str(first_run / runs.ADAPTER), adapter_name=first_name)
+            model = PeftModel.from_pretrained(base, str(first.adapter_dir), adapter_name=first.path.name)
     except Exception as e:  # safetensors/peft raise many types for a damaged adapter
-        raise ModelError(f"cannot load the adapter in {first_run / runs.ADAPTER}: {first_line(e)[:200]}") from None
-    for name, run, _ in group[1:]:
-        _attach(model, name, run / runs.ADAPTER)
+        raise ModelError(f"cannot load the adapter in {first.adapter_dir}: {first_line(e)[:200]}") from None
+    for run in group[1:]:
+        _attach(model, run.path.name, run.adapter_dir)
+    model_mod.check_finite(model, ", ".join(str(r.adapter_dir) for r in group))
     model.eval().to(device)
     out = {}
-    for name, run, rcfg in group:
-        tok_dir = run / runs.TOKENIZER
+    for run in group:
+        tok_dir = run.tokenizer_dir
         key = _folder_digest(tok_dir) if tok_dir.is_dir() else path
         if key not in tokenizers:  # runs of one base share one tokenizer object when their files are the same
-            tokenizers[key] = model_mod.load_tokenizer(str(tok_dir) if tok_dir.is_dir() else path, rcfg)
-        out[name] = Adapter(name, run, runs.read_label_map(run).id2label, rcfg.data.max_length, tokenizers[key], model,
-                            rcfg.data, problem.read_decision(run, rcfg.model.problem_type))
+            tokenizers[key] = model_mod.load_tokenizer(str(tok_dir) if tok_dir.is_dir() else path, run.config)
+        name = run.path.name
+        out[name] = Adapter(name, run, run.id2label, run.config.data.max_length, tokenizers[key], model,
+                            run.config.data, run.decision)
     return out
 
 
-def load_adapters(run_dirs: list[str | Path], device: Optional[str] = None) -> AdapterSet:
-    """Load each distinct base of run_dirs once and attach every run's adapter to it, named by its folder."""
+def load_adapters(run_dirs: list[runs.Run | str | Path], device: Optional[str] = None) -> AdapterSet:
+    """Load each distinct base of the runs once and attach every run's adapter to it, named by its folder."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model_mod.quiet_transformers()
-    groups: dict[tuple, list[tuple[str, Path, Config]]] = {}
-    for run in map(Path, run_dirs):
-        run = runs.open_run(run)
-        cfg = _run_config(run)
-        groups.setdefault(_base_key(cfg, run / runs.ADAPTER), []).append((run.name, run, cfg))
+    groups: dict[tuple, list[runs.Run]] = {}
+    for run in map(runs.as_run, run_dirs):
+        groups.setdefault(_base_key(run.config, run.adapter_dir), []).append(run)
     adapters: dict[str, Adapter] = {}
     tokenizers: dict = {}
     for key, group in groups.items():
         adapters.update(_load_group(group, device, tokenizers))
-        logger.info(f"serve: {len(group)} adapter(s) on {key[0]} ({key[2]}): {', '.join(n for n, _, _ in group)}")
+        logger.info(f"serve: {len(group)} adapter(s) on {key[0]} ({key[2]}): "
+                    f"{', '.join(r.path.name for r in group)}")
     return AdapterSet(adapters, len(groups))

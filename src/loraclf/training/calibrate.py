@@ -12,7 +12,7 @@ from ..base import logs
 from .. import task as problem
 from ..config import Config
 from ..base.errors import DataError
-from ..infer.evaluate import calibration_error
+from ..infer.metrics import calibration_error
 
 logger = logs.get(__name__)
 

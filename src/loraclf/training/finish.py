@@ -14,7 +14,8 @@ from ..runs import checkpoints as checkpoint
 from ..base import device
 from .. import task as problem, report, runs
 from .. import model as model_mod
-from ..infer.evaluate import compute_metrics, predict_logits
+from ..infer.forward import predict_logits
+from ..infer.metrics import compute_metrics
 from . import calibrate as decide
 from . import trackers as trackers_mod
 from .setup import Setup, eval_loader
@@ -126,7 +127,8 @@ def finish(ctx: Setup, state: LoopState) -> TrainResult:
         _write_val_predictions(run, ctx.splits, val_out, val_labels, decision)
         runs.write_json(run / runs.DECISION, decision.to_json())
         runs.write_json(run / runs.METRICS, metrics)
-        card.write(run, run / runs.ADAPTER, "adapter")  # the Hugging Face model card, from the files just written
+        # the Hugging Face model card, from the files just written (opening them checks the finished run)
+        card.write(runs.Run.open(run), run / runs.ADAPTER, "adapter")
         runs.prune_checkpoints(run, ctx.cfg.output.save_total_limit, best)
     trackers_mod.end(ctx.accelerator, ctx.trackers)
     ctx.accelerator.wait_for_everyone()

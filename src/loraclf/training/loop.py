@@ -20,7 +20,8 @@ from ..runs import checkpoints as checkpoint
 from ..base import logs
 from .. import task as problem, runs
 from ..base.errors import DataError
-from ..infer.evaluate import compute_metrics, predict_probs, scalars
+from ..infer.forward import predict_probs
+from ..infer.metrics import compute_metrics, scalars
 from . import inputs as inputs_mod
 from . import trackers as trackers_mod
 from .loss import loss_of

@@ -40,8 +40,8 @@ from ..config import Config
 from ..data import Splits
 from ..data.targets import encode as encode_targets
 from ..base.errors import DataError, LoraclfError
-from ..infer.evaluate import compute_metrics
-from ..infer.engine import predict_texts
+from ..infer.forward import predict_texts
+from ..infer.metrics import compute_metrics
 from . import default_run_name, train
 from .pseudo_labels import (Pseudo, agreement, label_counts, pseudo_labels, same_labels, second_view, select,
                             student_train_set)
@@ -218,8 +218,9 @@ def _summary(cfg: Config, inputs: _Inputs) -> dict:
 def _label_texts(cfg: Config, round_dir: Path, inputs: _Inputs) -> tuple[Pseudo, Optional[dict]]:
     """The round's model over the unlabeled texts (under the round's decision.json): their pseudo-labels, and the
     target metrics if any."""
-    model, tokenizer, _, _ = model_mod.load_run_model(round_dir)
-    decision = problem.read_decision(round_dir, inputs.problem_type)
+    run = runs.Run.open(round_dir)
+    model, tokenizer = model_mod.load_trained(run)
+    decision = run.decision
 
     def predict(texts: list[str]) -> np.ndarray:
         return predict_texts(model, tokenizer, texts, cfg.eval.per_device_eval_batch_size, cfg.data.max_length,

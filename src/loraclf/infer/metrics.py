@@ -1,12 +1,11 @@
-"""Metrics from outputs, per problem type, and the model pass that produces the logits."""
+"""Metrics from outputs, per problem type: accuracy, F1, calibration error and reliability (single-label), micro/
+macro F1, subset accuracy, Hamming loss and mAP (multi-label), RMSE, MAE and correlations (regression)."""
 
 from __future__ import annotations
 
-import contextlib
 from typing import Optional
 
 import numpy as np
-import torch
 
 from .. import task as problem
 from ..task import Decision
@@ -148,75 +147,3 @@ def regression_metrics(labels, values) -> dict:
 def scalars(m: dict, problem_type: str) -> dict:
     """The type's scalar metrics of a metrics dict, for history.jsonl, log lines and trackers."""
     return {k: m.get(k) for k in problem.SCALARS[problem_type]}
-
-
-# ------------------------------------------------------------------------------------------ the model pass
-
-
-def pool_windows(idx: np.ndarray, logits: np.ndarray, labels: Optional[np.ndarray], how: str = "mean"):
-    """One row per index: the logits of windows sharing an index (a long document's chunks) pooled, mean or max.
-
-    idx must be sorted (predict_logits returns it so); rows with a unique index pass through unchanged.
-    """
-    if len(idx) == 0 or np.all(idx[1:] != idx[:-1]):
-        return idx, logits, labels
-    uniq, start = np.unique(idx, return_index=True)
-    pooled = (np.maximum if how == "max" else np.add).reduceat(logits, start, axis=0)
-    if how != "max":
-        pooled = pooled / np.diff(np.r_[start, len(idx)]).reshape(-1, *([1] * (logits.ndim - 1)))
-    return uniq, pooled, (labels[start] if labels is not None else None)
-
-
-@torch.inference_mode()
-def predict_logits(model, loader, accelerator=None, autocast_dtype=None, progress=None,
-                   pooling: str = "mean") -> tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
-    """The one inference pass: the logits of every batch; returns (indices, logits, labels) in index order.
-
-    loader yields dicts of model inputs plus `index` (and `labels` where known): a DataLoader in training, the
-    token-budget batches of `predict.predict_texts` otherwise. Windows of one long document share an index and are
-    pooled into one row (pool_windows). autocast_dtype runs the model under autocast. Under Accelerate,
-    predictions from all processes are gathered without the padded duplicates of the last batch
-    (gather_for_metrics), so metrics equal those of a single process.
-    """
-    model.eval()
-    all_idx, all_logits, all_labels = [], [], []
-    first = next(model.parameters(), None)  # None: an onnxruntime graph (loraclf.infer.onnx), fed on the CPU
-    device = (accelerator.device if accelerator is not None
-              else first.device if first is not None else torch.device("cpu"))
-    autocast = (torch.autocast(device_type=device.type, dtype=autocast_dtype) if autocast_dtype is not None
-                else contextlib.nullcontext())
-    for batch in loader:
-        idx = batch.pop("index")
-        labels = batch.pop("labels", None)
-        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        with autocast:
-            logits = model(**batch).logits.float()
-        if accelerator is not None:
-            idx = idx.to(device)
-            if labels is not None:
-                labels = labels.to(device)
-                idx, logits, labels = accelerator.gather_for_metrics((idx, logits, labels))
-            else:
-                idx, logits = accelerator.gather_for_metrics((idx, logits))
-        all_idx.append(idx.cpu().numpy())
-        all_logits.append(logits.cpu().numpy())
-        if labels is not None:
-            all_labels.append(labels.cpu().numpy())
-        if progress is not None:
-            progress.update(len(idx))
-    if not all_idx:
-        return np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=np.float32), None
-    idx = np.concatenate(all_idx)
-    logits = np.concatenate(all_logits)
-    labels = np.concatenate(all_labels) if all_labels else None
-    order = np.argsort(idx, kind="stable")
-    return pool_windows(idx[order], logits[order], labels[order] if labels is not None else None, pooling)
-
-
-def predict_probs(model, loader, accelerator=None, autocast_dtype=None, progress=None,
-                  decision: Decision = SINGLE_DECISION, pooling: str = "mean"):
-    """predict_logits, with the logits turned into outputs by the decision (problem.outputs)."""
-    idx, logits, labels = predict_logits(model, loader, accelerator, autocast_dtype, progress, pooling)
-    if len(idx) == 0:
-        return idx, logits, labels
-    return idx, problem.outputs(logits, decision), labels
