@@ -1,3 +1,7 @@
-"""TODO: report"""
+"""Reports of finished runs: `html` writes report/report.html (metrics, progress table, hardware) from the run
+folder's files, `figures` draws its plots (curves, confusion, per-label, regression residuals, reliability),
+`files` reads the run-folder files a report needs and names a damaged one, and `compare` tabulates several runs
+(compare.md, compare.csv, curves.png). It reads only run-folder files (loraclf.runs, task, base): no model, no
+training."""
 
 from .html import progress_table, write_report  # noqa: F401
