@@ -54,19 +54,84 @@ def _draw_metric_curves(rf: RunFiles, ax) -> list:
     return axes
 
 
-def _draw_curves(rf: RunFiles, ax_loss, ax_metric, ax_lr) -> list:
+_LOSS_NAMES = {"cross_entropy": "cross-entropy", "focal": "focal", "bce": "binary cross-entropy", "mse": "MSE",
+               "huber": "Huber"}
+
+
+def _section(rf: RunFiles, name: str) -> dict:
+    value = rf.config.get(name)
+    return value if isinstance(value, dict) else {}
+
+
+def _positive(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+
+
+def train_loss_terms(rf: RunFiles) -> list[str]:
+    """What the logged training loss is, from the run's config: the loss and everything that weighs or adds to it."""
+    pt, t = rf.problem_type, _section(rf, "train")
+    name = problem.loss_name(pt, t.get("loss") if t.get("loss") in problem.LOSSES[pt] else None)
+    terms = [_LOSS_NAMES.get(name, name)]
+    if name == "focal" and _positive(t.get("focal_gamma")):
+        terms[0] += f" γ={t['focal_gamma']:g}"
+    weights = t.get("class_weights")
+    if weights not in (None, "none", {}):
+        terms.append("positive weights" if pt == problem.MULTI else "class weights")
+    if pt == problem.SINGLE and _positive(t.get("label_smoothing")):
+        terms.append(f"label smoothing {t['label_smoothing']:g}")
+    if standardised(rf):
+        terms.append("standardised targets")
+    adapter = _section(rf, "adapter")
+    if adapter.get("method") == "adalora" and _positive(adapter.get("adalora_orth_reg_weight")):
+        terms.append("AdaLoRA orthogonality penalty added")
+    if _section(rf, "adapt").get("weighting") in ("confidence", "soft"):
+        terms.append(f"{_section(rf, 'adapt')['weighting']}-weighted pseudo-labels")
+    return terms
+
+
+def loss_labels(rf: RunFiles) -> tuple[str, str, bool]:
+    """(the train curve's label, the validation curve's label, whether both are one quantity that may share an axis).
+
+    Validation loss is the plain loss of the problem type (unweighted NLL, BCE, or MSE in target units); the training
+    loss is whatever train_loss_terms says. Only when the training loss is that same plain loss are the two comparable;
+    otherwise each curve names what it is and the validation loss gets its own axis."""
+    val = VAL_LOSS[rf.problem_type] + (", target units" if rf.problem_type == problem.REGRESSION else "")
+    terms = train_loss_terms(rf)
+    if terms == [VAL_LOSS[rf.problem_type]]:
+        return "train loss", "validation loss", True
+    return f"train loss ({', '.join(terms)})", f"validation loss ({val})", False
+
+
+def _draw_losses(rf: RunFiles, ax_loss) -> list:
+    """The train and validation loss against step; on two y-axes when they are not the same quantity. Returns the
+    axes drawn on."""
     train, evals = rf.train, [r for r in rf.evals if numbers(r, "loss")]
+    train_label, val_label, same = loss_labels(rf)
+    ax_val, axes = ax_loss, [ax_loss]
+    if not same and train and evals:
+        ax_val = ax_loss.twinx()
+        axes.append(ax_val)
+        ax_loss.set_ylabel("train loss", color="#1f77b4")  # the legend says what each one is
+        ax_val.set_ylabel("validation loss", color="#d62728")
+    else:
+        ax_loss.set_ylabel(f"loss (validation: {VAL_LOSS[rf.problem_type]})" if same else "loss")
     if train:
         ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train], color="#1f77b4", lw=1.6,
-                     label="train loss (standardised targets)" if standardised(rf) else "train loss")
+                     label=train_label)
     if evals:
-        ax_loss.plot([r["step"] for r in evals], [r["loss"] for r in evals], color="#d62728", lw=1.8, marker="o", ms=4,
-                     label="validation loss")
+        ax_val.plot([r["step"] for r in evals], [r["loss"] for r in evals], color="#d62728", lw=1.8, marker="o", ms=4,
+                    label=val_label)
+    return axes
+
+
+def _draw_curves(rf: RunFiles, ax_loss, ax_metric, ax_lr) -> tuple[list, list]:
+    loss_axes = _draw_losses(rf, ax_loss)
     metric_axes = _draw_metric_curves(rf, ax_metric)
+    train = rf.train
     if train and all(numbers(r, "learning_rate") for r in train):
         ax_lr.plot([r["step"] for r in train], [r["learning_rate"] for r in train], color="#7f7f7f", lw=1.4,
                    label="learning rate")
-    return metric_axes
+    return loss_axes, metric_axes
 
 
 def _legend(ax, axes: list) -> None:
@@ -82,20 +147,19 @@ def plot_curves(rf: RunFiles):
     """Three panels against step: train/val loss, the type's validation metrics, learning rate. Returns the figure."""
     fig, (ax_loss, ax_metric, ax_lr) = pyplot().subplots(
         3, 1, figsize=(9, 9), sharex=True, gridspec_kw={"height_ratios": [3, 3, 1.6]}, layout="constrained")
-    metric_axes = _draw_curves(rf, ax_loss, ax_metric, ax_lr)
+    loss_axes, metric_axes = _draw_curves(rf, ax_loss, ax_metric, ax_lr)
     best = rf.metrics.get("best_step")
     for ax in (ax_loss, ax_metric, ax_lr):
         if best:
             ax.axvline(best, color="#bbbbbb", ls=":", lw=1, zorder=0)
         ax.grid(True, alpha=0.3)
     ax_loss.set_title(f"Training curves: {rf.path.name}" + (f" (best step {best} dotted)" if best else ""), fontsize=12)
-    ax_loss.set_ylabel(f"loss (validation: {VAL_LOSS[rf.problem_type]})")
     ax_metric.set_ylabel("validation error (target units)" if rf.problem_type == problem.REGRESSION
                          else "validation score")
     ax_lr.set_ylabel("learning rate")
     ax_lr.set_xlabel("optimizer step")
     ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
-    for ax, axes in ((ax_loss, [ax_loss]), (ax_metric, metric_axes), (ax_lr, [ax_lr])):
+    for ax, axes in ((ax_loss, loss_axes), (ax_metric, metric_axes), (ax_lr, [ax_lr])):
         _legend(ax, axes)
     return fig
 
