@@ -3,9 +3,11 @@ tiny models built from configs."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import random
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -27,6 +29,18 @@ def need(path: Path, what: str) -> Path:
             pytest.fail(msg + "; CI=true, so this is a failure, not a skip")
         pytest.skip(msg)
     return path
+
+
+def need_module(name: str) -> ModuleType:
+    """Import an optional package: skip when it is missing on a user's clone; fail under CI, where it must be
+    installed (pytest.importorskip would skip there too)."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as e:
+        msg = f"{name} is not installed ({e}); pip install -e '.[all]' installs every optional package"
+        if IN_CI:
+            pytest.fail(msg + "; CI=true, so this is a failure, not a skip")
+        pytest.skip(msg, allow_module_level=True)
 
 
 @pytest.fixture(scope="session")

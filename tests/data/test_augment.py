@@ -15,6 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import need
+
 from loraclf.data import wordnet as augment  # the WordNet names (WORDNET_ENV, LEXNAMES_TEXT, ...) moved to data.wordnet
 from loraclf.data.augment import Augmenter, augment_dataset, augment_file
 from loraclf.data.wordnet import get_wordnet
@@ -69,8 +71,8 @@ def test_lexnames_match_the_wordnet_data():
     assert wn.synset("quick.a.01").lexname() == "adj.all"
 
 
-@pytest.mark.skipif(not Path("/usr/share/wordnet/data.noun").exists(), reason="Debian's wordnet-base is not installed")
 def test_system_wordnet_without_lexnames_file(monkeypatch):
+    need(Path("/usr/share/wordnet/data.noun"), "Debian's wordnet-base (.ci/apt-augment.txt)")
     assert not Path("/usr/share/wordnet/lexnames").exists()
     monkeypatch.setenv(augment.WORDNET_ENV, "/usr/share/wordnet")
     wn = get_wordnet()
@@ -79,8 +81,8 @@ def test_system_wordnet_without_lexnames_file(monkeypatch):
     assert wn.synset("market.n.01").lexname() == "noun.act"
 
 
-@pytest.mark.skipif(not Path("/usr/share/wordnet/data.noun").exists(), reason="Debian's wordnet-base is not installed")
 def test_nltk_data_wordnet_is_preferred(monkeypatch, tmp_path):
+    need(Path("/usr/share/wordnet/data.noun"), "Debian's wordnet-base (.ci/apt-augment.txt)")
     import shutil
 
     import nltk.data

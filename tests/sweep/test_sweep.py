@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-optuna = pytest.importorskip("optuna")
+from conftest import IN_CI, need_module
 
-from conftest import IN_CI  # noqa: E402
+optuna = need_module("optuna")
 
 from loraclf import cli  # noqa: E402
 from loraclf.config import load_config  # noqa: E402
