@@ -59,7 +59,7 @@ def cpu_name() -> str:
 
 def bf16_supported() -> bool:
     """Whether this CPU runs bf16 natively (AVX512-BF16 or AMX), by loraclf's check."""
-    return _device().bf16_supported()
+    return _device().bf16_supported("cpu")
 
 
 # ------------------------------------------------------------------------------------------ CPU time and load
@@ -326,7 +326,7 @@ def machine() -> Machine:
 
     device = _device()
     return Machine(cpu=device.cpu_name(), flags=tuple(f for f in ISA_FLAGS if f in device.cpu_flags()),
-                   cpu_threads=os.cpu_count() or 0, native_bf16=device.bf16_supported(),
+                   cpu_threads=os.cpu_count() or 0, native_bf16=device.bf16_supported("cpu"),
                    gpu=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
                    torch=torch.__version__, python=platform.python_version(), commit=commit(), date=utc_now())
 

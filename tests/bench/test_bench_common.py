@@ -92,7 +92,7 @@ def test_machine_header_fields():
     m = common.machine()
     assert m.cpu == cpu_name()
     assert m.cpu_threads == os.cpu_count()
-    assert m.native_bf16 == bf16_supported()
+    assert m.native_bf16 == bf16_supported("cpu")
     assert m.torch == torch.__version__
     assert set(m.flags) <= set(common.ISA_FLAGS) and set(m.flags) <= cpu_flags()
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout

@@ -62,9 +62,11 @@ def _batches(enc, doc: np.ndarray, order: list[np.ndarray], keys: list[str], pad
 
 def _autocast_dtype(model, precision: str):
     """The autocast dtype for precision (bf16/fp16; auto resolved here); None for fp32 or a model already in half."""
-    dtype = device_mod.autocast_dtype(device_mod.resolve(precision))
     first = next(model.parameters(), None)  # None: an onnxruntime graph (loraclf.infer.onnx), run as it is
-    return dtype if first is not None and first.dtype == torch.float32 else None
+    if first is None or first.dtype != torch.float32:
+        return None
+    # auto resolves against the device the model sits on: a model on the CPU of a machine with a GPU asks the CPU
+    return device_mod.autocast_dtype(device_mod.resolve(precision, device_type=first.device.type))
 
 
 def model_problem_type(model) -> str:

@@ -237,7 +237,9 @@ def _describe(ctx: Setup) -> None:
 
 def _training_precision(cfg: Config) -> str:
     """Accelerate's name for the precision the run really computes in (metrics.json records it)."""
-    precision = device.resolve(cfg.train.mixed_precision, "train.mixed_precision")
+    precision, why = device.resolve_why(cfg.train.mixed_precision, "train.mixed_precision")
+    if cfg.train.mixed_precision == "auto":
+        logger.info(f"precision {precision}: {why}")
     if precision == "fp16" and device.on_cpu_only():
         # Accelerate turns fp16 autocast on only on accelerators: on a CPU the run would compute in fp32 anyway
         logger.warning("train.mixed_precision=fp16 has no effect on a CPU (Accelerate autocasts fp16 only on a GPU); "
