@@ -16,7 +16,6 @@ import torch
 
 from loraclf import task as problem
 from loraclf.api import Classifier
-from loraclf.cli import main
 from loraclf.config import load_config
 from loraclf.base.errors import DataError, ModelError
 from loraclf.publish.export import export_run
@@ -173,19 +172,6 @@ def test_pair_files_read_the_pair_column(runs_, files, full):
     np.testing.assert_allclose(full["pair"].filter(like="prob_").to_numpy(), _softmax(z), atol=1e-5)
     alone = _softmax(_logits(runs_["pair"], test["title"].tolist()))
     assert not np.allclose(alone, _softmax(z), atol=1e-4)  # the second text changed the prediction
-
-
-def test_a_missing_pair_column_is_one_line_exit_2(runs_, files, tmp_path, capsys):
-    src = tmp_path / "no_pair.csv"
-    pd.read_csv(files["test"])[["title", "label"]].to_csv(src, index=False)
-    for verb in (["predict", str(runs_["pair"]), "--input", str(src), "--output", str(tmp_path / "out.csv")],
-                 ["evaluate", str(runs_["pair"]), "--data", str(src), "--output", str(tmp_path / "m.json")]):
-        assert main(verb + ["--quiet"]) == 2
-        err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1, err
-        assert f"{src} has no text-pair column 'second'; columns are: title, label" in err[0]
-        assert "this model reads sentence pairs" in err[0]
-    assert not (tmp_path / "out.csv").exists() and not (tmp_path / "m.json").exists()
 
 
 # ------------------------------------------------------------------------------------------ long texts

@@ -1,4 +1,5 @@
-"""problem.py: outputs, predictions, thresholds and temperature per problem type (pure numbers, no model)."""
+"""loraclf.task: outputs, predictions, thresholds and temperature per problem type, and the metrics of each type
+(pure numbers, no model)."""
 
 from __future__ import annotations
 
