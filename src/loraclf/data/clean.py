@@ -147,19 +147,27 @@ def clean_frame(df: pd.DataFrame, cfg: DataConfig, where: str, need_label: bool 
     return out[b["keep"]].reset_index(drop=True)
 
 
-def clean_arrow(ds, cfg: DataConfig, where: str, need_label: bool = True, log=None):
-    """clean_frame for a memory-mapped Dataset (single-label), in a cached batched map."""
+def clean_arrow(ds, cfg: DataConfig, where: str, need_label: bool = True, log=None,
+                problem_type: str = "single_label_classification"):
+    """clean_frame for a memory-mapped Dataset, in a cached batched map: the same rules, the same raw `label` (with
+    data.label_columns: the list of names whose column holds 1), the same errors with the file's row numbers."""
     import datasets
+
+    from .targets import columns_to_sets
 
     check_columns(ds.column_names, cfg, where, need_label)
     cols, pairs, max_chars = text_columns(cfg), tuple(pair_columns(cfg)), cfg.max_text_chars
-    label_col = cfg.label_column if need_label else None
+    set_cols = list(cfg.label_columns or ()) if need_label else []
+    label_col = cfg.label_column if need_label and not set_cols else None
+    drop_col = label_col if label_col is not None and drops_empty_labels(cfg, problem_type) else None
 
-    def fn(batch):
-        b = clean_batch(batch, cols, label_col, max_chars, pairs)
+    def fn(batch, idx):
+        b = clean_batch(batch, cols, drop_col, max_chars, pairs)
         out = {k: b[k] for k in ("text", "text_pair") if k in b}
         out["_cut"] = b["cut"]
-        if label_col is not None:
+        if set_cols:  # row numbers in its errors count from the file's first row, as clean_frame's do
+            out["label"] = columns_to_sets(pd.DataFrame({c: batch[c] for c in set_cols}, index=idx), set_cols, where)
+        elif label_col is not None:
             out["label"] = batch[label_col]
         out["_keep"] = b["keep"]
         return out
@@ -168,10 +176,12 @@ def clean_arrow(ds, cfg: DataConfig, where: str, need_label: bool = True, log=No
     if pairs:
         feats["text_pair"] = datasets.Value("string")
     feats["_cut"] = datasets.Value("bool")
-    if need_label:
+    if set_cols:
+        feats["label"] = datasets.Sequence(datasets.Value("string"))
+    elif label_col is not None:
         feats["label"] = ds.features[label_col]
     feats["_keep"] = datasets.Value("bool")
-    ds = ds.map(fn, batched=True, batch_size=10_000, remove_columns=ds.column_names,
+    ds = ds.map(fn, batched=True, batch_size=10_000, with_indices=True, remove_columns=ds.column_names,
                 features=datasets.Features(feats), desc=f"Cleaning {Path(where).name}")
     keep = np.asarray(column(ds, "_keep").to_numpy(zero_copy_only=False), dtype=bool)
     cut = np.asarray(column(ds, "_cut").to_numpy(zero_copy_only=False), dtype=bool)

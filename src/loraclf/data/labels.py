@@ -108,5 +108,6 @@ def encode_arrow(ds, id2label: dict[int, str], where: str):
     def fn(batch):
         return {"label": encode_labels(pd.Series(batch["label"], dtype=object), id2label, where)}
 
-    feats = datasets.Features({"text": datasets.Value("string"), "label": datasets.Value("int64")})
+    feats = ds.features.copy()  # text, and text_pair for pairs
+    feats["label"] = datasets.Value("int64")
     return ds.map(fn, batched=True, batch_size=10_000, features=feats, desc=f"Encoding labels of {Path(where).name}")

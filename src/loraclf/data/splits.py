@@ -1,8 +1,9 @@
 """Train/validation/test as configured, with the label map: read, cleaned, encoded, split.
 
-Raw splits are `datasets.Dataset`s with columns `text` and `label` (int). Files of at least read.ARROW_MIN_MB
-(csv/tsv/jsonl/parquet) stay on disk as memory-mapped Arrow all the way to the batches; smaller ones go through
-pandas. With data.streaming the training split is a `datasets.IterableDataset` instead (load_stream_splits).
+Raw splits are `datasets.Dataset`s with columns `text` (`text_pair`) and `label` (a class id, a multi-hot list or a
+float). Files of at least read.ARROW_MIN_MB (csv/tsv/jsonl/parquet) stay on disk as memory-mapped Arrow all the way
+to the batches, whatever the problem type; smaller ones go through pandas. With data.streaming the training split
+is a `datasets.IterableDataset` instead (load_stream_splits).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 import pandas as pd
+from pyarrow import types as pa_types
 
 from ..base import logs, sources
 from ..config import DataConfig
@@ -20,7 +22,7 @@ from ..task import MULTI, SINGLE
 from ..base.errors import DataError
 from . import targets
 from .clean import check_columns, clean_arrow, clean_frame, is_missing, text_columns
-from .labels import build_label_map, encode_arrow, normalise_label
+from .labels import build_label_map, normalise_label
 from .read import READERS, column, read_hub, read_split, stream_head
 from .stream import stream_where
 
@@ -43,8 +45,19 @@ class Splits:
 
 def train_labels(splits: Splits) -> np.ndarray:
     """The encoded training labels: class ids, a multi-hot matrix, or the regression targets."""
-    return np.asarray(column(splits.train, "label").to_pylist() if splits.problem_type == MULTI
-                      else column(splits.train, "label").to_numpy(zero_copy_only=False))
+    return label_array(splits.train)
+
+
+def label_array(ds) -> np.ndarray:
+    """A Dataset's encoded `label` column as numpy: ids or floats, or (multi-hot lists) one row per example, built
+    from Arrow's flat values rather than an array object per row."""
+    labels = column(ds, "label")
+    if pa_types.is_list(labels.type):
+        flat = labels.combine_chunks() if hasattr(labels, "combine_chunks") else labels
+        values = flat.flatten().to_numpy(zero_copy_only=False)
+        if len(flat) and len(values) % len(flat) == 0 and len(set(flat.value_lengths().unique().to_pylist())) == 1:
+            return values.reshape(len(flat), -1)
+    return labels.to_numpy(zero_copy_only=False)  # raw label cells (a stream's validation labels)
 
 
 def stratified_split(labels: np.ndarray, size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -74,7 +87,7 @@ def stratified_split(labels: np.ndarray, size: float, seed: int) -> tuple[np.nda
 def _clean_part(part, cfg: DataConfig, where: str, log, problem_type: str):
     if isinstance(part, pd.DataFrame):
         return clean_frame(part, cfg, where, True, log, problem_type)
-    return clean_arrow(part, cfg, where, True, log)
+    return clean_arrow(part, cfg, where, True, log, problem_type)
 
 
 def _encode_part(part, id2label: dict[int, str], where: str, cfg: DataConfig, problem_type: str = SINGLE):
@@ -83,13 +96,22 @@ def _encode_part(part, id2label: dict[int, str], where: str, cfg: DataConfig, pr
         # multi-hot rows stay Python lists (one cell each), which datasets stores as a sequence column
         part["label"] = pd.Series(list(encoded), dtype=object) if problem_type == MULTI else encoded
         return part
-    return encode_arrow(part, id2label, where)
+    return targets.encode_arrow(problem_type, part, id2label, cfg, where)
+
+
+def _label_map(train, cfg: DataConfig, problem_type: str, class_names: Optional[list[str]]) -> dict[int, str]:
+    """id2label from the cleaned training part's raw labels, read a batch at a time from a memory-mapped one."""
+    if isinstance(train, pd.DataFrame):
+        return targets.build_map(problem_type, train["label"], cfg, class_names)
+    if problem_type == SINGLE:
+        return targets.build_map(problem_type, column(train, "label").unique().to_pylist(), cfg, class_names)
+    return targets.arrow_map(problem_type, train, cfg)
 
 
 def _labels_of(part) -> np.ndarray:
     if isinstance(part, pd.DataFrame):
         return part["label"].to_numpy()
-    return column(part, "label").to_numpy(zero_copy_only=False)
+    return label_array(part)
 
 
 def _to_dataset(part):
@@ -165,13 +187,10 @@ def _split_off_validation(train, cfg: DataConfig, note):
 def load_splits(cfg: DataConfig, log=None, id2label: Optional[dict[int, str]] = None,
                 problem_type: str = SINGLE) -> Splits:
     """Read train/validation/test as configured and return them with a label map (see the module's docstring).
-
-    Label sets and regression targets are read through pandas whatever the file's size (the Arrow path encodes
-    class ids only).
-    """
+    Every problem type takes the Arrow path for large files."""
     if cfg.streaming:
         return load_stream_splits(cfg, log, id2label)
-    frames, where, label_names = _read_parts(cfg, arrow=problem_type == SINGLE)
+    frames, where, label_names = _read_parts(cfg, arrow=True)
     notes, note = _notes(log)
 
     def part(key):
@@ -180,8 +199,7 @@ def load_splits(cfg: DataConfig, log=None, id2label: Optional[dict[int, str]] = 
 
     train = _clean_part(frames["train"], cfg, where["train"], note, problem_type)
     if id2label is None:
-        raw = train["label"] if isinstance(train, pd.DataFrame) else column(train, "label").unique().to_pylist()
-        id2label = targets.build_map(problem_type, raw, cfg, label_names)
+        id2label = _label_map(train, cfg, problem_type, label_names)
     train = _encode_part(train, id2label, where["train"], cfg, problem_type)
     if frames.get("validation") is not None:
         val = part("validation")

@@ -45,10 +45,15 @@ def _cell_set(v, delimiter: Optional[str], where: str) -> list[str]:
     return [text] if text else []
 
 
-def label_sets(values, cfg: DataConfig, where: str) -> list[list[str]]:
-    """Each row's label names (duplicates removed, order kept)."""
-    sets = [list(dict.fromkeys(_cell_set(v, cfg.label_delimiter, where))) for v in values]
-    if not cfg.label_delimiter:
+def label_sets(values, cfg: DataConfig, where: str, start: int = 0) -> list[list[str]]:
+    """Each row's label names (duplicates removed, order kept); `start` is the first value's row number."""
+    return sets_of(values, cfg.label_delimiter, where, start)
+
+
+def sets_of(values, delimiter: Optional[str], where: str, start: int = 0) -> list[list[str]]:
+    """label_sets with only the setting it reads (a cached map's key follows what its function captures)."""
+    sets = [list(dict.fromkeys(_cell_set(v, delimiter, where))) for v in values]
+    if not delimiter:
         joined = next((n for s in sets for n in s if any(d in n for d in DELIMITER_HINTS)), None)
         if joined is not None:
             d = next(d for d in DELIMITER_HINTS if d in joined)
@@ -82,7 +87,8 @@ def multi_label_map(sets: list[list[str]], cfg: DataConfig) -> dict[int, str]:
     return {i: n for i, n in enumerate(names)}
 
 
-def encode_sets(sets: list[list[str]], id2label: dict[int, str], where: str, allow_empty: bool) -> list[list[float]]:
+def encode_sets(sets: list[list[str]], id2label: dict[int, str], where: str, allow_empty: bool,
+                start: int = 0) -> list[list[float]]:
     """Multi-hot vectors over id2label; an unknown name or (unless allowed) an empty set is a one-line error."""
     label2id = {n: i for i, n in id2label.items()}
     unknown = sorted({n for s in sets for n in s if n not in label2id})
@@ -91,7 +97,7 @@ def encode_sets(sets: list[list[str]], id2label: dict[int, str], where: str, all
                         f"labels are {', '.join(id2label.values())}")
     empty = [i for i, s in enumerate(sets) if not s]
     if empty and not allow_empty:
-        raise DataError(f"{where} has {len(empty)} rows with an empty label set (first at row {empty[0]}); give "
+        raise DataError(f"{where} has {len(empty)} rows with an empty label set (first at row {start + empty[0]}); give "
                         f"each row at least one label, or set data.allow_empty_labels=true if rows may have none")
     k = len(id2label)
     out = []
@@ -103,9 +109,10 @@ def encode_sets(sets: list[list[str]], id2label: dict[int, str], where: str, all
     return out
 
 
-def numeric_targets(values, where: str) -> np.ndarray:
-    """Regression targets as floats; text, NaN or infinite values are a one-line error naming what was found."""
-    raw = pd.Series(list(values), dtype=object)
+def numeric_targets(values, where: str, start: int = 0) -> np.ndarray:
+    """Regression targets as floats; text, NaN or infinite values are a one-line error naming what was found.
+    `start` is the first value's row number."""
+    raw = pd.Series(list(values), dtype=object, index=pd.RangeIndex(start, start + len(values)))
     num = pd.to_numeric(raw, errors="coerce")
     text = raw[num.isna() & raw.notna() & raw.map(lambda v: not (isinstance(v, float) and math.isnan(v)))]
     if len(text):
@@ -117,7 +124,7 @@ def numeric_targets(values, where: str) -> np.ndarray:
     bad = np.flatnonzero(~np.isfinite(arr))
     if len(bad):
         raise DataError(f"{where} has {len(bad)} missing (NaN) or infinite regression targets (first at row "
-                        f"{int(bad[0])}); fill or drop those rows")
+                        f"{start + int(bad[0])}); fill or drop those rows")
     return arr
 
 
@@ -137,15 +144,66 @@ def build_map(problem_type: str, raw, cfg: DataConfig, class_names: Optional[lis
     return build_label_map(raw, cfg.label_names or class_names, cfg.max_labels)
 
 
-def encode(problem_type: str, raw, id2label: dict[int, str], cfg: DataConfig, where: str):
-    """Raw labels as the model trains on them: class ids, multi-hot lists, or floats."""
+def encode(problem_type: str, raw, id2label: dict[int, str], cfg: DataConfig, where: str, start: int = 0):
+    """Raw labels as the model trains on them: class ids, multi-hot lists, or floats. `start` is the first raw
+    label's row number, for the errors."""
     from .labels import encode_labels
 
     if problem_type == "multi_label_classification":
-        return encode_sets(label_sets(raw, cfg, where), id2label, where, cfg.allow_empty_labels)
+        return encode_sets(label_sets(raw, cfg, where, start), id2label, where, cfg.allow_empty_labels, start)
     if problem_type == "regression":
-        return numeric_targets(raw, where)
+        return numeric_targets(raw, where, start)
     return encode_labels(raw, id2label, where)
+
+
+# ------------------------------------------------------------------------------------------ memory-mapped splits
+# Files of read.ARROW_MIN_MB or more stay memory-mapped Datasets: their labels are read and encoded a batch at a time.
+
+ARROW_BATCH = 10_000
+
+
+def _label_batches(ds):
+    """(row number of the batch's first row, the batch's raw labels), through the whole `label` column."""
+    for i, batch in enumerate(ds.select_columns(["label"]).iter(batch_size=ARROW_BATCH)):
+        yield i * ARROW_BATCH, batch["label"]
+
+
+def arrow_map(problem_type: str, ds, cfg: DataConfig) -> dict[int, str]:
+    """build_map for a memory-mapped training split of label sets or regression targets, a batch at a time."""
+    names: set[str] = set()
+    for start, raw in _label_batches(ds):
+        if problem_type == "multi_label_classification":
+            names.update(n for s in label_sets(raw, cfg, "the training data", start) for n in s)
+        else:
+            numeric_targets(raw, "the training data", start)
+    if problem_type == "regression":
+        return {0: cfg.label_column}
+    return multi_label_map([sorted(names)], cfg)
+
+
+def encode_arrow(problem_type: str, ds, id2label: dict[int, str], cfg: DataConfig, where: str):
+    """encode for a memory-mapped split: its raw `label` column replaced by class ids, multi-hot rows or floats, in a
+    cached batched map (this also flattens any select)."""
+    import datasets
+
+    from .labels import encode_arrow as encode_classes
+
+    if problem_type not in ("multi_label_classification", "regression"):
+        return encode_classes(ds, id2label, where)
+    multi, delimiter, allow_empty = problem_type == "multi_label_classification", cfg.label_delimiter, \
+        cfg.allow_empty_labels
+
+    def fn(batch, idx):
+        start = idx[0] if len(idx) else 0
+        if multi:
+            return {"label": encode_sets(sets_of(batch["label"], delimiter, where, start), id2label, where,
+                                         allow_empty, start)}
+        return {"label": numeric_targets(batch["label"], where, start)}
+
+    feats = ds.features.copy()
+    feats["label"] = datasets.Sequence(datasets.Value("float64")) if multi else datasets.Value("float64")
+    return ds.map(fn, batched=True, batch_size=ARROW_BATCH, with_indices=True, features=feats,
+                  desc=f"Encoding labels of {where.rsplit('/', 1)[-1]}")
 
 
 def check_single(raw) -> None:
