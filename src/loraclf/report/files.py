@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import html
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +10,7 @@ import yaml
 
 from .. import task as problem, runs
 from ..base.errors import RunError
+from . import checks
 
 
 WRONG_EXAMPLES = 20  # the most confidently wrong validation examples shown in the report
@@ -56,8 +56,7 @@ class RunFiles:
 
     @property
     def problem_type(self) -> str:
-        model = self.config.get("model") if isinstance(self.config.get("model"), dict) else {}
-        return self.metrics.get("problem_type") or model.get("problem_type") or problem.SINGLE
+        return _problem_type(self.config, self.metrics)
 
     @property
     def evals(self) -> list[dict]:
@@ -67,37 +66,46 @@ class RunFiles:
 
 
 def numbers(record: dict, *keys: str) -> bool:
-    """True when every key holds a number; records written by another version or torn by hand are skipped."""
-    return all(isinstance(record.get(k), (int, float)) and not isinstance(record.get(k), bool) for k in keys)
+    """True when every key holds a finite number; records written by another version or torn by hand are skipped
+    (load_run says how many)."""
+    return all(checks.finite(record.get(k)) for k in keys)
+
+
+def _problem_type(config: dict, metrics: dict) -> str:
+    model = config.get("model") if isinstance(config.get("model"), dict) else {}
+    return metrics.get("problem_type") or model.get("problem_type") or problem.SINGLE
 
 
 def _read_config(run: Path) -> dict:
     try:
-        config = yaml.safe_load((run / runs.CONFIG).read_text(encoding="utf-8")) or {}
-    except (yaml.YAMLError, UnicodeDecodeError):
+        config = yaml.safe_load(checks.read_text(run / runs.CONFIG)) or {}
+    except (yaml.YAMLError, RunError):
         config = None
     if not isinstance(config, dict):
         raise RunError(f"{run}/{runs.CONFIG} is not a valid YAML mapping; the run folder is damaged")
     return config
 
 
-def _read_predictions(run: Path) -> list[dict] | None:
-    if not (run / runs.VAL_PREDICTIONS).is_file():
-        return None
+def _read_json(path: Path):
     try:
-        with open(run / runs.VAL_PREDICTIONS, newline="", encoding="utf-8") as f:
-            return list(csv.DictReader(f))
-    except (UnicodeDecodeError, csv.Error):
-        raise RunError(f"{run}/{runs.VAL_PREDICTIONS} is not a readable UTF-8 CSV; the run folder is damaged") from None
+        return runs.read_json(path)
+    except OSError as e:  # a folder in its place, or no permission to read
+        raise RunError(f"cannot read {path}: {e.strerror or e}; the run folder is damaged") from None
 
 
 def _read_optional_json(path: Path):
     """A side file that may be absent (None) but, when present, must hold a JSON object (else: named as damaged)."""
-    return runs.read_json_object(path) if path.is_file() else None
+    if not path.is_file():
+        return None
+    obj = _read_json(path)
+    if not isinstance(obj, dict):
+        raise runs.damaged(path, f"expected a JSON object, got {type(obj).__name__}")
+    return obj
 
 
 def load_run(run: str | Path) -> RunFiles:
-    """Read a finished run folder (config.yaml and metrics.json must exist)."""
+    """Read a finished run folder (config.yaml and metrics.json must exist), checking the shape of every file the
+    report reads (checks.py): a damaged file is one RunError, damaged lines or rows are left out with a warning."""
     run = Path(run)
     if not run.is_dir():
         raise RunError(f"run folder not found: {run} (give the folder that `loraclf train` printed)")
@@ -107,14 +115,21 @@ def load_run(run: str | Path) -> RunFiles:
         raise RunError(f"{run}/{runs.METRICS} is missing; the run did not finish, so there is nothing to report yet")
     config = _read_config(run)
     _read_optional_json(run / runs.ADAPT)  # self-training's record: checked here, shown from metrics.json
-    metrics = runs.read_json(run / runs.METRICS)
+    metrics = _read_json(run / runs.METRICS)
     if not isinstance(metrics, dict) or not isinstance(metrics.get("val"), dict):
         raise RunError(f"{run}/{runs.METRICS} has no 'val' metrics; the run folder is damaged")
     if metrics.get("problem_type", problem.SINGLE) not in problem.PROBLEM_TYPES:
         raise RunError(f"{run}/{runs.METRICS} names an unknown problem_type {metrics['problem_type']!r}; the run "
                        f"folder is damaged")
-    return RunFiles(run, config, metrics, _read_optional_json(run / runs.PARAMS), runs.read_jsonl(run / runs.HISTORY),
-                    _read_predictions(run), _read_optional_json(run / runs.TRACKING))
+    checks.check_metrics(run / runs.METRICS, metrics)
+    params, tracking = _read_optional_json(run / runs.PARAMS), _read_optional_json(run / runs.TRACKING)
+    checks.check_params(run / runs.PARAMS, params)
+    checks.check_tracking(run / runs.TRACKING, tracking)
+    pt = _problem_type(config, metrics)
+    history = checks.read_history(run / runs.HISTORY)
+    predictions = checks.read_predictions(run / runs.VAL_PREDICTIONS, pt)
+    checks.warn_unplotted(run / runs.HISTORY, history, pt)
+    return RunFiles(run, config, metrics, params, history, predictions, tracking)
 
 
 def sweep_trial_line(run: str | Path) -> str | None:
