@@ -237,6 +237,21 @@ class Classifier:
             return files_mod.evaluate_frame(self.model, frame, "the DataFrame", batch_size, precision,
                                               progress=not quiet)
 
+    def explain(self, texts: TextsLike, text_pair: PairsLike = None, *, target: Optional[str] = None,
+                steps: int = 32, precision: str = "fp32", quiet: bool = False):
+        """Why each text got its prediction, as `loraclf explain` computes it: word attributions by Integrated
+        Gradients for the predicted label (multi-label: the most probable one; regression: the value) or the named
+        target. Returns one dict per text: target, output, prediction, words ([{word, score}]), pair_words (a pair
+        model's second text) and delta (the completeness gap); one dict for one string. Write the HTML page with
+        `loraclf.report.explanations.write(results, "why.html", title)`."""
+        from .infer import explain as explain_mod
+
+        items, pairs = self._inputs(texts, text_pair)
+        with logs.quiet(quiet):
+            found = explain_mod.explain_texts(self.model, items, pairs, target, steps, precision, progress=not quiet)
+        records = explain_mod.to_dicts(found)
+        return records[0] if isinstance(texts, str) else records
+
     def export(self, path: str | Path, *, onnx: bool = False, overwrite: bool = False,
                quantize: Optional[str] = None) -> Path:
         """Write a standalone model folder (merged weights, tokenizer, model card), as `loraclf export` does;

@@ -105,6 +105,18 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_explain(args) -> int:
+    from ..infer.files import explain_file
+    from ..report import explanations
+
+    r = explain_file(args.run, args.input, args.output, args.target, args.steps, args.allow_pickle, args.text_column,
+                     args.precision, args.quiet)
+    page = explanations.write(r["records"], Path(r["output"]).with_suffix(".html"),
+                              f"loraclf explain: {Path(args.run).name}")
+    print(f"wrote attributions of {r['rows']} texts to {r['output']} and {page}")
+    return 0
+
+
 def cmd_budget(args) -> int:
     from ..model.budget import budget_report, format_report
 
@@ -174,7 +186,7 @@ def cmd_push(args) -> int:
 
 HANDLERS = {
     "train": cmd_train, "config": cmd_config, "validate": cmd_validate, "evaluate": cmd_evaluate,
-    "predict": cmd_predict, "budget": cmd_budget, "augment": cmd_augment, "report": cmd_report,
+    "predict": cmd_predict, "explain": cmd_explain, "budget": cmd_budget, "augment": cmd_augment, "report": cmd_report,
     "compare": cmd_compare, "sweep": cmd_sweep, "export": cmd_export, "serve": cmd_serve, "push": cmd_push,
 }
 

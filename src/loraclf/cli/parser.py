@@ -16,6 +16,7 @@ EPILOG = """examples:
   loraclf budget configs/agnews_roberta_seed.yaml # exact trainable-parameter breakdown
   loraclf predict runs/RUN --input test.csv --output submission.csv
   loraclf evaluate runs/RUN --data test.csv
+  loraclf explain runs/RUN --input few.csv --output why.json   # word attributions, and why.html
 """
 
 
@@ -111,6 +112,22 @@ COMMANDS: dict[str, dict] = {  # name -> add_parser keywords and "args", the com
             help="auto (default): bf16 where the hardware computes it natively, else fp32; fp32 for exact outputs; "
                  + INT8_HELP),
         ENGINE,
+        arg("--quiet", action="store_true"),
+    ]),
+    "explain": dict(help="why each text got its prediction: word attributions (Integrated Gradients)",
+                    args=[
+        arg("run", help=RUN),
+        arg("--input", required=True,
+            help="texts: .csv .tsv .json .jsonl .parquet .txt (one per line), .pkl with --allow-pickle"),
+        arg("--output", required=True, help="the .json file to write; the HTML page is written beside it (.html)"),
+        arg("--target", help="the label to explain (default: each text's predicted label; multi-label: its most "
+                             "probable label)"),
+        arg("--steps", type=_count(1024), default=32,
+            help="integration steps (default 32): more is slower and closer to the exact attribution"),
+        arg("--text-column", help="text column of the input (default: the run's data.text_column, else 'text')"),
+        arg("--allow-pickle", action="store_true", help=PICKLE),
+        arg("--precision", choices=INFERENCE_PRECISIONS, default="fp32",
+            help="fp32 (default) or bf16; int8 has no gradients"),
         arg("--quiet", action="store_true"),
     ]),
     "budget": dict(help="exact trainable-parameter breakdown of a config, without loading weights", args=[

@@ -171,3 +171,36 @@ def evaluate_file(run: str | Path | runs.Run, data_path: str | Path, batch_size:
     if output:
         runs.write_json(output, metrics)
     return metrics
+
+
+def explain_file(run: str | Path | runs.ModelFolder, input_path: str | Path, output_path: str | Path,
+                 target: Optional[str] = None, steps: Optional[int] = None, allow_pickle: bool = False,
+                 text_column: Optional[str] = None, precision: str = "fp32", quiet: bool = False) -> dict:
+    """Token attributions (infer.explain) for every text (or pair) of an input file, written as JSON: one record per
+    row, {ID, target, output, prediction, words: [{word, score}], pair_words, delta}. Returns rows, output and the
+    records."""
+    from . import explain as explain_mod
+
+    steps = explain_mod.DEFAULT_STEPS if steps is None else steps
+    out = Path(output_path)
+    if out.suffix.lower() != ".json":
+        raise DataError(f"--output {out} must be a .json file (the HTML page is written beside it)")
+    if not Path(input_path).is_file():
+        raise DataError(f"input file not found: {input_path}")
+    check_output(out, input_path, "--input")
+    im = load_inference_model(run)
+    explain_mod.check_explainable(im, precision, steps)
+    explain_mod.target_index(im, target)
+    if text_column:
+        im.data.text_column = text_column
+    texts, pairs, ids = read_inputs(input_path, im.data, allow_pickle or im.data.allow_pickle, bool(text_column))
+    found = explain_mod.explain_texts(im, texts, pairs, target, steps, precision, progress=not quiet)
+    ids = list(range(len(texts))) if ids is None else ids
+    records = [{"ID": _plain(i), **e.to_json()} for i, e in zip(ids, found)]
+    runs.write_json(out, records)
+    return {"rows": len(records), "output": str(out), "records": records}
+
+
+def _plain(value):
+    """An ID as JSON writes it (numpy integers to int)."""
+    return value.item() if hasattr(value, "item") else value
