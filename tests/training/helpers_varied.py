@@ -7,7 +7,6 @@ embedding, and the logits are about 0.008 and the same for every text. Here ever
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from conftest import make_tiny_model
