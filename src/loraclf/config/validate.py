@@ -60,7 +60,13 @@ def coerce(value, tp):
             try:
                 return coerce(value, a)
             except (TypeError, ValueError) as e:
-                errors.append(e)
+                errors.append((a, e))
+        # a mapping (or list) given where the union has one: that member's reason (e.g. a weight that is not finite)
+        # says more than the list of the union's types
+        kind = dict if isinstance(value, dict) else list if isinstance(value, list) else None
+        same = [e for a, e in errors if kind is not None and typing.get_origin(a) is kind]
+        if len(same) == 1 and isinstance(same[0], ValueError):
+            raise same[0]
         raise TypeError(f"expected {type_name(tp)}, got {value!r}")
     if origin is Literal:
         choices = typing.get_args(tp)
@@ -109,8 +115,14 @@ def _container(value, tp, origin):
     if not isinstance(value, dict):
         raise TypeError(f"expected {type_name(tp)}, got {value!r}")
     # YAML reads a label key 0 as an int: a mapping keyed by label names takes it as its text
-    return {coerce(str(k) if key_tp is str and isinstance(k, (int, float)) else k, key_tp): coerce(v, value_tp)
-            for k, v in value.items()}
+    out = {}
+    for k, v in value.items():
+        key = coerce(str(k) if key_tp is str and isinstance(k, (int, float)) else k, key_tp)
+        try:
+            out[key] = coerce(v, value_tp)
+        except ValueError as e:  # a value of the right type that is out of bounds: say which key holds it
+            raise ValueError(f"at {key!r}: {e}") from None
+    return out
 
 
 INT64_MAX = 2**63 - 1  # the largest integer torch (and most of NumPy) can hold
@@ -270,16 +282,35 @@ def _problem_checks(cfg) -> list[str]:
     if pt != SINGLE and cfg.train.label_smoothing:
         problems.append(f"'train.label_smoothing' is for single-label cross-entropy ({fit})")
     if isinstance(cfg.train.class_weights, dict):
-        bad = {k: v for k, v in cfg.train.class_weights.items() if not v > 0}
-        if bad:
-            k, v = next(iter(bad.items()))
-            problems.append(f"'train.class_weights' must be positive numbers; label {k!r} has {v:g}")
+        problems += _class_weight_checks(cfg.train.class_weights)
+    if cfg.data.label_columns is not None:
+        twice = [c for i, c in enumerate(cfg.data.label_columns) if c in cfg.data.label_columns[:i]]
+        if twice:
+            problems.append(f"'data.label_columns' names {twice[0]!r} twice; name each 0/1 column once (each column is "
+                            f"one label)")
     if cfg.data.streaming and (pt != SINGLE or cfg.data.text_pair_column is not None):
         problems.append("'data.streaming: true' trains single-label classification of single texts; set "
                         "data.streaming=false for other problem types or sentence pairs")
     if cfg.data.streaming and cfg.data.long_text == "chunks":
         problems.append("'data.long_text: chunks' does not apply to a stream; set data.streaming=false")
     return problems
+
+
+MAX_CLASS_WEIGHT = 1e6  # weights are relative to 1 (a label not named); beyond a million one class silences the rest
+
+
+def _class_weight_checks(weights: dict) -> list[str]:
+    bad = {k: v for k, v in weights.items() if not v > 0}
+    if bad:
+        k, v = next(iter(bad.items()))
+        return [f"'train.class_weights' must be positive numbers; label {k!r} has {v:g}"]
+    out = [(k, v) for k, v in weights.items() if not 1 / MAX_CLASS_WEIGHT <= v <= MAX_CLASS_WEIGHT]
+    if out:
+        k, v = out[0]
+        return [f"'train.class_weights' gives label {k!r} the weight {v:g}; each weight must be at most "
+                f"{MAX_CLASS_WEIGHT:g} and at least {1 / MAX_CLASS_WEIGHT:g} (weights are relative to 1, the weight "
+                f"of a label not named; beyond that one class drowns out the others and float32 losses overflow)"]
+    return []
 
 
 def _long_text_checks(data) -> list[str]:

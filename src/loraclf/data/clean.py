@@ -84,17 +84,45 @@ def join_text(parts: list[list]) -> list[Optional[str]]:
 def select_text(df: pd.DataFrame, cfg: DataConfig, where: str) -> pd.Series:
     """The text column(s) joined by a space; None where every part is missing."""
     check_columns(df.columns, cfg, where, need_label=False)
+    check_text_cells({c: df[c].tolist() for c in text_columns(cfg)}, where)
     return pd.Series(join_text([df[c].tolist() for c in text_columns(cfg)]), index=df.index, dtype=object)
 
 
+def not_text(values) -> Optional[tuple[int, str]]:
+    """(position, description) of the first cell that is a list or an object rather than one text, else None.
+    str() would make a text of it ("[]", "['a', 'b']"); the CSV form of an empty list, '[]', counts too."""
+    for i, v in enumerate(values):
+        if isinstance(v, (list, tuple, np.ndarray)):
+            items = list(v)
+            return i, f"a list ({str(items)[:60]})" if items else "an empty list"
+        if isinstance(v, dict):
+            return i, f"an object ({str(v)[:60]})"
+        if isinstance(v, str) and v.strip() == "[]":
+            return i, "an empty list ('[]')"
+    return None
+
+
+def check_text_cells(columns: dict, where: str, start: Optional[int] = 0) -> None:
+    """Refuse a text or text-pair cell that is not one text (column name -> values; start: the first row's number,
+    None when unknown, as in a stream)."""
+    for name, values in columns.items():
+        found = not_text(values)
+        if found:
+            at = f" row {start + found[0]}," if start is not None else ""
+            raise DataError(f"{where}{at} column {name!r} holds {found[1]}, not a text; give each text cell one "
+                            f"string")
+
+
 def clean_batch(batch, text_cols: list[str], label_col: Optional[str], max_chars: int,
-                pair_cols: tuple = ()) -> dict:
+                pair_cols: tuple = (), where: str = "the data", start: Optional[int] = 0) -> dict:
     """The rules for one batch of raw rows (column -> values).
 
     Returns `text` (joined and cut to max_chars; None when empty), with pair_cols `text_pair` the same way, `keep`
-    (False where a text or, with label_col, the label is empty or NaN) and `cut` (True where a text was cut). Only
-    plain arguments, no config: a cached map's key follows what its function captures.
+    (False where a text or, with label_col, the label is empty or NaN) and `cut` (True where a text was cut). A cell
+    that is a list is an error naming `where` and its row (start: the batch's first row). Only plain arguments, no
+    config: a cached map's key follows what its function captures.
     """
+    check_text_cells({c: batch[c] for c in (*text_cols, *pair_cols)}, where, start)
     text = join_text([list(batch[c]) for c in text_cols])
     keep = np.array([t is not None for t in text], dtype=bool)
     cut = np.array([t is not None and len(t) > max_chars for t in text], dtype=bool)
@@ -135,7 +163,7 @@ def clean_frame(df: pd.DataFrame, cfg: DataConfig, where: str, need_label: bool 
     label_col = cfg.label_column if need_label and drops_empty_labels(cfg, problem_type) else None
     cols = list(dict.fromkeys(text_columns(cfg) + pair_columns(cfg) + ([label_col] if label_col else [])))
     b = clean_batch({c: df[c].tolist() for c in cols}, text_columns(cfg), label_col, cfg.max_text_chars,
-                    tuple(pair_columns(cfg)))
+                    tuple(pair_columns(cfg)), where)
     account(b["keep"], b["cut"], cfg, where, logs.sink(log, logger))
     out = pd.DataFrame({"text": pd.Series(b["text"], dtype=object)})
     if "text_pair" in b:
@@ -162,7 +190,7 @@ def clean_arrow(ds, cfg: DataConfig, where: str, need_label: bool = True, log=No
     drop_col = label_col if label_col is not None and drops_empty_labels(cfg, problem_type) else None
 
     def fn(batch, idx):
-        b = clean_batch(batch, cols, drop_col, max_chars, pairs)
+        b = clean_batch(batch, cols, drop_col, max_chars, pairs, where, idx[0] if len(idx) else 0)
         out = {k: b[k] for k in ("text", "text_pair") if k in b}
         out["_cut"] = b["cut"]
         if set_cols:  # row numbers in its errors count from the file's first row, as clean_frame's do

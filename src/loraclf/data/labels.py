@@ -43,9 +43,11 @@ def check_not_fractional(labels) -> None:
                         f"model.problem_type=regression, or give integer or string labels for classes")
 
 
-def build_label_map(labels, label_names: Optional[list[str]], max_labels: int) -> dict[int, str]:
+def build_label_map(labels, label_names: Optional[list[str]], max_labels: int, where: str = "the training data",
+                    column: str = "label") -> dict[int, str]:
     """id2label from the training labels: ints keep their values, strings are sorted."""
     check_not_fractional(labels)
+    check_one_kind(labels, where, column)
     values = sorted({normalise_label(v) for v in labels}, key=lambda v: (isinstance(v, str), v))
     if len(values) > max_labels:
         raise DataError(f"the label column has {len(values):,} distinct values, over data.max_labels={max_labels}; is it the right column?")
@@ -69,6 +71,22 @@ def build_label_map(labels, label_names: Optional[list[str]], max_labels: int) -
     if label_names:
         raise DataError("data.label_names is only for integer labels; these labels are already names")
     return {i: str(v) for i, v in enumerate(values)}
+
+
+def check_one_kind(labels, where: str, column: str) -> None:
+    """Integer and text labels in one column (JSON and Parquet keep the types) are refused: 1 and '1' would become
+    two classes with one name, and 3 beside 'sports' is a class id beside a class name."""
+    first: dict[type, tuple[int, object]] = {}
+    for i, v in enumerate(labels):
+        kind = type(normalise_label(v))
+        if kind not in first:
+            first[kind] = (i, v)
+            if len(first) == 2:
+                (ir, iv), (sr, sv) = first[int], first[str]
+                raise DataError(f"{where}: the label column {column!r} mixes integer labels (e.g. "
+                                f"{normalise_label(iv)!r}, first at row {ir}) and text labels (e.g. "
+                                f"{normalise_label(sv)!r}, first at row {sr}); write every label the same way, all "
+                                f"as text or all as integers")
 
 
 def encode_labels(labels, id2label: dict[int, str], where: str, streamed: bool = False) -> np.ndarray:

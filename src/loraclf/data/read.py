@@ -161,8 +161,10 @@ def _pandas(p: Path, kind: str) -> pd.DataFrame:
         return _read_pickle(p)
     try:
         if kind in ("csv", "tsv"):
+            # low_memory=False: one type per column, inferred from the whole file; in chunks pandas may read the
+            # same column as integers in one chunk and text in the next, which labels would take as mixed kinds
             df = pd.read_csv(p, sep="\t" if kind == "tsv" else ",", encoding="utf-8", keep_default_na=False,
-                             na_values=[""])
+                             na_values=[""], low_memory=False)
         elif kind == "jsonl":
             df = pd.read_json(p, lines=True, encoding="utf-8")
         elif kind == "json":

@@ -99,13 +99,15 @@ def _encode_part(part, id2label: dict[int, str], where: str, cfg: DataConfig, pr
     return targets.encode_arrow(problem_type, part, id2label, cfg, where)
 
 
-def _label_map(train, cfg: DataConfig, problem_type: str, class_names: Optional[list[str]]) -> dict[int, str]:
+def _label_map(train, cfg: DataConfig, problem_type: str, class_names: Optional[list[str]],
+               where: str) -> dict[int, str]:
     """id2label from the cleaned training part's raw labels, read a batch at a time from a memory-mapped one."""
     if isinstance(train, pd.DataFrame):
-        return targets.build_map(problem_type, train["label"], cfg, class_names)
+        return targets.build_map(problem_type, train["label"], cfg, class_names, where)
     if problem_type == SINGLE:
-        return targets.build_map(problem_type, column(train, "label").unique().to_pylist(), cfg, class_names)
-    return targets.arrow_map(problem_type, train, cfg)
+        raw = targets.distinct_labels(train, where, cfg.label_column)
+        return targets.build_map(problem_type, raw, cfg, class_names, where)
+    return targets.arrow_map(problem_type, train, cfg, where)
 
 
 def _labels_of(part) -> np.ndarray:
@@ -199,7 +201,7 @@ def load_splits(cfg: DataConfig, log=None, id2label: Optional[dict[int, str]] = 
 
     train = _clean_part(frames["train"], cfg, where["train"], note, problem_type)
     if id2label is None:
-        id2label = _label_map(train, cfg, problem_type, label_names)
+        id2label = _label_map(train, cfg, problem_type, label_names, where["train"])
     train = _encode_part(train, id2label, where["train"], cfg, problem_type)
     if frames.get("validation") is not None:
         val = part("validation")
@@ -275,7 +277,7 @@ def _stream_label_map(val, class_names, cfg: DataConfig, val_where: str) -> dict
         raise DataError(f"with data.streaming=true the label set is read from the validation data "
                         f"({val_where}), which has only one class; give validation data with every "
                         f"class, or name the integer classes in data.label_names")
-    return build_label_map(raw, names, cfg.max_labels)
+    return build_label_map(raw, names, cfg.max_labels, val_where, cfg.label_column)
 
 
 def load_stream_splits(cfg: DataConfig, log=None, id2label: Optional[dict[int, str]] = None) -> Splits:

@@ -28,7 +28,7 @@ def train_stream(source, tokenizer, cfg: DataConfig, id2label: dict[int, str], s
     max_chars, max_length, refuse_empty = cfg.max_text_chars, cfg.max_length, cfg.empty_text == "error"
 
     def clean(batch):
-        b = clean_batch(batch, cols, label_col, max_chars)
+        b = clean_batch(batch, cols, label_col, max_chars, (), where, None)
         keep = b["keep"]
         if refuse_empty and not keep.all():
             raise DataError(f"{where} has an empty or NaN text/label in the stream; set data.empty_text=drop to "
