@@ -8,8 +8,11 @@ from __future__ import annotations
 
 from typing import Optional
 
+from ..base import logs
 from ..config import DataConfig
 from ..base.errors import ConfigError
+
+logger = logs.get(__name__)
 
 
 def encode(tokenizer, texts: list[str], pairs: Optional[list[str]], data: DataConfig) -> dict:
@@ -21,10 +24,50 @@ def encode(tokenizer, texts: list[str], pairs: Optional[list[str]], data: DataCo
         return _head_tail(tokenizer, texts, data)
     if pairs is not None:
         texts, pairs = cut_long_sides(tokenizer, texts, list(pairs), data.max_length)
-    enc = dict(tokenizer(texts, pairs, truncation=data.truncation if pairs is not None else True,
-                         max_length=data.max_length))
+        enc = _pair_encode(tokenizer, texts, pairs, data.truncation, data.max_length)
+    else:
+        enc = dict(tokenizer(texts, truncation=True, max_length=data.max_length))
     enc["doc"] = list(range(len(texts)))
     return enc
+
+
+_WARNED: set[str] = set()  # one warning per strategy and process: predict and serve encode batch after batch
+
+
+def _pair_encode(tokenizer, texts: list[str], pairs: list[str], strategy: str, max_length: int) -> dict:
+    """Pairs cut by data.truncation; where only_first / only_second cannot fit a pair (the side it may cut is shorter
+    than the excess), that pair is cut with longest_first instead of the tokenizer raising mid-run.
+
+    A user asking to cut only one side wants the other kept whole where possible, not a crash on the first pair
+    whose kept side alone is over max_length; the pairs this happens to are counted in one warning."""
+    if strategy == "longest_first":
+        return dict(tokenizer(texts, pairs, truncation=strategy, max_length=max_length))
+    cut = texts if strategy == "only_first" else pairs
+    n_cut = [len(x) for x in tokenizer(cut, add_special_tokens=False)["input_ids"]]
+    n_all = [len(a) + len(b) for a, b in zip(tokenizer(texts, add_special_tokens=False)["input_ids"],
+                                              tokenizer(pairs, add_special_tokens=False)["input_ids"])]
+    room = max_length - tokenizer.num_special_tokens_to_add(pair=True)
+    # the tokenizers' own rule: the side to cut must keep at least one token after losing the excess
+    unfit = [i for i, (c, a) in enumerate(zip(n_cut, n_all)) if a > room and c <= a - room]
+    if not unfit:
+        return dict(tokenizer(texts, pairs, truncation=strategy, max_length=max_length))
+    if strategy not in _WARNED:
+        _WARNED.add(strategy)
+        kept = "first" if strategy == "only_second" else "second"
+        logger.warning(f"data.truncation={strategy}: {len(unfit)} of {len(texts)} pairs have a {kept} text that alone "
+                       f"fills data.max_length={max_length}; those are cut with longest_first (both sides) instead")
+    fit = [i for i in range(len(texts)) if i not in set(unfit)]
+    parts = [(fit, strategy), (unfit, "longest_first")]
+    out: dict = {}
+    for rows, how in parts:
+        if not rows:
+            continue
+        enc = tokenizer([texts[i] for i in rows], [pairs[i] for i in rows], truncation=how, max_length=max_length)
+        for key, values in enc.items():
+            column = out.setdefault(key, [None] * len(texts))
+            for i, v in zip(rows, values):
+                column[i] = v
+    return out
 
 
 PAIR_MARGIN = 32  # tokens kept past max_length when a side is cut, so the cut never changes the tokens truncation keeps
