@@ -32,7 +32,7 @@ from .config import MAX_BATCH, Config
 from .base.errors import ConfigError, DataError, ModelError, RunError
 from .training import train as train_run
 
-__all__ = ["train", "Classifier", "TrainResult", "ConfigLike", "FrameLike", "TextsLike", "PairsLike"]
+__all__ = ["train", "audit", "Classifier", "TrainResult", "ConfigLike", "FrameLike", "TextsLike", "PairsLike"]
 
 ConfigLike = Union[str, Path, dict, Config, None]
 FrameLike = Any  # a pandas DataFrame or a datasets.Dataset
@@ -85,6 +85,22 @@ def train(config: ConfigLike = None, /, train_df: FrameLike = None, val_df: Fram
     else:
         result = train_run(cfg, quiet=quiet)
     return TrainResult(result.run_dir, result.metrics)
+
+
+def audit(config: ConfigLike = None, /, output: str | Path = "audit", *, folds: int = 5,
+          near_threshold: Optional[float] = 0.95, write_clean: Optional[str | Path] = None, relabel: bool = False,
+          quiet: bool = False, **overrides: Any):
+    """Audit the config's data, as `loraclf audit` does: label issues (cleanlab on out-of-fold probabilities from
+    `folds` trained folds), exact and near duplicates within train and across splits, and per-split summaries,
+    written to output/ (issues.csv, duplicates.csv, summary.json, audit.html; the folds under output/folds, reused by
+    a second call). near_threshold None: exact duplicates only. write_clean: also write the training file without
+    the flagged rows (relabel: with the suggested labels instead). Returns a loraclf.trust.AuditResult (output,
+    summary, issues, duplicates)."""
+    from .trust import run_audit
+
+    tree = config_tree(config)
+    apply_overrides(tree, overrides)
+    return run_audit(config_mod.from_dict(tree), output, folds, near_threshold, write_clean, relabel, quiet)
 
 
 def config_tree(config: ConfigLike) -> dict:

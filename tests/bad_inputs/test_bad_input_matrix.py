@@ -325,6 +325,11 @@ class Case(NamedTuple):
     head: Optional[str] = None  # the line's start when not `loraclf VERB: error:` (argparse's top level)
 
 
+def audit_args(ws: WS, *extra: str, train_csv: Optional[Path] = None, val_csv: Optional[Path] = None) -> list[str]:
+    return ["audit", *base_overrides(ws.model, train_csv or ws.data["train"], val_csv or ws.data["val"],
+                                     ws.p("runs"), ws.cache), "--output", str(ws.p("audit")), *extra]
+
+
 def resume(ws: WS, *extra: str) -> list[str]:
     return ["train", "--resume", str(ws.run()), *extra]
 
@@ -517,6 +522,17 @@ OUTPUT_CASES = [
     Case("explain output equal to input", lambda ws: ["explain", str(ws.run()), "--input", str(ws.p("in.json")),
                                                       "--output", str(ws.p("in.json"))],
          ("in.json " + SAME_AS_INPUT,), lambda ws: ws.write("in.json", json.dumps([{"text": "alpha river"}]))),
+    Case("audit data with one class", lambda ws: audit_args(ws, train_csv=ws.csv("one.csv", class_rows(8, (0,))),
+                                                         val_csv=ws.p("one.csv")),
+         ("only one class (0)", "at least two")),
+    Case("audit folds above the smallest class", lambda ws: audit_args(ws, "--folds", "13"),
+         ("--folds 13 is more than the 12 training rows of class '0'", "lower --folds to at most 12")),
+    Case("audit write-clean onto the input", lambda ws: audit_args(ws, "--write-clean", str(ws.data["train"])),
+         ("train.csv is one of the config's data files", "the original is never touched", "give another path")),
+    Case("audit regression", lambda ws: audit_args(ws, "model.problem_type=regression"),
+         ("model.problem_type=regression has none to find", "classification config")),
+    Case("audit relabel without write-clean", lambda ws: audit_args(ws, "--relabel"),
+         ("--relabel changes the labels of the file --write-clean writes", "give --write-clean file")),
     Case("report folder is a file", lambda ws: ["report", str(ws.run())],
          ("run/report is a file where the report folder goes", "move it away"), in_run(runs.REPORT, "not a folder")),
 ]

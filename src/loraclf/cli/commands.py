@@ -117,6 +117,22 @@ def cmd_explain(args) -> int:
     return 0
 
 
+def cmd_audit(args) -> int:
+    from ..trust import run_audit
+
+    config, overrides = _split_config(args)
+    r = run_audit(load_config(config, overrides), args.output, args.folds, args.near_threshold, args.write_clean,
+                  args.relabel, args.quiet)
+    li, dups = r.summary["label_issues"], r.summary["duplicates"]
+    leaks = sum(c["exact"] + c["near"] for scope, c in dups.items() if not scope.startswith("within"))
+    print(f"{li['flagged']} label issues of {li['rows']} training rows, {len(r.duplicates)} duplicate rows "
+          f"({leaks} across splits) -> {r.output}")
+    if "clean_file" in r.summary:
+        c = r.summary["clean_file"]
+        print(f"wrote {c['rows_out']} of {c['rows_in']} rows to {c['path']} ({c['relabelled']} relabelled)")
+    return 0
+
+
 def cmd_budget(args) -> int:
     from ..model.budget import budget_report, format_report
 
@@ -186,7 +202,8 @@ def cmd_push(args) -> int:
 
 HANDLERS = {
     "train": cmd_train, "config": cmd_config, "validate": cmd_validate, "evaluate": cmd_evaluate,
-    "predict": cmd_predict, "explain": cmd_explain, "budget": cmd_budget, "augment": cmd_augment, "report": cmd_report,
+    "predict": cmd_predict, "explain": cmd_explain, "audit": cmd_audit, "budget": cmd_budget, "augment": cmd_augment,
+    "report": cmd_report,
     "compare": cmd_compare, "sweep": cmd_sweep, "export": cmd_export, "serve": cmd_serve, "push": cmd_push,
 }
 

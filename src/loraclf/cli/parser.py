@@ -17,6 +17,7 @@ EPILOG = """examples:
   loraclf predict runs/RUN --input test.csv --output submission.csv
   loraclf evaluate runs/RUN --data test.csv
   loraclf explain runs/RUN --input few.csv --output why.json   # word attributions, and why.html
+  loraclf audit configs/agnews_minilm.yaml --output audit/    # label issues, duplicates, leaks
 """
 
 
@@ -128,6 +129,25 @@ COMMANDS: dict[str, dict] = {  # name -> add_parser keywords and "args", the com
         arg("--allow-pickle", action="store_true", help=PICKLE),
         arg("--precision", choices=INFERENCE_PRECISIONS, default="fp32",
             help="fp32 (default) or bf16; int8 has no gradients"),
+        arg("--quiet", action="store_true"),
+    ]),
+    "audit": dict(help="audit the training data: label issues, duplicates and leaks between splits, summaries",
+                  description="Label issues: cleanlab on out-of-fold probabilities from --folds trained folds (kept "
+                              "under OUTPUT/folds, so a second run reuses them). Duplicates: exact after normalising "
+                              "case, whitespace and punctuation, and near by the cosine of the base encoder's "
+                              "mean-pooled embeddings, within train and across train/validation/test. Writes "
+                              "issues.csv, duplicates.csv, summary.json and audit.html into --output.",
+                  args=[
+        *CONFIG_ARGS,
+        arg("--output", required=True, help="folder to write the audit into"),
+        arg("--folds", type=_positive_int, default=5, help="folds of the out-of-fold probabilities (stratified)"),
+        arg("--near-threshold", type=float, default=0.95,
+            help="cosine at or above which two texts are near-duplicates"),
+        arg("--write-clean", metavar="FILE",
+            help="also write the training file without the flagged rows (label issues, duplicates, leaked rows); "
+                 "the original is never touched"),
+        arg("--relabel", action="store_true",
+            help="with --write-clean: give label issues their suggested label instead of dropping them"),
         arg("--quiet", action="store_true"),
     ]),
     "budget": dict(help="exact trainable-parameter breakdown of a config, without loading weights", args=[

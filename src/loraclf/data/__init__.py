@@ -9,6 +9,7 @@ training, inference or anything above.
     labels    the label map and label encoding (classes)
     targets   label sets (multi-label) and numbers (regression), and the label map and encoding by problem type
     splits    train/validation/test with the label map (load_splits; load_stream_splits with data.streaming)
+    overlap   validation/test rows that repeat training rows after normalisation (the train-time leak warning)
     windows   texts as token ids per data.long_text: truncated, head + tail, or sliding windows
     batches   tokenize (cached as Arrow), padding, the length-grouped order, the loaders
     stream    one pass over a training stream, tokenized as it is read (data.streaming)
@@ -23,5 +24,6 @@ from .clean import (ID_COLUMNS, check_columns, pair_columns, clean_arrow, clean_
 from .labels import build_label_map, encode_arrow, encode_labels, normalise_label
 from .read import (ARROW_BUILDERS, READERS, STREAM_BUILDERS, check_file, column, read_hub, read_split, read_table,
                    stream_head)
+from .overlap import normalise, row_keys, warn_overlap
 from .splits import Splits, load_splits, load_stream_splits, stratified_split, train_labels
 from .stream import STREAM_MAP_BATCH, stream_loader, stream_where, train_stream

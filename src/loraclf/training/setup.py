@@ -156,6 +156,7 @@ def prepare(cfg: Config, log: Optional[Callable[[str], None]] = None, splits: Op
         augment.Augmenter(cfg.augment)  # all-zero rates or a missing WordNet fail here, before data, model or run folder
     if splits is None:
         splits = data_mod.load_splits(cfg.data, log=log, problem_type=cfg.model.problem_type)
+        data_mod.warn_overlap(splits)  # one warning line when validation/test rows repeat training rows
     cfg = budget.enforce(cfg, len(splits.id2label), log=log)
     model, tokenizer = model_mod.build_model(cfg, splits.id2label)
     params = budget.param_breakdown(model)

@@ -1,0 +1,184 @@
+"""`loraclf audit`: every check on the arguments and the data first (nothing is written when one fails), then the
+duplicates, the summaries and the label issues, then DIR/issues.csv, duplicates.csv, summary.json and audit.html,
+each written atomically (the folds under DIR/folds are kept, so an interrupted audit resumes)."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import io
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+
+from .. import data as data_mod
+from .. import runs
+from ..base import logs
+from ..base.errors import ConfigError, DataError
+from ..config import Config
+from ..task import MULTI, REGRESSION
+from . import clean, duplicates, embed, labels, page, summary as summary_mod
+
+logger = logs.get(__name__)
+FILES = ("issues.csv", "duplicates.csv", "summary.json", "audit.html")
+FOLDS = "folds"
+
+
+@dataclass
+class AuditResult:
+    """What `audit` returns: the folder, the summary (summary.json) and the two tables."""
+    output: Path
+    summary: dict
+    issues: pd.DataFrame = field(repr=False)
+    duplicates: pd.DataFrame = field(repr=False)
+
+
+def check_args(cfg: Config, output: Path, folds: int, near_threshold: Optional[float],
+               write_clean: Optional[Path], relabel: bool) -> None:
+    """The arguments' checks, before any data is read."""
+    if importlib.util.find_spec("cleanlab") is None:
+        raise ConfigError(["audit needs cleanlab: pip install 'loraclf[audit]'"])
+    if cfg.model.problem_type == REGRESSION:
+        raise ConfigError(["audit finds label issues of classes; model.problem_type=regression has none to find "
+                           "(run it on a classification config)"])
+    if cfg.data.streaming:
+        raise ConfigError(["audit reads the whole training split; set data.streaming=false"])
+    if folds < 2:
+        raise ConfigError([f"--folds must be at least 2, got {folds}"])
+    if near_threshold is not None and not 0 < near_threshold <= 1:
+        raise ConfigError([f"--near-threshold must be in (0, 1], got {near_threshold}"])
+    if relabel and write_clean is None:
+        raise ConfigError(["--relabel changes the labels of the file --write-clean writes; give --write-clean FILE"])
+    if write_clean is not None:
+        clean.check_target(cfg, write_clean, relabel)
+    runs.check_output_dir(output, "--output")
+
+
+def load(cfg: Config) -> tuple[data_mod.Splits, bool]:
+    """The splits, with every row of the training file in train (validation is not split off it: the folds hold
+    rows out instead), and whether the config names a validation split of its own."""
+    own = cfg.data.validation is not None or not cfg.data.train
+    d = cfg.data if own else dataclasses.replace(cfg.data, validation=cfg.data.train)
+    splits = data_mod.load_splits(d, problem_type=cfg.model.problem_type)
+    return (splits if own else dataclasses.replace(splits, validation=None)), own
+
+
+def check_folds(y: np.ndarray, id2label: dict[int, str], folds: int, multi: bool) -> None:
+    if multi:
+        if folds > len(y):
+            raise DataError(f"--folds {folds} is more than the {len(y)} training rows; lower --folds")
+        return
+    counts = np.bincount(y, minlength=len(id2label))
+    counts = {i: c for i, c in enumerate(counts) if c}
+    if len(counts) < 2:
+        raise DataError(f"the training split has only one class ({id2label[next(iter(counts))]}); label issues need "
+                        f"at least two")
+    small = min(counts, key=counts.get)
+    if folds > counts[small]:
+        raise DataError(f"--folds {folds} is more than the {counts[small]} training rows of class "
+                        f"'{id2label[small]}'; each fold needs one of every class: lower --folds to at most "
+                        f"{counts[small]}")
+
+
+def _shown_labels(y: np.ndarray, id2label: dict[int, str], multi: bool) -> list[str]:
+    if multi:
+        return ["|".join(id2label[j] for j in np.flatnonzero(row)) for row in y]
+    return [id2label[int(i)] for i in y]
+
+
+def parts_of(splits: data_mod.Splits, multi: bool) -> dict[str, dict]:
+    """split -> texts (a pair shown as 'text || pair'), normalised keys, printable labels, the raw datasets."""
+    out = {}
+    for name in ("train", "validation", "test"):
+        ds = getattr(splits, name)
+        if ds is None:
+            continue
+        texts = ds["text"]
+        if "text_pair" in ds.column_names:
+            texts = [f"{t}{data_mod.overlap.PAIR_MARK}{p}" for t, p in zip(texts, ds["text_pair"])]
+        out[name] = {"ds": ds, "texts": texts, "keys": data_mod.row_keys(ds),
+                     "labels": _shown_labels(data_mod.splits.label_array(ds), splits.id2label, multi)}
+    return out
+
+
+def add_embeddings(cfg: Config, parts: dict[str, dict]) -> None:
+    encoder, tokenizer = embed.load_encoder(cfg)
+    for part in parts.values():
+        ds = part["ds"]
+        pairs = ds["text_pair"] if "text_pair" in ds.column_names else None
+        part["embeddings"] = embed.embed(encoder, tokenizer, ds["text"], pairs, cfg.data.max_length)
+
+
+def label_issues(cfg: Config, splits: data_mod.Splits, own_validation: bool, folds: int, output: Path,
+                 texts: list[str], quiet: bool) -> tuple[pd.DataFrame, dict]:
+    """cleanlab's issues on out-of-fold probabilities, with each row's text, and what the folds did."""
+    multi = splits.problem_type == MULTI
+    y = data_mod.train_labels(splits)
+    probs, done = labels.out_of_fold(cfg, splits, y, folds, output / FOLDS, own_validation, quiet)
+    issues = labels.find_issues(y, probs, splits.id2label, multi)
+    issues["text"] = [texts[i] for i in issues["row"]]
+    done = {f"folds_{k}": v for k, v in done.items()}
+    return issues, {"rows": len(y), "folds": folds, "flagged": len(issues), **done}
+
+
+def _label_value(name: str, splits: data_mod.Splits):
+    """A suggested label as the file writes it: the class id when its labels are integers, else the name."""
+    if splits.int_labels:
+        return next(i for i, n in splits.id2label.items() if n == name)
+    return name
+
+
+def clean_file(cfg: Config, path: Path, splits: data_mod.Splits, issues: pd.DataFrame, dups: pd.DataFrame,
+               relabel: bool) -> dict:
+    """Drop the training rows that repeat an earlier training row or a validation/test row, and the label issues
+    (or, with relabel, give those their suggested label)."""
+    within = dups.loc[dups["split"] == "train", "row"]
+    leaked = dups.loc[(dups["split"] != "train") & (dups["duplicate_of_split"] == "train"), "duplicate_of_row"]
+    drop = {int(i) for i in within} | {int(i) for i in leaked}
+    fixes = {}
+    if relabel:
+        fixes = {int(r): _label_value(s, splits) for r, s in zip(issues["row"], issues["suggested_label"])
+                 if int(r) not in drop}
+    else:
+        drop |= {int(i) for i in issues["row"]}
+    return clean.write_clean(cfg, path, len(splits.train), drop, fixes)
+
+
+def write_outputs(output: Path, summary: dict, issues: pd.DataFrame, dups: pd.DataFrame, title: str) -> None:
+    output.mkdir(parents=True, exist_ok=True)
+    for name, df in (("issues.csv", issues), ("duplicates.csv", dups)):
+        buf = io.StringIO()
+        df.to_csv(buf, index=False)
+        runs.atomic_write_text(output / name, buf.getvalue())
+    runs.write_json(output / "summary.json", summary)
+    page.write(summary, issues, dups, output / "audit.html", title)
+
+
+def run_audit(cfg: Config, output: str | Path, folds: int = 5, near_threshold: Optional[float] = 0.95,
+              write_clean: Optional[str | Path] = None, relabel: bool = False, quiet: bool = False) -> AuditResult:
+    """Audit cfg's data into output (see the module's docstring); near_threshold None: exact duplicates only."""
+    output, target = Path(output), Path(write_clean) if write_clean is not None else None
+    with logs.quiet(quiet):
+        check_args(cfg, output, folds, near_threshold, target, relabel)
+        splits, own_validation = load(cfg)
+        multi = splits.problem_type == MULTI
+        check_folds(data_mod.train_labels(splits), splits.id2label, folds, multi)
+        started = time.time()
+        parts = parts_of(splits, multi)
+        if near_threshold is not None:
+            add_embeddings(cfg, parts)
+        dups = duplicates.find_duplicates(parts, near_threshold)
+        dup_seconds = round(time.time() - started, 2)
+        issues, li = label_issues(cfg, splits, own_validation, folds, output, parts["train"]["texts"], quiet)
+        summary = {"problem_type": splits.problem_type, "near_threshold": near_threshold,
+                   "splits": summary_mod.summarise(parts, multi), "duplicates": duplicates.counts(dups),
+                   "duplicates_seconds": dup_seconds, "label_issues": li}
+        if target is not None:
+            summary["clean_file"] = clean_file(cfg, target, splits, issues, dups, relabel)
+        write_outputs(output, summary, issues, dups, f"loraclf audit: {cfg.data.train or cfg.data.name}")
+        logger.info(f"audit: {li['flagged']} label issues, {len(dups)} duplicate rows -> {output}")
+    return AuditResult(output, summary, issues, dups)
