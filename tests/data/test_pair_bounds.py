@@ -63,7 +63,7 @@ def _peak_mb(minilm_path, how: str) -> float:
     """Peak RSS (MB) of a fresh process that encodes 8 pairs of ~20k characters each: how = none (load only), cut
     (windows.encode) or uncut (the tokenizer on the whole pairs)."""
     code = textwrap.dedent(f"""
-        import random, resource
+        import random
         from transformers import AutoTokenizer
         from loraclf.config import DataConfig
         from loraclf.data import windows
@@ -76,7 +76,10 @@ def _peak_mb(minilm_path, how: str) -> float:
             assert len(windows.encode(tok, texts, texts, DataConfig(max_length=128))["input_ids"]) == 8
         elif {how!r} == "uncut":
             tok(texts, texts, truncation=True, max_length=128)
-        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        # VmHWM belongs to this process's own address space; ru_maxrss is carried over exec from the forking
+        # parent, so a large pytest process would lift all three figures alike
+        hwm = [line for line in open("/proc/self/status") if line.startswith("VmHWM:")][0]
+        print(int(hwm.split()[1]) / 1024)
     """)
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import random
-import resource
 from pathlib import Path
 
 import httpx
@@ -198,18 +197,30 @@ def test_chunks_predict_one_row_per_document_in_input_order(runs_, tmp_path):
     assert len(im.tokenizer(texts[3])["input_ids"]) > 16 * 3  # the long ones really span several windows
 
 
+def _peak_rss_mb() -> float:
+    return int(next(line for line in open("/proc/self/status") if line.startswith("VmHWM:")).split()[1]) / 1024
+
+
+def _reset_peak_rss_mb() -> float:
+    """Reset this process's peak RSS to its current RSS (Linux clear_refs 5) and return it: without the reset, a
+    pytest process that peaked higher in an earlier test would hide any growth here."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    return _peak_rss_mb()
+
+
 def test_a_100k_token_document_predicts_in_bounded_memory(runs_):
     im = load_inference_model(runs_["chunks"], "cpu")
     words = [w for w in " ".join(CLASS_WORDS).split() if len(im.tokenizer.tokenize(w)) == 1]
     text = " ".join(random.Random(0).choice(words) for _ in range(100_000))
     seen = []
     hook = im.model.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["input_ids"].shape), with_kwargs=True)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before = _reset_peak_rss_mb()
     try:
         out = im.predict([text, "a short one"], batch_size=32)
     finally:
         hook.remove()
-    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    grown_mb = _peak_rss_mb() - before
     assert out.shape == (2, 4)
     windows = sum(s[0] for s in seen)
     assert windows >= 100_000 // (16 - 2)  # every window ran (16 tokens with [CLS] and [SEP], 4 shared)

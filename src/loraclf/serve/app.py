@@ -54,6 +54,8 @@ class Served:
     predict: Callable[..., np.ndarray]
     decision: problem.Decision = field(default_factory=problem.Decision)
     data: DataConfig = field(default_factory=DataConfig)  # how it reads inputs: the run's data keys
+    # (texts, pairs, target, steps) -> one explanation dict per text (infer.explain), run on the model thread
+    explain: Optional[Callable[..., list[dict]]] = None
 
     @property
     def problem_type(self) -> str:
@@ -115,6 +117,41 @@ def _add_v1(app, s: SimpleNamespace, models: dict[str, Served]) -> None:
         texts, pairs = _inputs(body, models[name])
         out = await request.app.state.batchers[name].submit(texts, pairs)
         return _respond(s, models[name], out)
+
+
+def _add_explain(app, s: SimpleNamespace, models: dict[str, Served]) -> None:
+    """POST /v1/models/{name}/explain, and /v1/explain for a one-model service: word attributions per text."""
+    import asyncio
+
+    from fastapi import HTTPException, Request
+
+    ExplainRequest, ExplainResponse = s.ExplainRequest, s.ExplainResponse  # FastAPI reads these
+    errors = {404: {"model": s.Problem}, 413: {"model": s.Problem}, 422: {"model": s.Problem}}
+
+    async def run(m: Served, body, request) -> dict:
+        if m.explain is None:
+            raise HTTPException(422, f"model {m.name} cannot be explained here")
+        texts, pairs = _inputs(body, m)
+        work = partial(m.explain, texts, pairs, body.target, body.steps)
+        try:
+            found = await asyncio.get_running_loop().run_in_executor(request.app.state.executor, work)
+        except LoraclfError as e:
+            raise HTTPException(422, str(e)) from None
+        return {"explanations": found, "model": m.name}
+
+    @app.post("/v1/models/{name}/explain", response_model=ExplainResponse, responses=errors)
+    async def model_explain(name: str, body: ExplainRequest, request: Request):
+        if name not in models:
+            raise HTTPException(404, f"unknown model '{name}'{did_you_mean(name, models)}; served: "
+                                     f"{', '.join(models)} (GET /v1/models)")
+        return await run(models[name], body, request)
+
+    @app.post("/v1/explain", response_model=ExplainResponse, responses=errors)
+    async def explain(body: ExplainRequest, request: Request):
+        if len(models) != 1:
+            raise HTTPException(422, f"this service serves {len(models)} models; name one: "
+                                     f"/v1/models/{{name}}/explain ({', '.join(models)})")
+        return await run(next(iter(models.values())), body, request)
 
 
 def _add_single(app, s: SimpleNamespace, m: Served, limits: ServeLimits) -> None:
@@ -182,6 +219,7 @@ def create_app(models: list[Served], limits: ServeLimits):
     async def lifespan(app):
         # one worker thread for all models: a forward pass runs alone, so an adapter is never switched under it
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="loraclf-model")
+        app.state.executor = executor  # explain runs here too, never beside another model pass
         app.state.batchers = {m.name: MicroBatcher(m.predict, limits.max_batch_size, limits.max_wait_ms, executor)
                               for m in models}
         for b in app.state.batchers.values():
@@ -201,6 +239,7 @@ def create_app(models: list[Served], limits: ServeLimits):
     else:
         _add_multi_info(app, limits)
     _add_v1(app, s, by_name)
+    _add_explain(app, s, by_name)
     return app
 
 
@@ -230,6 +269,21 @@ def _model_predict(im: InferenceModel, batch_size: Optional[int], precision: str
     return im.predict(texts, batch_size, precision, pairs=pairs)
 
 
+def _model_explain(im: InferenceModel, precision: str, texts: list[str], pairs: Optional[list[str]],
+                   target: Optional[str], steps: int) -> list[dict]:
+    from ..infer import explain as explain_mod
+
+    return explain_mod.to_dicts(explain_mod.explain_texts(im, texts, pairs, target, steps, precision))
+
+
+def _adapter_explain(aset: adapters.AdapterSet, name: str, precision: str, texts: list[str],
+                     pairs: Optional[list[str]], target: Optional[str], steps: int) -> list[dict]:
+    with aset.use(name) as a:
+        im = InferenceModel(a.model, a.tokenizer, a.id2label, a.max_length, a.run.label_map.int_labels, a.data,
+                            "adapter", a.decision, a.run)
+        return _model_explain(im, precision, texts, pairs, target, steps)
+
+
 def _adapter_predict(aset: adapters.AdapterSet, name: str, batch_size: int, precision: str, texts: list[str],
                      pairs: Optional[list[str]] = None) -> np.ndarray:
     with aset.use(name) as a:
@@ -252,14 +306,15 @@ def load_models(found: list[Path], batch_size: int = 32, precision: str = "fp32"
             continue
         im = load_inference_model(folder, int8_engine=int8_engine)
         served.append(Served(p.resolve().name, im.labels, im.source, partial(_model_predict, im, per_pass, precision),
-                             im.decision, im.data))
+                             im.decision, im.data, partial(_model_explain, im, precision)))
     if attach and precision == device.INT8:
         raise LoraclfError("--precision int8 serves one run or export at a time, not several runs as adapters on "
                            "one base (an int8 base cannot switch adapters); serve them at fp32, or export each run")
     if attach:
         aset = adapters.load_adapters(attach)
         served += [Served(name, [a.id2label[i] for i in range(len(a.id2label))], "adapter",
-                          partial(_adapter_predict, aset, name, batch_size, precision), a.decision, a.data)
+                          partial(_adapter_predict, aset, name, batch_size, precision), a.decision, a.data,
+                          partial(_adapter_explain, aset, name, precision))
                    for name, a in aset.adapters.items()]
     order = {Path(p).resolve().name: i for i, p in enumerate(found)}
     return sorted(served, key=lambda m: order[m.name])

@@ -7,7 +7,7 @@ and per-problem-type response models (which OpenAPI shows), and the one-line mes
 import json
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Optional, Union
 
 from ..base.errors import LoraclfError, first_line
 from ..task import MULTI, REGRESSION, SINGLE
@@ -70,8 +70,10 @@ def _message(err: dict, loc: list[str], limits: ServeLimits) -> tuple[str, bool]
     if kind == "too_short" and where in LIST_FIELDS:
         return f"{where} is empty; send at least one text", False
     if kind == "too_long" and where in LIST_FIELDS:
+        cap = ctx.get("max_length", limits.max_texts)
+        why = "--max-texts" if cap == limits.max_texts else "the limit of an explain request"
         return (f"too many texts in one request: {ctx.get('actual_length', '?')}, over the limit of "
-                f"{limits.max_texts} (--max-texts); split the request"), True
+                f"{cap} ({why}); split the request"), True
     if kind == "string_too_long":
         return f"{where} is longer than {limits.max_text_chars:,} characters (--max-text-chars); shorten or split it", True
     if kind == "string_unicode":
@@ -131,6 +133,41 @@ def _request_model(limits: ServeLimits):
             return _check_form(self)
 
     return PredictRequest
+
+
+EXPLAIN_MAX_TEXTS = 16  # attributions cost ~steps forward and backward passes per text: a request stays short
+EXPLAIN_MAX_STEPS = 256
+
+
+def _explain_models(limits: ServeLimits, PredictRequest) -> dict:
+    from pydantic import BaseModel, Field, StrictStr, StringConstraints
+
+    Text = Annotated[StrictStr, StringConstraints(max_length=limits.max_text_chars)]
+
+    class ExplainRequest(PredictRequest):
+        texts: list[Text] = Field(
+            None, min_length=1, max_length=min(limits.max_texts, EXPLAIN_MAX_TEXTS),
+            description=f"Texts to explain (at most {EXPLAIN_MAX_TEXTS} a request).")
+        target: str = Field(None, description="The label to explain (default: each text's prediction).")
+        steps: int = Field(32, ge=1, le=EXPLAIN_MAX_STEPS, description="Integrated Gradients steps.")
+
+    class WordScore(BaseModel):
+        word: str
+        score: float = Field(description="Attribution: positive raises the target's output, negative lowers it.")
+
+    class Explanation(BaseModel):
+        target: str = Field(description="The label explained (regression: the target's name).")
+        output: float = Field(description="The model's output for it: a probability, or the value.")
+        prediction: Union[str, int, float, list[str]] = Field(description="What /predict gives for the text.")
+        words: list[WordScore]
+        pair_words: Optional[list[WordScore]] = Field(None, description="A pair model's second text.")
+        delta: float = Field(description="Integrated Gradients' completeness gap.")
+
+    class ExplainResponse(BaseModel):
+        explanations: list[Explanation]
+        model: str
+
+    return {"ExplainRequest": ExplainRequest, "ExplainResponse": ExplainResponse}
 
 
 def _response_models() -> SimpleNamespace:
@@ -202,7 +239,9 @@ def schemas(limits: ServeLimits) -> SimpleNamespace:
         detail: str
 
     out = _response_models()
-    out.__dict__.update(PredictRequest=_request_model(limits), Labels=Labels, ModelInfo=ModelInfo, Models=Models,
+    PredictRequest = _request_model(limits)
+    out.__dict__.update(_explain_models(limits, PredictRequest))
+    out.__dict__.update(PredictRequest=PredictRequest, Labels=Labels, ModelInfo=ModelInfo, Models=Models,
                         Health=Health, Problem=Problem)
     return out
 
