@@ -131,7 +131,11 @@ def read_jsonl(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.exists():
         return out
-    for line in path.read_text(encoding="utf-8").splitlines():
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise damaged(path, f"byte 0x{e.object[e.start]:02x} at position {e.start} is not UTF-8 text") from None
+    for line in text.splitlines():
         line = line.strip()
         if not line:
             continue
