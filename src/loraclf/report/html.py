@@ -34,6 +34,7 @@ from .figures import (
     pyplot,
     standardised,
 )
+from .explanations import errors_section
 from .files import WRONG_EXAMPLES, RunFiles, curve_metrics, load_run, metric_name, sweep_trial_line
 
 __all__ = ["write_report", "load_run", "RunFiles", "metric_name", "pyplot", "png_bytes", "plot_curves",
@@ -153,6 +154,7 @@ table.ex td:last-child,table.ex th:last-child{text-align:right}
 img{max-width:100%;border:1px solid #eee}
 pre{background:#f6f8fa;padding:10px;overflow:auto;font-size:12px;max-height:520px}
 """
+CSS = _CSS  # the report's style, shared by the other pages in its style (cv.py)
 
 
 def _head(rf: RunFiles) -> list[str]:
@@ -270,11 +272,14 @@ def _text_cell(r: dict) -> str:
     return _e(r.get("text", "")) + (f"<br><i>pair:</i> {_e(pair)}" if pair else "")
 
 
+_WHAT = {problem.SINGLE: "most confidently wrong validation examples",
+         problem.MULTI: "validation examples with the most label errors",
+         problem.REGRESSION: "validation examples with the largest residuals"}
+
+
 def _wrong_section(rf: RunFiles) -> list[str]:
     pt = rf.problem_type
-    what = {problem.SINGLE: "most confidently wrong validation examples",
-            problem.MULTI: "validation examples with the most label errors",
-            problem.REGRESSION: "validation examples with the largest residuals"}[pt]
+    what = _WHAT[pt]
     head = f"<h2 id=\"wrong\">The {WRONG_EXAMPLES} {what}</h2>"
     if rf.predictions is None:
         return [head, f"<p>{runs.VAL_PREDICTIONS} is missing.</p>"]
@@ -361,11 +366,11 @@ def figures(rf: RunFiles) -> dict[str, bytes]:
     return {runs.CURVES_PNG: png_bytes(plot_curves(rf)), **_type_figures(rf)}
 
 
-def render_html(rf: RunFiles, figs: dict[str, bytes]) -> str:
-    """The report page of one run as a string (figs: from figures())."""
+def render_html(rf: RunFiles, figs: dict[str, bytes], why: tuple[str, ...] = ()) -> str:
+    """The report page of one run as a string (figs: from figures(); why: the errors' explanations section)."""
     config = _e(yaml.safe_dump(rf.config, sort_keys=False, allow_unicode=True))
     parts = [*_head(rf), *_metrics_section(rf), *_curves_section(rf, figs[runs.CURVES_PNG]),
-             *_outcome_sections(rf, figs), *_wrong_section(rf), *_params_section(rf), *_runtime_section(rf),
+             *_outcome_sections(rf, figs), *_wrong_section(rf), *why, *_params_section(rf), *_runtime_section(rf),
              f"<h2 id=\"config\">Resolved config</h2><pre>{config}</pre>", "</body></html>\n"]
     return "\n".join(parts)
 
@@ -379,7 +384,7 @@ def write_report(run: str | Path) -> Path:
         raise RunError(f"{target} is a file where the report folder goes; move it away, then run `loraclf report` again")
     runs.check_output_dir(target, "the report folder")  # before any plot is drawn
     figs = figures(rf)
-    page = render_html(rf, figs)
+    page = render_html(rf, figs, tuple(errors_section(rf.path, confidently_wrong(rf), _WHAT[rf.problem_type])))
     try:
         with runs.atomic_dir(target) as tmp:  # every file or none
             tmp.chmod(0o755)  # mkdtemp makes it private; a report is meant to be shared
