@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any
 from .base.version import __version__
 
 if TYPE_CHECKING:
-    from .api import Classifier, TrainResult, audit, train
+    from .api import Classifier, TrainResult, audit, cross_validate, train
 
-__all__ = ["train", "audit", "Classifier", "TrainResult", "__version__"]
-API_NAMES = ("train", "audit", "Classifier", "TrainResult")
+__all__ = ["train", "cross_validate", "audit", "Classifier", "TrainResult", "__version__"]
+API_NAMES = ("train", "cross_validate", "audit", "Classifier", "TrainResult")
 
 # The API is imported on first use of one of its names (PEP 562): it pulls in torch (~3 s), which `loraclf --help`,
 # `config` and `validate` must not pay for. The training code itself lives in loraclf.training, so `loraclf.train`

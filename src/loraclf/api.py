@@ -32,7 +32,8 @@ from .config import MAX_BATCH, Config
 from .base.errors import ConfigError, DataError, ModelError, RunError
 from .training import train as train_run
 
-__all__ = ["train", "audit", "Classifier", "TrainResult", "ConfigLike", "FrameLike", "TextsLike", "PairsLike"]
+__all__ = ["train", "cross_validate", "audit", "Classifier", "TrainResult", "ConfigLike", "FrameLike", "TextsLike",
+           "PairsLike"]
 
 ConfigLike = Union[str, Path, dict, Config, None]
 FrameLike = Any  # a pandas DataFrame or a datasets.Dataset
@@ -88,19 +89,36 @@ def train(config: ConfigLike = None, /, train_df: FrameLike = None, val_df: Fram
 
 
 def audit(config: ConfigLike = None, /, output: str | Path = "audit", *, folds: int = 5,
+def cross_validate(config: ConfigLike = None, /, folds: int = 5, output: str | Path = "cv", *,
+                   quiet: bool = False, **overrides: Any):
+    """K-fold cross-validation of the config on its training rows, as `loraclf cv` does: output/fold-1..K (a run
+    folder each), cv.json (per-fold metrics, mean and std), oof.csv (every training row's out-of-fold prediction and
+    probabilities) and report.html. Folds are stratified (single-label), iteratively stratified (multi-label) or
+    binned on the target (regression), and grouped by data.group_column when it is set. Calling it again on the same
+    output continues with the folds not yet finished. Returns a loraclf.training.cv.CVResult (output, summary,
+    oof, mean, std)."""
+    from .training.cv import run_cv
+
+    tree = config_tree(config)
+    apply_overrides(tree, overrides)
+    return run_cv(config_mod.from_dict(tree), output, folds, quiet)
+
+
           near_threshold: Optional[float] = 0.95, write_clean: Optional[str | Path] = None, relabel: bool = False,
-          quiet: bool = False, **overrides: Any):
+          quiet: bool = False, from_cv: Optional[str | Path] = None, **overrides: Any):
     """Audit the config's data, as `loraclf audit` does: label issues (cleanlab on out-of-fold probabilities from
     `folds` trained folds), exact and near duplicates within train and across splits, and per-split summaries,
     written to output/ (issues.csv, duplicates.csv, summary.json, audit.html; the folds under output/folds, reused by
     a second call). near_threshold None: exact duplicates only. write_clean: also write the training file without
-    the flagged rows (relabel: with the suggested labels instead). Returns a loraclf.trust.AuditResult (output,
-    summary, issues, duplicates)."""
+    the flagged rows (relabel: with the suggested labels instead). from_cv: take the out-of-fold probabilities from
+    that finished cross_validate / `loraclf cv` folder (of the same training rows) instead of training folds. Returns
+    a loraclf.trust.AuditResult (output, summary, issues, duplicates)."""
     from .trust import run_audit
 
     tree = config_tree(config)
     apply_overrides(tree, overrides)
-    return run_audit(config_mod.from_dict(tree), output, folds, near_threshold, write_clean, relabel, quiet)
+    return run_audit(config_mod.from_dict(tree), output, folds, near_threshold, write_clean, relabel, quiet,
+                     from_cv)
 
 
 def config_tree(config: ConfigLike) -> dict:

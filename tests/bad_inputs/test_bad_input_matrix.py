@@ -325,6 +325,17 @@ class Case(NamedTuple):
     head: Optional[str] = None  # the line's start when not `loraclf VERB: error:` (argparse's top level)
 
 
+def cv_args(ws: WS, *extra: str, train_csv: Optional[Path] = None, output: Optional[Path] = None) -> list[str]:
+    return ["cv", *base_overrides(ws.model, train_csv or ws.data["train"], ws.data["val"], ws.p("runs"), ws.cache),
+            "--output", str(output or ws.p("cv")), *extra]
+
+
+def grouped(ws: WS, n_groups: int) -> Path:
+    """Training rows of four classes (6 each) with a group column 'g' of n_groups groups."""
+    data = [(t, c, f"g{i % n_groups}") for i, (t, c) in enumerate(class_rows(6, (0, 1, 2, 3)))]
+    return ws.csv("grouped.csv", data, header=("text", "label", "g"))
+
+
 def audit_args(ws: WS, *extra: str, train_csv: Optional[Path] = None, val_csv: Optional[Path] = None) -> list[str]:
     return ["audit", *base_overrides(ws.model, train_csv or ws.data["train"], val_csv or ws.data["val"],
                                      ws.p("runs"), ws.cache), "--output", str(ws.p("audit")), *extra]
@@ -533,6 +544,25 @@ OUTPUT_CASES = [
          ("model.problem_type=regression has none to find", "classification config")),
     Case("audit relabel without write-clean", lambda ws: audit_args(ws, "--relabel"),
          ("--relabel changes the labels of the file --write-clean writes", "give --write-clean file")),
+    Case("audit from-cv not a cv folder", lambda ws: audit_args(ws, "--from-cv", str(ws.folder("notcv"))),
+         ("notcv is not a cv run folder", "no cv.json", "finished `loraclf cv`")),
+    Case("audit from-cv other rows", lambda ws: audit_args(ws, "--from-cv", str(ws.p("othercv"))),
+         ("othercv was cross-validated on other training rows", "5 rows there, 48 here", "run cv on this config"),
+         lambda ws: ws.write("othercv/cv.json", json.dumps({"problem_type": "single_label_classification",
+                                                             "labels": ["0", "1", "2", "3"], "rows": 5}))),
+    Case("cv folds above the smallest class", lambda ws: cv_args(ws, "--folds", "13"),
+         ("--folds 13 is more than the 12 training rows of class '0'", "lower --folds to at most 12")),
+    Case("cv one fold", lambda ws: cv_args(ws, "--folds", "1"), ("--folds must be at least 2, got 1",)),
+    Case("cv group column with one group", lambda ws: cv_args(ws, "data.group_column=g", train_csv=grouped(ws, 1)),
+         ("group column 'g' has one group ('g0')", "at least 5 groups")),
+    Case("cv group column missing", lambda ws: cv_args(ws, "data.group_column=speaker"),
+         ("train.csv has no group column 'speaker'", "columns are: text, label", "set data.group_column")),
+    Case("cv fewer groups than folds", lambda ws: cv_args(ws, "data.group_column=g", train_csv=grouped(ws, 3)),
+         ("group column 'g' has 3 groups, fewer than --folds 5", "lower --folds to at most 3")),
+    Case("cv group column is the label column", lambda ws: cv_args(ws, "data.group_column=label"),
+         ("'data.group_column' ('label') is also data.label_column",)),
+    Case("cv output holds something else", lambda ws: cv_args(ws, output=ws.p("full")),
+         ("full is not empty and holds no cv run", "give a new or empty folder"), lambda ws: ws.write("full/x.txt", "x")),
     Case("report folder is a file", lambda ws: ["report", str(ws.run())],
          ("run/report is a file where the report folder goes", "move it away"), in_run(runs.REPORT, "not a folder")),
 ]

@@ -109,12 +109,12 @@ def test_files_summary_and_clean_file(audited, planted):
 
 def test_a_second_audit_reuses_the_finished_folds(audited, monkeypatch):
     result, cfg, tmp, _ = audited
-    import loraclf.trust.labels as labels_mod
+    import loraclf.training.cv.run as run_mod  # the one k-fold loop, which the audit's folds run on
 
     def no_training(*args, **kwargs):
         raise AssertionError("a finished fold was trained again")
 
-    monkeypatch.setattr(labels_mod, "train_fold", no_training)
+    monkeypatch.setattr(run_mod, "train_fold", no_training)
     relabelled = tmp / "relabelled.csv"
     again = run_audit(cfg, result.output, folds=FOLDS, near_threshold=None, write_clean=relabelled, relabel=True,
                       quiet=True)

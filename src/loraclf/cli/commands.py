@@ -122,7 +122,7 @@ def cmd_audit(args) -> int:
 
     config, overrides = _split_config(args)
     r = run_audit(load_config(config, overrides), args.output, args.folds, args.near_threshold, args.write_clean,
-                  args.relabel, args.quiet)
+                  args.relabel, args.quiet, args.from_cv)
     li, dups = r.summary["label_issues"], r.summary["duplicates"]
     leaks = sum(c["exact"] + c["near"] for scope, c in dups.items() if not scope.startswith("within"))
     print(f"{li['flagged']} label issues of {li['rows']} training rows, {len(r.duplicates)} duplicate rows "
@@ -130,6 +130,19 @@ def cmd_audit(args) -> int:
     if "clean_file" in r.summary:
         c = r.summary["clean_file"]
         print(f"wrote {c['rows_out']} of {c['rows_in']} rows to {c['path']} ({c['relabelled']} relabelled)")
+def cmd_cv(args) -> int:
+    from ..training.cv import run_cv
+
+    config, overrides = _split_config(args)
+    r = run_cv(load_config(config, overrides), args.output, args.folds, args.quiet)
+    if args.json:
+        print(json.dumps({"output": str(r.output), "mean": r.mean, "std": r.std}, indent=2))
+        return 0
+    shown = ", ".join(f"{k} {r.mean[k]:.4f} ± {r.std[k]:.4f}" for k in list(r.mean)[:2])
+    print(f"{r.summary['folds']} folds of {r.summary['rows']} training rows: {shown} -> {r.output}")
+    return 0
+
+
     return 0
 
 
@@ -217,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
             args.overrides = list(args.overrides) + extra
         else:
+    "cv": cmd_cv,
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if not args.command:
         parser.print_help()

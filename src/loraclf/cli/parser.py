@@ -17,6 +17,7 @@ EPILOG = """examples:
   loraclf predict runs/RUN --input test.csv --output submission.csv
   loraclf evaluate runs/RUN --data test.csv
   loraclf explain runs/RUN --input few.csv --output why.json   # word attributions, and why.html
+  loraclf cv configs/agnews_minilm.yaml --folds 5 --output cv/  # mean ± std over folds, out-of-fold predictions
   loraclf audit configs/agnews_minilm.yaml --output audit/    # label issues, duplicates, leaks
 """
 
@@ -131,6 +132,23 @@ COMMANDS: dict[str, dict] = {  # name -> add_parser keywords and "args", the com
             help="fp32 (default) or bf16; int8 has no gradients"),
         arg("--quiet", action="store_true"),
     ]),
+    "cv": dict(help="k-fold cross-validation: per-fold metrics, mean ± std, out-of-fold predictions",
+               description="Train the config K times, each fold holding out its own rows: stratified by class "
+                           "(single-label), iteratively stratified (multi-label), on quantile bins of the target "
+                           "(regression), with no group in two folds when data.group_column is set. Each fold's "
+                           "validation split comes from its own training rows (data.validation_split), or is "
+                           "data.validation when the config names one. Writes OUTPUT/fold-1..K (run folders), cv.json "
+                           "(per-fold metrics, mean and std), oof.csv (every training row's out-of-fold prediction "
+                           "and probabilities) and report.html. A killed cv run again with the same arguments "
+                           "continues with the folds not yet finished.",
+               args=[
+        *CONFIG_ARGS,
+        arg("--folds", type=_positive_int, default=5, help="number of folds K (default 5; at least 2)"),
+        arg("--output", required=True, help="folder to write the folds and the results into (new, empty, or an "
+                                            "unfinished cv of the same config, which resumes)"),
+        arg("--quiet", action="store_true", help="no progress bars or log lines"),
+        arg("--json", action="store_true", help="print cv.json's mean and std as JSON on stdout"),
+    ]),
     "audit": dict(help="audit the training data: label issues, duplicates and leaks between splits, summaries",
                   description="Label issues: cleanlab on out-of-fold probabilities from --folds trained folds (kept "
                               "under OUTPUT/folds, so a second run reuses them). Duplicates: exact after normalising "
@@ -148,6 +166,9 @@ COMMANDS: dict[str, dict] = {  # name -> add_parser keywords and "args", the com
                  "the original is never touched"),
         arg("--relabel", action="store_true",
             help="with --write-clean: give label issues their suggested label instead of dropping them"),
+        arg("--from-cv", metavar="DIR",
+            help="take the out-of-fold probabilities from the finished `loraclf cv` run in DIR (of the same training "
+                 "rows) instead of training --folds folds"),
         arg("--quiet", action="store_true"),
     ]),
     "budget": dict(help="exact trainable-parameter breakdown of a config, without loading weights", args=[

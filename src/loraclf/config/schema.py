@@ -74,6 +74,9 @@ class DataConfig:
                                    "predictions are scaled back.")
     label_names: Optional[list[str]] = _f(None, "Names for integer labels 0..K-1 (e.g. [World, Sports, Business, Sci/Tech]).")
     id_column: Optional[str] = _f(None, "ID column used by predict's ID,Label output; default: an ID/id column if present, else 0..N-1.")
+    group_column: Optional[str] = _f(
+        None, "Column of training row groups (e.g. speaker, document, patient): `loraclf cv` and `loraclf audit` keep "
+        "each group within one fold, so that no group is in two folds. Unset: rows are folded one by one.")
     validation_split: float = _f(0.1, "Size of the validation split taken from train when no file is given: a fraction (<1) or a count (>=1).", gt=0)
     split_seed: int = _f(42, "Seed of the stratified validation split.", ge=0, le=MAX_SEED)
     max_length: int = _f(128, "Tokens kept per text (longer texts are truncated).", ge=8, le=8192)

@@ -236,7 +236,24 @@ def cross_checks(cfg) -> list[str]:
     if cfg.train.fast_dropout is True and cfg.train.torch_compile:
         problems.append("'train.fast_dropout: true' does not combine with train.torch_compile (the compiled model "
                         "keeps the dropout it was traced with); set train.fast_dropout=auto or false")
-    return problems + _problem_checks(cfg) + _long_text_checks(cfg.data)
+    return problems + _problem_checks(cfg) + _long_text_checks(cfg.data) + _group_checks(cfg.data)
+
+
+def _group_checks(data) -> list[str]:
+    """data.group_column names a column of its own (not the text, pair or label columns), of a whole file."""
+    g = data.group_column
+    if g is None:
+        return []
+    if not g.strip():
+        return ["'data.group_column' is empty; name a column of data.train, or leave it unset"]
+    taken = {"data.text_column": data.text_column, "data.text_pair_column": data.text_pair_column,
+             "data.label_column": None if data.label_columns else data.label_column, "data.label_columns": data.label_columns}
+    for key, value in taken.items():
+        if g == value or (isinstance(value, list) and g in value):
+            return [f"'data.group_column' ({g!r}) is also {key}; name the column that holds each row's group"]
+    if data.streaming:
+        return ["'data.group_column' folds a training split read whole; set data.streaming=false"]
+    return []
 
 
 def prefix_cache_clashes(cfg) -> list[str]:

@@ -153,10 +153,15 @@ def account(keep: np.ndarray, cut: np.ndarray, cfg: DataConfig, where: str, say)
         say(f"{where}: cut {n_cut} texts to data.max_text_chars={cfg.max_text_chars} characters")
 
 
+def group_cells(values) -> list[Optional[str]]:
+    """data.group_column's cells as texts (None where missing), so that 3 and '3' are one group."""
+    return [None if is_missing(v) else str(v) for v in values]
+
+
 def clean_frame(df: pd.DataFrame, cfg: DataConfig, where: str, need_label: bool = True, log=None,
-                problem_type: str = "single_label_classification") -> pd.DataFrame:
+                problem_type: str = "single_label_classification", group: bool = False) -> pd.DataFrame:
     """A DataFrame's usable rows as columns `text` (`text_pair` for pairs) and, with need_label, the raw `label`
-    (with data.label_columns: the list of names whose column holds 1)."""
+    (with data.label_columns: the list of names whose column holds 1); with group, data.group_column as `group`."""
     from .targets import columns_to_sets
 
     check_columns(df.columns, cfg, where, need_label)
@@ -172,11 +177,13 @@ def clean_frame(df: pd.DataFrame, cfg: DataConfig, where: str, need_label: bool 
         out["label"] = pd.Series(columns_to_sets(df.reset_index(drop=True), cfg.label_columns, where), dtype=object)
     elif need_label:
         out["label"] = df[cfg.label_column].values
+    if group:
+        out["group"] = pd.Series(group_cells(df[cfg.group_column].tolist()), dtype=object)
     return out[b["keep"]].reset_index(drop=True)
 
 
 def clean_arrow(ds, cfg: DataConfig, where: str, need_label: bool = True, log=None,
-                problem_type: str = "single_label_classification"):
+                problem_type: str = "single_label_classification", group: bool = False):
     """clean_frame for a memory-mapped Dataset, in a cached batched map: the same rules, the same raw `label` (with
     data.label_columns: the list of names whose column holds 1), the same errors with the file's row numbers."""
     import datasets
@@ -188,6 +195,7 @@ def clean_arrow(ds, cfg: DataConfig, where: str, need_label: bool = True, log=No
     set_cols = list(cfg.label_columns or ()) if need_label else []
     label_col = cfg.label_column if need_label and not set_cols else None
     drop_col = label_col if label_col is not None and drops_empty_labels(cfg, problem_type) else None
+    group_col = cfg.group_column if group else None
 
     def fn(batch, idx):
         b = clean_batch(batch, cols, drop_col, max_chars, pairs, where, idx[0] if len(idx) else 0)
@@ -197,6 +205,8 @@ def clean_arrow(ds, cfg: DataConfig, where: str, need_label: bool = True, log=No
             out["label"] = columns_to_sets(pd.DataFrame({c: batch[c] for c in set_cols}, index=idx), set_cols, where)
         elif label_col is not None:
             out["label"] = batch[label_col]
+        if group_col is not None:
+            out["group"] = group_cells(batch[group_col])
         out["_keep"] = b["keep"]
         return out
 
@@ -208,6 +218,8 @@ def clean_arrow(ds, cfg: DataConfig, where: str, need_label: bool = True, log=No
         feats["label"] = datasets.Sequence(datasets.Value("string"))
     elif label_col is not None:
         feats["label"] = ds.features[label_col]
+    if group_col is not None:
+        feats["group"] = datasets.Value("string")
     feats["_keep"] = datasets.Value("bool")
     ds = ds.map(fn, batched=True, batch_size=10_000, with_indices=True, remove_columns=ds.column_names,
                 features=datasets.Features(feats), desc=f"Cleaning {Path(where).name}")

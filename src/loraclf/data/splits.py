@@ -19,7 +19,7 @@ from pyarrow import types as pa_types
 from ..base import logs, sources
 from ..config import DataConfig
 from ..task import MULTI, SINGLE
-from ..base.errors import DataError
+from ..base.errors import DataError, did_you_mean
 from . import targets
 from .clean import check_columns, clean_arrow, clean_frame, is_missing, text_columns
 from .labels import build_label_map, normalise_label
@@ -84,10 +84,18 @@ def stratified_split(labels: np.ndarray, size: float, seed: int) -> tuple[np.nda
 # a part is a DataFrame (small files, hub and packaged data) or a memory-mapped Dataset (large files)
 
 
-def _clean_part(part, cfg: DataConfig, where: str, log, problem_type: str):
+def _clean_part(part, cfg: DataConfig, where: str, log, problem_type: str, group: bool = False):
     if isinstance(part, pd.DataFrame):
-        return clean_frame(part, cfg, where, True, log, problem_type)
-    return clean_arrow(part, cfg, where, True, log, problem_type)
+        return clean_frame(part, cfg, where, True, log, problem_type, group)
+    return clean_arrow(part, cfg, where, True, log, problem_type, group)
+
+
+def _check_group_column(part, cfg: DataConfig, where: str) -> None:
+    columns = [str(c) for c in (part.columns if isinstance(part, pd.DataFrame) else part.column_names)]
+    g = cfg.group_column
+    if g not in columns:
+        raise DataError(f"{where} has no group column '{g}'{did_you_mean(g, columns)}; columns are: "
+                        f"{', '.join(columns)} (set data.group_column)")
 
 
 def _encode_part(part, id2label: dict[int, str], where: str, cfg: DataConfig, problem_type: str = SINGLE):
@@ -119,7 +127,7 @@ def _labels_of(part) -> np.ndarray:
 def _to_dataset(part):
     import datasets
 
-    cols = [c for c in ("text", "text_pair", "label") if c in (part.columns if isinstance(part, pd.DataFrame)
+    cols = [c for c in ("text", "text_pair", "label", "group") if c in (part.columns if isinstance(part, pd.DataFrame)
                                                                  else part.column_names)]
     if isinstance(part, pd.DataFrame):
         return datasets.Dataset.from_pandas(part[cols].reset_index(drop=True), preserve_index=False)
@@ -187,9 +195,10 @@ def _split_off_validation(train, cfg: DataConfig, note):
 
 
 def load_splits(cfg: DataConfig, log=None, id2label: Optional[dict[int, str]] = None,
-                problem_type: str = SINGLE) -> Splits:
+                problem_type: str = SINGLE, groups: bool = False) -> Splits:
     """Read train/validation/test as configured and return them with a label map (see the module's docstring).
-    Every problem type takes the Arrow path for large files."""
+    Every problem type takes the Arrow path for large files. groups (with data.group_column set): the training
+    rows keep their group as a `group` column (text; None where the cell is empty), for k-fold training."""
     if cfg.streaming:
         return load_stream_splits(cfg, log, id2label)
     frames, where, label_names = _read_parts(cfg, arrow=True)
@@ -199,7 +208,10 @@ def load_splits(cfg: DataConfig, log=None, id2label: Optional[dict[int, str]] = 
         cleaned = _clean_part(frames[key], cfg, where.get(key, key), note, problem_type)
         return _encode_part(cleaned, id2label, where.get(key, key), cfg, problem_type)
 
-    train = _clean_part(frames["train"], cfg, where["train"], note, problem_type)
+    groups = groups and cfg.group_column is not None
+    if groups:
+        _check_group_column(frames["train"], cfg, where["train"])
+    train = _clean_part(frames["train"], cfg, where["train"], note, problem_type, groups)
     if id2label is None:
         id2label = _label_map(train, cfg, problem_type, label_names, where["train"])
     train = _encode_part(train, id2label, where["train"], cfg, problem_type)

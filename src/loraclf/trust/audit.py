@@ -4,7 +4,6 @@ each written atomically (the folds under DIR/folds are kept, so an interrupted a
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import io
 import time
@@ -21,6 +20,7 @@ from ..base import logs
 from ..base.errors import ConfigError, DataError
 from ..config import Config
 from ..task import MULTI, REGRESSION
+from ..training import cv
 from . import clean, duplicates, embed, labels, page, summary as summary_mod
 
 logger = logs.get(__name__)
@@ -38,7 +38,7 @@ class AuditResult:
 
 
 def check_args(cfg: Config, output: Path, folds: int, near_threshold: Optional[float],
-               write_clean: Optional[Path], relabel: bool) -> None:
+               write_clean: Optional[Path], relabel: bool, from_cv: Optional[Path] = None) -> None:
     """The arguments' checks, before any data is read."""
     if importlib.util.find_spec("cleanlab") is None:
         raise ConfigError(["audit needs cleanlab: pip install 'loraclf[audit]'"])
@@ -49,6 +49,8 @@ def check_args(cfg: Config, output: Path, folds: int, near_threshold: Optional[f
         raise ConfigError(["audit reads the whole training split; set data.streaming=false"])
     if folds < 2:
         raise ConfigError([f"--folds must be at least 2, got {folds}"])
+    if from_cv is not None and not from_cv.is_dir():
+        raise DataError(f"--from-cv {from_cv} is not a folder; give the --output folder of a finished `loraclf cv`")
     if near_threshold is not None and not 0 < near_threshold <= 1:
         raise ConfigError([f"--near-threshold must be in (0, 1], got {near_threshold}"])
     if relabel and write_clean is None:
@@ -59,29 +61,15 @@ def check_args(cfg: Config, output: Path, folds: int, near_threshold: Optional[f
 
 
 def load(cfg: Config) -> tuple[data_mod.Splits, bool]:
-    """The splits, with every row of the training file in train (validation is not split off it: the folds hold
-    rows out instead), and whether the config names a validation split of its own."""
-    own = cfg.data.validation is not None or not cfg.data.train
-    d = cfg.data if own else dataclasses.replace(cfg.data, validation=cfg.data.train)
-    splits = data_mod.load_splits(d, problem_type=cfg.model.problem_type)
-    return (splits if own else dataclasses.replace(splits, validation=None)), own
+    """The splits as k-fold training reads them (training.cv.load): every row of the training file in train, with
+    its group, and whether the config names a validation split of its own."""
+    return cv.load(cfg)
 
 
-def check_folds(y: np.ndarray, id2label: dict[int, str], folds: int, multi: bool) -> None:
-    if multi:
-        if folds > len(y):
-            raise DataError(f"--folds {folds} is more than the {len(y)} training rows; lower --folds")
-        return
-    counts = np.bincount(y, minlength=len(id2label))
-    counts = {i: c for i, c in enumerate(counts) if c}
-    if len(counts) < 2:
-        raise DataError(f"the training split has only one class ({id2label[next(iter(counts))]}); label issues need "
-                        f"at least two")
-    small = min(counts, key=counts.get)
-    if folds > counts[small]:
-        raise DataError(f"--folds {folds} is more than the {counts[small]} training rows of class "
-                        f"'{id2label[small]}'; each fold needs one of every class: lower --folds to at most "
-                        f"{counts[small]}")
+def check_folds(splits: data_mod.Splits, cfg: Config, folds: int) -> None:
+    """The folds' checks (training.cv.folds.check): enough rows of every class, enough groups."""
+    groups = cv.cross_validate.groups_of(splits)
+    cv.check(data_mod.train_labels(splits), splits.problem_type, folds, splits.id2label, groups, cfg.data.group_column)
 
 
 def _shown_labels(y: np.ndarray, id2label: dict[int, str], multi: bool) -> list[str]:
@@ -114,14 +102,20 @@ def add_embeddings(cfg: Config, parts: dict[str, dict]) -> None:
 
 
 def label_issues(cfg: Config, splits: data_mod.Splits, own_validation: bool, folds: int, output: Path,
-                 texts: list[str], quiet: bool) -> tuple[pd.DataFrame, dict]:
-    """cleanlab's issues on out-of-fold probabilities, with each row's text, and what the folds did."""
+                 texts: list[str], quiet: bool, from_cv: Optional[tuple[np.ndarray, dict, Path]] = None
+                 ) -> tuple[pd.DataFrame, dict]:
+    """cleanlab's issues on out-of-fold probabilities (trained here, or from_cv: (probabilities, cv.json, folder)
+    of a finished cv run), with each row's text, and what the folds did."""
     multi = splits.problem_type == MULTI
     y = data_mod.train_labels(splits)
-    probs, done = labels.out_of_fold(cfg, splits, y, folds, output / FOLDS, own_validation, quiet)
+    if from_cv is None:
+        probs, done = labels.out_of_fold(cfg, splits, y, folds, output / FOLDS, own_validation, quiet)
+        done = {f"folds_{k}": v for k, v in done.items()}
+    else:
+        probs, cv_json, folder = from_cv
+        folds, done = cv_json["folds"], {"from_cv": str(folder)}
     issues = labels.find_issues(y, probs, splits.id2label, multi)
     issues["text"] = [texts[i] for i in issues["row"]]
-    done = {f"folds_{k}": v for k, v in done.items()}
     return issues, {"rows": len(y), "folds": folds, "flagged": len(issues), **done}
 
 
@@ -159,21 +153,28 @@ def write_outputs(output: Path, summary: dict, issues: pd.DataFrame, dups: pd.Da
 
 
 def run_audit(cfg: Config, output: str | Path, folds: int = 5, near_threshold: Optional[float] = 0.95,
-              write_clean: Optional[str | Path] = None, relabel: bool = False, quiet: bool = False) -> AuditResult:
-    """Audit cfg's data into output (see the module's docstring); near_threshold None: exact duplicates only."""
+              write_clean: Optional[str | Path] = None, relabel: bool = False, quiet: bool = False,
+              from_cv: Optional[str | Path] = None) -> AuditResult:
+    """Audit cfg's data into output (see the module's docstring); near_threshold None: exact duplicates only;
+    from_cv: take the out-of-fold probabilities from that finished `loraclf cv` folder instead of training folds."""
     output, target = Path(output), Path(write_clean) if write_clean is not None else None
+    from_cv = Path(from_cv) if from_cv is not None else None
     with logs.quiet(quiet):
-        check_args(cfg, output, folds, near_threshold, target, relabel)
+        check_args(cfg, output, folds, near_threshold, target, relabel, from_cv)
         splits, own_validation = load(cfg)
         multi = splits.problem_type == MULTI
-        check_folds(data_mod.train_labels(splits), splits.id2label, folds, multi)
+        if from_cv is None:
+            check_folds(splits, cfg, folds)
+        else:
+            from_cv = (*cv.read_oof(from_cv, splits), from_cv)
         started = time.time()
         parts = parts_of(splits, multi)
         if near_threshold is not None:
             add_embeddings(cfg, parts)
         dups = duplicates.find_duplicates(parts, near_threshold)
         dup_seconds = round(time.time() - started, 2)
-        issues, li = label_issues(cfg, splits, own_validation, folds, output, parts["train"]["texts"], quiet)
+        issues, li = label_issues(cfg, splits, own_validation, folds, output, parts["train"]["texts"], quiet,
+                                  from_cv)
         summary = {"problem_type": splits.problem_type, "near_threshold": near_threshold,
                    "splits": summary_mod.summarise(parts, multi), "duplicates": duplicates.counts(dups),
                    "duplicates_seconds": dup_seconds, "label_issues": li}
