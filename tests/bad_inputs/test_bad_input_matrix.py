@@ -744,6 +744,12 @@ LABEL_CASES = [
          ("ev.csv has labels never seen in training: 7", "add examples")),
     Case("train single class", lambda ws: ws.train_args(train_csv=ws.csv("one.csv", class_rows(classes=(1,)))),
          ("the training data has only one class (1)", "a classifier needs at least two")),
+    Case("train few-shot with no class of two rows", lambda ws: ws.train_args(
+        "train.few_shot=true", train_csv=ws.csv("ones.csv", class_rows(1, (0, 1, 2, 3)))),
+         ("train.few_shot=true needs at least one class with two labelled rows", "no class of the 4 training rows",
+          "label more rows"), api=True),
+    Case("train few-shot for regression", lambda ws: ws.typed_args(REGRESSION_TYPE, "train.few_shot=true"),
+         ("train.few_shot=true is for classification", "regression", "train.few_shot=false or auto"), api=True),
     Case("train missing text column", lambda ws: ws.train_args(train_csv=ws.csv("cols.csv", class_rows(),
                                                                                  header=("texts", "label"))),
          ("cols.csv has no text column 'text' (did you mean 'texts'?)", "columns are: texts, label",

@@ -190,6 +190,12 @@ class TrainConfig:
         "auto", "Draw dropout masks from 16-bit uniforms, four per 64-bit random draw, instead of one Bernoulli "
         "sample per element (every dropout of the encoder, the adapter and the head; the same expected output, a "
         "different random stream). auto = on when training on CPU without torch_compile; true = on any device.")
+    few_shot: Union[Literal["auto"], bool] = _f(
+        "auto", "The few-shot recipe for little labelled data (docs/little-data.md): every labelled row trains (no "
+        "validation split unless data.validation is given), a fixed schedule of at least 20 epochs, and the head "
+        "starts from the class means of the encoder's features (prototypes). auto = on under 50 labelled training "
+        "rows per class (multi-label: positives per label); true = always (refused for regression and streams); "
+        "false = never. It changes only the keys left at their defaults.")
     prefix_cache_max_mb: int = _f(2048, "train.prefix_cache: the largest cache kept in memory (MB, bf16); a larger "
                                   "one is memory-mapped from a temporary file.", ge=1, le=10_000_000)
 

@@ -25,5 +25,5 @@ from .labels import build_label_map, encode_arrow, encode_labels, normalise_labe
 from .read import (ARROW_BUILDERS, READERS, STREAM_BUILDERS, check_file, column, read_hub, read_split, read_table,
                    stream_head)
 from .overlap import normalise, row_keys, warn_overlap
-from .splits import Splits, load_splits, load_stream_splits, stratified_split, train_labels
+from .splits import Splits, hold_out_validation, load_splits, load_stream_splits, stratified_split, train_labels
 from .stream import STREAM_MAP_BATCH, stream_loader, stream_where, train_stream

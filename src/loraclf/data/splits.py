@@ -41,6 +41,9 @@ class Splits:
     notes: list[str] = field(default_factory=list)
     int_labels: bool = False  # the raw labels were integers (predict's ID,Label then writes ids, not names)
     problem_type: str = SINGLE
+    # load_splits(hold_out=False) with no validation source: validation holds the training rows themselves, until
+    # hold_out_validation splits it off (the few-shot recipe trains on every labelled row instead)
+    validation_is_train: bool = False
 
 
 def train_labels(splits: Splits) -> np.ndarray:
@@ -195,10 +198,11 @@ def _split_off_validation(train, cfg: DataConfig, note):
 
 
 def load_splits(cfg: DataConfig, log=None, id2label: Optional[dict[int, str]] = None,
-                problem_type: str = SINGLE, groups: bool = False) -> Splits:
+                problem_type: str = SINGLE, groups: bool = False, hold_out: bool = True) -> Splits:
     """Read train/validation/test as configured and return them with a label map (see the module's docstring).
     Every problem type takes the Arrow path for large files. groups (with data.group_column set): the training
-    rows keep their group as a `group` column (text; None where the cell is empty), for k-fold training."""
+    rows keep their group as a `group` column (text; None where the cell is empty), for k-fold training.
+    hold_out=False: with no validation source, validation is the training rows (see Splits.validation_is_train)."""
     if cfg.streaming:
         return load_stream_splits(cfg, log, id2label)
     frames, where, label_names = _read_parts(cfg, arrow=True)
@@ -217,8 +221,10 @@ def load_splits(cfg: DataConfig, log=None, id2label: Optional[dict[int, str]] = 
     train = _encode_part(train, id2label, where["train"], cfg, problem_type)
     if frames.get("validation") is not None:
         val = part("validation")
-    else:
+    elif hold_out:
         train, val = _split_off_validation(train, cfg, note)
+    else:
+        val = train
     test = part("test") if frames.get("test") is not None else None
     if problem_type == SINGLE:
         train_labels_ = _labels_of(train)
@@ -226,7 +232,19 @@ def load_splits(cfg: DataConfig, log=None, id2label: Optional[dict[int, str]] = 
             raise DataError(f"the training split has only one class ({id2label[int(train_labels_[0])]}); a "
                             f"classifier needs at least two")
     return Splits(_to_dataset(train), _to_dataset(val), _to_dataset(test) if test is not None else None, id2label,
-                  notes, problem_type == SINGLE and _int_labels(frames["train"], cfg), problem_type)
+                  notes, problem_type == SINGLE and _int_labels(frames["train"], cfg), problem_type,
+                  validation_is_train=frames.get("validation") is None and not hold_out)
+
+
+def hold_out_validation(splits: Splits, cfg: DataConfig, log=None) -> Splits:
+    """Splits loaded with hold_out=False, with the validation split now taken from the training rows as
+    load_splits would have taken it."""
+    import dataclasses
+
+    notes, note = _notes(log)
+    train, val = _split_off_validation(splits.train, cfg, note)
+    return dataclasses.replace(splits, train=train, validation=val, notes=splits.notes + notes,
+                               validation_is_train=False)
 
 
 # ------------------------------------------------------------------------------------------ streaming

@@ -27,6 +27,7 @@ from .. import model as model_mod
 from ..config import Config
 from ..base.errors import BudgetError, RunError
 from ..data import Splits
+from . import few_shot
 from . import inputs as inputs_mod
 from . import loss as loss_mod
 from .speed import dropout as dropout_mod
@@ -268,10 +269,9 @@ def setup(cfg: Config, resume: Optional[str | Path], splits: Optional[Splits], r
     run = _run_path(cfg, resume_dir, run_dir)
     accelerator = _accelerator(cfg, run, precision)
     say = logger.info if accelerator.is_main_process else (lambda m: None)
-    if resume_dir is not None:
-        id2label = runs.read_label_map(resume_dir).id2label
-        splits = splits or data_mod.load_splits(cfg.data, log=say, id2label=id2label,
-                                                problem_type=cfg.model.problem_type)
+    id2label = runs.read_label_map(resume_dir).id2label if resume_dir is not None else None
+    # train.few_shot: loads the splits (every labelled row trains when the recipe is on) and sets its schedule
+    cfg, splits, few = few_shot.plan(cfg, splits, say, id2label=id2label)
     set_seed(cfg.train.seed)
     cfg, splits, model, tokenizer, params = prepare(cfg, log=say, splits=splits)
     say(budget.format_breakdown(params))
@@ -280,10 +280,14 @@ def setup(cfg: Config, resume: Optional[str | Path], splits: Optional[Splits], r
     say(spec.describe(splits.id2label))
     hooks = methods.hooks_of(model)
     inputs = inputs_mod.build(cfg, splits, tokenizer, say)
+    if few is not None and resume_dir is None:  # a resumed run's head comes from its checkpoint
+        few_shot.init_head(model, tokenizer, inputs.train_ds, cfg.model.problem_type, say)
     prefix = prefix_mod.build(cfg, model, inputs.train_ds, say)
     if prefix is not None:
         inputs.train_ds = prefix_mod.with_rows(inputs.train_ds)
     plan = _plan(cfg, inputs, accelerator.num_processes)
+    few_shot.warn_too_small(cfg, plan.total_steps, len(splits.validation), few is not None,
+                            splits.validation_is_train, logger.warning if accelerator.is_main_process else say)
     hooks.set_total_steps(plan.total_steps)  # AdaLoRA schedules its rank budget over all steps
     optimizer = build_optimizer(cfg, model)
     scheduler, plan.warmup = build_scheduler(cfg, optimizer, plan.total_steps)

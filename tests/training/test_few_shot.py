@@ -1,0 +1,165 @@
+"""The few-shot recipe (train.few_shot): when auto switches on, the schedule, the prototype head, the too-small-run
+warnings, and one real run of the packaged MiniLM on 8 rows per class of AG News."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import datasets
+import numpy as np
+import pandas as pd
+
+from loraclf import cli, runs
+from loraclf.config import Config, load_config
+from loraclf.data import Splits
+from loraclf.model import build_model
+from loraclf.task import MULTI, REGRESSION, SINGLE
+from loraclf.training import few_shot
+from loraclf.training.few_shot import (FEW_SHOT_BATCH, FEW_SHOT_EPOCHS, FEW_SHOT_MIN_STEPS, FEW_SHOT_ROWS_PER_CLASS,
+                                       TOO_FEW_STEPS, TOO_FEW_VAL_ROWS)
+
+from conftest import tiny_rows
+
+
+def _splits(labels, problem_type=SINGLE, n_labels=None) -> Splits:
+    labels = list(labels)
+    n_labels = n_labels or (len(labels[0]) if problem_type == MULTI else int(max(labels)) + 1)
+    ds = datasets.Dataset.from_dict({"text": [f"row {i}" for i in range(len(labels))], "label": labels})
+    return Splits(ds, ds, None, {i: str(i) for i in range(n_labels)}, problem_type=problem_type,
+                  validation_is_train=True)
+
+
+def _cfg(**train) -> Config:
+    return load_config(None, [f"train.{k}={v}" for k, v in train.items()])
+
+
+# ------------------------------------------------------------------------------------------ when it is on
+
+
+def test_auto_switches_on_under_the_threshold_of_rows_per_class():
+    under = _splits([c for c in range(3) for _ in range(FEW_SHOT_ROWS_PER_CLASS - 1)])
+    at = _splits([c for c in range(3) for _ in range(FEW_SHOT_ROWS_PER_CLASS)])
+    why = few_shot.decide(_cfg(), under)
+    assert why is not None and f"threshold of {FEW_SHOT_ROWS_PER_CLASS}" in why and f"{FEW_SHOT_ROWS_PER_CLASS - 1}.0" in why
+    assert few_shot.decide(_cfg(), at) is None
+    assert few_shot.decide(_cfg(few_shot="true"), at).startswith("train.few_shot=true")
+    assert few_shot.decide(_cfg(few_shot="false"), under) is None
+
+
+def test_multi_label_counts_positives_per_label_and_regression_never_switches():
+    rows = [[1, 0], [0, 1], [1, 1]] * 10  # 20 positives per label
+    assert "positive rows per label" in few_shot.decide(_cfg(), _splits(rows, MULTI))
+    cfg = load_config(None, [f"model.problem_type={REGRESSION}"])
+    assert few_shot.decide(cfg, _splits([0.5, 1.5, 2.0], REGRESSION, 1)) is None
+
+
+def test_plan_logs_why_trains_on_every_row_and_sets_the_schedule(tmp_path):
+    n = 40  # 10 per class: under the threshold
+    pd.DataFrame(tiny_rows(n, 0)).to_csv(tmp_path / "few.csv", index=False)
+    said = []
+    cfg, splits, why = few_shot.plan(load_config(None, [f"data.train={tmp_path / 'few.csv'}"]), None, said.append)
+    assert why is not None
+    line = next(s for s in said if s.startswith("few-shot recipe on:"))
+    assert "10.0 labelled training rows per class" in line and "train.few_shot=false" in line
+    assert len(splits.train) == n and splits.validation_is_train and len(splits.validation) == n
+    steps = max(FEW_SHOT_EPOCHS * math.ceil(n / FEW_SHOT_BATCH), FEW_SHOT_MIN_STEPS)
+    assert cfg.train.max_steps == steps and cfg.eval.eval_steps == steps
+    assert cfg.train.per_device_train_batch_size == FEW_SHOT_BATCH
+    # keys the user set are kept; off (false): the usual validation split from train, no line
+    cfg2, _, _ = few_shot.plan(load_config(None, [f"data.train={tmp_path / 'few.csv'}", "train.max_steps=7"]), None,
+                               lambda m: None)
+    assert cfg2.train.max_steps == 7
+    said.clear()
+    cfg3, splits3, why3 = few_shot.plan(load_config(None, [f"data.train={tmp_path / 'few.csv'}",
+                                                           "train.few_shot=false"]), None, said.append)
+    assert why3 is None and not splits3.validation_is_train and len(splits3.train) + len(splits3.validation) == n
+    assert not any("few-shot" in s for s in said) and cfg3.train.max_steps is None
+
+
+# ------------------------------------------------------------------------------------------ the prototype head
+
+
+def test_prototypes_are_the_class_means_scaled():
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 5)
+    x = rng.normal(size=(15, 8)) + 3 * np.eye(8)[y]
+    w, b, present, tau = few_shot.prototype_weights(x, y, 4, multi=False)
+    means = np.stack([x[y == c].mean(0) for c in range(3)])
+    np.testing.assert_allclose(w[:3] / tau[:3, None], means)
+    np.testing.assert_allclose(b[:3] / tau[:3], -(means ** 2).sum(1) / 2)
+    assert present.tolist() == [True, True, True, False] and not w[3].any()
+    nearest = ((x[:, None] - means[None]) ** 2).sum(-1).argmin(1)
+    assert ((x @ w[:3].T + b[:3]).argmax(1) == nearest).all()  # a nearest-class-mean classifier
+
+
+def test_multi_label_prototypes_split_at_the_midpoint():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, size=(20, 2)).astype(float)
+    x = rng.normal(size=(20, 6)) + 2 * y @ rng.normal(size=(2, 6))
+    w, b, ok, tau = few_shot.prototype_weights(x, y, 2, multi=True)
+    for j in range(2):
+        p, n = x[y[:, j] == 1].mean(0), x[y[:, j] == 0].mean(0)
+        np.testing.assert_allclose(w[j] / tau[j], p - n)
+        assert abs(w[j] @ ((p + n) / 2) + b[j]) < 1e-9  # the logit is 0 halfway between the two means
+
+
+def test_init_head_writes_the_prototypes_into_the_trained_classifier(tiny_bert):
+    cfg = load_config(None, [f"model.name_or_path={tiny_bert}", "data.max_length=32"])
+    rows = pd.DataFrame(tiny_rows(24, 3))
+    model, tokenizer = build_model(cfg, {i: str(i) for i in range(4)})
+    from loraclf import data as data_mod
+
+    ds = data_mod.tokenize(datasets.Dataset.from_pandas(rows[["text", "label"]]), tokenizer, cfg.data, cache=False)
+    layer = few_shot.head_output_layer(model)
+    assert layer is not None and layer.weight.requires_grad
+    x, y = few_shot.head_features(model, layer, ds, tokenizer)
+    assert few_shot.init_head(model, tokenizer, ds, SINGLE, lambda m: None)
+    w, b, _, _ = few_shot.prototype_weights(x.astype(np.float64), y, 4, multi=False)
+    np.testing.assert_allclose(layer.weight.detach().numpy(), w, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(layer.bias.detach().numpy(), b, rtol=1e-4, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------ too small to learn
+
+
+def test_too_small_runs_warn_with_what_to_change():
+    lines = few_shot.warn_too_small(_cfg(), TOO_FEW_STEPS - 1, TOO_FEW_VAL_ROWS - 1, False, False, lambda m: None)
+    assert len(lines) == 2
+    assert f"only {TOO_FEW_STEPS - 1} optimizer steps" in lines[0] and "train.few_shot=true" in lines[0]
+    assert f"validation has only {TOO_FEW_VAL_ROWS - 1} rows" in lines[1] and "data.validation" in lines[1]
+    assert few_shot.warn_too_small(_cfg(), TOO_FEW_STEPS, TOO_FEW_VAL_ROWS, False, False, lambda m: None) == []
+    # the training rows standing in for validation (few-shot) are not a small validation split
+    assert few_shot.warn_too_small(_cfg(), TOO_FEW_STEPS, 4, True, True, lambda m: None) == []
+
+
+def test_a_tiny_default_run_warns_and_a_few_shot_run_does_not(tiny_bert, tmp_path, capfd):
+    pd.DataFrame(tiny_rows(40, 0)).to_csv(tmp_path / "few.csv", index=False)
+    base = [f"model.name_or_path={tiny_bert}", f"data.train={tmp_path / 'few.csv'}", "data.max_length=32",
+            "output.report=false", f"output.dir={tmp_path / 'runs'}", f"data.cache_dir={tmp_path / 'cache'}"]
+    assert cli.main(["train", *base, "train.few_shot=false", "output.run_name=old"]) == 0
+    err = capfd.readouterr().err
+    assert "warning: only 6 optimizer steps" in err and "warning: validation has only 4 rows" in err
+    assert cli.main(["train", *base, "output.run_name=few", "train.max_steps=30"]) == 0
+    err = capfd.readouterr().err
+    assert "few-shot recipe on" in err and "warning: only" not in err and "warning: validation" not in err
+    metrics = json.loads((tmp_path / "runs" / "few" / runs.METRICS).read_text())
+    assert metrics["global_step"] == 30 and metrics["best_step"] == 30  # fixed schedule: the last step is kept
+
+
+# ------------------------------------------------------------------------------------------ real: MiniLM, AG News
+
+
+def test_minilm_learns_from_8_rows_per_class_of_ag_news(minilm_path, ag_news, tmp_path):
+    train = pd.read_csv(ag_news / "train.csv")
+    few = train.groupby("label", group_keys=False).apply(lambda g: g.sample(8, random_state=0))
+    test = pd.read_csv(ag_news / "test.csv").iloc[:200]
+    few[["text", "label"]].to_csv(tmp_path / "few.csv", index=False)
+    test[["text", "label"]].to_csv(tmp_path / "test.csv", index=False)
+    assert cli.main(["train", f"model.name_or_path={minilm_path}", f"data.train={tmp_path / 'few.csv'}",
+                     f"data.test={tmp_path / 'test.csv'}", "data.max_length=64", "output.report=false",
+                     f"output.dir={tmp_path / 'runs'}", "output.run_name=few", f"data.cache_dir={tmp_path / 'c'}",
+                     "--quiet"]) == 0
+    acc = json.loads((tmp_path / "runs" / "few" / runs.METRICS).read_text())["test"]["accuracy"]
+    chance = 1 / 4
+    assert acc >= 2 * chance, f"test accuracy {acc:.3f} from 8 rows per class is not well above chance ({chance})"
