@@ -20,7 +20,7 @@ import pytest
 import loraclf
 from loraclf.base.errors import ConfigError, DataError
 from loraclf.cli import main
-from loraclf.config import load_config
+from loraclf.config import load_config, parse_override
 from loraclf.task import MULTI, REGRESSION, SINGLE
 from loraclf.training.cv import assign, check, folds as folds_mod, run as run_mod, run_cv
 
@@ -202,7 +202,7 @@ def test_the_api_reuses_every_finished_fold(resumed, monkeypatch):
         raise AssertionError("a finished fold was trained again")
 
     monkeypatch.setattr(run_mod, "train_fold", no_training)
-    tree = {k: v for k, v in (o.split("=", 1) for o in resumed["over"])}
+    tree = {".".join(path): value for path, value in map(parse_override, resumed["over"])}
     r = loraclf.cross_validate(None, folds=K, output=resumed["out"], quiet=True, **tree)
     before = json.loads((resumed["out"] / "cv.json").read_text())
     assert r.summary["folds_reused"] == K and r.mean == pytest.approx(before["mean"])

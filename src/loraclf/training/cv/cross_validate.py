@@ -114,14 +114,17 @@ def _label_text(value, splits: data_mod.Splits) -> object:
     return int(value) if splits.int_labels else splits.id2label[int(value)]
 
 
-def oof_table(splits: data_mod.Splits, plan: list[Fold], outputs: np.ndarray, preds: np.ndarray) -> pd.DataFrame:
-    """One row per training row: its index, text (pair), given label, fold, predicted label and probabilities."""
+def oof_table(splits: data_mod.Splits, plan: list[Fold], outputs: np.ndarray, preds: np.ndarray,
+              group_column: str | None = None) -> pd.DataFrame:
+    """One row per training row: its index, text (pair), group (under data.group_column's name), given label,
+    fold, predicted label and probabilities."""
     ds, y = splits.train, data_mod.train_labels(splits)
     table = {"row": np.arange(len(ds)), "text": ds["text"]}
     if "text_pair" in ds.column_names:
         table["text_pair"] = ds["text_pair"]
     if "group" in ds.column_names:
-        table["group"] = ds["group"]
+        fixed = {"row", "text", "text_pair", "label", "fold", "predicted"}
+        table[group_column if group_column and group_column not in fixed else "group"] = ds["group"]
     table["label"] = [_label_text(v, splits) for v in y]
     table["fold"] = folds_mod.fold_of([f.held for f in plan], len(ds))
     table["predicted"] = [_label_text(v, splits) for v in preds]
@@ -232,7 +235,7 @@ def run_cv(cfg: Config, output: str | Path, folds: int = 5, quiet: bool = False)
                                 else inner_validation(cfg, splits, f), keep_test=splits.test is not None,
                                 quiet=quiet, what="cv")
         outputs, preds = out_of_fold(found, len(y))
-        oof = oof_table(splits, plan, outputs, preds)
+        oof = oof_table(splits, plan, outputs, preds, cfg.data.group_column)
         cv = summary(cfg, splits, plan, found, done, time.time() - started)
         write_outputs(output, cv, oof, f"loraclf cv: {cfg.data.train or cfg.data.name}, {folds} folds")
         main = SCALARS[splits.problem_type][0]
