@@ -25,6 +25,7 @@ from loraclf.task import MULTI, REGRESSION, SINGLE
 from loraclf.training.cv import assign, check, folds as folds_mod, run as run_mod, run_cv
 
 from conftest import CLASS_WORDS
+from helpers_problem import PAIRS, problem_rows, type_overrides
 
 K = 3
 
@@ -229,3 +230,25 @@ def test_audit_takes_the_probabilities_of_a_cv_run(resumed, monkeypatch):
         run_audit(load_config(None, [*resumed["over"], f"data.train={other}"]), tmp / "audit2", near_threshold=None,
                   quiet=True, from_cv=resumed["out"])
     assert not (tmp / "audit2").exists()
+
+
+@pytest.mark.parametrize("kind", [MULTI, REGRESSION, PAIRS])
+def test_every_problem_type_gets_its_out_of_fold_columns(kind, tiny_bert, tmp_path):
+    train = tmp_path / "train.csv"
+    problem_rows(24, 0).to_csv(train, index=False)
+    over = [f"model.name_or_path={tiny_bert}", f"data.train={train}", "data.max_length=24", "train.max_steps=4",
+            "train.mixed_precision=fp32", f"data.cache_dir={tmp_path / 'cache'}", "train.num_threads=1",
+            "data.validation_split=0.25", *type_overrides(kind)]
+    r = run_cv(load_config(None, over), tmp_path / "cv", folds=2, quiet=True)
+    oof = pd.read_csv(tmp_path / "cv" / "oof.csv", keep_default_na=False)
+    assert list(oof["row"]) == list(range(24)) and sorted(set(oof["fold"])) == [1, 2]
+    probs = [c for c in oof.columns if c.startswith("p_")]
+    if kind == REGRESSION:
+        assert not probs and np.isfinite(oof["predicted"].astype(float)).all()
+        assert list(oof["label"]) == pytest.approx(list(problem_rows(24, 0)["score"]))
+    elif kind == MULTI:
+        assert len(probs) == 4 and set(oof["label"]) == set(problem_rows(24, 0)["labels"])
+    else:
+        assert "text_pair" in oof.columns and len(probs) == 2
+    assert set(r.mean) == {k for k in r.summary["per_fold"][0] if k not in ("fold", "folder", "held_out_rows")
+                           and r.summary["per_fold"][0][k] is not None}
