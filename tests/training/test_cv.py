@@ -24,7 +24,7 @@ from loraclf.config import load_config, parse_override
 from loraclf.task import MULTI, REGRESSION, SINGLE
 from loraclf.training.cv import assign, check, folds as folds_mod, run as run_mod, run_cv
 
-from conftest import CLASS_WORDS
+from conftest import CLASS_WORDS, need_module
 from helpers_problem import PAIRS, problem_rows, type_overrides
 
 K = 3
@@ -209,10 +209,17 @@ def test_the_api_reuses_every_finished_fold(resumed, monkeypatch):
     assert r.summary["folds_reused"] == K and r.mean == pytest.approx(before["mean"])
     with pytest.raises(ConfigError, match="holds a cv run of another config or --folds"):
         loraclf.cross_validate(None, folds=K + 1, output=resumed["out"], quiet=True, **tree)
+    original = resumed["train"].read_bytes()
+    frame(60, 2).to_csv(resumed["train"], index=False)  # the same file, other texts: the folds are stale
+    try:
+        with pytest.raises(DataError, match="holds a cv run of other training rows"):
+            loraclf.cross_validate(None, folds=K, output=resumed["out"], quiet=True, **tree)
+    finally:
+        resumed["train"].write_bytes(original)
 
 
 def test_audit_takes_the_probabilities_of_a_cv_run(resumed, monkeypatch):
-    pytest.importorskip("cleanlab")
+    need_module("cleanlab")
     from loraclf.trust import run_audit
 
     def no_training(*args, **kwargs):

@@ -32,6 +32,7 @@ from .run import HELDOUT, Fold, Heldout, out_of_fold, read_heldout, run_folds
 logger = logs.get(__name__)
 FILES = ("cv.json", "oof.csv", "report.html")
 CONFIG = "config.yaml"
+ROWS = "rows.sha256"  # the training rows' fingerprint: a cv folder resumes only on the rows it started on
 
 
 @dataclass
@@ -154,12 +155,12 @@ def mean_std(per_fold: list[dict], keys) -> tuple[dict, dict]:
 
 
 def summary(cfg: Config, splits: data_mod.Splits, plan: list[Fold], found: list[Heldout], done: dict,
-            seconds: float) -> dict:
+            seconds: float, key: str) -> dict:
     pt, keys = splits.problem_type, SCALARS[splits.problem_type]
     per_fold = [{"fold": f.number, "folder": f.folder.name, "held_out_rows": len(f.held),
                  **{k: h.metrics.get(k) for k in keys}} for f, h in zip(plan, found)]
     mean, std = mean_std(per_fold, keys)
-    out = {"problem_type": pt, "folds": len(plan), "rows": len(splits.train), "rows_sha256": rows_key(splits),
+    out = {"problem_type": pt, "folds": len(plan), "rows": len(splits.train), "rows_sha256": key,
            "labels": [splits.id2label[i] for i in range(len(splits.id2label))], "seed": cfg.train.seed,
            "group_column": cfg.data.group_column, "validation": "config" if splits.validation is not None
            else f"data.validation_split={cfg.data.validation_split:g} of each fold's training rows",
@@ -202,6 +203,14 @@ def _tree(cfg: Config, k: int) -> dict:
     return {"cv": {"folds": k}, **tree}
 
 
+def check_rows(output: Path, key: str) -> None:
+    """A folder that began on other training rows (the file changed since) is not resumed: its folds are stale."""
+    saved = output / ROWS
+    if saved.is_file() and saved.read_text(encoding="utf-8").strip() != key:
+        raise DataError(f"--output {output} holds a cv run of other training rows (the data changed since it "
+                        f"started: {ROWS} differs); give a new --output")
+
+
 def check_args(cfg: Config, output: Path, k: int) -> None:
     if cfg.data.streaming:
         raise ConfigError(["cv folds a training split read whole; set data.streaming=false"])
@@ -227,16 +236,19 @@ def run_cv(cfg: Config, output: str | Path, folds: int = 5, quiet: bool = False)
         check_args(cfg, output, folds)
         splits, own = load(cfg)
         plan = fold_plan(cfg, splits, folds, output)
+        key = rows_key(splits)
+        check_rows(output, key)
         started = time.time()
         output.mkdir(parents=True, exist_ok=True)
         runs.atomic_write_text(output / CONFIG, _yaml(_tree(cfg, folds)))
+        runs.atomic_write_text(output / ROWS, key + "\n")
         y = data_mod.train_labels(splits)
         found, done = run_folds(cfg, splits, y, plan, lambda f: splits.validation if own
                                 else inner_validation(cfg, splits, f), keep_test=splits.test is not None,
                                 quiet=quiet, what="cv")
         outputs, preds = out_of_fold(found, len(y))
         oof = oof_table(splits, plan, outputs, preds, cfg.data.group_column)
-        cv = summary(cfg, splits, plan, found, done, time.time() - started)
+        cv = summary(cfg, splits, plan, found, done, time.time() - started, key)
         write_outputs(output, cv, oof, f"loraclf cv: {cfg.data.train or cfg.data.name}, {folds} folds")
         main = SCALARS[splits.problem_type][0]
         if main in cv["mean"]:
