@@ -15,6 +15,8 @@ inference, serving, artifacts and reports never do.
     finish.py         best weights back, final metrics, artifacts, report
     self_train.py     self-training (data.unlabeled): teacher -> pseudo-labels -> student, round by round
     pseudo_labels.py  pseudo-labels and their confidence per problem type, their selection, the student's train set
+    cv/               k-fold training (the one k-fold loop): fold assignment, folds as runs, out-of-fold predictions,
+                      the `cv` verb (cv.json, oof.csv, report.html); `audit` runs its folds on it
 """
 
 from __future__ import annotations

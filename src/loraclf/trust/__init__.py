@@ -8,7 +8,8 @@ only the faces (cli, api) import it. (`explain`, the other half of issue 41, liv
 
     embed       mean-pooled encoder embeddings, L2-normalised
     duplicates  exact (normalised) and near (cosine, blocked matrix products) duplicates, within and across splits
-    labels      stratified folds, out-of-fold probabilities (resumable), cleanlab's find_label_issues
+    labels      out-of-fold probabilities from loraclf.training.cv's folds (resumable) or a finished cv run
+                (--from-cv), cleanlab's find_label_issues
     summary     class balance, text lengths and their outliers, empty or near-empty texts
     page        audit.html
     clean       the train file without the flagged rows, or relabelled (--write-clean, --relabel)
