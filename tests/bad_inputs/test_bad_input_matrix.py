@@ -553,6 +553,8 @@ OUTPUT_CASES = [
     Case("cv folds above the smallest class", lambda ws: cv_args(ws, "--folds", "13"),
          ("--folds 13 is more than the 12 training rows of class '0'", "lower --folds to at most 12")),
     Case("cv one fold", lambda ws: cv_args(ws, "--folds", "1"), ("--folds must be at least 2, got 1",)),
+    Case("cv self-training", lambda ws: cv_args(ws, f"data.unlabeled={ws.data['test']}"),
+         ("self-training (data.unlabeled) is not cross-validated", "unset data.unlabeled")),
     Case("cv group column with one group", lambda ws: cv_args(ws, "data.group_column=g", train_csv=grouped(ws, 1)),
          ("group column 'g' has one group ('g0')", "at least 5 groups")),
     Case("cv group column missing", lambda ws: cv_args(ws, "data.group_column=speaker"),

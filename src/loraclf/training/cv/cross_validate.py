@@ -214,6 +214,9 @@ def check_rows(output: Path, key: str) -> None:
 def check_args(cfg: Config, output: Path, k: int) -> None:
     if cfg.data.streaming:
         raise ConfigError(["cv folds a training split read whole; set data.streaming=false"])
+    if cfg.data.unlabeled:
+        raise ConfigError(["cv trains each fold as one run; self-training (data.unlabeled) is not cross-validated: "
+                           "unset data.unlabeled"])
     if k < 2:
         raise ConfigError([f"--folds must be at least 2, got {k}"])
     check_output(output, cfg, k)
