@@ -88,7 +88,6 @@ def train(config: ConfigLike = None, /, train_df: FrameLike = None, val_df: Fram
     return TrainResult(result.run_dir, result.metrics)
 
 
-def audit(config: ConfigLike = None, /, output: str | Path = "audit", *, folds: int = 5,
 def cross_validate(config: ConfigLike = None, /, folds: int = 5, output: str | Path = "cv", *,
                    quiet: bool = False, **overrides: Any):
     """K-fold cross-validation of the config on its training rows, as `loraclf cv` does: output/fold-1..K (a run
@@ -104,6 +103,7 @@ def cross_validate(config: ConfigLike = None, /, folds: int = 5, output: str | P
     return run_cv(config_mod.from_dict(tree), output, folds, quiet)
 
 
+def audit(config: ConfigLike = None, /, output: str | Path = "audit", *, folds: int = 5,
           near_threshold: Optional[float] = 0.95, write_clean: Optional[str | Path] = None, relabel: bool = False,
           quiet: bool = False, from_cv: Optional[str | Path] = None, **overrides: Any):
     """Audit the config's data, as `loraclf audit` does: label issues (cleanlab on out-of-fold probabilities from
