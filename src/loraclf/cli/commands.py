@@ -117,19 +117,6 @@ def cmd_explain(args) -> int:
     return 0
 
 
-def cmd_audit(args) -> int:
-    from ..trust import run_audit
-
-    config, overrides = _split_config(args)
-    r = run_audit(load_config(config, overrides), args.output, args.folds, args.near_threshold, args.write_clean,
-                  args.relabel, args.quiet, args.from_cv)
-    li, dups = r.summary["label_issues"], r.summary["duplicates"]
-    leaks = sum(c["exact"] + c["near"] for scope, c in dups.items() if not scope.startswith("within"))
-    print(f"{li['flagged']} label issues of {li['rows']} training rows, {len(r.duplicates)} duplicate rows "
-          f"({leaks} across splits) -> {r.output}")
-    if "clean_file" in r.summary:
-        c = r.summary["clean_file"]
-        print(f"wrote {c['rows_out']} of {c['rows_in']} rows to {c['path']} ({c['relabelled']} relabelled)")
 def cmd_cv(args) -> int:
     from ..training.cv import run_cv
 
@@ -143,6 +130,19 @@ def cmd_cv(args) -> int:
     return 0
 
 
+def cmd_audit(args) -> int:
+    from ..trust import run_audit
+
+    config, overrides = _split_config(args)
+    r = run_audit(load_config(config, overrides), args.output, args.folds, args.near_threshold, args.write_clean,
+                  args.relabel, args.quiet, args.from_cv)
+    li, dups = r.summary["label_issues"], r.summary["duplicates"]
+    leaks = sum(c["exact"] + c["near"] for scope, c in dups.items() if not scope.startswith("within"))
+    print(f"{li['flagged']} label issues of {li['rows']} training rows, {len(r.duplicates)} duplicate rows "
+          f"({leaks} across splits) -> {r.output}")
+    if "clean_file" in r.summary:
+        c = r.summary["clean_file"]
+        print(f"wrote {c['rows_out']} of {c['rows_in']} rows to {c['path']} ({c['relabelled']} relabelled)")
     return 0
 
 
@@ -217,6 +217,7 @@ HANDLERS = {
     "train": cmd_train, "config": cmd_config, "validate": cmd_validate, "evaluate": cmd_evaluate,
     "predict": cmd_predict, "explain": cmd_explain, "audit": cmd_audit, "budget": cmd_budget, "augment": cmd_augment,
     "report": cmd_report,
+    "cv": cmd_cv,
     "compare": cmd_compare, "sweep": cmd_sweep, "export": cmd_export, "serve": cmd_serve, "push": cmd_push,
 }
 
@@ -230,7 +231,6 @@ def main(argv: list[str] | None = None) -> int:
         if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
             args.overrides = list(args.overrides) + extra
         else:
-    "cv": cmd_cv,
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if not args.command:
         parser.print_help()
