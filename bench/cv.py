@@ -67,6 +67,25 @@ def run(args) -> dict:
             "commit": os.environ.get("BENCH_COMMIT") or common.commit(), "cpu": common.cpu_name()}
 
 
+def partial(args) -> dict:
+    """--partial: the folds finished so far in the work folder (each fold's heldout.npz), for a table marked as
+    partial while the run goes on or after it was stopped; `python bench/cv.py` resumes it."""
+    import numpy as np
+
+    folds = []
+    for i in range(1, args.folds + 1):
+        path = args.work / "cv" / f"fold-{i}" / "heldout.npz"
+        if path.is_file():
+            with np.load(path, allow_pickle=False) as saved:
+                m = json.loads(str(saved["metrics"]))
+                folds.append({"fold": i, "held_out_rows": int(len(saved["rows"])), "accuracy": m["accuracy"],
+                              "macro_f1": m["macro_f1"]})
+    return {"folds": args.folds, "rows": 189, "per_fold": folds, "folds_trained": len(folds), "folds_reused": 0,
+            "wall_s": float("nan"), "other_cpu_s": float("nan"), "settings": SETTINGS, "model": args.model,
+            "date": common.utc_now(), "commit": os.environ.get("BENCH_COMMIT") or common.commit(),
+            "cpu": common.cpu_name(), "partial": True}
+
+
 def baseline() -> list[dict]:
     rows = common.read_jsonl(RESULTS / "hard_data.jsonl")
     return sorted((r for r in rows if r.get("group") == "speeches" and r.get("arm") == BASELINE_ARM
@@ -84,9 +103,10 @@ def table(rec: dict) -> list[str]:
     lines = ["| fold | held-out documents | accuracy % | macro-F1 % |", "| --- | ---: | ---: | ---: |"]
     lines += [f"| {f['fold']} | {f['held_out_rows']} | {100 * f['accuracy']:.2f} | {100 * f['macro_f1']:.2f} |"
               for f in folds]
+    done = len(folds)
     lines += ["", "| how | n | accuracy %: mean ± std (min–max) | macro-F1 %: mean ± std (min–max) | scored on |",
               "| --- | ---: | --- | --- | --- |",
-              f"| `loraclf cv`, {rec['folds']} folds (seed 0), grouped by speaker | {rec['folds']} folds | "
+              f"| `loraclf cv`, {rec['folds']} folds (seed 0), grouped by speaker | {done} folds | "
               f"{_ms([f['accuracy'] for f in folds])} | {_ms([f['macro_f1'] for f in folds])} | each fold's "
               f"held-out documents (~{rec['rows'] // rec['folds']}); together all {rec['rows']} once |"]
     if base:
@@ -98,12 +118,18 @@ def table(rec: dict) -> list[str]:
 
 
 def write(rec: dict, load: common.Load | None) -> None:
-    head = ["# Cross-validation: speeches, 5 folds against 3 seeds on the fixed split (MiniLM-L6, head_tail 512)", "",
+    head = ["# Cross-validation: speeches, 5 folds against 3 seeds on the fixed split (MiniLM-L6, head_tail 512)", ""]
+    if rec.get("partial"):
+        head += [f"**PARTIAL: {len(rec['per_fold'])} of {rec['folds']} folds finished** when this table was written "
+                 f"(`python bench/cv.py --partial`); `python bench/cv.py` resumes the run and rewrites it whole.", ""]
+    head += [
             f"- Written by `{common.command('cv.py')}` on {rec['date']}, commit {rec['commit']}.",
             f"- CPU: {rec['cpu']}, 2 cores shared with other jobs (other helpers' tests and trainings ran at the same "
             f"time); one torch thread (`train.num_threads=1`, OMP_NUM_THREADS=1, through /work/bin/cpu). Accuracy "
             f"only: the wall time ({rec['wall_s']:,.0f} s for {rec['folds_trained']} folds trained, other processes' "
-            f"CPU {rec['other_cpu_s']:,.0f} s meanwhile) measures nothing about speed.",
+            f"CPU {rec['other_cpu_s']:,.0f} s meanwhile) measures nothing about speed." if not rec.get("partial") else
+            f"- CPU: {rec['cpu']}, 2 cores shared with other jobs; one torch thread (through /work/bin/cpu). "
+            f"Accuracy only.",
             f"- Data: the {rec['rows']} speeches of `../shared/data/speeches` (train + val + test pooled), label "
             f"`party`. Settings (fixed in bench/cv.py, those of hard_data.py's '{BASELINE_ARM}' arm): "
             + ", ".join(f"`{s}`" for s in rec["settings"]) + f", model `{rec['model']}`.",
@@ -127,10 +153,16 @@ def main() -> int:
     p.add_argument("--work", type=Path, default=Path("/tmp/loraclf-bench-cv"))
     p.add_argument("--table-only", action="store_true")
     p.add_argument("--check", action="store_true", help="a quick check on 24 documents, written to /tmp only")
+    p.add_argument("--partial", action="store_true", help="write the table of the folds finished so far")
     args = p.parse_args()
     if args.check:
         args.work = Path("/tmp/loraclf-bench-cv-check")
-    if args.table_only:
+    if args.partial:
+        rec = partial(args)
+        if not rec["per_fold"]:
+            print(f"no fold finished yet under {args.work / 'cv'}")
+            return 1
+    elif args.table_only:
         rec = common.read_jsonl(RESULTS / "cv.jsonl")[-1]
     else:
         rec = run(args)
