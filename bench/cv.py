@@ -108,7 +108,8 @@ def table(rec: dict) -> list[str]:
               "| --- | ---: | --- | --- | --- |",
               f"| `loraclf cv`, {rec['folds']} folds (seed 0), grouped by speaker | {done} folds | "
               f"{_ms([f['accuracy'] for f in folds])} | {_ms([f['macro_f1'] for f in folds])} | each fold's "
-              f"held-out documents (~{rec['rows'] // rec['folds']}); together all {rec['rows']} once |"]
+              f"held-out documents (~{rec['rows'] // rec['folds']}); together "
+              f"{sum(f['held_out_rows'] for f in folds)} of the {rec['rows']}, each once |"]
     if base:
         lines.append(f"| fixed split, seeds {', '.join(str(r['seed']) for r in base)} (hard_data.md) | {len(base)} "
                      f"seeds | {_ms([r['test']['accuracy'] for r in base])} | "
