@@ -27,6 +27,7 @@ from . import data as data_mod
 from .publish import export as export_mod
 from .infer import files as files_mod
 from .infer import inputs as inputs_mod
+from .infer import select as select_mod
 from .infer.engine import InferenceModel, load_inference_model
 from .config import MAX_BATCH, Config
 from .base.errors import ConfigError, DataError, ModelError, RunError
@@ -285,6 +286,26 @@ class Classifier:
             found = explain_mod.explain_texts(self.model, items, pairs, target, steps, precision, progress=not quiet)
         records = explain_mod.to_dicts(found)
         return records[0] if isinstance(texts, str) else records
+
+    def select(self, pool: TextsLike, k: int, strategy: str = select_mod.DEFAULT_STRATEGY, *,
+               text_pair: PairsLike = None, seed: int = 0, exclude_labelled: bool = True,
+               quiet: bool = False) -> pd.DataFrame:
+        """The k rows of pool to label next, as `loraclf select` chooses them: a DataFrame of the chosen rows, best
+        first, with the pool's columns (a list of strings: text, and text_pair for a pair model) plus select_rank,
+        select_score, select_strategy and (model strategies) select_prediction.
+
+        strategy: random (seeded), entropy (the most uncertain first; multi-label: mean binary entropy), margin
+        (the smallest gap between the top two classes; multi-label: the smallest distance to a threshold) or diverse
+        (the most uncertain row of each of k k-means clusters of the fine-tuned encoder's embeddings, among the 10k
+        most uncertain). Rows whose text the run was trained, validated or tested on (exclude_labelled), empty
+        texts and repeats within the pool are left out first. Regression runs take random only."""
+        items, pairs = self._inputs(pool, text_pair)
+        if isinstance(pool, pd.DataFrame) or type(pool).__name__ == "Dataset":
+            frame = as_frame(pool, "pool")
+        else:
+            frame = pd.DataFrame({"text": items, **({} if pairs is None else {"text_pair": pairs})})
+        with logs.quiet(quiet):
+            return select_mod.select_frame(self.model, frame, items, pairs, k, strategy, seed, exclude_labelled).rows
 
     def export(self, path: str | Path, *, onnx: bool = False, overwrite: bool = False,
                quantize: Optional[str] = None) -> Path:

@@ -105,6 +105,19 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_select(args) -> int:
+    from ..base import logs
+    from ..infer.select import select_file
+
+    with logs.quiet(args.quiet):
+        r = select_file(args.run, args.pool, args.output, args.k, args.strategy, args.seed, args.allow_pickle,
+                        args.text_column, not args.include_labelled)
+    left_out = ", ".join(f"{n} {what}" for what, n in r["excluded"].items() if n) or "none"
+    print(f"wrote {r['selected']} rows to label ({r['strategy']}) to {r['output']}: {r['pool_rows']} pool rows, "
+          f"{r['candidates']} ranked, left out: {left_out}")
+    return 0
+
+
 def cmd_explain(args) -> int:
     from ..infer.files import explain_file
     from ..report import explanations
@@ -215,7 +228,7 @@ def cmd_push(args) -> int:
 
 HANDLERS = {
     "train": cmd_train, "config": cmd_config, "validate": cmd_validate, "evaluate": cmd_evaluate,
-    "predict": cmd_predict, "explain": cmd_explain, "audit": cmd_audit, "budget": cmd_budget, "augment": cmd_augment,
+    "predict": cmd_predict, "explain": cmd_explain, "select": cmd_select, "audit": cmd_audit, "budget": cmd_budget, "augment": cmd_augment,
     "report": cmd_report,
     "cv": cmd_cv,
     "compare": cmd_compare, "sweep": cmd_sweep, "export": cmd_export, "serve": cmd_serve, "push": cmd_push,

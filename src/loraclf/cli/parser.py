@@ -9,6 +9,9 @@ from ..base.device import INFERENCE_PRECISIONS, INT8, INT8_ENGINES
 from ..base.version import __version__
 from ..config import INT8_PREDICT_BATCH, MAX_BATCH, PREDICT_BATCH
 
+SELECT_STRATEGIES = ("random", "entropy", "margin", "diverse")  # loraclf.infer.strategies.STRATEGIES (tested equal)
+SELECT_DEFAULT = "diverse"  # loraclf.infer.strategies.DEFAULT_STRATEGY (tested equal)
+
 EPILOG = """examples:
   loraclf train                                   # MiniLM-L6 + LoRA on TREC-6, offline, a few minutes on CPU
   loraclf train configs/agnews_minilm.yaml train.learning_rate=2e-3
@@ -17,6 +20,7 @@ EPILOG = """examples:
   loraclf predict runs/RUN --input test.csv --output submission.csv
   loraclf evaluate runs/RUN --data test.csv
   loraclf explain runs/RUN --input few.csv --output why.json   # word attributions, and why.html
+  loraclf select runs/RUN --pool unlabelled.csv --k 40 --output to_label.csv  # what to label next
   loraclf cv configs/agnews_minilm.yaml --folds 5 --output cv/  # mean ± std over folds, out-of-fold predictions
   loraclf audit configs/agnews_minilm.yaml --output audit/    # label issues, duplicates, leaks
 """
@@ -130,6 +134,29 @@ COMMANDS: dict[str, dict] = {  # name -> add_parser keywords and "args", the com
         arg("--allow-pickle", action="store_true", help=PICKLE),
         arg("--precision", choices=INFERENCE_PRECISIONS, default="fp32",
             help="fp32 (default) or bf16; int8 has no gradients"),
+        arg("--quiet", action="store_true"),
+    ]),
+    "select": dict(help="choose which unlabelled rows to label next (active learning)",
+                   description="Rank the rows of --pool by a trained run's uncertainty and write the --k to label "
+                               "next, in the pool's own format (csv in, csv out; jsonl; parquet), all its columns "
+                               "kept plus select_rank, select_score, select_strategy and select_prediction. Rows the "
+                               "run was trained, validated or tested on, empty texts and repeats are left out.",
+                   args=[
+        arg("run", help=RUN + " (or an exported model folder)"),
+        arg("--pool", required=True,
+            help="unlabelled texts: .csv .tsv .json .jsonl .parquet .txt (one per line), .pkl with --allow-pickle"),
+        arg("--k", type=int, required=True, help="how many rows to choose"),
+        arg("--strategy", choices=SELECT_STRATEGIES, default=SELECT_DEFAULT,
+            help=f"random (seeded), entropy (most uncertain first), margin (smallest gap between the top two "
+                 f"classes), diverse (the most uncertain row of each of k k-means clusters of the fine-tuned "
+                 f"encoder's embeddings, among the 10k most uncertain rows); default {SELECT_DEFAULT}, the best in "
+                 f"bench/results/active_learning.md"),
+        arg("--output", required=True, help="where to write the chosen rows, in the pool's format (.txt pool: .csv)"),
+        arg("--seed", type=int, default=0, help="seed of random and of the k-means start"),
+        arg("--text-column", help="text column of the pool (default: the run's data.text_column, else 'text')"),
+        arg("--include-labelled", action="store_true",
+            help="keep pool rows whose text the run was trained, validated or tested on"),
+        arg("--allow-pickle", action="store_true", help=PICKLE),
         arg("--quiet", action="store_true"),
     ]),
     "cv": dict(help="k-fold cross-validation: per-fold metrics, mean ± std, out-of-fold predictions",

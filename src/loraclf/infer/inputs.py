@@ -46,10 +46,17 @@ def frame_inputs(df: pd.DataFrame, data: DataConfig, where: str) -> tuple[list[s
 def read_inputs(path: str | Path, data: DataConfig, allow_pickle: bool,
                 named: bool) -> tuple[list[str], Optional[list[str]], Optional[list]]:
     """An input file's texts, second texts (pair models) and IDs (see data.read_texts)."""
+    texts, pairs, ids, _ = read_input_frame(path, data, allow_pickle, named)
+    return texts, pairs, ids
+
+
+def read_input_frame(path: str | Path, data: DataConfig, allow_pickle: bool,
+                     named: bool) -> tuple[list[str], Optional[list[str]], Optional[list], pd.DataFrame]:
+    """read_inputs, plus the file's DataFrame as read (all its columns, row for row)."""
     texts, ids, df = read_texts(path, dataclasses.replace(data, text_pair_column=None), allow_pickle=allow_pickle,
                                 named=named)
     check_pair_columns(df.columns, data, str(path))
-    return texts, _pair_texts(df, data), ids
+    return texts, _pair_texts(df, data), ids, df
 
 
 # ------------------------------------------------------------------------------------------ texts from callers

@@ -1,0 +1,252 @@
+"""Benchmark: which `loraclf select` strategy gains most accuracy per label on AG News (issue 40)?
+
+Simulated active learning on ../shared/data/ag_news (train 5,000 rows, 4 classes): start from 8 labelled rows per
+class (stratified, drawn with the seed), then ROUNDS rounds that each add K rows chosen by the strategy from the
+rest of train (their true labels revealed), retraining from the base model each round. The strategies are
+`Classifier.select`'s own (random, entropy, margin, diverse), run on the run folder each round writes, so the
+labelled rows are excluded by select's own text matching. The starting model of a seed is shared by all strategies.
+Every model is scored on a fixed stratified subset of the test split (TEST_ROWS, seed 0), the same for all.
+
+The recipe is fixed here, never read from loraclf's defaults: train.few_shot=true (the few-shot recipe: prototype
+head, no validation split held out) when the installed loraclf has that key, else a fixed small-data recipe; on top
+of either, to fit the CPU budget: max_length 64, LoRA on the top layer only (adapter.layers_to_transform=1, so the
+lower layers' outputs are computed once per row: train.prefix_cache), and max(MIN_STEPS, EPOCHS epochs) steps of
+batch 16. Each round ranks a random CANDIDATES-row sample of the unlabelled rest (the same draw for every strategy
+at a given seed and round), not all of it: scoring ~4,900 rows per round did not fit the budget on one core.
+
+Run (from the repository root; one core):
+    /work/bin/cpu python bench/active_learning.py         # writes bench/results/active_learning.{md,jsonl,png}
+    python bench/active_learning.py --report-only          # rewrite the table and plot from the .jsonl
+    python bench/active_learning.py --check                # a quick check of the script (tiny sizes, /tmp)
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import common
+
+AG = common.DATA / "ag_news"
+STRATEGIES = ("random", "entropy", "margin", "diverse")
+PER_CLASS = 8
+ROUNDS = 5
+K = 40
+SEEDS = (0, 1, 2)
+TEST_ROWS = 1000
+CANDIDATES = 500
+EPOCHS = 10
+MIN_STEPS = 30
+BATCH = 16
+LR = 1e-3
+MAX_LENGTH = 64
+NAME = "active_learning"
+
+
+def has_few_shot() -> bool:
+    from loraclf.config import TrainConfig
+
+    return "few_shot" in TrainConfig.__dataclass_fields__
+
+
+def recipe(n_rows: int, seed: int, work: Path, name: str, model: str) -> dict:
+    steps = max(MIN_STEPS, math.ceil(EPOCHS * n_rows / BATCH))
+    keys = {"model.name_or_path": model, "data.max_length": MAX_LENGTH, "adapter.layers_to_transform": 1,
+            "train.max_steps": steps, "train.per_device_train_batch_size": BATCH, "train.learning_rate": LR,
+            "train.seed": seed, "train.num_threads": 1, "train.mixed_precision": "fp32", "output.report": False,
+            "output.dir": str(work), "output.run_name": name, "output.overwrite": True,
+            "data.cache_dir": str(work / "cache")}
+    if has_few_shot():
+        keys["train.few_shot"] = True
+    else:  # no validation worth its name in 32 rows: a fixed schedule, the last step kept
+        keys.update({"data.validation_split": 2 * 4, "eval.eval_steps": steps})
+    return keys
+
+
+def stratified(df, per_class: int, seed: int):
+    return df.groupby("label").sample(n=per_class, random_state=seed)
+
+
+def train_and_score(labelled, test, seed: int, args, name: str) -> tuple[object, float, float]:
+    import loraclf
+
+    t0 = time.perf_counter()
+    res = loraclf.train(train_df=labelled[["text", "label"]], quiet=True,
+                        **recipe(len(labelled), seed, args.work, name, args.model))
+    clf = loraclf.Classifier.from_run(res.run_dir, "cpu")
+    acc = float((clf.predict_proba(test["text"].tolist(), quiet=True).argmax(1) == test["label"].values).mean())
+    return clf, acc, time.perf_counter() - t0
+
+
+def record(args, **row) -> None:
+    common.append_jsonl(args.jsonl, row)
+    print({k: v for k, v in row.items() if k != "labelled"}, flush=True)
+
+
+def run_seed(seed: int, train, test, args, done: set) -> None:
+    import numpy as np
+
+    start = stratified(train, args.per_class, seed)
+    clf0 = None
+    for strategy in args.strategies:
+        if (seed, strategy) in done:
+            continue
+        first = clf0 is None
+        if first:
+            clf0, acc0, secs0 = train_and_score(start, test, seed, args, f"s{seed}-start")
+        # the start model trains once per seed: its time is recorded with the first strategy only
+        record(args, seed=seed, strategy=strategy, round=0, labels=len(start), accuracy=acc0,
+               train_s=round(secs0, 1) if first else 0.0, select_s=0.0)
+        labelled, clf = start, clf0
+        for rnd in range(1, args.rounds + 1):
+            rest = train.drop(index=labelled.index)
+            pool = rest.sample(min(args.candidates, len(rest)), random_state=1000 * seed + rnd)
+            t0 = time.perf_counter()
+            chosen = clf.select(pool[["row", "text"]], args.k, strategy, seed=seed, quiet=True)
+            select_s = time.perf_counter() - t0
+            labelled = train.loc[np.r_[labelled.index.values, chosen["row"].values]]
+            clf, acc, secs = train_and_score(labelled, test, seed, args, f"s{seed}-{strategy}-r{rnd}")
+            record(args, seed=seed, strategy=strategy, round=rnd, labels=len(labelled), accuracy=acc,
+                   train_s=round(secs, 1), select_s=round(select_s, 1))
+        for run in args.work.glob(f"s{seed}-{strategy}-r*"):  # this strategy's run folders (not the start's)
+            shutil.rmtree(run, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------------ the report
+
+
+def curves(rows: list[dict]) -> dict:
+    """strategy -> labels -> accuracies over seeds (the last record of a (seed, strategy, round) counts)."""
+    last = {(r["seed"], r["strategy"], r["round"]): r for r in rows}
+    out: dict = {}
+    for (seed, strategy, _), r in sorted(last.items()):
+        out.setdefault(strategy, {}).setdefault(r["labels"], []).append(r["accuracy"])
+    return out
+
+
+def mean_sd(xs: list[float]) -> str:
+    if len(xs) == 1:
+        return f"{100 * xs[0]:.2f} (1 seed)"
+    return f"{100 * statistics.mean(xs):.2f} ± {100 * statistics.stdev(xs):.2f} (n={len(xs)})"
+
+
+def plot(cur: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for strategy, by_n in cur.items():
+        ns = sorted(by_n)
+        means = [100 * statistics.mean(by_n[n]) for n in ns]
+        sds = [100 * statistics.stdev(by_n[n]) if len(by_n[n]) > 1 else 0.0 for n in ns]
+        ax.errorbar(ns, means, yerr=sds, marker="o", capsize=3, label=strategy)
+    ax.set_xlabel("labelled training rows")
+    ax.set_ylabel(f"test accuracy, % (stratified {TEST_ROWS}-row subset)")
+    ax.set_title("Active learning on AG News, packaged MiniLM-L6 (mean ± std over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def verdict(cur: dict) -> list[str]:
+    final = {s: by_n[max(by_n)] for s, by_n in cur.items() if by_n}
+    if "random" not in final or len(final) < 2:
+        return ["- Target: not judged (random or the other strategies are missing)."]
+    n_labels = max(max(by_n) for by_n in cur.values())
+    best = max((s for s in final if s != "random"), key=lambda s: statistics.mean(final[s]))
+    gain = 100 * (statistics.mean(final[best]) - statistics.mean(final["random"]))
+    seeds = min(len(v) for v in final.values())
+    met = "MET" if gain >= 2 else "MISSED"
+    return [f"- Target (best strategy beats random by >= 2 points after the last round, {n_labels} labels, mean "
+            f"over the seeds): **{met}**: best is {best}, {gain:+.2f} points over random ({seeds} seed(s) each)."]
+
+
+def report(args, secs: float | None, load) -> None:
+    rows = common.read_jsonl(args.jsonl)
+    cur = curves(rows)
+    label_counts = sorted({n for by_n in cur.values() for n in by_n})
+    table = common.md_table(["strategy", *[f"{n} labels" for n in label_counts]],
+                            [[s, *[mean_sd(cur[s][n]) if n in cur[s] else "-" for n in label_counts]]
+                             for s in STRATEGIES if s in cur], "l" + "r" * len(label_counts))
+    png = args.out.with_suffix(".png")
+    plot(cur, png)
+    fs = "train.few_shot=true (the few-shot recipe)" if has_few_shot() else "a fixed small-data recipe (no train.few_shot)"
+    first = {}  # (seed) -> the strategy whose round-0 record carries the start model's time
+    for r in rows:
+        first.setdefault(r["seed"], r["strategy"])
+    spent = sum(r["train_s"] + r["select_s"] for r in rows if r["round"] or first[r["seed"]] == r["strategy"])
+    lines = [f"# Active learning: which `loraclf select` strategy to label by ({NAME})", "",
+             f"Command: `{common.command('active_learning.py', args.argv)}`", "",
+             *common.machine_lines([load] if load else [], "benchmark", timings=False), "",
+             f"AG News (../shared/data/ag_news): start from {args.per_class} labelled rows per class of train.csv, "
+             f"then {args.rounds} rounds adding {args.k} rows each, chosen by `Classifier.select(strategy=...)` from a "
+             f"random {args.candidates}-row sample of the unlabelled rest of train (same sample for every strategy at a "
+             f"seed and round; the full rest did not fit the one-core budget), true labels revealed, retrained from "
+             f"the base model. Recipe: {fs}, max_length {MAX_LENGTH}, LoRA on the top layer only "
+             f"(adapter.layers_to_transform=1), max({MIN_STEPS}, {EPOCHS} epochs) steps of batch {BATCH}, lr {LR:g}, "
+             f"fp32, one thread. Test accuracy on a fixed stratified {args.test_rows}-row subset of test.csv (seed 0), "
+             f"mean ± std over seeds {', '.join(map(str, sorted({r['seed'] for r in rows})))}.", "",
+             *table, "", *verdict(cur), "",
+             f"![test accuracy against labels used]({png.name})", "",
+             f"Training + scoring + selection time summed over all records: {spent / 60:.1f} min"
+             + (f"; whole script {secs / 60:.1f} min." if secs else ".")]
+    common.write_text(args.out, "\n".join(lines) + "\n")
+    print(f"wrote {args.out} and {png}")
+
+
+def parse(argv) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
+    p.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES)
+    p.add_argument("--rounds", type=int, default=ROUNDS)
+    p.add_argument("--k", type=int, default=K)
+    p.add_argument("--per-class", type=int, default=PER_CLASS)
+    p.add_argument("--candidates", type=int, default=CANDIDATES)
+    p.add_argument("--test-rows", type=int, default=TEST_ROWS)
+    p.add_argument("--model", default="packaged:minilm-l6")
+    p.add_argument("--out", type=Path, default=common.RESULTS / f"{NAME}.md")
+    p.add_argument("--work", type=Path, default=Path("/tmp/loraclf-active-learning"))
+    p.add_argument("--report-only", action="store_true")
+    p.add_argument("--check", action="store_true", help="2 rounds of 8 rows, 1 seed, 200 test rows, into /tmp")
+    args = p.parse_args(argv)
+    args.argv = list(argv)
+    if args.check:
+        args.seeds, args.rounds, args.k, args.candidates, args.test_rows = [0], 2, 8, 60, 200
+        args.out = Path("/tmp/active_learning_check.md")
+    args.jsonl = args.out.with_suffix(".jsonl")
+    return args
+
+
+def main(argv=None) -> int:
+    import pandas as pd
+
+    args = parse(sys.argv[1:] if argv is None else argv)
+    if args.report_only:
+        report(args, None, None)
+        return 0
+    if args.check:
+        args.jsonl.unlink(missing_ok=True)
+    train = pd.read_csv(AG / "train.csv").reset_index(drop=True)
+    train["row"] = train.index
+    test = stratified(pd.read_csv(AG / "test.csv"), args.test_rows // 4, 0)
+    done_rows = common.read_jsonl(args.jsonl)
+    done = {(r["seed"], r["strategy"]) for r in done_rows if r["round"] == args.rounds}
+    meter = common.LoadMeter()
+    t0 = time.perf_counter()
+    for seed in args.seeds:
+        run_seed(seed, train, test, args, done)
+    report(args, time.perf_counter() - t0, meter.read())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
