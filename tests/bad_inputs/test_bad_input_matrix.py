@@ -957,8 +957,41 @@ SETTING_CASES = [
         ("in.csv has no text-pair column 'description'; columns are: title, match", "this model reads sentence pairs")),
 ]
 
+# ------------------------------------------------ select: what to label next (issue 40)
+
+
+def select_args(ws: WS, pool: Path, *extra: str, output: Optional[Path] = None) -> list[str]:
+    return ["select", str(ws.run()), "--pool", str(pool), "--output", str(output or ws.p("next.csv")), *extra]
+
+
+SELECT_CASES = [
+    Case("select k larger than the pool", lambda ws: select_args(ws, ws.csv("pool.csv", rows(6, 9)), "--k", "7"),
+         ("--k 7 is more than the 6 rows the pool", "(6 rows, none left out)", "ask for at most 6")),
+    Case("select k larger than the pool after exclusions",
+         lambda ws: select_args(ws, ws.data["train"], "--k", "1"),
+         ("--k 1 is more than the 0 rows the pool", "labelled", "left out", "give rows the run has not seen")),
+    Case("select k below 1", lambda ws: select_args(ws, ws.data["test"], "--k", "0"),
+         ("--k must be a whole number of rows, 1 or more, got 0",)),
+    Case("select empty pool", lambda ws: select_args(ws, ws.write("empty.csv", "text,label\n"), "--k", "1"),
+         ("empty.csv has a header but no rows", "add at least one row")),
+    Case("select pool without a text column",
+         lambda ws: select_args(ws, ws.frame("notext.csv", pd.DataFrame({"title": ["a b", "c d"], "body": ["x", "y"]})),
+                                "--k", "1"),
+         ("notext.csv has no text column 'text'", "columns are: title, body")),
+    Case("select unknown strategy", lambda ws: select_args(ws, ws.data["test"], "--k", "1", "--strategy", "coreset"),
+         ("argument --strategy: invalid choice: 'coreset'", "random", "diverse")),
+    Case("select output equal to the pool", lambda ws: select_args(ws, ws.data["test"], "--k", "1",
+                                                                   output=ws.data["test"]),
+         ("test.csv is the --pool file", "writing it would overwrite what is read", "give another --output path")),
+    Case("select output in another format", lambda ws: select_args(ws, ws.data["test"], "--k", "1",
+                                                                   output=ws.p("next.jsonl")),
+         ("next.jsonl must be a .csv file", "in its own format")),
+    Case("select pool missing", lambda ws: select_args(ws, ws.p("no-such-pool.csv"), "--k", "1"),
+         ("pool file not found", "no-such-pool.csv")),
+]
+
 CASES = CONFIG_CASES + NUMBER_CASES + ARGUMENT_CASES + OUTPUT_CASES + RUN_CASES + DATA_CASES + LABEL_CASES + \
-    TYPE_CASES + SETTING_CASES
+    TYPE_CASES + SETTING_CASES + SELECT_CASES
 
 # Cases whose line does not name its cause, so no words are asserted (each is a fault to fix in src/, then pin here)
 NO_CAUSE = {

@@ -23,7 +23,7 @@ import pytest
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 WRITE = os.environ.get("LORACLF_WRITE_GOLDEN") == "1"
-VERBS = ("train", "config", "validate", "evaluate", "predict", "explain", "cv", "audit", "budget", "augment", "report", "compare", "sweep",
+VERBS = ("train", "config", "validate", "evaluate", "predict", "explain", "select", "cv", "audit", "budget", "augment", "report", "compare", "sweep",
          "export", "serve", "push")
 TRAIN_ARGS = ["train.max_steps=6", "data.validation_split=64", "train.num_threads=1", "train.mixed_precision=fp32",
               "eval.per_device_eval_batch_size=32", "output.run_name=golden"]

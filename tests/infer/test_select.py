@@ -204,3 +204,8 @@ def test_api_and_cli_choose_the_same_rows(runs_, files, tmp_path, capsys):
     api = Classifier.from_run(runs_["single"], "cpu").select(_pool(files), 5, quiet=True)
     assert pd.read_csv(out)["ID"].tolist() == api["ID"].tolist()
     assert json.loads(api.to_json(orient="records"))[0]["select_rank"] == 1
+    clf = Classifier.from_run(runs_["single"], "cpu")
+    with pytest.raises(DataError, match="the pool has no rows"):
+        clf.select([], 1, quiet=True)
+    with pytest.raises(ConfigError, match="unknown --strategy 'entropie' \\(did you mean 'entropy'\\?\\)"):
+        clf.select(["a text"], 1, "entropie", quiet=True)

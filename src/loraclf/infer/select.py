@@ -209,10 +209,11 @@ def select_frame(im: InferenceModel, df: pd.DataFrame, texts: list[str], pairs: 
         raise DataError(f"{where} has no rows; give a pool of unlabelled texts to choose from")
     keep, excluded = candidate_rows(texts, pairs, labelled_keys(im) if exclude_labelled else set())
     left_out = ", ".join(f"{n} {what}" for what, n in excluded.items() if n)
-    logger.info(f"select: {len(df)} pool rows, {len(keep)} to rank" + (f" ({left_out} left out)" if left_out else ""))
     if k > len(keep):
+        fix = f"ask for at most {len(keep)}" if len(keep) else "give rows the run has not seen, or keep labelled rows"
         raise DataError(f"--k {k} is more than the {len(keep)} rows {where} has to choose from ({len(df)} rows, "
-                        f"{left_out or 'none'} left out); ask for at most {len(keep)}")
+                        f"{left_out or 'none'} left out); {fix}")
+    logger.info(f"select: {len(df)} pool rows, {len(keep)} to rank" + (f" ({left_out} left out)" if left_out else ""))
     order, scores, preds = rank(im, [texts[i] for i in keep], None if pairs is None else [pairs[i] for i in keep],
                                 k, strategy, seed)
     rows = df.iloc[keep[order]].reset_index(drop=True).copy()
