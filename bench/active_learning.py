@@ -218,7 +218,7 @@ def parse(argv) -> argparse.Namespace:
     p.add_argument("--report-only", action="store_true")
     p.add_argument("--check", action="store_true", help="2 rounds of 8 rows, 1 seed, 200 test rows, into /tmp")
     args = p.parse_args(argv)
-    args.argv = list(argv)
+    args.argv = [a for a in argv if a != "--report-only"]
     if args.check:
         args.seeds, args.rounds, args.k, args.candidates, args.test_rows = [0], 2, 8, 60, 200
         args.out = Path("/tmp/active_learning_check.md")

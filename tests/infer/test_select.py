@@ -159,6 +159,10 @@ def test_labelled_texts_repeats_and_empty_rows_are_left_out(runs_, files, tmp_pa
     assert not (tmp_path / "out2.jsonl").exists()
     r = select_file(runs_["single"], path, tmp_path / "all.jsonl", 23, "entropy", exclude_labelled=False)
     assert r["excluded"]["labelled"] == 0
+    renamed = tmp_path / "renamed.csv"  # the pool's own text column: the run's training file keeps its own
+    pd.read_json(path, lines=True).rename(columns={"text": "body"}).to_csv(renamed, index=False)
+    r = select_file(runs_["single"], renamed, tmp_path / "renamed_out.csv", 5, "entropy", text_column="body")
+    assert r["excluded"] == {"labelled": 3, "duplicate": 1, "empty": 1}
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])

@@ -9,6 +9,7 @@ columns plus select_rank, select_score, select_strategy and (model strategies) s
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -108,7 +109,7 @@ def labelled_keys(im: InferenceModel) -> set:
             continue
         try:
             df = data_mod.read_table(path, data.allow_pickle, data.max_file_mb)
-            texts, pairs = frame_inputs(df, im.data, str(path))
+            texts, pairs = frame_inputs(df, data, str(path))  # the run's own columns, whatever --text-column says
         except LoraclfError as e:
             logger.warning(f"select: cannot read the run's data.{split} ({e}); its rows are not excluded")
             continue
@@ -252,8 +253,8 @@ def select_file(run: str | Path | runs.ModelFolder, pool: str | Path, output: st
     check_output(out, pool_path, "--pool")
     im = load_inference_model(run)
     check_problem(im, strategy)
-    if text_column:
-        im.data.text_column = text_column
+    if text_column:  # the pool's column; the run's config (read for its labelled rows) keeps its own
+        im.data = dataclasses.replace(im.data, text_column=text_column)
     texts, pairs, _, df = read_input_frame(pool_path, im.data, allow_pickle or im.data.allow_pickle,
                                            bool(text_column))
     chosen = select_frame(im, df, texts, pairs, k, strategy, seed, exclude_labelled, f"the pool {pool_path}")
