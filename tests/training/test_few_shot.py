@@ -1,5 +1,5 @@
-"""The few-shot recipe (train.few_shot): when auto switches on, the schedule, the prototype head, the too-small-run
-warnings, and one real run of the packaged MiniLM on 8 rows per class of AG News."""
+"""The few-shot recipe (train.few_shot): when auto switches on, every row training and the schedule, the
+too-small-run warnings, and one real run of the packaged MiniLM on 8 rows per class of AG News."""
 
 from __future__ import annotations
 
@@ -7,13 +7,11 @@ import json
 import math
 
 import datasets
-import numpy as np
 import pandas as pd
 
 from loraclf import cli, runs
 from loraclf.config import Config, load_config
 from loraclf.data import Splits
-from loraclf.model import build_model
 from loraclf.task import MULTI, REGRESSION, SINGLE
 from loraclf.training import few_shot
 from loraclf.training.few_shot import (FEW_SHOT_BATCH, FEW_SHOT_EPOCHS, FEW_SHOT_MIN_STEPS, FEW_SHOT_ROWS_PER_CLASS,
@@ -75,49 +73,6 @@ def test_plan_logs_why_trains_on_every_row_and_sets_the_schedule(tmp_path):
                                                            "train.few_shot=false"]), None, said.append)
     assert why3 is None and not splits3.validation_is_train and len(splits3.train) + len(splits3.validation) == n
     assert not any("few-shot" in s for s in said) and cfg3.train.max_steps is None
-
-
-# ------------------------------------------------------------------------------------------ the prototype head
-
-
-def test_prototypes_are_the_class_means_scaled():
-    rng = np.random.default_rng(0)
-    y = np.repeat(np.arange(3), 5)
-    x = rng.normal(size=(15, 8)) + 3 * np.eye(8)[y]
-    w, b, present, tau = few_shot.prototype_weights(x, y, 4, multi=False)
-    means = np.stack([x[y == c].mean(0) for c in range(3)])
-    np.testing.assert_allclose(w[:3] / tau[:3, None], means)
-    np.testing.assert_allclose(b[:3] / tau[:3], -(means ** 2).sum(1) / 2)
-    assert present.tolist() == [True, True, True, False] and not w[3].any()
-    nearest = ((x[:, None] - means[None]) ** 2).sum(-1).argmin(1)
-    assert ((x @ w[:3].T + b[:3]).argmax(1) == nearest).all()  # a nearest-class-mean classifier
-
-
-def test_multi_label_prototypes_split_at_the_midpoint():
-    rng = np.random.default_rng(1)
-    y = rng.integers(0, 2, size=(20, 2)).astype(float)
-    x = rng.normal(size=(20, 6)) + 2 * y @ rng.normal(size=(2, 6))
-    w, b, ok, tau = few_shot.prototype_weights(x, y, 2, multi=True)
-    for j in range(2):
-        p, n = x[y[:, j] == 1].mean(0), x[y[:, j] == 0].mean(0)
-        np.testing.assert_allclose(w[j] / tau[j], p - n)
-        assert abs(w[j] @ ((p + n) / 2) + b[j]) < 1e-9  # the logit is 0 halfway between the two means
-
-
-def test_init_head_writes_the_prototypes_into_the_trained_classifier(tiny_bert):
-    cfg = load_config(None, [f"model.name_or_path={tiny_bert}", "data.max_length=32"])
-    rows = pd.DataFrame(tiny_rows(24, 3))
-    model, tokenizer = build_model(cfg, {i: str(i) for i in range(4)})
-    from loraclf import data as data_mod
-
-    ds = data_mod.tokenize(datasets.Dataset.from_pandas(rows[["text", "label"]]), tokenizer, cfg.data, cache=False)
-    layer = few_shot.head_output_layer(model)
-    assert layer is not None and layer.weight.requires_grad
-    x, y = few_shot.head_features(model, layer, ds, tokenizer)
-    assert few_shot.init_head(model, tokenizer, ds, SINGLE, lambda m: None)
-    w, b, _, _ = few_shot.prototype_weights(x.astype(np.float64), y, 4, multi=False)
-    np.testing.assert_allclose(layer.weight.detach().numpy(), w, rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(layer.bias.detach().numpy(), b, rtol=1e-4, atol=1e-6)
 
 
 # ------------------------------------------------------------------------------------------ too small to learn
