@@ -65,9 +65,9 @@ def test_plan_logs_why_trains_on_every_row_and_sets_the_schedule(tmp_path):
     assert cfg.train.max_steps == steps and cfg.eval.eval_steps == steps
     assert cfg.train.per_device_train_batch_size == FEW_SHOT_BATCH
     # keys the user set are kept; off (false): the usual validation split from train, no line
-    cfg2, _, _ = few_shot.plan(load_config(None, [f"data.train={tmp_path / 'few.csv'}", "train.max_steps=7"]), None,
-                               lambda m: None)
-    assert cfg2.train.max_steps == 7
+    cfg2, splits2, _ = few_shot.plan(load_config(None, [f"data.train={tmp_path / 'few.csv'}", "train.max_steps=7",
+                                                        "data.validation_split=8"]), None, lambda m: None)
+    assert cfg2.train.max_steps == 7 and len(splits2.validation) == 8 and not splits2.validation_is_train
     said.clear()
     cfg3, splits3, why3 = few_shot.plan(load_config(None, [f"data.train={tmp_path / 'few.csv'}",
                                                            "train.few_shot=false"]), None, said.append)

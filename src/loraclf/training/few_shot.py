@@ -4,7 +4,8 @@ With a few dozen labelled rows per class, the default recipe (a 10% validation s
 handful of optimizer steps from a random head and picks its checkpoint on a few validation rows. The few-shot
 recipe instead (chosen by bench/small_data.py, docs/little-data.md):
 
-- trains on every labelled row: no validation split is held out (a data.validation file is still used);
+- trains on every labelled row: no validation split is held out (a data.validation file, or a data.validation_split
+  the config sets, is still used);
 - runs a fixed schedule, FEW_SHOT_EPOCHS epochs of batch FEW_SHOT_BATCH and at least FEW_SHOT_MIN_STEPS steps,
   keeping the last step (evaluation only at the end).
 
@@ -44,6 +45,12 @@ TOO_FEW_VAL_ROWS = 30  # a validation split of fewer rows than this: warn
 
 def _applies(cfg: Config) -> bool:
     return cfg.train.few_shot is not False and not cfg.data.streaming and cfg.model.problem_type != REGRESSION
+
+
+def _every_row_trains(cfg: Config) -> bool:
+    """Whether the recipe may keep the validation split in train: it applies, and data.validation_split is left at
+    its default (a split the config asks for is taken)."""
+    return _applies(cfg) and cfg.data.validation_split == Config().data.validation_split
 
 
 def check_config(cfg: Config) -> None:
@@ -113,7 +120,7 @@ def plan(cfg: Config, splits: Optional[Splits], say: Callable[[str], None],
     loaded = splits is None
     if loaded:
         splits = data_mod.load_splits(cfg.data, log=say, id2label=id2label, problem_type=cfg.model.problem_type,
-                                      hold_out=not _applies(cfg))
+                                      hold_out=not _every_row_trains(cfg))
     why = decide(cfg, splits)
     if why is None:
         if splits.validation_is_train:
@@ -122,7 +129,8 @@ def plan(cfg: Config, splits: Optional[Splits], say: Callable[[str], None],
             data_mod.warn_overlap(splits)
         return cfg, splits, None
     cfg = _schedule(cfg, len(splits.train))
-    say(f"few-shot recipe on: {why}; every labelled row trains, {cfg.train.max_steps or 'configured'} steps of "
+    rows = "every labelled row trains" if splits.validation_is_train else "the rows outside validation train"
+    say(f"few-shot recipe on: {why}; {rows}, {cfg.train.max_steps or 'configured'} steps of "
         f"batch {cfg.train.per_device_train_batch_size}, the last step kept")
     if splits.validation_is_train:
         say(f"validation: none held out; the {len(splits.validation)} training rows stand in for it, so val metrics "
