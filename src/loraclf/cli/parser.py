@@ -10,7 +10,7 @@ from ..base.version import __version__
 from ..config import INT8_PREDICT_BATCH, MAX_BATCH, PREDICT_BATCH
 
 SELECT_STRATEGIES = ("random", "entropy", "margin", "diverse")  # loraclf.infer.strategies.STRATEGIES (tested equal)
-SELECT_DEFAULT = "diverse"  # loraclf.infer.strategies.DEFAULT_STRATEGY (tested equal)
+SELECT_DEFAULT = "entropy"  # loraclf.infer.strategies.DEFAULT_STRATEGY (tested equal)
 
 EPILOG = """examples:
   loraclf train                                   # MiniLM-L6 + LoRA on TREC-6, offline, a few minutes on CPU
