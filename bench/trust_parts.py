@@ -130,7 +130,7 @@ def dups100k(args) -> list[dict]:
     return [{"rows": n, "copies_exact": kinds.count("exact"), "copies_near": kinds.count("near"),
              "exact_found": len(exact), "exact_s": round(exact_s, 2), "embed_rate_texts_per_s": round(rate, 1),
              "embed_100k_projected_s": round(n / rate, 0), "near_search_s": round(near_s, 1),
-             "near_found_at_threshold": int((score >= NEAR).sum()), "threads": 2,
+             "near_found_at_threshold": int((score >= NEAR).sum()), "threads": __import__("torch").get_num_threads(),
              "other_cpu_s": round(load.other_cpu_s, 1), "wall_s": round(load.wall_s, 1)}]
 
 

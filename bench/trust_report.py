@@ -69,7 +69,7 @@ def dups_section(rows: list[dict]) -> list[str]:
     big = [r for r in rows if r["part"] == "dups100k"]
     for r in big:
         total = r["exact_s"] + r["near_search_s"]
-        out += ["", f"100k rows on 2 threads ({r['copies_exact']:,} copies exact after normalisation, "
+        out += ["", f"100k rows on {r['threads']} thread(s) ({r['copies_exact']:,} copies exact after normalisation, "
                     f"{r['copies_near']:,} with words changed): exact matching {r['exact_s']} s ({r['exact_found']:,} "
                     f"found); near-duplicate search (blocked matrix products over 100k x 100k) {r['near_search_s']} s; "
                     f"together {total:.0f} s: target (< 120 s) {_verdict(total < 120)} for the search. Embedding: "
