@@ -4,7 +4,7 @@ The 189 speeches of ../shared/data/speeches (train + val + test pooled; label `p
 settings of bench/hard_data.py's 'head_tail 512' arm (fixed here, never read from loraclf's defaults):
 packaged MiniLM-L6, data.max_length 512, data.long_text head_tail, batch 8, 3 epochs, seed 0, one torch thread.
 Each fold's validation split (best epoch) is 28 documents of its own training rows, as the fixed split's
-validation file has 28; the folds are grouped by `speaker` (9 speakers gave two speeches), so no speaker is in
+validation file has 28; the folds are grouped by `speaker` (6 speakers gave two speeches; the 3 speeches without a speaker are a group each), so no speaker is in
 two folds. The baseline is the 3-seed spread of the same arm on the fixed 114 / 28 / 47 split, read from
 bench/results/hard_data.jsonl (measured by hard_data.py; not rerun here).
 
@@ -38,6 +38,8 @@ def pooled(work: Path, limit: int | None) -> Path:
     import pandas as pd
 
     df = pd.concat([pd.read_csv(DATA / f"{s}.csv") for s in ("train", "val", "test")], ignore_index=True)
+    missing = df["speaker"].isna()  # 3 speeches name no speaker: each is a group of its own
+    df.loc[missing, "speaker"] = [f"unnamed speech {i}" for i in df.index[missing]]
     if limit:
         df = df.groupby("party", group_keys=False).head(limit // 2)
     work.mkdir(parents=True, exist_ok=True)
@@ -136,7 +138,7 @@ def write(rec: dict, load: common.Load | None) -> None:
             + ", ".join(f"`{s}`" for s in rec["settings"]) + f", model `{rec['model']}`.",
             "- Each fold's run picks its best epoch on 28 documents of its own training rows (the fixed split's "
             "validation has 28), so a fold trains on ~123 documents (the fixed split: 114). No speaker is in two "
-            "folds (`data.group_column=speaker`; 9 speakers gave two speeches). std: sample std (n − 1).",
+            "folds (`data.group_column=speaker`; 6 speakers gave two speeches; the 3 speeches without a speaker are a group each). std: sample std (n − 1).",
             "- Baseline: the same arm's 3 seeds on the fixed 114 / 28 / 47 split, test scores read from "
             "bench/results/hard_data.jsonl (measured earlier by bench/hard_data.py, not rerun here).", ""]
     note = ["", "The fixed split's spread is over seeds on one 47-document test set: it shows how much training "
