@@ -138,7 +138,8 @@ def write(rec: dict, load: common.Load | None) -> None:
             + ", ".join(f"`{s}`" for s in rec["settings"]) + f", model `{rec['model']}`.",
             "- Each fold's run picks its best epoch on 28 documents of its own training rows (the fixed split's "
             "validation has 28), so a fold trains on ~123 documents (the fixed split: 114). No speaker is in two "
-            "folds (`data.group_column=speaker`; 6 speakers gave two speeches; the 3 speeches without a speaker are a group each). std: sample std (n − 1).",
+            "folds (`data.group_column=speaker`; 6 speakers gave two speeches; the 3 speeches without a speaker are "
+            "a group each). std: sample std (n − 1).",
             "- Baseline: the same arm's 3 seeds on the fixed 114 / 28 / 47 split, test scores read from "
             "bench/results/hard_data.jsonl (measured earlier by bench/hard_data.py, not rerun here).", ""]
     note = ["", "The fixed split's spread is over seeds on one 47-document test set: it shows how much training "
