@@ -4,7 +4,8 @@ The 189 speeches of ../shared/data/speeches (train + val + test pooled; label `p
 settings of bench/hard_data.py's 'head_tail 512' arm (fixed here, never read from loraclf's defaults):
 packaged MiniLM-L6, data.max_length 512, data.long_text head_tail, batch 8, 3 epochs, seed 0, one torch thread.
 Each fold's validation split (best epoch) is 28 documents of its own training rows, as the fixed split's
-validation file has 28; the folds are grouped by `speaker` (6 speakers gave two speeches; the 3 speeches without a speaker are a group each), so no speaker is in
+validation file has 28; the folds are grouped by `speaker` (6 speakers gave two speeches; the 3 speeches
+without a speaker are a group each), so no speaker is in
 two folds. The baseline is the 3-seed spread of the same arm on the fixed 114 / 28 / 47 split, read from
 bench/results/hard_data.jsonl (measured by hard_data.py; not rerun here).
 

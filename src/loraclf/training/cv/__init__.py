@@ -12,5 +12,5 @@ from .cross_validate import CVResult, fold_plan, load, read_oof, run_cv
 from .folds import assign, check
 from .run import HELDOUT, Fold, Heldout, out_of_fold, read_heldout, run_folds, train_fold
 
-__all__ = ["CVResult", "run_cv", "load", "fold_plan", "read_oof", "assign", "check", "HELDOUT", "Fold", "Heldout", "out_of_fold",
-           "read_heldout", "run_folds", "train_fold"]
+__all__ = ["CVResult", "run_cv", "load", "fold_plan", "read_oof", "assign", "check", "HELDOUT", "Fold", "Heldout",
+           "out_of_fold", "read_heldout", "run_folds", "train_fold"]
