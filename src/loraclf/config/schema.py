@@ -192,8 +192,8 @@ class TrainConfig:
         "different random stream). auto = on when training on CPU without torch_compile; true = on any device.")
     few_shot: Union[Literal["auto"], bool] = _f(
         "auto", "The few-shot recipe for little labelled data (docs/little-data.md): every labelled row trains (no "
-        "validation split unless data.validation is given) and a fixed schedule (25 epochs of batch 16, at least 50 "
-        "steps, the last step kept). auto = on under 50 labelled training "
+        "validation split unless data.validation is given), a fixed schedule (25 epochs of batch 16, at least 50 "
+        "steps, the last step kept) and an adapter on every linear layer. auto = on under 50 labelled training "
         "rows per class (multi-label: positives per label); true = always (refused for regression and streams); "
         "false = never. It changes only the keys left at their defaults.")
     prefix_cache_max_mb: int = _f(2048, "train.prefix_cache: the largest cache kept in memory (MB, bf16); a larger "

@@ -7,7 +7,8 @@ recipe instead (chosen by bench/small_data.py, docs/little-data.md):
 - trains on every labelled row: no validation split is held out (a data.validation file, or a data.validation_split
   the config sets, is still used);
 - runs a fixed schedule, FEW_SHOT_EPOCHS epochs of batch FEW_SHOT_BATCH and at least FEW_SHOT_MIN_STEPS steps,
-  keeping the last step (evaluation only at the end).
+  keeping the last step (evaluation only at the end);
+- adapts every linear layer of the encoder (adapter.target_modules=all-linear instead of qv).
 
 The model is the stock one, so the saved run loads in transformers/peft, `loraclf predict` and `export` like any
 other. A head started from class prototypes (class-mean pooler features as a nearest-class-mean output layer) was
@@ -39,6 +40,7 @@ FEW_SHOT_EPOCHS = 25
 FEW_SHOT_BATCH = 16
 FEW_SHOT_MIN_STEPS = 50
 FEW_SHOT_MAX_STEPS = 2000
+FEW_SHOT_TARGETS = "all-linear"  # every linear layer of the encoder adapted: TREC-6 8/class seed 0, 49.3% against 34.6% (qv)
 TOO_FEW_STEPS = 30  # fewer optimizer steps than this: warn
 TOO_FEW_VAL_ROWS = 30  # a validation split of fewer rows than this: warn
 
@@ -104,9 +106,12 @@ def _schedule(cfg: Config, n_rows: int) -> Config:
         per_epoch = math.ceil(n_rows / (tr.per_device_train_batch_size * tr.gradient_accumulation_steps))
         steps = min(max(FEW_SHOT_EPOCHS * per_epoch, FEW_SHOT_MIN_STEPS), FEW_SHOT_MAX_STEPS)
         tr = dataclasses.replace(tr, max_steps=steps)
+    ad = cfg.adapter
+    if ad.target_modules == default.adapter.target_modules:
+        ad = dataclasses.replace(ad, target_modules=FEW_SHOT_TARGETS)
     if ev.eval_steps is None and tr.max_steps is not None:
         ev = dataclasses.replace(ev, eval_steps=tr.max_steps)  # a fixed schedule: the last step is the model
-    return dataclasses.replace(cfg, train=tr, eval=ev)
+    return dataclasses.replace(cfg, train=tr, eval=ev, adapter=ad)
 
 
 def plan(cfg: Config, splits: Optional[Splits], say: Callable[[str], None],
@@ -131,7 +136,7 @@ def plan(cfg: Config, splits: Optional[Splits], say: Callable[[str], None],
     cfg = _schedule(cfg, len(splits.train))
     rows = "every labelled row trains" if splits.validation_is_train else "the rows outside validation train"
     say(f"few-shot recipe on: {why}; {rows}, {cfg.train.max_steps or 'configured'} steps of "
-        f"batch {cfg.train.per_device_train_batch_size}, the last step kept")
+        f"batch {cfg.train.per_device_train_batch_size}, adapter on {cfg.adapter.target_modules}, the last step kept")
     if splits.validation_is_train:
         say(f"validation: none held out; the {len(splits.validation)} training rows stand in for it, so val metrics "
             f"measure fit, not generalisation (give data.validation to measure)")
