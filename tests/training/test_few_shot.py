@@ -15,6 +15,7 @@ from loraclf.data import Splits
 from loraclf.task import MULTI, REGRESSION, SINGLE
 from loraclf.training import few_shot
 from loraclf.training.few_shot import (FEW_SHOT_BATCH, FEW_SHOT_EPOCHS, FEW_SHOT_MIN_STEPS, FEW_SHOT_ROWS_PER_CLASS,
+                                       FEW_SHOT_TARGETS,
                                        TOO_FEW_STEPS, TOO_FEW_VAL_ROWS)
 
 from conftest import tiny_rows
@@ -63,7 +64,7 @@ def test_plan_logs_why_trains_on_every_row_and_sets_the_schedule(tmp_path):
     assert len(splits.train) == n and splits.validation_is_train and len(splits.validation) == n
     steps = max(FEW_SHOT_EPOCHS * math.ceil(n / FEW_SHOT_BATCH), FEW_SHOT_MIN_STEPS)
     assert cfg.train.max_steps == steps and cfg.eval.eval_steps == steps
-    assert cfg.train.per_device_train_batch_size == FEW_SHOT_BATCH
+    assert cfg.train.per_device_train_batch_size == FEW_SHOT_BATCH and cfg.adapter.target_modules == FEW_SHOT_TARGETS
     # keys the user set are kept; off (false): the usual validation split from train, no line
     cfg2, splits2, _ = few_shot.plan(load_config(None, [f"data.train={tmp_path / 'few.csv'}", "train.max_steps=7",
                                                         "data.validation_split=8"]), None, lambda m: None)
