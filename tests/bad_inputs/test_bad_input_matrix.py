@@ -82,7 +82,7 @@ def base_overrides(model: Path, train_csv: Path, val_csv: Path, out_dir: Path, c
     return [f"model.name_or_path={model}", f"data.train={train_csv}", f"data.validation={val_csv}",
             "data.max_length=32", "train.max_steps=2", "train.per_device_train_batch_size=8",
             "train.mixed_precision=fp32", "eval.eval_steps=1", "output.report=false", f"output.dir={out_dir}",
-            "output.run_name=run", f"data.cache_dir={cache}"]
+            "output.run_name=run", f"data.cache_dir={cache}", "train.few_shot=false"]
 
 
 def typed_overrides(kind: str, model: Path, paths: dict[str, Path], out_dir: Path, cache: Path) -> list[str]:
@@ -710,7 +710,7 @@ DATA_CASES = [
         "data.streaming=true", "--nproc", "2", train_csv=stream_file(ws, "s.jsonl", '{"text": "x", "label": }')),
         ("cannot read", "s.jsonl", "json parse error: invalid value. in row 40", "well-formed jsonl")),
     Case("stream unseen label mid-stream under --nproc 2 --quiet", lambda ws: ws.train_args(
-        "data.streaming=true", "--nproc", "2", "--quiet",
+        "data.streaming=true", "--nproc", "2", "--quiet", "train.max_steps=30",  # 30: no too-few-steps warning
         train_csv=stream_file(ws, "s.jsonl", '{"text": "alpha", "label": 9}')),
         ("s.jsonl has rows with labels outside the label set read before training: 9", "known labels are 0, 1, 2, 3",
          "no run folder was kept")),

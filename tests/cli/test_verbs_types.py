@@ -69,7 +69,8 @@ def _overrides(tiny_bert, files, out: Path, name: str, kind: str, *extra: str) -
             f"data.test={files['test']}", "data.max_length=16", "train.max_steps=4",
             "train.per_device_train_batch_size=16", "train.learning_rate=5e-3", "train.mixed_precision=fp32",
             "train.logging_steps=2", "eval.eval_steps=2", "output.report=false", f"output.dir={out}",
-            f"output.run_name={name}", f"data.cache_dir={out / 'cache'}", *TYPE_OVERRIDES[kind], *extra]
+            f"output.run_name={name}", f"data.cache_dir={out / 'cache'}", "train.few_shot=false", *TYPE_OVERRIDES[kind],
+            *extra]
 
 
 @pytest.fixture(scope="module")

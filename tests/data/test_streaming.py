@@ -243,8 +243,8 @@ def bad_label_train(tiny_data, tmp_path) -> Path:
 
 def test_an_unknown_label_mid_stream_is_a_clear_error_and_leaves_no_run_folder(tiny_overrides, bad_label_train, tmp_path):
     args = [a for a in tiny_overrides if not a.startswith("data.train=")]
-    args += [f"data.train={bad_label_train}", *STREAM, "data.shuffle_buffer_size=16", "train.max_steps=20",
-             "eval.eval_steps=100", "--quiet"]
+    args += [f"data.train={bad_label_train}", *STREAM, "data.shuffle_buffer_size=16", "train.max_steps=30",
+             "eval.eval_steps=100", "--quiet"]  # 30 steps: no too-few-steps warning line before the error
     r = _cli(args, tmp_path)
     assert r.returncode == 2, r.stderr[-2000:]
     line = r.stderr.strip()

@@ -44,7 +44,7 @@ def overrides(kind: str, model: Path, data: dict[str, Path], root: Path, *extra:
             f"data.test={data['test']}", "data.max_length=24", f"train.max_steps={STEPS}",
             "train.per_device_train_batch_size=8", "train.learning_rate=5e-3", "train.mixed_precision=fp32",
             "eval.eval_steps=2", "output.report=false", f"output.dir={root / 'runs'}", "output.run_name=run",
-            f"data.cache_dir={root / 'cache'}", *type_overrides(kind), *extra]
+            f"data.cache_dir={root / 'cache'}", "train.few_shot=false", *type_overrides(kind), *extra]
 
 
 # ------------------------------------------------------------------------------------------ the checks

@@ -69,6 +69,10 @@ def test_plan_logs_why_trains_on_every_row_and_sets_the_schedule(tmp_path):
     cfg2, splits2, _ = few_shot.plan(load_config(None, [f"data.train={tmp_path / 'few.csv'}", "train.max_steps=7",
                                                         "data.validation_split=8"]), None, lambda m: None)
     assert cfg2.train.max_steps == 7 and len(splits2.validation) == 8 and not splits2.validation_is_train
+    # under a budget cap the adapter keeps the config's targets: the cap was sized for them
+    cfg_cap, _, why_cap = few_shot.plan(load_config(None, [f"data.train={tmp_path / 'few.csv'}",
+                                                           "budget.max_trainable_params=5000"]), None, lambda m: None)
+    assert why_cap is not None and cfg_cap.adapter.target_modules == load_config(None, []).adapter.target_modules
     said.clear()
     cfg3, splits3, why3 = few_shot.plan(load_config(None, [f"data.train={tmp_path / 'few.csv'}",
                                                            "train.few_shot=false"]), None, said.append)

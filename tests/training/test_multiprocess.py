@@ -37,7 +37,7 @@ def _base(model: Path, tiny_data: dict, tmp_path: Path, val: Path) -> list[str]:
     return [f"model.name_or_path={model}", f"data.train={tiny_data['train']}", f"data.validation={val}",
             "data.max_length=32", "train.max_steps=6", "train.mixed_precision=fp32", "train.logging_steps=1",
             "train.learning_rate=5e-3", "adapter.lora_dropout=0", "eval.eval_steps=3", "output.report=false",
-            f"output.dir={tmp_path / 'runs'}", f"data.cache_dir={tmp_path / 'cache'}", "--quiet"]
+            f"output.dir={tmp_path / 'runs'}", f"data.cache_dir={tmp_path / 'cache'}", "train.few_shot=false", "--quiet"]
 
 
 def _losses(run: Path) -> list[float]:

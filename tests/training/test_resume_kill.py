@@ -39,7 +39,7 @@ def _overrides(model: Path, data: dict, root: Path, name: str, keep: int) -> lis
         "train.num_train_epochs=3", "train.per_device_train_batch_size=16", "train.learning_rate=5e-3",
         "train.mixed_precision=fp32", "train.num_threads=1", "train.logging_steps=4", "eval.eval_steps=5",
         "output.save_steps=1", f"output.save_total_limit={keep}", "output.report=false",
-        f"output.dir={root / 'runs'}", f"output.run_name={name}",
+        f"output.dir={root / 'runs'}", f"output.run_name={name}", "train.few_shot=false",
     ]
 
 

@@ -55,7 +55,7 @@ def planted(tmp_path_factory) -> dict:
 
 def overrides(model: Path, paths: dict, tmp: Path) -> list[str]:
     return [f"model.name_or_path={model}", f"data.train={paths['train']}", f"data.validation={paths['val']}",
-            f"data.test={paths['test']}", "data.max_length=24", "train.max_steps=300",
+            f"data.test={paths['test']}", "data.max_length=24", "train.max_steps=300", "train.few_shot=false",
             "train.per_device_train_batch_size=16", "train.learning_rate=3e-2", "train.mixed_precision=fp32",
             "eval.eval_steps=100", "output.report=false", f"output.dir={tmp / 'runs'}",
             f"data.cache_dir={tmp / 'cache'}",

@@ -43,7 +43,7 @@ def audited(tiny_bert, tmp_path_factory):
     cfg = load_config(None, [f"model.name_or_path={tiny_bert}", f"data.train={root / 'train.csv'}",
                              f"data.validation={root / 'val.csv'}", "model.problem_type=multi_label_classification",
                              "data.label_column=labels", "data.label_delimiter='|'", "data.max_length=24",
-                             "train.max_steps=300", "train.per_device_train_batch_size=16",
+                             "train.max_steps=300", "train.few_shot=false", "train.per_device_train_batch_size=16",
                              "train.learning_rate=3e-2", "train.mixed_precision=fp32", "eval.eval_steps=100",
                              "output.report=false", f"output.dir={root / 'runs'}", f"data.cache_dir={root / 'cache'}",
                              "train.num_threads=1"])

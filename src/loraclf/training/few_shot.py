@@ -107,7 +107,9 @@ def _schedule(cfg: Config, n_rows: int) -> Config:
         steps = min(max(FEW_SHOT_EPOCHS * per_epoch, FEW_SHOT_MIN_STEPS), FEW_SHOT_MAX_STEPS)
         tr = dataclasses.replace(tr, max_steps=steps)
     ad = cfg.adapter
-    if ad.target_modules == default.adapter.target_modules:
+    # every linear layer adapted, unless a budget cap is set: the cap was sized for the config's own targets, and
+    # the recipe must not turn a run that fits into one that is refused (or shrink its rank behind the user's back)
+    if ad.target_modules == default.adapter.target_modules and cfg.budget.max_trainable_params is None:
         ad = dataclasses.replace(ad, target_modules=FEW_SHOT_TARGETS)
     if ev.eval_steps is None and tr.max_steps is not None:
         ev = dataclasses.replace(ev, eval_steps=tr.max_steps)  # a fixed schedule: the last step is the model
