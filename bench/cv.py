@@ -129,11 +129,10 @@ def write(rec: dict, load: common.Load | None) -> None:
                  f"(`python bench/cv.py --partial`); `python bench/cv.py` resumes the run and rewrites it whole.", ""]
     head += [
             f"- Written by `{common.command('cv.py')}` on {rec['date']}, commit {rec['commit']}.",
-            f"- CPU: {rec['cpu']}, 2 cores shared with other jobs (other helpers' tests and trainings ran at the same "
-            f"time); one torch thread (`train.num_threads=1`, OMP_NUM_THREADS=1, through /work/bin/cpu). Accuracy "
+            f"- CPU: {rec['cpu']}, 2 cores; one torch thread (`train.num_threads=1`, OMP_NUM_THREADS=1). Accuracy "
             f"only: the wall time ({rec['wall_s']:,.0f} s for {rec['folds_trained']} folds trained, other processes' "
             f"CPU {rec['other_cpu_s']:,.0f} s meanwhile) measures nothing about speed." if not rec.get("partial") else
-            f"- CPU: {rec['cpu']}, 2 cores shared with other jobs; one torch thread (through /work/bin/cpu). "
+            f"- CPU: {rec['cpu']}, 2 cores; one torch thread. "
             f"Accuracy only.",
             f"- Data: the {rec['rows']} speeches of `../shared/data/speeches` (train + val + test pooled), label "
             f"`party`. Settings (fixed in bench/cv.py, those of hard_data.py's '{BASELINE_ARM}' arm): "
