@@ -41,7 +41,7 @@ def token_batches(lengths: np.ndarray, batch_size: int, max_tokens: int) -> list
     return out
 
 
-def _pad(enc, idx: np.ndarray, keys: list[str], pad_id: int, left: bool) -> dict[str, torch.Tensor]:
+def pad_rows(enc, idx: np.ndarray, keys: list[str], pad_id: int, left: bool = False) -> dict[str, torch.Tensor]:
     """Pad one batch straight into int64 arrays (tokenizer.pad goes through Python dicts per row: slower)."""
     rows = [enc["input_ids"][i] for i in idx]
     width = max(len(r) for r in rows)
@@ -57,7 +57,7 @@ def _pad(enc, idx: np.ndarray, keys: list[str], pad_id: int, left: bool) -> dict
 def _batches(enc, doc: np.ndarray, order: list[np.ndarray], keys: list[str], pad_id: int, left: bool):
     # padded one batch at a time: a 100k-token document's windows never sit padded in memory all at once
     for idx in order:
-        yield {"index": torch.from_numpy(doc[idx]), **_pad(enc, idx, keys, pad_id, left)}
+        yield {"index": torch.from_numpy(doc[idx]), **pad_rows(enc, idx, keys, pad_id, left)}
 
 
 def _autocast_dtype(model, precision: str):

@@ -29,7 +29,7 @@ from . import strategies as strat
 from .strategies import DEFAULT_STRATEGY, STRATEGIES  # noqa: F401  (the API and CLI name them from here)
 from .engine import InferenceModel, load_inference_model
 from .files import check_output, write_frame
-from .forward import pool_windows, token_batches
+from .forward import pad_rows, pool_windows, token_batches
 from .inputs import frame_inputs, read_input_frame
 
 logger = logs.get(__name__)
@@ -140,16 +140,6 @@ def candidate_rows(texts: list[str], pairs: Optional[list[str]], labelled: set) 
 # ------------------------------------------------------------------------------------------ the model pass
 
 
-def _pad(enc: dict, idx: np.ndarray, keys: list[str], pad_id: int) -> dict:
-    width = max(len(enc["input_ids"][i]) for i in idx)
-    arrays = {k: np.full((len(idx), width), pad_id if k == "input_ids" else 0, dtype=np.int64) for k in keys}
-    for j, i in enumerate(idx):
-        n = len(enc["input_ids"][i])
-        for k in keys:
-            arrays[k][j, :n] = enc[k][i]
-    return {k: torch.from_numpy(v) for k, v in arrays.items()}
-
-
 @torch.inference_mode()
 def outputs_and_embeddings(im: InferenceModel, texts: list[str], pairs: Optional[list[str]],
                            batch_size: int = SELECT_BATCH) -> tuple[np.ndarray, np.ndarray]:
@@ -164,7 +154,7 @@ def outputs_and_embeddings(im: InferenceModel, texts: list[str], pairs: Optional
     device = next(model.parameters()).device
     idx_all, logit_all, emb_all = [], [], []
     for idx in token_batches(lengths, batch_size, batch_size * im.data.max_length):
-        batch = {k: v.to(device) for k, v in _pad(enc, idx, keys, pad_id).items()}
+        batch = {k: v.to(device) for k, v in pad_rows(enc, idx, keys, pad_id).items()}
         out = model(**batch, output_hidden_states=True)
         mask = batch["attention_mask"].unsqueeze(-1).float()
         hidden = out.hidden_states[-1].float()
