@@ -8,19 +8,26 @@ Parts (each appends its rows to the .jsonl; --part report renders the table from
            loraclf recipe trained on the clean, the noisy and both cleaned files; test accuracy on ag_news/test.csv.
            The 30 most confident flags that are not synthetic flips are written to trust_nonflip_flags.jsonl for a
            person to judge. One thread (run it through a one-core slot).
+  screen   the label-error screen behind the audit's defaults: F1 against the flips for each probability source
+           (finished folds given by --folds-dir NAME=DIR, embedding and TF-IDF logistic regressions) and their means,
+           under four cleanlab filter_by choices (trust_labels.screen). Seconds of one thread.
   dups     exact and near duplicates (loraclf.trust.duplicates, the audit's code) within and across the shared
            AG News, TREC and VADER splits, with seconds. One thread.
   dups100k 100k rows (the 7,600 AG News texts with perturbed copies) timed on 2 threads: exact, and the near-duplicate
            search; the embedding rate is measured on 2,000 of them and projected (trust_parts.py says why).
+  search100k  the near-duplicate search alone on dups100k's 100k embeddings, timed on 2 threads: the audit's search
+           (triangular blocks, bf16 where native, float32 recheck) against float32 throughout, same pairs checked.
   explain  AOPC by deletion on AG News test texts (--texts N) with a trained run (--run): top-k Integrated-Gradients
            words against k random words, leave-one-out occlusion and last-layer [CLS] attention (k = 1, 3, 5).
   speed    seconds per text of Integrated Gradients at the default steps on 2 threads (20 texts near 60 tokens).
 
 Run (from the repository root):
     /work/bin/cpu python bench/trust.py --part labels          # ~30 min at one thread
+    /work/bin/cpu python bench/trust.py --part screen --folds-dir "1 epoch=/tmp/trust_bench/audit/folds"
     /work/bin/cpu python bench/trust.py --part dups
     /work/bin/cpu python bench/trust.py --part explain --run RUN --texts 150
     /work/bin/cpu2 python bench/trust.py --part dups100k
+    /work/bin/cpu2 python bench/trust.py --part search100k     # ~1 min
     /work/bin/cpu2 python bench/trust.py --part speed --run RUN
     python bench/trust.py --part report
     python bench/trust.py --part explain --run RUN --texts 5 --out /tmp/trust.md   # check the script
@@ -61,17 +68,26 @@ def part_labels(work: Path, out: Path, first_pass_s: float | None = None) -> Non
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--part", required=True, choices=["labels", "dups", "dups100k", "explain", "speed", "report"])
+    ap.add_argument("--part", required=True,
+                    choices=["labels", "screen", "dups", "dups100k", "search100k", "explain", "speed", "report"])
     ap.add_argument("--work", type=Path, default=Path("/tmp/trust_bench"), help="folder for runs and audits")
     ap.add_argument("--run", type=Path, help="a trained AG News run (explain, speed)")
     ap.add_argument("--texts", type=int, default=150, help="AG News test texts for AOPC")
     ap.add_argument("--audit-seconds", type=float, help="labels: the wall time of an audit an earlier invocation ran")
+    ap.add_argument("--folds-dir", action="append", default=[], metavar="NAME=DIR",
+                    help="screen: finished audit folds (DIR/fold-*/heldout.npz) to screen as source NAME")
     ap.add_argument("--out", type=Path, default=RESULTS / "trust.md")
     args = ap.parse_args(argv)
     jsonl = args.out.with_suffix(".jsonl")
     t0 = time.perf_counter()
     if args.part == "labels":
         part_labels(args.work, jsonl, args.audit_seconds)
+    elif args.part == "screen":
+        import trust_labels
+
+        dirs = dict(d.split("=", 1) for d in args.folds_dir) or {"folds": str(args.work / "audit" / "folds")}
+        for r in trust_labels.screen(args.work, {k: Path(v) for k, v in dirs.items()}):
+            common.append_jsonl(jsonl, {"part": "labels_screen", **r})
     elif args.part == "report":
         import trust_report
 

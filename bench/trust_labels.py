@@ -8,6 +8,7 @@ training so that only the training file differs.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -76,8 +77,9 @@ def loraclf_cmd(*args) -> list[str]:
 def audit(work: Path, first_pass_s: float | None = None) -> list[dict]:
     """`loraclf audit --write-clean` (flagged rows removed, and every duplicate the audit finds), then, on the same
     folds (reused, not trained again), loraclf.audit(..., relabel=True) with exact duplicates only: the CLI would
-    embed all 7,600 texts again (~7 min at one thread) only to find the same near-duplicates. first_pass_s: the
-    first pass's wall time where an earlier invocation ran it."""
+    embed all 7,600 texts again (~7 min at one thread) only to find the same near-duplicates (the embedding source
+    of the label issues still embeds the 5,000 training texts). first_pass_s: the first pass's wall time where an
+    earlier invocation ran it."""
     from loraclf.config import load_config
     from loraclf.trust import run_audit
 
@@ -92,14 +94,17 @@ def audit(work: Path, first_pass_s: float | None = None) -> list[dict]:
         run_audit(load_config(str(cfg), []), out, folds=FOLDS, near_threshold=None,
                   write_clean=work / "relabelled.csv", relabel=True, quiet=True)
     issues = pd.read_csv(out / "issues.csv")
-    return [{"contender": f"loraclf audit (packaged MiniLM, {FOLDS} folds)",
-             **scores(set(issues["row"].astype(int)), flips()), "seconds": round(first_pass_s or 0, 1)}]
+    li = json.loads((out / "summary.json").read_text())["label_issues"]
+    sources = " + ".join(li["probabilities"]["sources"])
+    return [{"contender": f"loraclf audit (packaged MiniLM, {FOLDS} folds of 1 epoch; defaults: {sources}, "
+                          f"filter_by {li['filter_by']})",
+             **scores(set(issues["row"].astype(int)), flips()), "seconds": round(first_pass_s or 0, 1),
+             "sources": li["probabilities"]["sources"], "filter_by": li["filter_by"],
+             "agreement_with_given_labels": li["probabilities"]["agreement_with_given_labels"]}]
 
 
 def retrain(work: Path) -> list[dict]:
     """The same recipe trained on each training file; test accuracy on the clean ag_news/test.csv."""
-    import json
-
     files = {"clean (original ag_news/train.csv)": AG / "train.csv", "noisy (ag_noisy/train.csv)": NOISY / "train.csv",
              "cleaned: flagged removed": work / "removed.csv", "cleaned: flagged relabelled": work / "relabelled.csv"}
     out = []
@@ -123,3 +128,43 @@ def non_flip_flags(work: Path, n: int = 30) -> list[dict]:
     issues = pd.read_csv(work / "audit" / "issues.csv")
     rest = issues[~issues["row"].astype(int).isin(flips())].head(n)
     return rest[["row", "given_label", "suggested_label", "text"]].to_dict("records")
+
+
+SCREEN_FILTERS = ("prune_by_noise_rate", "both", "prune_by_class", "confident_learning")
+
+
+def screen(work: Path, fold_dirs: dict[str, Path]) -> list[dict]:
+    """The label-error screen behind the audit's defaults: cleanlab's F1 against the flips for each probability
+    source and their means, under each filter_by. Sources: fine-tuned folds (heldout.npz of finished audit folds,
+    one entry per fold_dirs name), and loraclf.trust.probs' logistic regressions on the MiniLM embeddings of the
+    dups part (work/ag_emb.npy: its first 5,000 rows are ag_news/train.csv, the texts of ag_noisy/train.csv) and on
+    TF-IDF, on the folds the audit uses (training.cv.assign, seed 0)."""
+    from cleanlab.filter import find_label_issues
+    from loraclf.training.cv import assign
+    from loraclf.trust import probs
+
+    df = pd.read_csv(NOISY / "train.csv")
+    y, n, truth = df["label"].to_numpy(), len(df), flips()
+    held = assign(y, "single_label_classification", FOLDS, LORACLF_RECIPE["train"]["seed"])
+    src = {"embeddings": probs.embedding_oof(np.load(work / "ag_emb.npy")[:n], y, held, False, 4),
+           "tfidf": probs.tfidf_oof([str(t) for t in df["text"]], y, held, False, 4)}
+    for name, folder in fold_dirs.items():
+        p = np.zeros((n, 4))
+        for f in sorted(folder.glob("fold-*/heldout.npz")):
+            z = np.load(f)
+            p[z["rows"]] = z["probs"]
+        src[name] = p
+    folds = [k for k in fold_dirs]
+    arms = {**{k: [k] for k in src}, "embeddings + tfidf": ["embeddings", "tfidf"]}
+    for f in folds:
+        arms[f"{f} + embeddings"] = [f, "embeddings"]
+        arms[f"{f} + embeddings + tfidf"] = [f, "embeddings", "tfidf"]
+    out = []
+    for arm, names in arms.items():
+        p = np.mean([src[k] for k in names], axis=0)
+        row = {"arm": arm, "agreement_with_given": round(float((p.argmax(1) == y).mean()), 4)}
+        for fb in SCREEN_FILTERS:
+            row[fb] = scores(set(np.flatnonzero(find_label_issues(y, p, filter_by=fb))), truth)
+        out.append(row)
+        print(arm, {fb: row[fb]["f1"] for fb in SCREEN_FILTERS}, flush=True)
+    return out

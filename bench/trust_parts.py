@@ -94,17 +94,34 @@ def perturb(text: str, rng: random.Random) -> tuple[str, str]:
     return " ".join(words), "near"
 
 
-def dups100k(args) -> list[dict]:
-    from loraclf.data.overlap import normalise
-    from loraclf.trust import duplicates
-
+def texts100k(n: int = 100_000) -> tuple[list[str], list[str], list[int], int]:
+    """The 7,600 AG News texts and perturbed copies up to n: texts, each one's kind, its original, #originals."""
     originals = [str(t) for f in ("train", "val", "test") for t in pd.read_csv(AG / f"{f}.csv")["text"]]
-    rng, n = random.Random(0), 100_000
+    rng = random.Random(0)
     texts, kinds, source = list(originals), ["original"] * len(originals), list(range(len(originals)))
     while len(texts) < n:
         j = rng.randrange(len(originals))
         t, k = perturb(originals[j], rng)
         texts.append(t), kinds.append(k), source.append(j)
+    return texts, kinds, source, len(originals)
+
+
+def embeddings100k(work, source: list[int], originals: int) -> np.ndarray:
+    """The originals' real MiniLM embeddings (saved by the dups part), each copy its original's moved by noise."""
+    base = np.load(work / "ag_emb.npy")
+    n, g = len(source), np.random.default_rng(0)
+    sigma = g.uniform(0.1, 0.75, size=(n, 1)).astype(np.float32)
+    emb = base[source] + sigma * g.standard_normal((n, base.shape[1])).astype(np.float32) / np.sqrt(base.shape[1])
+    emb[:originals] = base
+    return emb / np.linalg.norm(emb, axis=1, keepdims=True)
+
+
+def dups100k(args) -> list[dict]:
+    from loraclf.data.overlap import normalise
+    from loraclf.trust import duplicates
+
+    texts, kinds, source, originals = texts100k()
+    n = len(texts)
     meter = common.LoadMeter()
     t0 = time.perf_counter()
     keys = [normalise(t) for t in texts]
@@ -113,24 +130,49 @@ def dups100k(args) -> list[dict]:
     enc, tok = encoder()
     from loraclf.trust import embed
 
-    sample = texts[len(originals):len(originals) + 2000]
+    sample = texts[originals:originals + 2000]
     t0 = time.perf_counter()
     embed.embed(enc, tok, sample, None, MAX_LENGTH)
     rate = len(sample) / (time.perf_counter() - t0)
-    base = np.load(args.work / "ag_emb.npy")
-    g = np.random.default_rng(0)
-    sigma = g.uniform(0.1, 0.75, size=(n, 1)).astype(np.float32)
-    emb = base[source] + sigma * g.standard_normal((n, base.shape[1])).astype(np.float32) / np.sqrt(base.shape[1])
-    emb[: len(originals)] = base
-    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    emb = embeddings100k(args.work, source, originals)
     t0 = time.perf_counter()
-    best, score = duplicates.nearest(emb, emb, same=True)
+    best, score = duplicates.nearest(emb, emb, same=True, threshold=NEAR)
     near_s = time.perf_counter() - t0
     load = meter.read()
     return [{"rows": n, "copies_exact": kinds.count("exact"), "copies_near": kinds.count("near"),
              "exact_found": len(exact), "exact_s": round(exact_s, 2), "embed_rate_texts_per_s": round(rate, 1),
              "embed_100k_projected_s": round(n / rate, 0), "near_search_s": round(near_s, 1),
              "near_found_at_threshold": int((score >= NEAR).sum()), "threads": __import__("torch").get_num_threads(),
+             "other_cpu_s": round(load.other_cpu_s, 1), "wall_s": round(load.wall_s, 1)}]
+
+
+def search100k(args) -> list[dict]:
+    """The near-duplicate search alone on the 100k embeddings of dups100k: the audit's search (triangular blocks,
+    bf16 products where the CPU has them, float32 recheck near the threshold) against the same triangular blocks
+    in float32 throughout (threshold None); both must report the same rows, best rows and cosines."""
+    import torch
+
+    from loraclf.base.device import bf16_supported
+    from loraclf.trust import duplicates
+
+    _, _, source, originals = texts100k()
+    emb = embeddings100k(args.work, source, originals)
+    meter = common.LoadMeter()
+    out = {"rows": len(emb), "threads": torch.get_num_threads(), "native_bf16": bf16_supported("cpu"),
+           "block_floats": duplicates.BLOCK_FLOATS, "recheck": duplicates.RECHECK}
+    found = {}
+    for arm, threshold in (("audit", NEAR), ("float32", None)):
+        t0 = time.perf_counter()
+        best, score = duplicates.nearest(emb, emb, same=True, threshold=threshold)
+        out[f"{arm}_s"] = round(time.perf_counter() - t0, 1)
+        keep = np.flatnonzero(score >= NEAR)
+        found[arm] = (keep, best[keep], score[keep])
+        print(arm, out[f"{arm}_s"], len(keep), flush=True)
+    (a_rows, a_best, a_score), (f_rows, f_best, f_score) = found["audit"], found["float32"]
+    same = np.array_equal(a_rows, f_rows) and np.array_equal(a_best, f_best)
+    load = meter.read()
+    return [{**out, "near_found_at_threshold": len(a_rows), "same_pairs_as_float32": bool(same),
+             "max_cosine_difference": float(np.abs(a_score - f_score).max()) if same and len(a_rows) else None,
              "other_cpu_s": round(load.other_cpu_s, 1), "wall_s": round(load.wall_s, 1)}]
 
 
@@ -146,4 +188,5 @@ def _speed(args):
     return trust_aopc.speed(args)
 
 
-PARTS = {"dups": dups, "dups100k": dups100k, "explain": _explain_parts, "speed": _speed}
+PARTS = {"dups": dups, "dups100k": dups100k, "search100k": search100k, "explain": _explain_parts,
+         "speed": _speed}

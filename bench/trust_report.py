@@ -21,20 +21,45 @@ def _notes(rows: list[dict], section: str) -> list[str]:
     return [f"- {r['text']}" for r in rows if r["part"] == "note" and r["section"] == section]
 
 
+def _latest(rows: list[dict], key: str) -> list[dict]:
+    """The last row of each value of key, in the order the values first came."""
+    last = {}
+    for r in rows:
+        last[r[key]] = r
+    return list(last.values())
+
+
+def screen_lines(rows: list[dict]) -> list[str]:
+    sc = _latest([r for r in rows if r["part"] == "labels_screen"], "arm")
+    if not sc:
+        return []
+    filters = [k for k in sc[0] if isinstance(sc[0][k], dict)]
+    out = ["", "The screen behind the audit's defaults (`--part screen`): F1 against the 250 flips (flagged rows in "
+               "brackets) of cleanlab's find_label_issues on the mean of each set of out-of-fold probabilities, under "
+               "four filter_by choices; 'agreement' is the mean's out-of-fold accuracy against the given (noisy) "
+               "labels:", ""]
+    out += common.md_table(["probabilities (mean of)", "agreement", *filters],
+                           [[r["arm"], f"{r['agreement_with_given']:.3f}",
+                             *[f"{r[f]['f1']:.3f} ({r[f]['flagged']})" for f in filters]] for r in sc],
+                           "lr" + "r" * len(filters))
+    return out
+
+
 def labels_section(rows: list[dict]) -> list[str]:
-    lab = [r for r in rows if r["part"] == "labels"]
+    lab = _latest([r for r in rows if r["part"] == "labels"], "contender")
     out = ["## Label errors: ../shared/data/ag_noisy (AG News 5k train, 250 synthetic flips)", ""]
     out += common.md_table(["contender", "flagged", "true flips among them", "precision", "recall", "F1", "seconds"],
                            [[r["contender"], r["flagged"], r["true_positives"], f"{r['precision']:.3f}",
                              f"{r['recall']:.3f}", f"**{r['f1']:.3f}**", f"{r['seconds']:,.0f}"] for r in lab],
                            "lrrrrrr")
     anchor = next((r for r in lab if r["contender"].startswith("TF-IDF")), None)
-    ours = next((r for r in lab if r["contender"].startswith("loraclf")), None)
+    ours = next((r for r in reversed(lab) if r["contender"].startswith("loraclf")), None)  # the latest: the default
     if anchor and ours:
         out += ["", f"Target: loraclf's F1 >= the anchor's + 0.10 = {anchor['f1'] + 0.1:.3f}: {ours['f1']:.3f}, "
                     f"{_verdict(ours['f1'] >= anchor['f1'] + 0.1)}. Precision counts only the synthetic flips as "
                     f"right: AG News has real label errors of its own, so some 'false' flags are real errors (below)."]
-    re_ = [r for r in rows if r["part"] == "retrain"]
+    out += screen_lines(rows)
+    re_ = _latest([r for r in rows if r["part"] == "retrain"], "training file")
     if re_:
         out += ["", "Retraining (the same loraclf recipe on each training file; test accuracy on the clean "
                     "ag_news/test.csv, 2,000 rows):", ""]
@@ -76,6 +101,15 @@ def dups_section(rows: list[dict]) -> list[str]:
                     f"{r['embed_rate_texts_per_s']} texts/s measured on 2,000 rows, so 100k rows take "
                     f"~{r['embed_100k_projected_s']:,.0f} s (projected): with embedding, the target is "
                     f"{_verdict(total + r['embed_100k_projected_s'] < 120)}. Other processes' CPU meanwhile: "
+                    f"{r['other_cpu_s']} s over {r['wall_s']} s."]
+    for r in [r for r in rows if r["part"] == "search100k"]:
+        out += ["", f"Near-duplicate search alone (`--part search100k`), 100k rows on {r['threads']} threads: the "
+                    f"audit's search (blocks left of the diagonal only; bf16 products, native bf16: {r['native_bf16']}, "
+                    f"with a float32 recheck of every row within {r.get('recheck', 0.02)} of the threshold) "
+                    f"**{r['audit_s']} s**; the same blocks in float32 throughout {r['float32_s']} s; same rows, best "
+                    f"rows and cosines as float32: {r['same_pairs_as_float32']} ({r['near_found_at_threshold']:,} rows "
+                    f"at or above 0.95, largest cosine difference {r['max_cosine_difference']}). Target (< 120 s with "
+                    f"exact matching): {_verdict(r['audit_s'] + 1.2 < 120)}. Other processes' CPU meanwhile: "
                     f"{r['other_cpu_s']} s over {r['wall_s']} s."]
     return out + [""] + _notes(rows, "dups")
 

@@ -106,20 +106,24 @@ def cross_validate(config: ConfigLike = None, /, folds: int = 5, output: str | P
 
 def audit(config: ConfigLike = None, /, output: str | Path = "audit", *, folds: int = 5,
           near_threshold: Optional[float] = 0.95, write_clean: Optional[str | Path] = None, relabel: bool = False,
-          quiet: bool = False, from_cv: Optional[str | Path] = None, **overrides: Any):
+          quiet: bool = False, from_cv: Optional[str | Path] = None, label_probs: Optional[str] = None,
+          filter_by: Optional[str] = None, **overrides: Any):
     """Audit the config's data, as `loraclf audit` does: label issues (cleanlab on out-of-fold probabilities from
     `folds` trained folds), exact and near duplicates within train and across splits, and per-split summaries,
     written to output/ (issues.csv, duplicates.csv, summary.json, audit.html; the folds under output/folds, reused by
     a second call). near_threshold None: exact duplicates only. write_clean: also write the training file without
     the flagged rows (relabel: with the suggested labels instead). from_cv: take the out-of-fold probabilities from
-    that finished cross_validate / `loraclf cv` folder (of the same training rows) instead of training folds. Returns
-    a loraclf.trust.AuditResult (output, summary, issues, duplicates)."""
+    that finished cross_validate / `loraclf cv` folder (of the same training rows) instead of training folds.
+    label_probs: the out-of-fold probabilities averaged for the label issues, a comma-separated subset of "folds",
+    "embeddings", "tfidf" (None: all three; "embeddings,tfidf" trains no folds). filter_by: cleanlab's filter_by
+    (None: "both"). Returns a loraclf.trust.AuditResult (output, summary, issues, duplicates)."""
     from .trust import run_audit
 
     tree = config_tree(config)
     apply_overrides(tree, overrides)
+    chosen = {k: v for k, v in (("label_probs", label_probs), ("filter_by", filter_by)) if v is not None}
     return run_audit(config_mod.from_dict(tree), output, folds, near_threshold, write_clean, relabel, quiet,
-                     from_cv)
+                     from_cv, **chosen)
 
 
 def config_tree(config: ConfigLike) -> dict:

@@ -147,3 +147,27 @@ def test_nearest_is_blocked_and_looks_only_backwards_within_a_split():
     whole, _ = nearest(x, x, same=True)
     assert best[30] == 4 and score[30] == pytest.approx(1.0) and best[0] == -1
     assert np.array_equal(best, whole)
+
+
+def test_the_summary_names_the_probability_sources_and_the_filter(audited):
+    li = audited[0].summary["label_issues"]
+    assert li["filter_by"] == "both"
+    assert li["probabilities"]["sources"] == ["folds", "embeddings", "tfidf"]
+    assert set(li["probabilities"]["agreement_with_given_labels"]) == {"folds", "embeddings", "tfidf", "mean"}
+
+
+def test_embeddings_and_tfidf_alone_train_no_fold_and_still_rank_the_flip_first(audited, monkeypatch):
+    result, cfg, tmp, _ = audited
+    import loraclf.training.cv.run as run_mod
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("label_probs without folds trained a fold")
+
+    monkeypatch.setattr(run_mod, "train_fold", no_training)
+    out = tmp / "no_folds"
+    again = run_audit(cfg, out, folds=FOLDS, near_threshold=None, quiet=True, label_probs="tfidf,embeddings",
+                      filter_by="prune_by_noise_rate")
+    li = again.summary["label_issues"]
+    assert li["probabilities"]["sources"] == ["embeddings", "tfidf"] and li["filter_by"] == "prune_by_noise_rate"
+    assert not (out / "folds").exists()
+    assert again.issues.iloc[0]["row"] == 11, again.issues.head()

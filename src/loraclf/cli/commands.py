@@ -147,8 +147,9 @@ def cmd_audit(args) -> int:
     from ..trust import run_audit
 
     config, overrides = _split_config(args)
+    chosen = {k: v for k, v in (("label_probs", args.label_probs), ("filter_by", args.filter_by)) if v is not None}
     r = run_audit(load_config(config, overrides), args.output, args.folds, args.near_threshold, args.write_clean,
-                  args.relabel, args.quiet, args.from_cv)
+                  args.relabel, args.quiet, args.from_cv, **chosen)
     li, dups = r.summary["label_issues"], r.summary["duplicates"]
     leaks = sum(c["exact"] + c["near"] for scope, c in dups.items() if not scope.startswith("within"))
     print(f"{li['flagged']} label issues of {li['rows']} training rows, {len(r.duplicates)} duplicate rows "

@@ -177,10 +177,11 @@ COMMANDS: dict[str, dict] = {  # name -> add_parser keywords and "args", the com
         arg("--json", action="store_true", help="print cv.json's mean and std as JSON on stdout"),
     ]),
     "audit": dict(help="audit the training data: label issues, duplicates and leaks between splits, summaries",
-                  description="Label issues: cleanlab on out-of-fold probabilities from --folds trained folds (kept "
-                              "under OUTPUT/folds, so a second run reuses them). Duplicates: exact after normalising "
-                              "case, whitespace and punctuation, and near by the cosine of the base encoder's "
-                              "mean-pooled embeddings, within train and across train/validation/test. Writes "
+                  description="Label issues: cleanlab on out-of-fold probabilities, the mean of --folds trained "
+                              "folds (kept under OUTPUT/folds, so a second run reuses them) and two logistic "
+                              "regressions on the same folds (the base encoder's embeddings, TF-IDF). Duplicates: "
+                              "exact after normalising case, whitespace and punctuation, and near by the cosine of "
+                              "the base encoder's mean-pooled embeddings, within train and across train/validation/test. Writes "
                               "issues.csv, duplicates.csv, summary.json and audit.html into --output.",
                   args=[
         *CONFIG_ARGS,
@@ -196,6 +197,14 @@ COMMANDS: dict[str, dict] = {  # name -> add_parser keywords and "args", the com
         arg("--from-cv", metavar="DIR",
             help="take the out-of-fold probabilities from the finished `loraclf cv` run in DIR (of the same training "
                  "rows) instead of training --folds folds"),
+        arg("--label-probs", metavar="SOURCES",
+            help="out-of-fold probabilities averaged for the label issues, a comma-separated subset of folds (the "
+                 "fine-tuned folds), embeddings (logistic regression on the base encoder's embeddings), tfidf "
+                 "(logistic regression on word 1-2-grams); default folds,embeddings,tfidf; embeddings,tfidf trains "
+                 "no folds (seconds instead of k trainings)"),
+        arg("--filter-by", metavar="FILTER",
+            help="cleanlab's filter_by: both (default), prune_by_noise_rate (cleanlab's default), prune_by_class, "
+                 "confident_learning, predicted_neq_given, low_normalized_margin, low_self_confidence"),
         arg("--quiet", action="store_true"),
     ]),
     "budget": dict(help="exact trainable-parameter breakdown of a config, without loading weights", args=[

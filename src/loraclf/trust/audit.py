@@ -21,7 +21,7 @@ from ..base.errors import ConfigError, DataError
 from ..config import Config
 from ..task import MULTI, REGRESSION
 from ..training import cv
-from . import clean, duplicates, embed, labels, page, summary as summary_mod
+from . import clean, duplicates, embed, labels, page, probs as probs_mod, summary as summary_mod
 
 logger = logs.get(__name__)
 FILES = ("issues.csv", "duplicates.csv", "summary.json", "audit.html")
@@ -38,8 +38,9 @@ class AuditResult:
 
 
 def check_args(cfg: Config, output: Path, folds: int, near_threshold: Optional[float],
-               write_clean: Optional[Path], relabel: bool, from_cv: Optional[Path] = None) -> None:
-    """The arguments' checks, before any data is read."""
+               write_clean: Optional[Path], relabel: bool, from_cv: Optional[Path] = None,
+               sources: tuple[str, ...] = probs_mod.DEFAULT_SOURCES, filter_by: str = labels.FILTER_BY) -> None:
+    """The arguments' checks, before any data is read (sources: already parsed by probs.parse_sources)."""
     if importlib.util.find_spec("cleanlab") is None:
         raise ConfigError(["audit needs cleanlab: pip install 'loraclf[audit]'"])
     if cfg.model.problem_type == REGRESSION:
@@ -49,6 +50,10 @@ def check_args(cfg: Config, output: Path, folds: int, near_threshold: Optional[f
         raise ConfigError(["audit reads the whole training split; set data.streaming=false"])
     if folds < 2:
         raise ConfigError([f"--folds must be at least 2, got {folds}"])
+    labels.check_filter(filter_by)
+    if from_cv is not None and "folds" not in sources:
+        raise ConfigError(["--from-cv gives the folds' probabilities, but --label-probs leaves out folds; add folds "
+                           "or drop --from-cv"])
     if from_cv is not None and not from_cv.is_dir():
         raise DataError(f"--from-cv {from_cv} is not a folder; give the --output folder of a finished `loraclf cv`")
     if near_threshold is not None and not 0 < near_threshold <= 1:
@@ -93,30 +98,64 @@ def parts_of(splits: data_mod.Splits, multi: bool) -> dict[str, dict]:
     return out
 
 
-def add_embeddings(cfg: Config, parts: dict[str, dict]) -> None:
+def add_embeddings(cfg: Config, parts: dict[str, dict], names: tuple[str, ...] = ("train", "validation", "test")
+                   ) -> None:
+    """Each named split's mean-pooled embeddings (part["embeddings"]), from the config's base encoder."""
     encoder, tokenizer = embed.load_encoder(cfg)
-    for part in parts.values():
+    for name, part in parts.items():
+        if name not in names or part.get("embeddings") is not None:
+            continue
         ds = part["ds"]
         pairs = ds["text_pair"] if "text_pair" in ds.column_names else None
         part["embeddings"] = embed.embed(encoder, tokenizer, ds["text"], pairs, cfg.data.max_length)
 
 
-def label_issues(cfg: Config, splits: data_mod.Splits, own_validation: bool, folds: int, output: Path,
-                 texts: list[str], quiet: bool, from_cv: Optional[tuple[np.ndarray, dict, Path]] = None
-                 ) -> tuple[pd.DataFrame, dict]:
-    """cleanlab's issues on out-of-fold probabilities (trained here, or from_cv: (probabilities, cv.json, folder)
-    of a finished cv run), with each row's text, and what the folds did."""
-    multi = splits.problem_type == MULTI
-    y = data_mod.train_labels(splits)
+def _fold_probs(cfg: Config, splits: data_mod.Splits, y: np.ndarray, own_validation: bool, folds: int,
+                output: Path, quiet: bool, from_cv) -> tuple[np.ndarray, int, dict]:
+    """The fine-tuned folds' out-of-fold probabilities (trained here, or from a finished cv run), the number of
+    folds, and what the folds did."""
     if from_cv is None:
         probs, done = labels.out_of_fold(cfg, splits, y, folds, output / FOLDS, own_validation, quiet)
-        done = {f"folds_{k}": v for k, v in done.items()}
-    else:
-        probs, cv_json, folder = from_cv
-        folds, done = cv_json["folds"], {"from_cv": str(folder)}
-    issues = labels.find_issues(y, probs, splits.id2label, multi)
-    issues["text"] = [texts[i] for i in issues["row"]]
-    return issues, {"rows": len(y), "folds": folds, "flagged": len(issues), **done}
+        return probs, folds, {f"folds_{k}": v for k, v in done.items()}
+    probs, cv_json, folder = from_cv
+    return probs, cv_json["folds"], {"from_cv": str(folder)}
+
+
+def _linear_probs(cfg: Config, splits: data_mod.Splits, y: np.ndarray, folds: int, train: dict,
+                  sources: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The embeddings and tfidf sources, on the folds the fine-tuned ones use (same assignment, same seed)."""
+    multi = splits.problem_type == MULTI
+    held = cv.assign(y, splits.problem_type, folds, cfg.train.seed, cv.cross_validate.groups_of(splits))
+    width = y.shape[1] if multi else len(splits.id2label)
+    found = {}
+    if "embeddings" in sources:
+        found["embeddings"] = probs_mod.embedding_oof(train["embeddings"], y, held, multi, width)
+    if "tfidf" in sources:
+        tfidf = probs_mod.tfidf_oof(train["texts"], y, held, multi, width)
+        if tfidf is None:
+            logger.warning("audit: TF-IDF found no words in the training texts; label issues without it")
+        else:
+            found["tfidf"] = tfidf
+    return found
+
+
+def label_issues(cfg: Config, splits: data_mod.Splits, own_validation: bool, folds: int, output: Path,
+                 train: dict, quiet: bool, from_cv: Optional[tuple[np.ndarray, dict, Path]] = None,
+                 sources: tuple[str, ...] = probs_mod.DEFAULT_SOURCES, filter_by: str = labels.FILTER_BY
+                 ) -> tuple[pd.DataFrame, dict]:
+    """cleanlab's issues on the mean of the sources' out-of-fold probabilities (probs.py; the folds' trained here
+    or from_cv: (probabilities, cv.json, folder) of a finished cv run), with each row's text, and what was done."""
+    multi = splits.problem_type == MULTI
+    y = data_mod.train_labels(splits)
+    found, done = {}, {}
+    if "folds" in sources:
+        found["folds"], folds, done = _fold_probs(cfg, splits, y, own_validation, folds, output, quiet, from_cv)
+    found.update(_linear_probs(cfg, splits, y, folds, train, sources))
+    probs, info = probs_mod.combine(found, y, multi)
+    issues = labels.find_issues(y, probs, splits.id2label, multi, filter_by)
+    issues["text"] = [train["texts"][i] for i in issues["row"]]
+    return issues, {"rows": len(y), "folds": folds, "flagged": len(issues), "filter_by": filter_by,
+                    "probabilities": info, **done}
 
 
 def _label_value(name: str, splits: data_mod.Splits):
@@ -154,13 +193,17 @@ def write_outputs(output: Path, summary: dict, issues: pd.DataFrame, dups: pd.Da
 
 def run_audit(cfg: Config, output: str | Path, folds: int = 5, near_threshold: Optional[float] = 0.95,
               write_clean: Optional[str | Path] = None, relabel: bool = False, quiet: bool = False,
-              from_cv: Optional[str | Path] = None) -> AuditResult:
+              from_cv: Optional[str | Path] = None, label_probs: str | tuple[str, ...] = probs_mod.DEFAULT_SOURCES,
+              filter_by: str = labels.FILTER_BY) -> AuditResult:
     """Audit cfg's data into output (see the module's docstring); near_threshold None: exact duplicates only;
-    from_cv: take the out-of-fold probabilities from that finished `loraclf cv` folder instead of training folds."""
+    from_cv: take the folds' out-of-fold probabilities from that finished `loraclf cv` folder instead of training
+    folds; label_probs: the probability sources averaged for the label issues (probs.SOURCES); filter_by: cleanlab's
+    filter (labels.FILTERS)."""
     output, target = Path(output), Path(write_clean) if write_clean is not None else None
     from_cv = Path(from_cv) if from_cv is not None else None
     with logs.quiet(quiet):
-        check_args(cfg, output, folds, near_threshold, target, relabel, from_cv)
+        sources = probs_mod.parse_sources(label_probs)
+        check_args(cfg, output, folds, near_threshold, target, relabel, from_cv, sources, filter_by)
         splits, own_validation = load(cfg)
         multi = splits.problem_type == MULTI
         if from_cv is None:
@@ -173,8 +216,10 @@ def run_audit(cfg: Config, output: str | Path, folds: int = 5, near_threshold: O
             add_embeddings(cfg, parts)
         dups = duplicates.find_duplicates(parts, near_threshold)
         dup_seconds = round(time.time() - started, 2)
-        issues, li = label_issues(cfg, splits, own_validation, folds, output, parts["train"]["texts"], quiet,
-                                  from_cv)
+        if "embeddings" in sources:
+            add_embeddings(cfg, parts, ("train",))
+        issues, li = label_issues(cfg, splits, own_validation, folds, output, parts["train"], quiet, from_cv,
+                                  sources, filter_by)
         summary = {"problem_type": splits.problem_type, "near_threshold": near_threshold,
                    "splits": summary_mod.summarise(parts, multi), "duplicates": duplicates.counts(dups),
                    "duplicates_seconds": dup_seconds, "label_issues": li}

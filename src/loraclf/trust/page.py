@@ -66,8 +66,11 @@ def _dup_counts_html(summary: dict) -> str:
 
 def page(summary: dict, issues: pd.DataFrame, duplicates: pd.DataFrame, title: str) -> str:
     li = summary.get("label_issues", {})
-    issue_note = (f"{li['flagged']} of {li['rows']} training rows flagged by cleanlab on out-of-fold probabilities "
-                  f"from {li['folds']} folds, worst first" if "flagged" in li else html.escape(li.get("skipped", "")))
+    sources = " + ".join(li.get("probabilities", {}).get("sources", ["folds"]))
+    issue_note = (f"{li['flagged']} of {li['rows']} training rows flagged by cleanlab (filter_by "
+                  f"{li.get('filter_by', 'prune_by_noise_rate')}) on the mean of out-of-fold probabilities from "
+                  f"{html.escape(sources)}, {li['folds']} folds, worst first" if "flagged" in li
+                  else html.escape(li.get("skipped", "")))
     near = summary.get("near_threshold")
     return (f"<!doctype html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
             f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
