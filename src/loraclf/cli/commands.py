@@ -34,7 +34,11 @@ def cmd_config(args) -> int:
             print(f"{key:38} {tp:28} {default:22} {help_}")
         return 0
     config, overrides = _split_config(args)
-    print(load_config(config, overrides).to_yaml(), end="")
+    cfg = load_config(config, overrides)
+    print(cfg.to_yaml(), end="")
+    from ..training.speed.device_defaults import describe
+
+    print("\n".join(describe(cfg)))  # YAML comments: the output still loads as a config
     return 0
 
 

@@ -148,8 +148,9 @@ class OptimizerConfig:
     betas: list[float] = _f([0.9, 0.999], "AdamW betas.")
     eps: float = _f(1e-8, "AdamW epsilon.", gt=0)
     loraplus_lr_ratio: float = _f(16.0, "LoRA+: learning-rate ratio of B to A.", gt=0)
-    fused: bool = _f(False, "AdamW's fused kernel (one kernel for all parameters, CPU or GPU) instead of the "
-                     "multi-tensor (foreach) path.")
+    fused: Union[Literal["auto"], bool] = _f(
+        "auto", "AdamW's fused kernel (one kernel for all parameters) instead of the multi-tensor (foreach) path. "
+        "auto = fused on a CUDA GPU, foreach on a CPU (where bench/train_speed.py measured fused slower on AG News).")
 
 
 @dataclass
@@ -163,6 +164,12 @@ class TrainConfig:
     lr_scheduler_type: Literal["linear", "cosine", "constant_with_warmup"] = _f("linear", "Learning-rate schedule after warm-up.")
     per_device_train_batch_size: int = _f(32, "Training batch size per process.", ge=1, le=MAX_BATCH)
     gradient_accumulation_steps: int = _f(1, "Batches accumulated into one optimizer step.", ge=1, le=MAX_STEPS)
+    batch_tokens: Union[Literal["auto"], int, None] = _f(
+        "auto", "Cap each training batch by padded tokens (rows x its longest row) instead of a fixed row count: "
+        "rows are length-grouped and a batch holds as many as fit, at most 16 x per_device_train_batch_size; the "
+        "learning rate is scaled by sqrt(mean rows per batch / per_device_train_batch_size), and evaluation batches "
+        "are capped by tokens too. auto = 16384 on a CUDA GPU (a 32-row batch leaves it idle), off on a CPU and for "
+        "the few-shot recipe; null = off. `loraclf config` shows which applies here.", ge=8, le=10_000_000)
     loss: Optional[Literal["cross_entropy", "focal", "bce", "mse", "huber"]] = _f(
         None, "Loss (null = the problem type's: cross_entropy, bce, mse). focal for single- or multi-label; huber "
         "for regression.")

@@ -310,6 +310,9 @@ def _problem_checks(cfg) -> list[str]:
                         "data.streaming=false for other problem types or sentence pairs")
     if cfg.data.streaming and cfg.data.long_text == "chunks":
         problems.append("'data.long_text: chunks' does not apply to a stream; set data.streaming=false")
+    if cfg.data.streaming and isinstance(cfg.train.batch_tokens, int):
+        problems.append("'train.batch_tokens' groups a whole epoch's rows by length, which a stream never holds; "
+                        "set train.batch_tokens=null or data.streaming=false")
     return problems
 
 

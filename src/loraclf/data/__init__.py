@@ -17,8 +17,9 @@ training, inference or anything above.
     wordnet   WordNet and the stopwords, found and read offline, for augment's synonyms
 """
 
+from .token_batches import TokenBatchSampler, token_batches
 from .batches import (EVAL_COLUMNS, TRAIN_COLUMNS, LengthGroupedSampler, cache_dir, collator, eval_loader,
-                      steps_per_epoch, tokenize, train_loader)
+                      steps_per_epoch, token_sampler, tokenize, train_loader)
 from .clean import (ID_COLUMNS, check_columns, pair_columns, clean_arrow, clean_batch, clean_frame, is_missing, join_text,
                     read_texts, select_text, text_columns)
 from .labels import build_label_map, encode_arrow, encode_labels, normalise_label

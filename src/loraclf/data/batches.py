@@ -19,6 +19,7 @@ from ..base import sources
 from ..config import DataConfig
 from . import windows
 from .read import column
+from .token_batches import TokenBatchSampler, token_batches
 
 # per-row columns a training batch carries besides the tokens (weight, soft_labels: self-training's pseudo-labels;
 # row: the row's position, added where train.prefix_cache looks rows up)
@@ -83,17 +84,37 @@ def tokenize(ds, tokenizer, cfg: DataConfig, cache: bool = True):
     return ds.map(fn, **kwargs)
 
 
-def collator(tokenizer):
-    """Dynamic padding to the longest row of the batch; `label` renamed to `labels` as models expect. Other
-    per-row columns (index, weight, soft_labels) come through as tensors."""
+def collator(tokenizer, pad_multiple: Optional[int] = None):
+    """Dynamic padding to the longest row of the batch (rounded up to pad_multiple: 8 on a GPU, for its tensor
+    cores); `label` renamed to `labels` as models expect. Other per-row columns (index, weight, soft_labels) come
+    through as tensors."""
     from transformers import DataCollatorWithPadding
 
-    return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=None)
+    return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_multiple)
+
+
+def token_sampler(ds, seed: int, epoch: int, max_tokens: int, max_rows: int,
+                  balanced: bool = False) -> TokenBatchSampler:
+    """train.batch_tokens: epoch `epoch`'s batches (seed + epoch), capped by padded tokens; balanced draws rows
+    with replacement so every class is drawn equally often, as data.sampling=balanced does."""
+    import torch
+
+    g = torch.Generator()
+    g.manual_seed(seed + epoch)
+    lengths = column(ds, "length").to_numpy()
+    if balanced:
+        order = BalancedSampler(column(ds, "label").to_numpy(), None, 1, g).draw()
+    else:
+        order = torch.randperm(len(lengths), generator=g).numpy()
+    return TokenBatchSampler(order, lengths, max_tokens, max_rows, g)
 
 
 def train_loader(ds, tokenizer, batch_size: int, group_by_length: bool, seed: int, epoch: int,
-                 group_size: Optional[int] = None, balanced: bool = False):
-    """Shuffled (seed + epoch) batches; length-grouped when asked, so each batch pads little.
+                 group_size: Optional[int] = None, balanced: bool = False, *,
+                 tokens: Optional[TokenBatchSampler] = None, pin_memory: bool = False,
+                 pad_multiple: Optional[int] = None):
+    """Shuffled (seed + epoch) batches; length-grouped when asked, so each batch pads little; or, with `tokens`
+    (token_sampler), batches capped by padded tokens.
 
     group_size is the global batch (per-device batch x processes): grouping by it gives every process count the
     same sample order, so N processes see exactly the samples one process would.
@@ -101,9 +122,16 @@ def train_loader(ds, tokenizer, batch_size: int, group_by_length: bool, seed: in
     import torch
     from torch.utils.data import DataLoader, RandomSampler
 
+    data = ds.select_columns([c for c in TRAIN_COLUMNS if c in ds.column_names])
+    # the loader's own generator: without one, every new iterator draws its base seed from the global RNG,
+    # which a resumed run would draw once more than an uninterrupted one (and so change its dropout masks)
+    loader_g = torch.Generator()
+    loader_g.manual_seed(seed + epoch)
+    common = dict(collate_fn=collator(tokenizer, pad_multiple), generator=loader_g, pin_memory=pin_memory)
+    if tokens is not None:
+        return DataLoader(data, batch_sampler=tokens, **common)
     g = torch.Generator()
     g.manual_seed(seed + epoch)
-    data = ds.select_columns([c for c in TRAIN_COLUMNS if c in ds.column_names])
     if balanced:
         lengths = column(ds, "length").to_numpy() if group_by_length else None
         sampler = BalancedSampler(column(ds, "label").to_numpy(), lengths, group_size or batch_size, g)
@@ -111,21 +139,23 @@ def train_loader(ds, tokenizer, batch_size: int, group_by_length: bool, seed: in
         sampler = LengthGroupedSampler(column(ds, "length").to_numpy(), group_size or batch_size, g)
     else:
         sampler = RandomSampler(data, generator=g)
-    # the loader's own generator: without one, every new iterator draws its base seed from the global RNG,
-    # which a resumed run would draw once more than an uninterrupted one (and so change its dropout masks)
-    loader_g = torch.Generator()
-    loader_g.manual_seed(seed + epoch)
-    return DataLoader(data, batch_size=batch_size, sampler=sampler, collate_fn=collator(tokenizer), drop_last=False,
-                      generator=loader_g)
+    return DataLoader(data, batch_size=batch_size, sampler=sampler, drop_last=False, **common)
 
 
-def eval_loader(ds, tokenizer, batch_size: int):
-    """Batches sorted by length (least padding); the `index` column restores input order."""
+def eval_loader(ds, tokenizer, batch_size: int, max_tokens: Optional[int] = None, max_rows: Optional[int] = None,
+                pin_memory: bool = False, pad_multiple: Optional[int] = None):
+    """Batches sorted by length (least padding); the `index` column restores input order. With max_tokens, the
+    batches are capped by padded tokens (at most max_rows rows) instead of holding batch_size rows."""
     from torch.utils.data import DataLoader
 
-    order = np.argsort(column(ds, "length").to_numpy(), kind="stable")
-    data = ds.select(order.tolist()).select_columns([c for c in EVAL_COLUMNS if c in ds.column_names])
-    return DataLoader(data, batch_size=batch_size, shuffle=False, collate_fn=collator(tokenizer))
+    lengths = column(ds, "length").to_numpy()
+    data = ds.select_columns([c for c in EVAL_COLUMNS if c in ds.column_names])
+    common = dict(collate_fn=collator(tokenizer, pad_multiple), pin_memory=pin_memory)
+    if max_tokens:
+        batches = [b.tolist() for b in token_batches(lengths, batch_size, max_tokens, max_rows)]
+        return DataLoader(data, batch_sampler=batches, **common)
+    order = np.argsort(lengths, kind="stable")
+    return DataLoader(data.select(order.tolist()), batch_size=batch_size, shuffle=False, **common)
 
 
 class LengthGroupedSampler:

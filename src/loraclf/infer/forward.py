@@ -19,26 +19,10 @@ from ..base import device as device_mod
 from ..base import logs
 from ..config import DataConfig
 from ..data import windows
+from ..data.token_batches import token_batches
 from ..task import REGRESSION, SINGLE, Decision
 
 SINGLE_DECISION = Decision()
-
-
-def token_batches(lengths: np.ndarray, batch_size: int, max_tokens: int) -> list[np.ndarray]:
-    """Indices into lengths, longest first, cut into batches of at most batch_size texts and max_tokens padded tokens.
-
-    Sorting keeps padding small; the token cap lets batches of short texts grow past batch_size (up to 4x) while
-    long texts stay in batches that fit in cache.
-    """
-    order = np.argsort(-lengths, kind="stable")
-    out, start, n = [], 0, len(order)
-    cap = batch_size * 4
-    while start < n:
-        longest = max(int(lengths[order[start]]), 1)
-        size = max(1, min(cap, max_tokens // longest))
-        out.append(order[start:start + size])
-        start += size
-    return out
 
 
 def pad_rows(enc, idx: np.ndarray, keys: list[str], pad_id: int, left: bool = False) -> dict[str, torch.Tensor]:

@@ -9,6 +9,7 @@ from ..data import augment
 from .. import data as data_mod
 from ..config import Config
 from ..data import Splits
+from .speed.device_defaults import DeviceDefaults
 
 if TYPE_CHECKING:  # annotations only: the code imports these where it uses them
     import datasets
@@ -75,25 +76,50 @@ def build(cfg: Config, splits: Splits, tokenizer: PreTrainedTokenizerBase, say: 
     return Inputs(train_raw, train_ds, val_ds, test_ds)
 
 
+@dataclass
+class EpochLoader:
+    """One pass over the training data: the loader (past the batches already done), where it starts, how many
+    batches it holds (None for a stream), and, with train.batch_tokens, the epoch's token-capped batches."""
+
+    loader: DataLoader
+    skipped: int  # batches (per process) already done in this epoch by the run being resumed
+    n_batches: Optional[int]
+    tokens: Optional[data_mod.TokenBatchSampler] = None
+
+    def rows_done(self, batches: int, n_proc: int, rows_per_batch: int) -> int:
+        """The epoch's data position in rows after `batches` batches per process (N processes take global batches
+        round-robin, so a checkpoint written by N processes resumes in M)."""
+        if self.tokens is None:
+            return batches * rows_per_batch
+        return self.tokens.rows_before(batches * n_proc)
+
+
+def token_sampler(cfg: Config, ds: datasets.Dataset, epoch: int, dd: DeviceDefaults) -> data_mod.TokenBatchSampler:
+    return data_mod.token_sampler(ds, cfg.train.seed, epoch, dd.batch_tokens, dd.max_rows(cfg),
+                                  balanced=cfg.data.sampling == "balanced")
+
+
 def epoch_loader(cfg: Config, inputs: Inputs, splits: Splits, tokenizer: PreTrainedTokenizerBase,
-                 accelerator: Accelerator, epoch: int, samples_done: int,
-                 say: Callable[[str], None]) -> tuple[DataLoader, int, Optional[int]]:
-    """(loader, batches already done in this epoch, batches in the epoch or None for a stream)."""
+                 accelerator: Accelerator, epoch: int, samples_done: int, say: Callable[[str], None],
+                 dd: DeviceDefaults) -> EpochLoader:
+    """Epoch `epoch`'s loader, past the samples_done rows a resumed run already trained on."""
     bs, n_proc = cfg.train.per_device_train_batch_size, accelerator.num_processes
     if cfg.data.streaming:
         # the pass is rebuilt past the rows already trained on; its length is unknown
         loader = data_mod.stream_loader(inputs.train_raw, tokenizer, cfg.data, splits.id2label, bs, cfg.train.seed,
                                         epoch, skip=samples_done)
-        return loader, samples_done // (bs * n_proc), None
+        return EpochLoader(loader, samples_done // (bs * n_proc), None)
     epoch_ds = inputs.train_ds
     if cfg.augment.enabled and cfg.augment.mode == "per_epoch" and epoch > 0:
         epoch_raw = _augmented(splits.train, cfg, cfg.train.seed + epoch, say)
         epoch_ds = _with_extras(data_mod.tokenize(epoch_raw, tokenizer, cfg.data, cache=False), epoch_raw)
+    tokens = token_sampler(cfg, epoch_ds, epoch, dd) if dd.batch_tokens else None
     loader = data_mod.train_loader(epoch_ds, tokenizer, bs, cfg.data.group_by_length, cfg.train.seed, epoch,
-                                   group_size=bs * n_proc, balanced=cfg.data.sampling == "balanced")
+                                   group_size=bs * n_proc, balanced=cfg.data.sampling == "balanced", tokens=tokens,
+                                   pin_memory=dd.pin_memory, pad_multiple=dd.pad_multiple)
     loader = accelerator.prepare(loader)
-    # the data position is kept in samples, so a checkpoint written by N processes resumes in M
-    skip = samples_done // (bs * n_proc)
+    # the data position is kept in rows, so a checkpoint written by N processes resumes in M
+    skip = samples_done // (bs * n_proc) if tokens is None else tokens.batches_before(samples_done) // n_proc
     if skip:
         loader = accelerator.skip_first_batches(loader, skip)
-    return loader, skip, len(loader) + skip
+    return EpochLoader(loader, skip, len(loader) + skip, tokens)

@@ -43,6 +43,20 @@ class _Window:
     samples: int = 0
     start: float = field(default_factory=time.time)
     tick: float = field(default_factory=time.time)
+    loss: Optional[torch.Tensor] = None  # the batches' losses since the last fold, summed on the device
+    batches: int = 0
+
+    def add_loss(self, loss: torch.Tensor) -> None:
+        value = loss.detach().float()
+        self.loss = value if self.loss is None else self.loss + value
+        self.batches += 1
+
+    def fold(self, state: LoopState) -> None:
+        """Move the device sum into the loop state (one host synchronisation): before a log line or a checkpoint."""
+        if self.loss is not None:
+            state.window_loss += float(self.loss.item())
+            state.window_n += self.batches
+        self.loss, self.batches = None, 0
 
 
 def _progress(total: int, initial: int, disable: bool):
@@ -112,6 +126,7 @@ def optimizer_stepped(acc) -> bool:
 
 def _log_train(ctx: Setup, state: LoopState, win: _Window, at_epoch: float) -> None:
     acc = ctx.accelerator
+    win.fold(state)
     elapsed = max(time.time() - win.start, 1e-9)
     local = torch.tensor(state.window_loss / max(state.window_n, 1), device=acc.device)
     window_mean = acc.reduce(local, reduction="mean").item()  # every process's batches
@@ -165,6 +180,7 @@ def _after_step(ctx: Setup, state: LoopState, stop: StopSignals, win: _Window, p
         _evaluate_and_judge(ctx, state, at_epoch, on_eval)
         win.tick = time.time()  # evaluation time is not training time
     if step % plan.save_every == 0 or is_eval or step == plan.total_steps or state.stopped_early or stop.signal:
+        win.fold(state)  # the checkpoint keeps the running loss, so a resumed log line equals the original
         save(ctx, state)
     if stop.signal:
         raise _Stop()
@@ -174,18 +190,19 @@ def _after_step(ctx: Setup, state: LoopState, stop: StopSignals, win: _Window, p
 def _run_epoch(ctx: Setup, state: LoopState, stop: StopSignals, win: _Window, progress, on_eval) -> bool:
     """One pass over the training data (from where a resumed run stopped); True when the run is done."""
     plan = ctx.plan
-    loader, state.batches_in_epoch, n_batches = inputs_mod.epoch_loader(
-        ctx.cfg, ctx.inputs, ctx.splits, ctx.tokenizer, ctx.accelerator, state.epoch, state.samples_in_epoch, ctx.say)
+    epoch = inputs_mod.epoch_loader(ctx.cfg, ctx.inputs, ctx.splits, ctx.tokenizer, ctx.accelerator, state.epoch,
+                                    state.samples_in_epoch, ctx.say, ctx.device)
+    state.batches_in_epoch, n_batches = epoch.skipped, epoch.n_batches
     samples_at_start = state.samples_in_epoch
-    for batch in loader:
+    for batch in epoch.loader:
         loss = _forward_backward(ctx, state, batch)
         state.batches_in_epoch += 1
         if n_batches is None:  # a stream is resumed by rows, which stay exact if the global batch changes
             state.samples_in_epoch += plan.rows_per_batch
         else:
-            state.samples_in_epoch = state.batches_in_epoch * plan.rows_per_batch
-        state.window_loss += loss.detach().float().item()
-        state.window_n += 1
+            state.samples_in_epoch = epoch.rows_done(state.batches_in_epoch, plan.num_processes, plan.rows_per_batch)
+        # summed on the device: reading it (.item()) every batch would make the host wait for the GPU each step
+        win.add_loss(loss)
         win.samples += batch["input_ids"].shape[0] * plan.num_processes
         if not ctx.accelerator.sync_gradients:
             continue

@@ -31,6 +31,7 @@ from . import few_shot
 from . import inputs as inputs_mod
 from . import loss as loss_mod
 from .speed import dropout as dropout_mod
+from .speed import device_defaults
 from .speed import prefix as prefix_mod
 from . import trackers as trackers_mod
 from .state import LoopState
@@ -92,6 +93,8 @@ class Setup:
     plan: StepPlan
     loss: loss_mod.LossSpec
     decision: problem.Decision  # during training: the target scaling only (thresholds and temperature come after)
+    device: device_defaults.DeviceDefaults = None  # what auto means here: batch_tokens, fused AdamW, pinned memory
+    lr_scale: float = 1.0  # train.batch_tokens: the learning rate's factor for the larger batches (lr_scale)
     prefix: Optional[prefix_mod.PrefixCache] = None  # train.prefix_cache, where it applies
     dropout: Optional[dropout_mod.Swap] = None  # train.fast_dropout, where it is on
     val_loader: Optional[DataLoader] = None  # prepared after the resume (restore), as the loop's first step
@@ -119,15 +122,20 @@ def _no_decay(name: str) -> bool:
     return n.endswith(".bias") or "layernorm" in n or "layer_norm" in n or ".ln" in n or "norm.weight" in n
 
 
-def build_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
-    """AdamW with no weight decay on biases and LayerNorm, or PEFT's LoRA+ optimizer."""
+def build_optimizer(cfg: Config, model: torch.nn.Module, fused: Optional[bool] = None,
+                    lr_scale: float = 1.0) -> torch.optim.Optimizer:
+    """AdamW with no weight decay on biases and LayerNorm, or PEFT's LoRA+ optimizer. fused: optimizer.fused
+    resolved for the device (None: resolved here); lr_scale multiplies train.learning_rate (token-capped batches)."""
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    kw = dict(lr=cfg.train.learning_rate, betas=tuple(cfg.optimizer.betas), eps=cfg.optimizer.eps)
+    lr = cfg.train.learning_rate * lr_scale
+    kw = dict(lr=lr, betas=tuple(cfg.optimizer.betas), eps=cfg.optimizer.eps)
+    if fused is None:
+        fused = device_defaults.resolve(cfg).fused
     if cfg.optimizer.name == "loraplus":
         from peft.optimizers import create_loraplus_optimizer
 
         return create_loraplus_optimizer(
-            model=model, optimizer_cls=torch.optim.AdamW, lr=cfg.train.learning_rate,
+            model=model, optimizer_cls=torch.optim.AdamW, lr=lr,
             loraplus_lr_ratio=cfg.optimizer.loraplus_lr_ratio, weight_decay=cfg.train.weight_decay,
             betas=tuple(cfg.optimizer.betas), eps=cfg.optimizer.eps)
     groups = [
@@ -137,7 +145,7 @@ def build_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimize
     groups = [g for g in groups if g["params"]]
     # foreach: the multi-tensor path; optimizer.fused: torch's fused kernel (CPU since torch 2.4). Which is the
     # default follows bench/train_speed.py's measurement, not a guess
-    if cfg.optimizer.fused:
+    if fused:
         return torch.optim.AdamW(groups, fused=True, **kw)
     return torch.optim.AdamW(groups, foreach=True, **kw)
 
@@ -186,7 +194,8 @@ def _fresh_accelerate_state() -> None:
 
 def _accelerator(cfg: Config, run: Path, precision: str) -> Accelerator:
     from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, TorchDynamoPlugin
+    from accelerate.utils import (DataLoaderConfiguration, DistributedDataParallelKwargs, ProjectConfiguration,
+                                  TorchDynamoPlugin)
 
     _fresh_accelerate_state()
     # train.torch_compile: Accelerate compiles the model in prepare(); regional compilation compiles one encoder
@@ -199,15 +208,38 @@ def _accelerator(cfg: Config, run: Path, precision: str) -> Accelerator:
                        log_with=list(cfg.track) or None,
                        project_config=ProjectConfiguration(project_dir=str(run), logging_dir=str(run / runs.TENSORBOARD)),
                        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)],
-                       dynamo_plugin=dynamo)
+                       dynamo_plugin=dynamo,
+                       # batches from pinned host memory are copied to a GPU without making the host wait
+                       dataloader_config=DataLoaderConfiguration(non_blocking=torch.cuda.is_available()))
 
 
-def _plan(cfg: Config, inputs: inputs_mod.Inputs, n_proc: int) -> StepPlan:
+def _plan(cfg: Config, inputs: inputs_mod.Inputs, n_proc: int,
+          tokens: Optional[data_mod.TokenBatchSampler]) -> StepPlan:
+    """The step plan; with token-capped batches (tokens: epoch 0's), an epoch is as many steps as its batches
+    make (later epochs' counts differ by a batch or so: the run ends at total_steps wherever that falls)."""
     bs, accum = cfg.train.per_device_train_batch_size, cfg.train.gradient_accumulation_steps
-    per_epoch = None if inputs.train_ds is None else data_mod.steps_per_epoch(len(inputs.train_ds), bs, accum, n_proc)
+    if tokens is not None:
+        per_epoch = max(1, math.ceil(math.ceil(len(tokens) / n_proc) / accum))
+    else:
+        per_epoch = None if inputs.train_ds is None else data_mod.steps_per_epoch(len(inputs.train_ds), bs, accum,
+                                                                                  n_proc)
     total = cfg.train.max_steps or int(math.ceil(per_epoch * cfg.train.num_train_epochs))
     eval_every = cfg.eval.eval_steps or per_epoch
     return StepPlan(total, per_epoch, eval_every, cfg.output.save_steps or eval_every, 0, bs, accum, n_proc)
+
+
+def _token_batches_lr(cfg: Config, dd: device_defaults.DeviceDefaults,
+                      tokens: Optional[data_mod.TokenBatchSampler], say: Callable[[str], None]) -> float:
+    """train.batch_tokens: log what it does, and the learning rate's factor for the larger batches."""
+    if tokens is None:
+        if cfg.train.batch_tokens == "auto" and dd.cuda:
+            say(f"train.batch_tokens {dd.batch_tokens_why}")
+        return 1.0
+    scale = device_defaults.lr_scale(tokens.mean_rows, cfg.train.per_device_train_batch_size)
+    say(f"train.batch_tokens={dd.batch_tokens} ({dd.batch_tokens_why}): {tokens.mean_rows:.1f} rows a batch on "
+        f"average (at most {dd.max_rows(cfg)}); learning rate {cfg.train.learning_rate:g} x {scale:.3f} = "
+        f"{cfg.train.learning_rate * scale:.3g} (x sqrt(rows / {cfg.train.per_device_train_batch_size}))")
+    return scale
 
 
 def _create_run_folder(run: Path, cfg: Config, splits, params: dict, spec: loss_mod.LossSpec) -> None:
@@ -233,8 +265,11 @@ def _describe(ctx: Setup) -> None:
     ctx.say(("streamed" if inp.train_ds is None else f"{len(inp.train_ds):,}") + f" train / {len(inp.val_ds):,} val"
             + (f" / {len(inp.test_ds):,} test" if inp.test_ds is not None else "")
             + f" rows; {plan.total_steps} steps ({plan.per_epoch or 'unknown'}/epoch), warm-up {plan.warmup}, effective "
-              f"batch {plan.effective_batch} ({plan.batch_size} x {plan.num_processes} process(es) x "
-              f"{plan.accumulation} accumulation), precision {ctx.precision}")
+              + (f"batch {plan.effective_batch} ({plan.batch_size} x {plan.num_processes} process(es) x "
+                 f"{plan.accumulation} accumulation)" if not ctx.device.batch_tokens else
+                 f"batches of at most {ctx.device.batch_tokens} tokens x {plan.num_processes} process(es) x "
+                 f"{plan.accumulation} accumulation")
+            + f", precision {ctx.precision}")
 
 
 def _training_precision(cfg: Config) -> str:
@@ -283,11 +318,14 @@ def setup(cfg: Config, resume: Optional[str | Path], splits: Optional[Splits], r
     prefix = prefix_mod.build(cfg, model, inputs.train_ds, say)
     if prefix is not None:
         inputs.train_ds = prefix_mod.with_rows(inputs.train_ds)
-    plan = _plan(cfg, inputs, accelerator.num_processes)
+    dd = device_defaults.resolve(cfg, few_shot=few is not None)
+    tokens = inputs_mod.token_sampler(cfg, inputs.train_ds, 0, dd) if dd.batch_tokens and inputs.train_ds else None
+    lr_scale = _token_batches_lr(cfg, dd, tokens, say)
+    plan = _plan(cfg, inputs, accelerator.num_processes, tokens)
     few_shot.warn_too_small(cfg, plan.total_steps, len(splits.validation), few is not None,
                             splits.validation_is_train, logger.warning if accelerator.is_main_process else say)
     hooks.set_total_steps(plan.total_steps)  # AdaLoRA schedules its rank budget over all steps
-    optimizer = build_optimizer(cfg, model)
+    optimizer = build_optimizer(cfg, model, fused=dd.fused, lr_scale=lr_scale)
     scheduler, plan.warmup = build_scheduler(cfg, optimizer, plan.total_steps)
     # the scheduler is stepped by hand once per optimizer step; Accelerate's wrapper would step it once per process
     prepared, optimizer = accelerator.prepare(model, optimizer)
@@ -300,7 +338,8 @@ def setup(cfg: Config, resume: Optional[str | Path], splits: Optional[Splits], r
                 hooks=hooks, optimizer=optimizer, scheduler=scheduler, plan=plan, loss=spec,
                 decision=problem.Decision(cfg.model.problem_type, target_mean=spec.target_mean,
                                           target_std=spec.target_std),
-                prefix=prefix, dropout=dropout_mod.build(cfg, model, accelerator.device, say))
+                device=dd, lr_scale=lr_scale, prefix=prefix,
+                dropout=dropout_mod.build(cfg, model, accelerator.device, say))
     _describe(ctx)
     return ctx
 
@@ -335,4 +374,9 @@ def restore(ctx: Setup) -> LoopState:
 
 
 def eval_loader(ctx: Setup, ds: datasets.Dataset) -> DataLoader:
-    return ctx.accelerator.prepare(data_mod.eval_loader(ds, ctx.tokenizer, ctx.cfg.eval.per_device_eval_batch_size))
+    """Sorted by length; capped by tokens too (at most 16 x the evaluation batch) where training batches are."""
+    dd, bs = ctx.device, ctx.cfg.eval.per_device_eval_batch_size
+    loader = data_mod.eval_loader(ds, ctx.tokenizer, bs, max_tokens=dd.eval_tokens(),
+                                  max_rows=bs * device_defaults.MAX_ROWS_FACTOR, pin_memory=dd.pin_memory,
+                                  pad_multiple=dd.pad_multiple)
+    return ctx.accelerator.prepare(loader)
