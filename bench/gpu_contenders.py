@@ -48,12 +48,15 @@ class Probe:
     alike for every contender. Token counts stay on the device until the end: a .item() per step would add a host
     synchronisation the contender does not have."""
 
-    def __init__(self) -> None:
+    def __init__(self, profiler=None) -> None:
         self.steps: list = []  # (start time, rows, real tokens as a 0-d tensor)
         self.evals_end: list[float] = []
+        self.profiler = profiler  # --profile: torch.profiler, advanced one step at each training forward
 
     def step(self, mask: torch.Tensor) -> None:
         self.steps.append((time.perf_counter(), mask.shape[0], mask.sum()))
+        if self.profiler is not None:
+            self.profiler.step()
 
     def evaluated(self) -> None:
         self.evals_end.append(time.perf_counter())
@@ -301,12 +304,40 @@ def run_loraclf(name: str, suite: GpuSuite, args, probe: Probe) -> dict:
 RUNNERS = {"stock": run_stock, "bare": run_bare}
 
 
+PROFILE_ROWS = 15
+
+
+def _profiler(args):
+    """--profile N: torch.profiler over N training steps after the warm-up (CPU and, on a GPU, CUDA activity)."""
+    from torch.profiler import ProfilerActivity, profile, schedule
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    return profile(activities=acts, schedule=schedule(skip_first=args.warmup, wait=0, warmup=1, active=args.profile,
+                                                     repeat=1))
+
+
+def profile_table(prof) -> str:
+    """The top PROFILE_ROWS operators by their own time on the device that ran them (CUDA on a GPU, else CPU)."""
+    key = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=key, row_limit=PROFILE_ROWS, max_name_column_width=48)
+
+
 def run(name: str, suite: GpuSuite, args) -> dict:
-    """One contender in this process: its result, the probe's steady state and its peak GPU memory."""
+    """One contender in this process: its result, the probe's steady state and its peak GPU memory; with --profile,
+    the profiler's top operators over the steps it recorded."""
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    probe = Probe()
-    out = RUNNERS[name](suite, args, probe) if name in RUNNERS else run_loraclf(name, suite, args, probe)
+    prof = _profiler(args) if getattr(args, "profile", 0) else None
+    probe = Probe(prof)
+    if prof is not None:
+        prof.start()
+    try:
+        out = RUNNERS[name](suite, args, probe) if name in RUNNERS else run_loraclf(name, suite, args, probe)
+    finally:
+        if prof is not None:
+            prof.stop()
+    if prof is not None:
+        out["profile"] = profile_table(prof)
     if torch.cuda.is_available():
         torch.cuda.synchronize()
         out["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20

@@ -124,3 +124,29 @@ def write_report(args, suites: dict, rows: list, head: dict) -> None:
     lines += targets(rows, on_gpu and not args.check)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     common.write_text(args.out, "\n".join(lines))
+
+
+def write_profile(args, rows: list, head: dict) -> None:
+    """--profile: each contender's top operators (gpu_contenders.profile_table), one loraclf step set beside the
+    bare loop's, to show where loraclf's extra time goes."""
+    f = head["facts"]
+    on_gpu = f["gpu"] is not None
+    lines = ["# Where a training step's time goes: torch.profiler, loraclf against the bare loop and the Trainer", ""]
+    if args.check or not on_gpu:
+        lines += [f"**Not results: {NOT_MEASURED}.** From `--check` or a machine without a GPU (CPU operators only).",
+                  ""]
+    lines += [f"- `{common.command('gpu.py', args.argv)}`: {args.profile} steps per contender after a warm-up of "
+              f"{args.warmup} (and one profiler warm-up step), MiniLM suite, {head['precision']}.",
+              f"- GPU: {f['gpu'] or 'none'}; driver {f['driver'] or 'n/a'}; torch {f['torch']}; CUDA {f['cuda']}.",
+              *common.machine_lines([head["load"]], what="benchmark"),
+              "- Sorted by each operator's own time on the device that ran it (CUDA on a GPU, else CPU); the step "
+              "times below include the profiler's own overhead, so compare them only with each other.", ""]
+    for r in rows:
+        lines += [f"## {LABEL[r['contender']]}", ""]
+        if "error" in r:
+            lines += [f"failed: {r['error']}", ""]
+            continue
+        lines += [f"Steady-state step {_f(r.get('step_ms'), '{:,.1f}')} ms under the profiler.", "", "```",
+                  r.get("profile", "(no profile)").rstrip(), "```", ""]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    common.write_text(args.out, "\n".join(lines))

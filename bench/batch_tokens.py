@@ -1,0 +1,136 @@
+"""Benchmark: does the GPU default recipe (train.batch_tokens) keep accuracy? (issue 39)
+
+On a CUDA GPU `train.batch_tokens: auto` caps training batches at 16,384 padded tokens (~300 AG News rows) instead of
+32 rows, with the learning rate x sqrt(mean rows / 32). Fewer, larger steps are where a GPU gains its speed; this
+script measures what they cost in accuracy. Accuracy does not depend on the device, so it runs on a CPU too (hours of
+CPU time on a GPU's minutes of work): the same data as bench/gpu.py's minilm suite (AG News 5,000 / 600 / 2,000,
+MiniLM-L6 real weights), loraclf at the frozen reference recipe (bench/train_speed_contenders.py's
+LORACLF_AT_REFERENCE: LoRA r 8 on query + value, lr 1e-3, 3 epochs, batch 32) with batch_tokens off (the reference's
+batches) and at each --tokens cap. Each arm is one `loraclf train` child process.
+
+Reported per arm: optimizer steps, mean rows per batch (from the run's log), the learning rate used, final val and
+test accuracy, the first step (and share of the run's training rows) at which validation accuracy reached the
+rows arm's final validation accuracy (bench/train_speed.py's rule: two evaluations in a row, the last counting
+alone), evaluated every --eval-every rows of training. Wall times are not reported: on a CPU they say nothing about a GPU.
+
+Run:  python bench/batch_tokens.py [--tokens 16384 8192] [--threads 1]      # bench/results/batch_tokens.md
+Needs: the packaged MiniLM and ../shared/data/ag_news.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+import common
+from train_speed_contenders import AG_LABELS, LORACLF_AT_REFERENCE, MINILM, model_path
+
+RESULTS = common.RESULTS / "batch_tokens.jsonl"
+TABLE = common.RESULTS / "batch_tokens.md"
+ROWS_BATCH = 32  # the reference's batch (LORACLF_AT_REFERENCE)
+
+
+def _split(src: Path, dst: Path) -> None:
+    import pandas as pd
+
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    pd.read_csv(src)[["text", "label"]].to_csv(dst, index=False)
+
+
+def overrides(args, name: str, tokens: int | None, eval_steps: int) -> list[str]:
+    data = args.work / "agnews"
+    return [f"model.name_or_path={model_path(MINILM)}", f"data.train={data / 'train.csv'}",
+            f"data.validation={data / 'val.csv'}", f"data.test={data / 'test.csv'}", "data.text_column=text",
+            "data.label_column=label", f"data.label_names=[{', '.join(AG_LABELS)}]", f"train.seed={args.seed}",
+            *LORACLF_AT_REFERENCE, "train.mixed_precision=auto",
+            f"train.batch_tokens={tokens if tokens else 'null'}", f"eval.eval_steps={eval_steps}",
+            "output.report=false", f"output.dir={args.work / 'runs'}", f"output.run_name={name}",
+            "output.overwrite=true", f"train.num_threads={args.threads}"]
+
+
+def run_arm(args, name: str, tokens: int | None, eval_steps: int) -> dict:
+    cmd = [sys.executable, "-m", "loraclf", "train", *overrides(args, name, tokens, eval_steps), "--json"]
+    child = common.run_child(cmd, env=common.OFFLINE_ENV, threads=args.threads, timeout=args.timeout)
+    row = {"arm": name, "tokens": tokens, "seed": args.seed, "wall_s": child.wall_s, "other_cpu_s": child.other_cpu_s}
+    if not child.ok:
+        return {**row, "error": child.error()}
+    run = Path(json.loads(child.stdout)["run"])
+    metrics = json.loads((run / "metrics.json").read_text())
+    history = [json.loads(x) for x in (run / "history.jsonl").read_text().splitlines() if x.strip()]
+    found = re.search(r"([\d.]+) rows a batch on average.*= ([\d.e-]+) \(x sqrt", child.stderr)
+    return {**row, "steps": metrics["global_step"], "val": metrics["val"]["accuracy"],
+            "test": metrics["test"]["accuracy"],
+            "mean_rows": float(found.group(1)) if found else float(ROWS_BATCH),
+            "lr": float(found.group(2)) if found else 1e-3,
+            "evals": [(h["step"], h["accuracy"]) for h in history if h.get("type") == "eval"]}
+
+
+def reached(evals: list, target: float) -> int | None:
+    """The first evaluation at or above target whose next one is too (the last counts alone)."""
+    for i, (step, acc) in enumerate(evals):
+        if acc >= target and (i == len(evals) - 1 or evals[i + 1][1] >= target):
+            return step
+    return None
+
+
+def write_table(rows: list[dict]) -> None:
+    base = next((r for r in rows if r["tokens"] is None and "error" not in r), None)
+    lines = ["# The GPU default recipe's accuracy: token-capped batches against the reference's 32-row batches", "",
+             f"- Command: `{common.command('batch_tokens.py')}`; raw rows in [batch_tokens.jsonl](batch_tokens.jsonl).",
+             "- Data: AG News 5,000 train / 600 val / 2,000 test (bench/gpu.py's minilm suite), MiniLM-L6, loraclf at "
+             "the reference recipe (LORACLF_AT_REFERENCE) but for train.batch_tokens; one seed per arm.",
+             *common.machine_lines([common.Load(r["other_cpu_s"], r["wall_s"]) for r in rows], "arm", timings=False),
+             "- Run on a CPU: accuracy does not depend on the device (bf16 here as on an Ampere+ GPU); no time is "
+             "reported, since a CPU's time says nothing about a GPU's.", ""]
+    lines += common.md_table(["arm", "steps", "rows / batch", "learning rate", "val %", "test %",
+                              "reached the rows arm's val at step (share of training)"], align="lrrrrrl")
+    for r in rows:
+        if "error" in r:
+            lines.append(common.md_row([r["arm"], "error: " + r["error"], "", "", "", "", ""]))
+            continue
+        hit = reached(r["evals"], base["val"]) if base else None
+        share = f"{hit} ({hit / r['steps']:.0%})" if hit else "never"
+        lines.append(common.md_row([r["arm"], r["steps"], f"{r['mean_rows']:.1f}", f"{r['lr']:.3g}",
+                                    f"{100 * r['val']:.2f}", f"{100 * r['test']:.2f}", share]))
+    if base:
+        lines += ["", "Target (issue 39): final test accuracy >= the reference's - 0.3 points:"]
+        for r in rows:
+            if r is not base and "error" not in r:
+                d = 100 * (r["test"] - base["test"])
+                lines.append(f"- {r['arm']}: {d:+.2f} points: {'PASS' if d >= -0.3 else 'MISS'}")
+    common.write_text(TABLE, "\n".join(lines) + "\n")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tokens", type=int, nargs="+", default=[16384])
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--timeout", type=float, default=7200)
+    p.add_argument("--data", type=Path, default=common.DATA / "ag_news")
+    p.add_argument("--work", type=Path, default=Path("/tmp/loraclf-bench-batch-tokens"))
+    p.add_argument("--report", action="store_true", help="rewrite the table from the jsonl only")
+    args = p.parse_args(argv)
+    if not args.report:
+        for s in ("train", "val", "test"):
+            _split(args.data / f"{s}.csv", args.work / "agnews" / f"{s}.csv")
+        done = {(r["arm"], r["seed"]) for r in common.read_jsonl(RESULTS)} if RESULTS.exists() else set()
+        arms = [("rows-32", None)] + [(f"tokens-{t}", t) for t in args.tokens]
+        for name, tokens in arms:
+            if (name, args.seed) in done:
+                continue
+            # evaluations every ~800 training rows in every arm: 25 steps of 32 rows, or as many token batches
+            eval_steps = 25 if tokens is None else max(1, round(25 * ROWS_BATCH / (tokens / 52)))
+            row = run_arm(args, name, tokens, eval_steps)
+            common.append_jsonl(RESULTS, row)
+            print(json.dumps({k: row.get(k) for k in ("arm", "steps", "val", "test", "error")}), flush=True)
+    write_table(common.read_jsonl(RESULTS))
+    print(TABLE.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
