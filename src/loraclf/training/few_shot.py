@@ -8,7 +8,11 @@ recipe instead (chosen by bench/small_data.py, docs/little-data.md):
   the config sets, is still used);
 - runs a fixed schedule, FEW_SHOT_EPOCHS epochs of batch FEW_SHOT_BATCH and at least FEW_SHOT_MIN_STEPS steps,
   keeping the last step (evaluation only at the end);
-- adapts every linear layer of the encoder (adapter.target_modules=all-linear instead of qv).
+- adapts every linear layer of the encoder (adapter.target_modules=all-linear instead of qv);
+- first trains the adapter on sentence pairs of the labelled rows, as SetFit does (contrastive.py: class-balanced
+  batches, every pair scored 10 times on average, mean-pooled embeddings, at 5x the classifier's learning rate),
+  then the classifier at FEW_SHOT_LR (a fifth of the default 1e-3, so it does not undo the first stage). The screen
+  and the measurement against SetFit: docs/little-data.md, bench/results/small_data.md.
 
 The model is the stock one, so the saved run loads in transformers/peft, `loraclf predict` and `export` like any
 other. A head started from class prototypes (class-mean pooler features as a nearest-class-mean output layer) was
@@ -40,6 +44,7 @@ FEW_SHOT_EPOCHS = 25
 FEW_SHOT_BATCH = 16
 FEW_SHOT_MIN_STEPS = 50
 FEW_SHOT_MAX_STEPS = 2000
+FEW_SHOT_LR = 2e-4  # the classifier stage's learning rate, after the contrastive stage (at 5x this)
 FEW_SHOT_TARGETS = "all-linear"  # every linear layer of the encoder adapted: TREC-6 8/class seed 0, 49.3% against 34.6% (qv)
 TOO_FEW_STEPS = 30  # fewer optimizer steps than this: warn
 TOO_FEW_VAL_ROWS = 30  # a validation split of fewer rows than this: warn
@@ -109,6 +114,8 @@ def _schedule(cfg: Config, n_rows: int) -> Config:
     ad = cfg.adapter
     # every linear layer adapted, unless a budget cap is set: the cap was sized for the config's own targets, and
     # the recipe must not turn a run that fits into one that is refused (or shrink its rank behind the user's back)
+    if tr.learning_rate == default.train.learning_rate:
+        tr = dataclasses.replace(tr, learning_rate=FEW_SHOT_LR)
     if ad.target_modules == default.adapter.target_modules and cfg.budget.max_trainable_params is None:
         ad = dataclasses.replace(ad, target_modules=FEW_SHOT_TARGETS)
     if ev.eval_steps is None and tr.max_steps is not None:
@@ -137,14 +144,29 @@ def plan(cfg: Config, splits: Optional[Splits], say: Callable[[str], None],
         return cfg, splits, None
     cfg = _schedule(cfg, len(splits.train))
     rows = "every labelled row trains" if splits.validation_is_train else "the rows outside validation train"
-    say(f"few-shot recipe on: {why}; {rows}, {cfg.train.max_steps or 'configured'} steps of "
-        f"batch {cfg.train.per_device_train_batch_size}, adapter on {cfg.adapter.target_modules}, the last step kept")
+    say(f"few-shot recipe on: {why}; {rows}; adapter on {cfg.adapter.target_modules}; first a contrastive stage "
+        f"(sentence pairs of the labelled rows, same class pulled together, as SetFit), then the classifier: "
+        f"{cfg.train.max_steps or 'configured'} steps of batch {cfg.train.per_device_train_batch_size} at learning "
+        f"rate {cfg.train.learning_rate:g}, the last step kept")
     if splits.validation_is_train:
         say(f"validation: none held out; the {len(splits.validation)} training rows stand in for it, so val metrics "
             f"measure fit, not generalisation (give data.validation to measure)")
     elif loaded:
         data_mod.warn_overlap(splits)
     return cfg, splits, why
+
+
+def contrast(cfg: Config, model, train_ds, tokenizer, accelerator, say: Callable[[str], None]) -> None:
+    """The recipe's first stage (contrastive.py): sentence pairs of the labelled rows train the adapter before
+    the classifier does. Skipped on a resumed run (its checkpoint holds the adapted weights)."""
+    from . import contrastive
+    from ..data.splits import label_array
+
+    if train_ds is None or len(train_ds) < 2:
+        return
+    contrastive.run(model, train_ds, label_array(train_ds), data_mod.collator(tokenizer),
+                    cfg.train.learning_rate, cfg.train.seed, device=accelerator.device,
+                    autocast=accelerator.autocast, say=say)
 
 
 # ------------------------------------------------------------------------------------------ too small to learn
