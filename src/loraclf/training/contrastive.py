@@ -132,7 +132,7 @@ def run(model: torch.nn.Module, train_ds, labels: np.ndarray, collate, lr: float
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr * CONTRAST_LR_SCALE, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1.0 - s / max(steps, 1)))
-    encoder, targets = encoder_of(model), torch.from_numpy(pair_targets(labels))
+    encoder, labels = encoder_of(model), np.asarray(labels)
     was_training = model.training
     model.train()
     losses = []
@@ -140,7 +140,7 @@ def run(model: torch.nn.Module, train_ds, labels: np.ndarray, collate, lr: float
         inputs = _inputs([train_ds[int(i)] for i in rows], collate, device)
         with (autocast() if autocast else contextlib.nullcontext()):
             embs = embed(encoder, inputs, pooling)
-        target = targets[rows][:, rows].to(embs[0].device)
+        target = torch.from_numpy(pair_targets(labels[rows])).to(embs[0].device)  # per batch: n*n would not fit
         loss = sum(pair_loss(e, target) for e in embs)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -149,7 +149,8 @@ def run(model: torch.nn.Module, train_ds, labels: np.ndarray, collate, lr: float
         opt.zero_grad(set_to_none=True)
         losses.append(float(loss.detach()))
     model.train(was_training)
-    head = np.mean(losses[: max(len(losses) // 5, 1)]) if losses else math.nan
+    fifth = max(len(losses) // 5, 1)
+    first, last = (np.mean(losses[:fifth]), np.mean(losses[-fifth:])) if losses else (math.nan, math.nan)
     say(f"contrastive stage: {steps} steps of {batch}-row class-balanced batches (every pair in a batch), "
-        f"{pooling}-pooled embeddings, learning rate {lr * CONTRAST_LR_SCALE:g}, pair loss {head:.4f} -> {np.mean(losses[-max(len(losses) // 5, 1):]):.4f}")
+        f"{pooling}-pooled embeddings, learning rate {lr * CONTRAST_LR_SCALE:g}, pair loss {first:.4f} -> {last:.4f}")
     return losses
