@@ -108,7 +108,7 @@ def dups_section(rows: list[dict]) -> list[str]:
                     f"with a float32 recheck of every row within {r.get('recheck', 0.02)} of the threshold) "
                     f"**{r['audit_s']} s**; the same blocks in float32 throughout {r['float32_s']} s; same rows, best "
                     f"rows and cosines as float32: {r['same_pairs_as_float32']} ({r['near_found_at_threshold']:,} rows "
-                    f"at or above 0.95, largest cosine difference {r['max_cosine_difference']}). Target (< 120 s with "
+                    f"at or above 0.95, largest cosine difference {r['max_cosine_difference']:.1e}). Target (< 120 s with "
                     f"exact matching): {_verdict(r['audit_s'] + 1.2 < 120)}. Other processes' CPU meanwhile: "
                     f"{r['other_cpu_s']} s over {r['wall_s']} s."]
     return out + [""] + _notes(rows, "dups")
