@@ -19,6 +19,7 @@ from ..base import sources
 from ..config import DataConfig
 from . import windows
 from .read import column
+from .collate import PaddedBatches, identity, pad_settings
 from .token_batches import TokenBatchSampler, token_batches
 
 # per-row columns a training batch carries besides the tokens (weight, soft_labels: self-training's pseudo-labels;
@@ -122,12 +123,13 @@ def train_loader(ds, tokenizer, batch_size: int, group_by_length: bool, seed: in
     import torch
     from torch.utils.data import DataLoader, RandomSampler
 
-    data = ds.select_columns([c for c in TRAIN_COLUMNS if c in ds.column_names])
+    pad_id, left = pad_settings(tokenizer)
+    data = PaddedBatches(ds, TRAIN_COLUMNS, pad_id, left, pad_multiple)
     # the loader's own generator: without one, every new iterator draws its base seed from the global RNG,
     # which a resumed run would draw once more than an uninterrupted one (and so change its dropout masks)
     loader_g = torch.Generator()
     loader_g.manual_seed(seed + epoch)
-    common = dict(collate_fn=collator(tokenizer, pad_multiple), generator=loader_g, pin_memory=pin_memory)
+    common = dict(collate_fn=identity, generator=loader_g, pin_memory=pin_memory)
     if tokens is not None:
         return DataLoader(data, batch_sampler=tokens, **common)
     g = torch.Generator()
@@ -138,24 +140,26 @@ def train_loader(ds, tokenizer, batch_size: int, group_by_length: bool, seed: in
     elif group_by_length:
         sampler = LengthGroupedSampler(column(ds, "length").to_numpy(), group_size or batch_size, g)
     else:
-        sampler = RandomSampler(data, generator=g)
+        sampler = RandomSampler(range(len(data)), generator=g)
     return DataLoader(data, batch_size=batch_size, sampler=sampler, drop_last=False, **common)
 
 
 def eval_loader(ds, tokenizer, batch_size: int, max_tokens: Optional[int] = None, max_rows: Optional[int] = None,
                 pin_memory: bool = False, pad_multiple: Optional[int] = None):
     """Batches sorted by length (least padding); the `index` column restores input order. With max_tokens, the
-    batches are capped by padded tokens (at most max_rows rows) instead of holding batch_size rows."""
+    batches are capped by padded tokens (at most max_rows rows) instead of holding batch_size rows: one process only,
+    since gathering several processes' outputs needs batches of one size."""
     from torch.utils.data import DataLoader
 
     lengths = column(ds, "length").to_numpy()
-    data = ds.select_columns([c for c in EVAL_COLUMNS if c in ds.column_names])
-    common = dict(collate_fn=collator(tokenizer, pad_multiple), pin_memory=pin_memory)
+    pad_id, left = pad_settings(tokenizer)
+    data = PaddedBatches(ds, EVAL_COLUMNS, pad_id, left, pad_multiple)
     if max_tokens:
         batches = [b.tolist() for b in token_batches(lengths, batch_size, max_tokens, max_rows)]
-        return DataLoader(data, batch_sampler=batches, **common)
-    order = np.argsort(lengths, kind="stable")
-    return DataLoader(data.select(order.tolist()), batch_size=batch_size, shuffle=False, **common)
+        return DataLoader(data, batch_sampler=batches, collate_fn=identity, pin_memory=pin_memory)
+    # a fixed batch size: Accelerate gives every process batches of one size, which gathering outputs needs
+    order = np.argsort(lengths, kind="stable").tolist()
+    return DataLoader(data, batch_size=batch_size, sampler=order, collate_fn=identity, pin_memory=pin_memory)
 
 
 class LengthGroupedSampler:

@@ -315,8 +315,6 @@ def setup(cfg: Config, resume: Optional[str | Path], splits: Optional[Splits], r
     say(spec.describe(splits.id2label))
     hooks = methods.hooks_of(model)
     inputs = inputs_mod.build(cfg, splits, tokenizer, say)
-    if few is not None and resume_dir is None:  # the few-shot recipe's contrastive stage, before the classifier's
-        few_shot.contrast(cfg, model, inputs.train_ds, tokenizer, accelerator, say)
     prefix = prefix_mod.build(cfg, model, inputs.train_ds, say)
     if prefix is not None:
         inputs.train_ds = prefix_mod.with_rows(inputs.train_ds)
@@ -376,9 +374,11 @@ def restore(ctx: Setup) -> LoopState:
 
 
 def eval_loader(ctx: Setup, ds: datasets.Dataset) -> DataLoader:
-    """Sorted by length; capped by tokens too (at most 16 x the evaluation batch) where training batches are."""
+    """Sorted by length; capped by tokens too (at most 16 x the evaluation batch) where training batches are, in one
+    process (several processes gather their outputs, which needs batches of one size)."""
     dd, bs = ctx.device, ctx.cfg.eval.per_device_eval_batch_size
-    loader = data_mod.eval_loader(ds, ctx.tokenizer, bs, max_tokens=dd.eval_tokens(),
+    tokens = dd.eval_tokens() if ctx.accelerator.num_processes == 1 else None
+    loader = data_mod.eval_loader(ds, ctx.tokenizer, bs, max_tokens=tokens,
                                   max_rows=bs * device_defaults.MAX_ROWS_FACTOR, pin_memory=dd.pin_memory,
                                   pad_multiple=dd.pad_multiple)
     return ctx.accelerator.prepare(loader)
