@@ -315,6 +315,8 @@ def setup(cfg: Config, resume: Optional[str | Path], splits: Optional[Splits], r
     say(spec.describe(splits.id2label))
     hooks = methods.hooks_of(model)
     inputs = inputs_mod.build(cfg, splits, tokenizer, say)
+    if few is not None and resume_dir is None:  # the few-shot recipe's contrastive stage, before the classifier's
+        few_shot.contrast(cfg, model, inputs.train_ds, tokenizer, accelerator, say)
     prefix = prefix_mod.build(cfg, model, inputs.train_ds, say)
     if prefix is not None:
         inputs.train_ds = prefix_mod.with_rows(inputs.train_ds)
