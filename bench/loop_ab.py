@@ -7,7 +7,7 @@ own src/ and bench/ on PYTHONPATH), alternating A B A B ... so that a drift of t
 real (attention-mask) tokens per second of training, evaluation excluded, per run and their medians, and the ratio.
 Run it alone: it is a timing benchmark, and its table states the CPU other processes used.
 
-Run:  python bench/loop_ab.py --base 774b507 [--pairs 3] [--suite trec6] [--epochs 1] [--threads 2]
+Run:  python bench/loop_ab.py --base 774b507 [--pairs 3] [--suite agnews] [--epochs 1] [--threads 2]
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ import common
 TABLE = common.RESULTS / "loop_ab.md"
 
 
-def worktree(base: str, work: Path) -> Path:
-    path = work / f"base-{base}"
+def worktree(base: str) -> Path:
+    """The base commit checked out beside this checkout, so that its bench finds ../shared/data as this one does."""
+    path = common.ROOT.parent / f"loraclf-base-{base}"
     if not path.exists():
         subprocess.run(["git", "-C", str(common.ROOT), "worktree", "add", "--detach", str(path), base], check=True,
                        capture_output=True)
@@ -74,7 +75,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--base", required=True, help="the commit to compare with")
     p.add_argument("--pairs", type=int, default=3)
-    p.add_argument("--suite", choices=["agnews", "trec6"], default="trec6")
+    p.add_argument("--suite", choices=["agnews", "trec6"], default="agnews")
     p.add_argument("--epochs", type=float, default=1.0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--precision", choices=["bf16", "fp32"], default="bf16" if common.bf16_supported() else "fp32")
@@ -85,7 +86,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else list(argv)
     args.work.mkdir(parents=True, exist_ok=True)
-    trees = {"base": worktree(args.base, args.work), "head": common.ROOT}
+    trees = {"base": worktree(args.base), "head": common.ROOT}
     runs = []
     for i in range(args.pairs):
         for tag in ("base", "head") if i % 2 == 0 else ("head", "base"):

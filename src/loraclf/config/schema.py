@@ -168,7 +168,7 @@ class TrainConfig:
         "auto", "Cap each training batch by padded tokens (rows x its longest row) instead of a fixed row count: "
         "rows are length-grouped and a batch holds as many as fit, at most 16 x per_device_train_batch_size; the "
         "learning rate is scaled by sqrt(mean rows per batch / per_device_train_batch_size), and evaluation batches "
-        "are capped by tokens too. auto = 16384 on a CUDA GPU (a 32-row batch leaves it idle), off on a CPU and for "
+        "are capped by tokens too. auto = 8192 on a CUDA GPU (a 32-row batch leaves it idle), off on a CPU and for "
         "the few-shot recipe; null = off. `loraclf config` shows which applies here.", ge=8, le=10_000_000)
     loss: Optional[Literal["cross_entropy", "focal", "bce", "mse", "huber"]] = _f(
         None, "Loss (null = the problem type's: cross_entropy, bce, mse). focal for single- or multi-label; huber "
