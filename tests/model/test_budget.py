@@ -315,3 +315,21 @@ def test_every_method_is_counted_exactly_and_the_lora_head_reloads(tiny_models, 
     stock = PeftModel.from_pretrained(base, str(tmp_path / "adapter")).eval()
     with torch.no_grad():
         torch.testing.assert_close(stock(**batch).logits, want, rtol=1e-5, atol=1e-5)
+
+
+def test_budget_counts_the_few_shot_recipes_adapter(tiny_bert, capsys):
+    """train.few_shot=true adapts every linear layer where the targets are left at their default: budget counts that
+    run; under auto it counts the config's own targets and says in one line on stderr that a small data set trains
+    more."""
+    base = [f"model.name_or_path={tiny_bert}", "--num-labels", "4", "--json"]
+    assert main(["budget", *base, "train.few_shot=true"]) == 0
+    few = json.loads(capsys.readouterr().out)
+    assert main(["budget", *base, "adapter.target_modules=all-linear", "train.few_shot=false"]) == 0
+    wide = json.loads(capsys.readouterr().out)
+    assert main(["budget", *base]) == 0
+    out = capsys.readouterr()
+    auto = json.loads(out.out)
+    assert few["trainable"] == wide["trainable"] > auto["trainable"]
+    assert "train.few_shot=auto adapts every linear layer" in out.err and len(out.err.strip().splitlines()) == 1
+    assert main(["budget", *base, "budget.max_trainable_params=10000000"]) == 0  # a cap keeps the targets: no note
+    assert "train.few_shot" not in capsys.readouterr().err

@@ -167,9 +167,20 @@ def cmd_audit(args) -> int:
 def cmd_budget(args) -> int:
     from ..model.budget import budget_report, format_report
 
+    from ..task import REGRESSION
+    from ..training.few_shot import FEW_SHOT_ROWS_PER_CLASS, widened_targets
+
     config, overrides = _split_config(args)
-    rep = budget_report(load_config(config, overrides), num_labels=args.num_labels)
+    cfg = load_config(config, overrides)
+    few = cfg.train.few_shot is not False and cfg.model.problem_type != REGRESSION
+    if few and cfg.train.few_shot is True:
+        cfg = widened_targets(cfg)  # the few-shot recipe's adapter is what that run trains
+    rep = budget_report(cfg, num_labels=args.num_labels)
     print(json.dumps(rep, indent=2) if args.json else format_report(rep))
+    if few and cfg.train.few_shot == "auto" and widened_targets(cfg) is not cfg:
+        print(f"note: with under {FEW_SHOT_ROWS_PER_CLASS} labelled rows per class, train.few_shot=auto adapts every "
+              f"linear layer (adapter.target_modules=all-linear) and trains more parameters than this; add "
+              f"train.few_shot=true to count that run", file=sys.stderr)
     return 0
 
 

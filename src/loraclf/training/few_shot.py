@@ -111,16 +111,22 @@ def _schedule(cfg: Config, n_rows: int) -> Config:
         per_epoch = math.ceil(n_rows / (tr.per_device_train_batch_size * tr.gradient_accumulation_steps))
         steps = min(max(FEW_SHOT_EPOCHS * per_epoch, FEW_SHOT_MIN_STEPS), FEW_SHOT_MAX_STEPS)
         tr = dataclasses.replace(tr, max_steps=steps)
-    ad = cfg.adapter
-    # every linear layer adapted, unless a budget cap is set: the cap was sized for the config's own targets, and
-    # the recipe must not turn a run that fits into one that is refused (or shrink its rank behind the user's back)
     if tr.learning_rate == default.train.learning_rate:
         tr = dataclasses.replace(tr, learning_rate=FEW_SHOT_LR)
-    if ad.target_modules == default.adapter.target_modules and cfg.budget.max_trainable_params is None:
-        ad = dataclasses.replace(ad, target_modules=FEW_SHOT_TARGETS)
     if ev.eval_steps is None and tr.max_steps is not None:
         ev = dataclasses.replace(ev, eval_steps=tr.max_steps)  # a fixed schedule: the last step is the model
-    return dataclasses.replace(cfg, train=tr, eval=ev, adapter=ad)
+    return dataclasses.replace(widened_targets(cfg), train=tr, eval=ev)
+
+
+def widened_targets(cfg: Config) -> Config:
+    """The recipe's adapter: every linear layer adapted where adapter.target_modules is left at its default, unless a
+    budget cap is set (the cap was sized for the config's own targets, and the recipe must not turn a run that fits
+    into one that is refused, or shrink its rank behind the user's back). `loraclf budget` counts with it too."""
+    default = Config()
+    ad = cfg.adapter
+    if ad.target_modules == default.adapter.target_modules and cfg.budget.max_trainable_params is None:
+        return dataclasses.replace(cfg, adapter=dataclasses.replace(ad, target_modules=FEW_SHOT_TARGETS))
+    return cfg
 
 
 def plan(cfg: Config, splits: Optional[Splits], say: Callable[[str], None],
