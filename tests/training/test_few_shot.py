@@ -8,6 +8,7 @@ import math
 
 import datasets
 import pandas as pd
+import pytest
 
 from loraclf import cli, runs
 from loraclf.config import Config, load_config
@@ -128,3 +129,15 @@ def test_minilm_learns_from_8_rows_per_class_of_ag_news(minilm_path, ag_news, tm
     acc = json.loads((run / runs.METRICS).read_text())["test"]["accuracy"]
     chance = 1 / 4
     assert acc >= 2 * chance, f"test accuracy {acc:.3f} from 8 rows per class is not well above chance ({chance})"
+
+
+@pytest.mark.parametrize("args,cause", [
+    (["model.problem_type=regression"], "train.few_shot=true is for classification"),
+    (["data.train=x.csv", "data.streaming=true", "train.max_steps=5", "eval.eval_steps=5"],
+     "needs the training rows counted up front, which data.streaming=true does not allow")])
+def test_validate_refuses_few_shot_where_the_recipe_cannot_apply(args, cause, capsys):
+    from loraclf.cli.commands import main
+
+    assert main(["validate", *args, "train.few_shot=true"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and cause in err[0]

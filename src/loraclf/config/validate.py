@@ -236,7 +236,21 @@ def cross_checks(cfg) -> list[str]:
     if cfg.train.fast_dropout is True and cfg.train.torch_compile:
         problems.append("'train.fast_dropout: true' does not combine with train.torch_compile (the compiled model "
                         "keeps the dropout it was traced with); set train.fast_dropout=auto or false")
-    return problems + _problem_checks(cfg) + _long_text_checks(cfg.data) + _group_checks(cfg.data)
+    return (problems + _problem_checks(cfg) + few_shot_problems(cfg) + _long_text_checks(cfg.data)
+            + _group_checks(cfg.data))
+
+
+def few_shot_problems(cfg) -> list[str]:
+    """train.few_shot=true where the recipe cannot apply (training checks this again: loraclf.training.few_shot)."""
+    if cfg.train.few_shot is not True:
+        return []
+    if cfg.model.problem_type == REGRESSION:
+        return ["train.few_shot=true is for classification; regression has no classes to learn from a few rows each "
+                "(use train.few_shot=false or auto)"]
+    if cfg.data.streaming:
+        return ["train.few_shot=true needs the training rows counted up front, which data.streaming=true does not "
+                "allow; set data.streaming=false or train.few_shot=false"]
+    return []
 
 
 def _group_checks(data) -> list[str]:

@@ -34,6 +34,7 @@ from .. import data as data_mod
 from ..base import logs
 from ..base.errors import ConfigError, DataError
 from ..config import Config
+from ..config.validate import few_shot_problems
 from ..data import Splits
 from ..task import MULTI, REGRESSION
 
@@ -61,15 +62,11 @@ def _every_row_trains(cfg: Config) -> bool:
 
 
 def check_config(cfg: Config) -> None:
-    """train.few_shot=true where the recipe cannot apply: one line, before any data is read."""
-    if cfg.train.few_shot is not True:
-        return
-    if cfg.model.problem_type == REGRESSION:
-        raise ConfigError(["train.few_shot=true is for classification; regression has no classes to learn from a "
-                           "few rows each (use train.few_shot=false or auto)"])
-    if cfg.data.streaming:
-        raise ConfigError(["train.few_shot=true needs the training rows counted up front, which data.streaming=true "
-                           "does not allow; set data.streaming=false or train.few_shot=false"])
+    """train.few_shot=true where the recipe cannot apply: one line, before any data is read (load_config checks the
+    same; a Config built in Python is checked here)."""
+    problems = few_shot_problems(cfg)
+    if problems:
+        raise ConfigError(problems)
 
 
 def rows_per_class(splits: Splits) -> np.ndarray:
