@@ -265,6 +265,8 @@ def loraclf_overrides(name: str, suite: GpuSuite, args) -> list[str]:
             f"output.run_name={name}-{suite.key}", "output.overwrite=true"]
     if name == "loraclf":  # its own defaults for this device, under the reference's trainable budget
         over.append(f"budget.max_trainable_params={args.cap}")
+        if args.check:  # --check's 160 rows would turn on the few-shot recipe, which a 5k-row suite never runs
+            over.append("train.few_shot=false")
     else:
         over += LORACLF_AT_REFERENCE + [f"train.mixed_precision={args.precision}"]
     if suite.max_steps:

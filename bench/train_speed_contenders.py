@@ -40,6 +40,7 @@ LORACLF_AT_REFERENCE = [  # loraclf at the reference's exact LoRA shape and reci
     "train.label_smoothing=0.0", "train.class_weights=none", "data.max_length=128",
     "data.group_by_length=true", "data.sampling=random", "eval.per_device_eval_batch_size=64",
     "train.batch_tokens=null",  # batches of 32 rows on every device (a GPU's auto would cap them by tokens)
+    "train.few_shot=false",  # the stock recipe at any data size (a check's few rows would turn on the few-shot one)
 ]  # + train.mixed_precision = the reference's precision (loraclf_overrides)
 LEVERS = {  # one loop lever each, on top of LORACLF_AT_REFERENCE (--levers): measured one at a time
     "loraclf-fused": ["optimizer.fused=true"],
