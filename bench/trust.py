@@ -8,6 +8,8 @@ Parts (each appends its rows to the .jsonl; --part report renders the table from
            loraclf recipe trained on the clean, the noisy and both cleaned files; test accuracy on ag_news/test.csv.
            The 30 most confident flags that are not synthetic flips are written to trust_nonflip_flags.jsonl for a
            person to judge. One thread (run it through a one-core slot).
+  retrain  the labels part's retraining again at other seeds (--seeds; the labels part trains seed 0), on the
+           cleaned files the labels part wrote under --work. One thread.
   screen   the label-error screen behind the audit's defaults: F1 against the flips for each probability source
            (finished folds given by --folds-dir NAME=DIR, embedding and TF-IDF logistic regressions) and their means,
            under four cleanlab filter_by choices (trust_labels.screen). Seconds of one thread.
@@ -23,6 +25,7 @@ Parts (each appends its rows to the .jsonl; --part report renders the table from
 
 Run (from the repository root):
     /work/bin/cpu python bench/trust.py --part labels          # ~30 min at one thread
+    /work/bin/cpu python bench/trust.py --part retrain --seeds 1 2 --work /tmp/h41/bench   # ~25 min
     /work/bin/cpu python bench/trust.py --part screen --folds-dir "1 epoch=/tmp/trust_bench/audit/folds"
     /work/bin/cpu python bench/trust.py --part dups
     /work/bin/cpu python bench/trust.py --part explain --run RUN --texts 150
@@ -69,19 +72,28 @@ def part_labels(work: Path, out: Path, first_pass_s: float | None = None) -> Non
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--part", required=True,
-                    choices=["labels", "screen", "dups", "dups100k", "search100k", "explain", "speed", "report"])
+                    choices=["labels", "retrain", "screen", "dups", "dups100k", "search100k", "explain", "speed",
+                             "report"])
     ap.add_argument("--work", type=Path, default=Path("/tmp/trust_bench"), help="folder for runs and audits")
     ap.add_argument("--run", type=Path, help="a trained AG News run (explain, speed)")
     ap.add_argument("--texts", type=int, default=150, help="AG News test texts for AOPC")
     ap.add_argument("--audit-seconds", type=float, help="labels: the wall time of an audit an earlier invocation ran")
     ap.add_argument("--folds-dir", action="append", default=[], metavar="NAME=DIR",
                     help="screen: finished audit folds (DIR/fold-*/heldout.npz) to screen as source NAME")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2], help="retrain: the recipe's train.seed values")
     ap.add_argument("--out", type=Path, default=RESULTS / "trust.md")
     args = ap.parse_args(argv)
     jsonl = args.out.with_suffix(".jsonl")
     t0 = time.perf_counter()
     if args.part == "labels":
         part_labels(args.work, jsonl, args.audit_seconds)
+    elif args.part == "retrain":
+        import trust_labels as tl
+
+        for seed in args.seeds:
+            for r in tl.retrain(args.work, seed):
+                print(r, flush=True)
+                common.append_jsonl(jsonl, {"part": "retrain", **r})
     elif args.part == "screen":
         import trust_labels
 

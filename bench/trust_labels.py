@@ -62,10 +62,11 @@ def anchor() -> dict:
             "seconds": round(time.perf_counter() - t0, 1)}
 
 
-def write_config(work: Path, train: Path) -> Path:
+def write_config(work: Path, train: Path, seed: int = 0) -> Path:
     cfg = {**LORACLF_RECIPE, "data": {"train": str(train), "validation": str(AG / "val.csv"),
                                       "test": str(AG / "test.csv"), "label_names": LABEL_NAMES}}
-    path = work / f"cfg_{train.stem}.yaml"
+    cfg["train"] = {**cfg["train"], "seed": seed}
+    path = work / (f"cfg_{train.stem}.yaml" if seed == 0 else f"cfg_{train.stem}_s{seed}.yaml")
     path.write_text(yaml.safe_dump(cfg))
     return path
 
@@ -103,22 +104,24 @@ def audit(work: Path, first_pass_s: float | None = None) -> list[dict]:
              "agreement_with_given_labels": li["probabilities"]["agreement_with_given_labels"]}]
 
 
-def retrain(work: Path) -> list[dict]:
-    """The same recipe trained on each training file; test accuracy on the clean ag_news/test.csv."""
+def retrain(work: Path, seed: int = 0) -> list[dict]:
+    """The same recipe (train.seed = seed) trained on each training file; test accuracy on the clean
+    ag_news/test.csv. Runs already in work/runs are read, not trained again."""
     files = {"clean (original ag_news/train.csv)": AG / "train.csv", "noisy (ag_noisy/train.csv)": NOISY / "train.csv",
              "cleaned: flagged removed": work / "removed.csv", "cleaned: flagged relabelled": work / "relabelled.csv"}
     out = []
     for i, (name, path) in enumerate(files.items()):
-        run_dir = work / "runs" / f"r{i}"
+        run_name = f"r{i}" if seed == 0 else f"r{i}-s{seed}"
+        run_dir = work / "runs" / run_name
         if not (run_dir / "metrics.json").exists():
-            child = common.run_child(loraclf_cmd("train", write_config(work, path), f"output.dir={work / 'runs'}",
-                                                 f"output.run_name=r{i}", "--quiet"), stdout="inherit",
+            child = common.run_child(loraclf_cmd("train", write_config(work, path, seed), f"output.dir={work / 'runs'}",
+                                                 f"output.run_name={run_name}", "--quiet"), stdout="inherit",
                                      stderr="inherit")
             if child.returncode != 0:
                 raise SystemExit(f"loraclf train failed on {path}")
         m = json.loads((run_dir / "metrics.json").read_text())
         test = m.get("test") or m["splits"]["test"]
-        out.append({"training file": name, "rows": len(pd.read_csv(path)), "run": str(run_dir),
+        out.append({"training file": name, "rows": len(pd.read_csv(path)), "run": str(run_dir), "seed": seed,
                     "test_accuracy": round(test["accuracy"], 4)})
     return out
 
