@@ -94,6 +94,28 @@ SCREEN = [
     "classifier stage at 1e-3 undoing it, so the classifier now trains at a fifth of the stage's rate, the rest "
     "from a stage too long for 32 rows, so its length now follows the pairs. One seed "
     "each: a screen, not a result.",
+    "",
+    "### The stage's length at 16 rows per class (few_shot_screen.jsonl)",
+    "",
+    "Expected before measuring: AG News at 16 rows per class (79.3%, below its 82.5% at 8) loses to a stage too "
+    "long for it (the pair rule gives 73 steps), so a short stage recovers SetFit's level; and a stage that keeps "
+    "the step with the lowest pair loss on held-out labelled rows picks a short stage on AG News and a long one on "
+    "TREC-6.",
+    "",
+    "| candidate (seed 0; full test split) | AG News, 16/class | TREC-6, 8/class |",
+    "| --- | ---: | ---: |",
+    "| the recipe (the pair rule: 73 steps on AG News 16, 41 on TREC-6 8) | 79.3 | 77.4 |",
+    "| stage of 0 steps (none) | 84.5 | |",
+    "| stage of 18 steps | 84.1 | |",
+    "| stage of 36 steps | 78.3 | |",
+    "| held-out pick: 25% of each class out of the stage, the best held-out pair loss kept (checked every 5 steps) "
+    "| 79.0 | 75.4 |",
+    "",
+    "Measured: on AG News at 16 rows per class the stage hurts past ~20 steps (none: 84.5, level with SetFit's "
+    "84.8), while TREC-6 needs ~40 (20 steps: 66.9). The held-out pair loss does not see it: it kept falling on AG "
+    "News while test accuracy fell, so the pick ran a long stage (79.0) and lost a point on TREC-6; it was dropped "
+    "(not in the recipe). The stage trains the mean pool while the stock head reads [CLS] through the pooler; a long "
+    "stage improves the first and, on AG News, spoils the second. One seed each: a screen, not a result.",
 ]
 # what limits the targets that miss (written by hand from the rows above; update it with them)
 NOTES = [
@@ -104,9 +126,11 @@ NOTES = [
     "the stock BERT head reads [CLS] through the pooler), and self-training on data.unlabeled. At 16 rows per "
     "class only TREC-6 seed 0 ran: 83.9% against SetFit's 86.3% (one seed, so no std to be level within), fit "
     "119 s against 372 s. AG News at 16 rows per class, seed 0: 79.3% against SetFit's 84.8% (old defaults 64.9%): "
-    "the stage's pair rule runs it about 73 steps there, and AG News already lost points to longer stages at 8 rows "
-    "per class; a stage length that suits both data sets is the next thing to screen. Sizes 32 and 64 and seeds 3-4 "
-    "are not run yet.",
+    "the stage's pair rule runs it about 73 steps there; the screen above measured 84.5% with no stage and 84.1% "
+    "with 18 steps, while TREC-6 needs ~40 steps, and a pick on held-out pair loss did not tell the two apart. What "
+    "limits it: no stage length suits both data sets, and the loss the stage trains is not what the classifier "
+    "reads; a criterion that does (e.g. a held-out classifier on the pooler features) is the next thing to screen. "
+    "Sizes 32 and 64 and seeds 3-4 are not run yet: SetFit alone would take hours per size on this CPU.",
 ]
 THREADS = 1
 
