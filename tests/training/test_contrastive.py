@@ -87,3 +87,54 @@ def test_plan_says_the_recipe_runs_the_contrastive_stage_and_lowers_the_classifi
     cfg2, _, _ = few_shot.plan(load_config(None, [f"data.train={tmp_path / 'few.csv'}", "train.learning_rate=3e-3"]),
                                None, lambda m: None)
     assert cfg2.train.learning_rate == 3e-3  # a rate the config sets is kept
+
+
+def test_the_stage_stops_at_three_steps_per_pair_of_classes_where_asked():
+    per_pair = contrastive.CONTRAST_STEPS_PER_CLASS_PAIR
+    batch = contrastive.CONTRAST_BATCH
+    assert contrastive.stage_steps(64, batch, 4) == 6 * per_pair < contrastive.stage_steps(64, batch)  # AG News 16
+    assert contrastive.stage_steps(96, batch, 6) == 15 * per_pair < contrastive.stage_steps(96, batch)  # TREC-6 16
+    for rows, classes in ((32, 4), (48, 6)):  # 8 rows per class: the pair rule is under the cap, so it holds
+        assert contrastive.stage_steps(rows, batch, classes) == contrastive.stage_steps(rows, batch)
+    assert contrastive.stage_steps(40, batch, 2) == contrastive.CONTRAST_MIN_STEPS  # one pair of classes: the floor
+
+
+def _tiny_stage_inputs(tiny_bert, labels):
+    import datasets
+
+    from loraclf import data as data_mod
+    from loraclf.model import build_model
+
+    cfg = load_config(None, [f"model.name_or_path={tiny_bert}", "adapter.target_modules=all-linear"])
+    model, tok = build_model(cfg, {i: str(i) for i in range(int(labels.max()) + 1)})
+    ds = datasets.Dataset.from_dict(dict(tok([f"row {i}" for i in range(len(labels))], truncation=True, max_length=8)))
+    return model, ds, data_mod.collator(tok)
+
+
+def test_separation_is_leave_one_out_nearest_centroid_accuracy(tiny_bert, monkeypatch):
+    labels = np.repeat(np.arange(3), [5, 5, 1])  # class 2 has one row: no centroid without it, so it counts wrong
+    vecs = torch.from_numpy(np.random.default_rng(0).normal(size=(len(labels), 6)).astype(np.float32))
+    vecs[labels == 1] += 1.5
+    model, ds, collate = _tiny_stage_inputs(tiny_bert, labels)
+    monkeypatch.setattr(contrastive, "embed", lambda *a, **k: [vecs])
+    got = contrastive.separation(model, ds, labels, collate, torch.device("cpu"))
+    unit = (vecs / vecs.norm(dim=-1, keepdim=True)).numpy().astype(np.float64)
+    right = 0
+    for i in range(len(labels)):  # the definition, row by row
+        others = np.arange(len(labels)) != i
+        cents = {c: unit[others & (labels == c)].mean(0) for c in np.unique(labels) if (others & (labels == c)).any()}
+        scores = {c: float(unit[i] @ v / np.linalg.norm(v)) for c, v in cents.items()}
+        right += max(scores, key=scores.get) == labels[i]
+    assert got == right / len(labels) and 0 < got < 1
+
+
+def test_the_stage_is_capped_only_where_the_classes_are_already_separated(tiny_bert, monkeypatch):
+    labels = np.repeat(np.arange(4), 16)  # AG News at 16 rows per class: the pair rule 74 steps, the cap 18
+    model, ds, collate = _tiny_stage_inputs(tiny_bert, labels)
+    full, capped = contrastive.stage_steps(64, 24), contrastive.stage_steps(64, 24, 4)
+    for sep, want, words in ((contrastive.CONTRAST_SEPARATED, capped, "already separate"),
+                             (contrastive.CONTRAST_SEPARATED - 0.01, full, "do not yet separate")):
+        monkeypatch.setattr(contrastive, "separation", lambda *a, s=sep, **k: s)
+        steps, why = contrastive._stage_length(model, ds, labels, 24, collate, torch.device("cpu"), None, "mean")
+        assert steps == want and words in why
+    assert capped < full
