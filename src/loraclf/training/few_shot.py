@@ -10,10 +10,10 @@ recipe instead (chosen by bench/small_data.py, docs/little-data.md):
   keeping the last step (evaluation only at the end);
 - adapts every linear layer of the encoder (adapter.target_modules=all-linear instead of qv);
 - first trains the adapter on sentence pairs of the labelled rows, as SetFit does (contrastive.py: class-balanced
-  batches, every pair scored 10 times on average but at most 3 steps per pair of classes, mean-pooled embeddings,
-  at 5x the classifier's learning rate), then the classifier at FEW_SHOT_LR (a fifth of the default 1e-3, so it
-  does not undo the first stage). The screen and the measurement against SetFit: docs/little-data.md,
-  bench/results/small_data.md.
+  batches, every pair scored 10 times on average, but at most 3 steps per pair of classes where the sentence
+  embedding already separates the classes, mean-pooled embeddings, at 5x the classifier's learning rate), then the
+  classifier at FEW_SHOT_LR (a fifth of the default 1e-3, so it does not undo the first stage). The screen and the
+  measurement against SetFit: docs/little-data.md, bench/results/small_data.md.
 
 The model is the stock one, so the saved run loads in transformers/peft, `loraclf predict` and `export` like any
 other. A head started from class prototypes (class-mean pooler features as a nearest-class-mean output layer) was
