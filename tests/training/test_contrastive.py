@@ -4,6 +4,7 @@ loss, and one short stage on a tiny BERT that moves the adapter and nothing froz
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from loraclf.config import load_config
@@ -138,3 +139,35 @@ def test_the_stage_is_capped_only_where_the_classes_are_already_separated(tiny_b
         steps, why = contrastive._stage_length(model, ds, labels, 24, collate, torch.device("cpu"), None, "mean")
         assert steps == want and words in why
     assert capped < full
+
+
+@pytest.mark.parametrize("steps,said", [(0, "contrastive stage: skipped (train.contrastive_steps=0)"),
+                                        (3, "contrastive stage: 3 steps of")])
+def test_train_contrastive_steps_skips_or_fixes_the_stage(tiny_bert, tmp_path, capfd, steps, said):
+    import pandas as pd
+
+    from loraclf import cli
+
+    pd.DataFrame(tiny_rows(40, 0)).to_csv(tmp_path / "few.csv", index=False)
+    assert cli.main(["train", f"model.name_or_path={tiny_bert}", f"data.train={tmp_path / 'few.csv'}",
+                     "data.max_length=16", "train.max_steps=2", "output.report=false",
+                     f"output.dir={tmp_path / 'runs'}", f"data.cache_dir={tmp_path / 'cache'}",
+                     f"train.contrastive_steps={steps}"]) == 0
+    err = capfd.readouterr().err
+    assert said in err
+    assert ("no contrastive stage (train.contrastive_steps=0)" in err) == (steps == 0)  # the recipe's line says so
+
+
+def test_contrastive_steps_is_refused_with_the_recipe_off_and_noted_where_auto_leaves_it_off(tmp_path, capsys):
+    import pandas as pd
+
+    from loraclf.cli.commands import main
+
+    assert main(["validate", "train.few_shot=false", "train.contrastive_steps=5"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "train.contrastive_steps=5 is a step of the few-shot recipe" in err[0]
+    pd.DataFrame(tiny_rows(240, 0)).to_csv(tmp_path / "many.csv", index=False)  # 60 rows per class: auto is off
+    said = []
+    _, _, why = few_shot.plan(load_config(None, [f"data.train={tmp_path / 'many.csv'}", "train.contrastive_steps=5"]),
+                              None, said.append)
+    assert why is None and any("train.contrastive_steps=5 is not used" in s for s in said)

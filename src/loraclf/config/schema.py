@@ -203,6 +203,12 @@ class TrainConfig:
         "steps, the last step kept) and an adapter on every linear layer. auto = on under 50 labelled training "
         "rows per class (multi-label: positives per label); true = always (refused for regression and streams); "
         "false = never. It changes only the keys left at their defaults.")
+    contrastive_steps: Optional[int] = _f(
+        None, "The few-shot recipe's first stage: steps of sentence pairs on the adapter before the classifier "
+        "trains (docs/little-data.md). null = the recipe's rule (each pair of labelled rows scored 10 times on "
+        "average, 10 to 200 steps, at most 3 per pair of classes where the base embeddings already separate the "
+        "classes); 0 = skip the stage; N = exactly N steps. Only used when the few-shot recipe is on.",
+        ge=0, le=MAX_STEPS)
     prefix_cache_max_mb: int = _f(2048, "train.prefix_cache: the largest cache kept in memory (MB, bf16); a larger "
                                   "one is memory-mapped from a temporary file.", ge=1, le=10_000_000)
 

@@ -241,7 +241,11 @@ def cross_checks(cfg) -> list[str]:
 
 
 def few_shot_problems(cfg) -> list[str]:
-    """train.few_shot=true where the recipe cannot apply (training checks this again: loraclf.training.few_shot)."""
+    """train.few_shot=true where the recipe cannot apply (training checks this again: loraclf.training.few_shot), and
+    train.contrastive_steps with the recipe turned off."""
+    if cfg.train.few_shot is False and cfg.train.contrastive_steps is not None:
+        return [f"train.contrastive_steps={cfg.train.contrastive_steps} is a step of the few-shot recipe, which "
+                "train.few_shot=false turns off; remove train.contrastive_steps or set train.few_shot=true or auto"]
     if cfg.train.few_shot is not True:
         return []
     if cfg.model.problem_type == REGRESSION:

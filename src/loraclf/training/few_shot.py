@@ -141,6 +141,9 @@ def plan(cfg: Config, splits: Optional[Splits], say: Callable[[str], None],
                                       hold_out=not _every_row_trains(cfg))
     why = decide(cfg, splits)
     if why is None:
+        if cfg.train.contrastive_steps is not None:
+            say(f"train.contrastive_steps={cfg.train.contrastive_steps} is not used: the few-shot recipe is off for "
+                f"these rows (set train.few_shot=true to use it)")
         if splits.validation_is_train:
             splits = data_mod.hold_out_validation(splits, cfg.data, say)
         if loaded:
@@ -148,8 +151,9 @@ def plan(cfg: Config, splits: Optional[Splits], say: Callable[[str], None],
         return cfg, splits, None
     cfg = _schedule(cfg, len(splits.train))
     rows = "every labelled row trains" if splits.validation_is_train else "the rows outside validation train"
-    say(f"few-shot recipe on: {why}; {rows}; adapter on {cfg.adapter.target_modules}; first a contrastive stage "
-        f"(sentence pairs of the labelled rows, same class pulled together, as SetFit), then the classifier: "
+    stage = ("no contrastive stage (train.contrastive_steps=0)" if cfg.train.contrastive_steps == 0 else
+             "first a contrastive stage (sentence pairs of the labelled rows, same class pulled together, as SetFit)")
+    say(f"few-shot recipe on: {why}; {rows}; adapter on {cfg.adapter.target_modules}; {stage}, then the classifier: "
         f"{cfg.train.max_steps or 'configured'} steps of batch {cfg.train.per_device_train_batch_size} at learning "
         f"rate {cfg.train.learning_rate:g}, the last step kept")
     if splits.validation_is_train:
@@ -162,15 +166,19 @@ def plan(cfg: Config, splits: Optional[Splits], say: Callable[[str], None],
 
 def contrast(cfg: Config, model, train_ds, tokenizer, accelerator, say: Callable[[str], None]) -> None:
     """The recipe's first stage (contrastive.py): sentence pairs of the labelled rows train the adapter before
-    the classifier does. Skipped on a resumed run (its checkpoint holds the adapted weights)."""
+    the classifier does, for train.contrastive_steps steps (None: contrastive.py's rule; 0: skipped). Skipped on a
+    resumed run (its checkpoint holds the adapted weights)."""
     from . import contrastive
     from ..data.splits import label_array
 
     if train_ds is None or len(train_ds) < 2:
         return
+    if cfg.train.contrastive_steps == 0:
+        say("contrastive stage: skipped (train.contrastive_steps=0)")
+        return
     contrastive.run(model, train_ds, label_array(train_ds), data_mod.collator(tokenizer),
                     cfg.train.learning_rate, cfg.train.seed, device=accelerator.device,
-                    autocast=accelerator.autocast, say=say)
+                    autocast=accelerator.autocast, say=say, steps=cfg.train.contrastive_steps)
 
 
 # ------------------------------------------------------------------------------------------ too small to learn
