@@ -14,6 +14,8 @@ import argparse
 import json
 import time
 
+import yaml
+
 import common
 import small_data
 
@@ -38,7 +40,8 @@ def main() -> None:
         setattr(contrastive, name, int(value) if old is None else type(old)(value))
     few, test = small_data.sample(args.ds, args.k, args.seed, args.test_rows)
     t0 = time.perf_counter()
-    out = small_data.run_loraclf(few, test, args.seed, "auto", dict(kv.split("=", 1) for kv in args.train))
+    extra = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.train)}  # "400" -> 400, as the CLI
+    out = small_data.run_loraclf(few, test, args.seed, "auto", extra)
     row = {"ds": args.ds, "k": args.k, "seed": args.seed, "set": args.set, "train": args.train, "label": args.label,
            **out, "test_rows": len(test), "wall_s": round(time.perf_counter() - t0, 1)}
     common.append_jsonl(common.RESULTS / "few_shot_screen.jsonl", row)
