@@ -1,7 +1,8 @@
 """Screen one candidate of the few-shot recipe: one data set, one seed, loraclf's few-shot run with the contrastive
-stage's module constants overridden (loraclf.training.contrastive: CONTRAST_STEPS, CONTRAST_BATCH, POOLING, ...).
+stage's module constants overridden (loraclf.training.contrastive: CONTRAST_BATCH, POOLING, ...) or config keys
+given (--train; the stage's length is train.contrastive_steps; rows before it set the old CONTRAST_STEPS constant).
 
-    python bench/few_shot_screen.py --ds trec --seed 0 --set CONTRAST_STEPS=0      # the recipe without the stage
+    python bench/few_shot_screen.py --ds trec --seed 0 --train train.contrastive_steps=0   # the recipe without the stage
     python bench/few_shot_screen.py --ds ag_news --test-rows 600 --set POOLING=mean --label "mean pool"
 
 Appends one row to bench/results/few_shot_screen.jsonl. A screen (one seed), never a result; run through

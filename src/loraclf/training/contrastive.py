@@ -33,7 +33,6 @@ CONTRAST_STEPS_PER_CLASS_PAIR = 3  # ... but at most this many steps per pair of
 # a long stage cost 5 points at 16; TREC-6 0.54-0.66, where the longer stage is worth 2 (bench/results/small_data.md)
 CONTRAST_SEPARATED = 0.7
 CONTRAST_MIN_STEPS, CONTRAST_MAX_STEPS = 10, 200
-CONTRAST_STEPS: Optional[int] = None  # a fixed step count instead (screens)
 CONTRAST_BATCH = 24  # rows per step: every pair among them is scored
 CONTRAST_LR_SCALE = 5.0  # the stage's learning rate as a multiple of the classifier stage's (1e-3 in the recipe)
 # "mean": the mean of the last hidden states (what all-MiniLM-L6-v2 was trained on); "pooler": what the stock BERT
@@ -64,8 +63,6 @@ def stage_steps(n_rows: int, batch: int, n_classes: Optional[int] = None) -> int
     pair of classes (18 on AG News); TREC-6's question types it does not separate, and there the capped stage (45
     steps at 16 rows per class) lost 2 points to the full one (166). At 8 rows per class the cap changes neither.
     """
-    if CONTRAST_STEPS is not None:
-        return CONTRAST_STEPS
     per_step = max(batch * (batch - 1) // 2, 1)
     steps = math.ceil(CONTRAST_PAIR_EPOCHS * n_rows * (n_rows - 1) / 2 / per_step)
     if n_classes:
@@ -156,7 +153,7 @@ def separation(model: torch.nn.Module, train_ds, labels: np.ndarray, collate, de
 def _stage_length(model, train_ds, labels: np.ndarray, batch: int, collate, device, autocast, pooling) -> tuple:
     """stage_steps() for these rows, capped where the embeddings already separate the classes (single-label), and
     the words for the log line."""
-    if CONTRAST_STEPS is not None or labels.ndim == 2:
+    if labels.ndim == 2:
         return stage_steps(len(labels), batch), ""
     sep = separation(model, train_ds, labels, collate, device, autocast, pooling)
     separated = sep >= CONTRAST_SEPARATED
